@@ -1,0 +1,190 @@
+"""Typed configuration: one dataclass per section, validated in ``__post_init__``.
+
+Every size, path and switch of a run lives here; YAML files and ``section.key=value`` overrides
+are turned into these objects by :mod:`asteroid_hpc.config.load`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from ..errors import UserError
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise UserError(message)
+
+
+def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
+    _check(value in choices, f"{name} must be one of {', '.join(choices)} (got {value!r})")
+
+
+@dataclass
+class DataConfig:
+    """Trajectory preprocessing and the training windows."""
+
+    dataset: str = ""  # preprocessed dataset directory (output of `preprocess`, input of train/evaluate)
+    frames_per_shard: int = 4096
+    frame_stride: int = 1  # keep every k-th input frame
+    atom_selection: str = "all"  # "all", "heavy", or "indices:0,1,5-9"
+    center: bool = True  # subtract each frame's centroid when preprocessing
+    split: str = "chronological"  # "chronological" (gap between splits) or "random_start" (protocol A)
+    split_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    split_seed: int = 100
+    compression: str = "none"  # "none" or "zlib" for shards (NETCDF4); measured in BENCHMARKS.md
+    drop_nonfinite: bool = False
+    timestep_fs: Optional[float] = None  # override when inputs carry no time variable
+    chunk_frames: int = 1024  # frames read per streaming chunk
+    horizon_frames: int = 10  # H: frames forecast per training window
+    window_stride: int = 1  # frames between consecutive window starts
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.frames_per_shard >= 1, "data.frames_per_shard must be >= 1")
+        _check(self.frame_stride >= 1, "data.frame_stride must be >= 1")
+        _check(self.chunk_frames >= 1, "data.chunk_frames must be >= 1")
+        _check(self.horizon_frames >= 1, "data.horizon_frames must be >= 1")
+        _check(self.window_stride >= 1, "data.window_stride must be >= 1")
+        _check(self.num_workers >= 0, "data.num_workers must be >= 0")
+        _one_of("data.split", self.split, ("chronological", "random_start"))
+        _one_of("data.compression", self.compression, ("none", "zlib"))
+        sel = self.atom_selection
+        _check(sel in ("all", "heavy") or sel.startswith("indices:"),
+               f"data.atom_selection must be 'all', 'heavy' or 'indices:...' (got {sel!r})")
+        _check(len(self.split_fractions) == 3 and all(f >= 0 for f in self.split_fractions),
+               "data.split_fractions must be three non-negative numbers (train, val, test)")
+        _check(abs(sum(self.split_fractions) - 1.0) < 1e-6, "data.split_fractions must sum to 1")
+        _check(self.timestep_fs is None or self.timestep_fs > 0, "data.timestep_fs must be > 0")
+
+
+@dataclass
+class ModelConfig:
+    """ASTEROID sizes (see METHOD.md §2)."""
+
+    history_frames: int = 10  # m: observed frames per window
+    delay_length: int = 6  # L: length of each STI delay vector (forecasts L-1 frames per pass)
+    hidden_size: int = 64
+    num_heads: int = 4
+    encoder_layers: int = 2  # each = one spatial + one temporal block
+    decoder_layers: int = 2
+    attention: str = "local_global"  # "local_global" or "full"
+    cutoff_angstrom: float = 5.0
+    max_neighbors: int = 48
+    num_global_tokens: int = 4
+    num_rbf: int = 16
+    num_elements: int = 119  # atomic-number embedding size
+    symmetry: str = "augment"  # "augment" (random rotations in training) or "equivariant" (by construction)
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.history_frames >= 2, "model.history_frames must be >= 2")
+        _check(self.delay_length >= 2, "model.delay_length must be >= 2")
+        _check(self.hidden_size >= 1 and self.num_heads >= 1, "model.hidden_size and num_heads must be >= 1")
+        _check(self.hidden_size % self.num_heads == 0,
+               f"model.hidden_size ({self.hidden_size}) must be divisible by model.num_heads ({self.num_heads})")
+        _check(self.encoder_layers >= 1 and self.decoder_layers >= 1, "model.*_layers must be >= 1")
+        _one_of("model.attention", self.attention, ("local_global", "full"))
+        _one_of("model.symmetry", self.symmetry, ("augment", "equivariant"))
+        _check(self.cutoff_angstrom > 0, "model.cutoff_angstrom must be > 0")
+        _check(self.max_neighbors >= 1, "model.max_neighbors must be >= 1")
+        _check(self.num_global_tokens >= 0, "model.num_global_tokens must be >= 0")
+        _check(self.num_rbf >= 1, "model.num_rbf must be >= 1")
+        _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
+
+
+@dataclass
+class LossWeights:
+    """Weights of the STI loss terms (STICM uses 3 : 1 : 3) and the supervised forecast loss."""
+
+    primary: float = 3.0
+    conjugate: float = 1.0
+    consistency: float = 3.0
+    forecast: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("primary", "conjugate", "consistency", "forecast"):
+            _check(getattr(self, name) >= 0, f"train.loss_weights.{name} must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """DeepSpeed training."""
+
+    run_dir: str = "runs/default"
+    seed: int = 0
+    micro_batch_size: int = 8
+    grad_accum_steps: int = 1
+    max_steps: int = 1000
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    zero_stage: int = 0
+    precision: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU), "fp32", "bf16", "fp16"
+    backend: str = "auto"  # "auto" (nccl on GPU, gloo on CPU), "gloo", "nccl"
+    checkpoint_every: int = 100
+    keep_last: int = 2
+    val_every: int = 100
+    val_batches: int = 20
+    early_stopping_patience: int = 0  # validations without improvement before stopping; 0 = off
+    log_every: int = 10
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+    deepspeed: dict[str, Any] = field(default_factory=dict)  # advanced keys passed to DeepSpeed as-is
+
+    def __post_init__(self) -> None:
+        _check(self.micro_batch_size >= 1, "train.micro_batch_size must be >= 1")
+        _check(self.grad_accum_steps >= 1, "train.grad_accum_steps must be >= 1")
+        _check(self.max_steps >= 1, "train.max_steps must be >= 1")
+        _check(self.lr > 0, "train.lr must be > 0")
+        _check(self.weight_decay >= 0, "train.weight_decay must be >= 0")
+        _check(self.warmup_steps >= 0, "train.warmup_steps must be >= 0")
+        _check(self.grad_clip >= 0, "train.grad_clip must be >= 0 (0 = off)")
+        _check(self.zero_stage in (0, 1, 2, 3), f"train.zero_stage must be 0, 1, 2 or 3 (got {self.zero_stage})")
+        _one_of("train.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        _one_of("train.backend", self.backend, ("auto", "gloo", "nccl"))
+        _check(self.checkpoint_every >= 1, "train.checkpoint_every must be >= 1")
+        _check(self.keep_last >= 2, "train.keep_last must be >= 2 (a newer checkpoint must be complete "
+                                    "before an older one is deleted)")
+        _check(self.val_every >= 1 and self.val_batches >= 1, "train.val_every and val_batches must be >= 1")
+        _check(self.early_stopping_patience >= 0, "train.early_stopping_patience must be >= 0")
+        _check(self.log_every >= 1, "train.log_every must be >= 1")
+
+
+@dataclass
+class EnsembleConfig:
+    """Ensemble rollouts."""
+
+    members: int = 8
+    horizon_frames: int = 100
+    perturbation: str = "gaussian"  # "gaussian" coordinate noise or "frames" (windows from other frames)
+    noise_angstrom: float = 0.01
+    frame_spacing: int = 10  # with "frames": member k starts this many frames earlier than member k-1
+    start_frame: int = -1  # last frame of the starting window in the initial trajectory; -1 = last
+    seed: int = 0
+    domains: int = 1  # ranks that share one member by spatial domain decomposition
+    chunk_frames: int = 50  # frames flushed to disk at a time
+
+    def __post_init__(self) -> None:
+        _check(self.members >= 1, "ensemble.members must be >= 1")
+        _check(self.horizon_frames >= 1, "ensemble.horizon_frames must be >= 1")
+        _one_of("ensemble.perturbation", self.perturbation, ("gaussian", "frames"))
+        _check(self.noise_angstrom >= 0, "ensemble.noise_angstrom must be >= 0")
+        _check(self.frame_spacing >= 1, "ensemble.frame_spacing must be >= 1")
+        _check(self.domains >= 1, "ensemble.domains must be >= 1")
+        _check(self.chunk_frames >= 1, "ensemble.chunk_frames must be >= 1")
+
+
+@dataclass
+class AsteroidConfig:
+    """The whole configuration of a run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.train.warmup_steps < self.train.max_steps,
+               f"train.warmup_steps ({self.train.warmup_steps}) must be < train.max_steps ({self.train.max_steps})")
