@@ -10,6 +10,7 @@
 #   ASTEROID_VENV    where the venv lives (default .venv in the repository)
 #   ASTEROID_EXTRAS  pip extras to install (default "test,datagen")
 #   ASTEROID_NO_APT  set to 1 to skip the Debian packages (bring your own MPI)
+_asteroid_saved_opts="$(set +o)"  # restored at the end: this file is sourced
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,7 +34,7 @@ fi
 
 # --- the virtual environment ---
 stamp="$venv/.asteroid-installed"
-want="$(cat "$repo/pyproject.toml" "$repo/tools/bootstrap.sh" | sha256sum | cut -c1-16) $torch_req $extras"
+want="$(sha256sum < "$repo/pyproject.toml" | cut -c1-16) $torch_req $extras"
 if [ ! -x "$venv/bin/python" ]; then
     log "creating $venv"
     python3 -m venv "$venv"
@@ -58,3 +59,5 @@ if [ "$(id -u)" = 0 ]; then
     export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 fi
 export OMPI_MCA_rmaps_base_oversubscribe=1
+eval "$_asteroid_saved_opts"
+unset _asteroid_saved_opts

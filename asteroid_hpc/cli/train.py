@@ -1,0 +1,15 @@
+"""``asteroid-hpc train``."""
+
+from __future__ import annotations
+
+import click
+
+from .common import examples, not_built
+
+
+@click.command("train", context_settings={"ignore_unknown_options": True},
+               epilog=examples("asteroid-hpc train --help"))
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def command(args) -> None:
+    """Not built yet."""
+    not_built("train", 5)

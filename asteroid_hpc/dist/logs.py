@@ -1,0 +1,62 @@
+"""Rank-aware logging: ``[rank r/w host]`` prefixes, rank 0 on the console, optional per-rank files."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .launch import LaunchInfo, detect_launch
+
+_ROOT = "asteroid_hpc"
+
+
+class _RankFilter(logging.Filter):
+    def __init__(self, info: LaunchInfo):
+        super().__init__()
+        self.prefix = f"[rank {info.rank}/{info.world_size} {info.hostname}]"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.rank_prefix = self.prefix
+        return True
+
+
+def get_logger(name: str) -> logging.Logger:
+    """A logger below the project's root logger (configure once with :func:`setup_logging`)."""
+    if not name.startswith(_ROOT):
+        name = f"{_ROOT}.{name}"
+    return logging.getLogger(name)
+
+
+def setup_logging(info: LaunchInfo | None = None, *, level: int = logging.INFO, all_ranks: bool = False,
+                  log_dir: str | Path | None = None) -> logging.Logger:
+    """Configure the project's root logger for this rank.
+
+    Rank 0 logs to stderr; other ranks only when ``all_ranks`` (or ASTEROID_LOG_ALL_RANKS=1) is set.
+    With ``log_dir`` every rank also writes ``rank<r>.log`` there.
+    """
+    info = info or detect_launch()
+    root = logging.getLogger(_ROOT)
+    root.setLevel(level)
+    root.propagate = False
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    fmt = logging.Formatter("%(asctime)s %(rank_prefix)s %(levelname)s %(message)s", "%H:%M:%S")
+    rank_filter = _RankFilter(info)
+    all_ranks = all_ranks or os.environ.get("ASTEROID_LOG_ALL_RANKS") == "1"
+    if info.rank == 0 or all_ranks:
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(fmt)
+        console.addFilter(rank_filter)
+        root.addHandler(console)
+    if log_dir is not None:
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(Path(log_dir) / f"rank{info.rank}.log")
+        file_handler.setFormatter(fmt)
+        file_handler.addFilter(rank_filter)
+        root.addHandler(file_handler)
+    if not root.handlers:
+        root.addHandler(logging.NullHandler())
+    return root
