@@ -1,0 +1,281 @@
+"""ASTEROID: STI head + local-global spatial attention + temporal encoder-decoder (METHOD.md §2).
+
+One *pass* over a history window of m frames:
+
+1. Features. Coordinates are centred on the window centroid c and expressed as displacements
+   d_t = x_t − x_last from the last observed frame, so translations cancel exactly. Per atom, the
+   "atom basis" is {d_0 … d_{m−2}, x_last − c}; a frame token t carries {d_t, v_t = x_t − x_{t−1}}.
+   In "equivariant" mode tokens see only inner products of these vectors; in "augment" mode their
+   components (and training applies a random rotation per window, undone on the outputs).
+2. Encoder: ``encoder_layers`` × (spatial block within each frame → temporal self-attention per atom
+   across the m frames).
+3. STI head: from encoder token t, the primary map Φ predicts the delay vector of frames t … t+L−1
+   (Hankel tensor [B, m, L, N, 3]); the conjugate map Ψ reconstructs frame t from that delay vector
+   alone; the anti-diagonal means of the unknown triangle are the read-off of the next L−1 frames.
+4. Decoder: token k (k = 0 … L−2) starts from the read-off guess s_k for frame k and the previous frame
+   p_k (the last observed frame for k = 0; the teacher frame k−1 when a target is given, else the
+   generated one), then ``decoder_layers`` × (spatial block within step k → causal self-attention over
+   the steps → cross-attention to the encoder memory of the same atom). Output: s_k + a correction.
+
+Horizons longer than L−1 frames roll the window forward (iterative extended horizon). Outputs are
+absolute coordinates in Å. Open boundaries only (no periodic cells). The neighbour list is built once
+per window from its last frame (atoms move little within a window) unless the caller supplies one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..config.schema import AsteroidConfig, ModelConfig
+from ..errors import UserError
+from .graph import NeighborGraph, radius_graph
+from .spatial import GlobalReduce, SpatialBlock, local_reduce
+from .sti import readoff
+from .symmetry import VectorHead, random_rotations, rotate_about, vector_feature_size, vector_features
+from .temporal import TemporalBlock
+
+TOKEN_VECTORS = 2  # vectors per token: (d_t, v_t) in the encoder, (s_k, p_k) in the decoder
+
+
+@dataclass
+class AsteroidOutput:
+    """Model outputs, all absolute coordinates in Å.
+
+    ``forecast`` [B, H, N, 3]; from the first pass over the given history: ``hankel`` [B, m, L, N, 3]
+    (entry [t, i] predicts frame t+i), ``reconstruction`` [B, m, N, 3] (conjugate Ψ of the observed
+    frames) and ``readoff`` [B, L−1, N, 3] (anti-diagonal means: the STI forecast).
+    """
+
+    forecast: Tensor
+    hankel: Tensor
+    reconstruction: Tensor
+    readoff: Tensor
+
+
+@dataclass
+class _Window:
+    """Geometry of one history window, shared by the encoder and the decoder."""
+
+    last: Tensor  # x_last [B, 1, N, 3]
+    centre: Tensor  # c [B, 1, 1, 3]
+    atom_basis: Tensor  # [B, N, m, 3]
+    elements: Tensor  # element embedding [B, N, D]
+    graph: Optional[NeighborGraph]
+    owned_mask: Optional[Tensor]  # [B, N] or None
+    reduce: GlobalReduce
+
+
+class Asteroid(nn.Module):
+    """The ASTEROID forecaster; all sizes come from :class:`ModelConfig`."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, m, length = cfg.hidden_size, cfg.history_frames, cfg.delay_length
+        self.equivariant = cfg.symmetry == "equivariant"
+        self.steps_per_pass = length - 1
+        num_vectors = cfg.num_heads if self.equivariant else 0  # attention-weighted relative vectors
+        self.num_basis = m + TOKEN_VECTORS + num_vectors
+        feature_size = vector_feature_size(TOKEN_VECTORS, m, self.equivariant)
+
+        def spatial() -> SpatialBlock:
+            return SpatialBlock(d, cfg.num_heads, cfg.num_rbf, cfg.cutoff_angstrom, cfg.num_global_tokens, cfg.dropout)
+
+        self.element_embedding = nn.Embedding(cfg.num_elements, d)
+        self.encoder_input = nn.Sequential(nn.Linear(feature_size, d), nn.LayerNorm(d))
+        self.frame_embedding = nn.Parameter(torch.randn(m, d) * 0.02)
+        self.encoder_spatial = nn.ModuleList(spatial() for _ in range(cfg.encoder_layers))
+        self.encoder_temporal = nn.ModuleList(TemporalBlock(d, cfg.num_heads, cfg.dropout, causal=False, cross=False)
+                                              for _ in range(cfg.encoder_layers))
+        self.encoder_norm = nn.LayerNorm(d)
+        self.primary_head = VectorHead(d, length, self.num_basis, self.equivariant)  # Φ
+        conjugate_features = length * length if self.equivariant else 3 * length
+        self.conjugate_input = nn.Linear(conjugate_features, d)  # Ψ
+        self.conjugate_hidden = nn.Sequential(nn.LayerNorm(d), nn.GELU(), nn.Linear(d, d), nn.GELU())
+        self.conjugate_head = VectorHead(d, 1, length, self.equivariant)
+        self.decoder_input = nn.Sequential(nn.Linear(feature_size, d), nn.LayerNorm(d))
+        self.step_embedding = nn.Parameter(torch.randn(self.steps_per_pass, d) * 0.02)
+        self.decoder_spatial = nn.ModuleList(spatial() for _ in range(cfg.decoder_layers))
+        self.decoder_temporal = nn.ModuleList(TemporalBlock(d, cfg.num_heads, cfg.dropout, causal=True, cross=True)
+                                              for _ in range(cfg.decoder_layers))
+        self.decoder_norm = nn.LayerNorm(d)
+        self.decoder_head = VectorHead(d, 1, self.num_basis, self.equivariant)
+
+    # ----------------------------------------------------------------------------------- public API
+    def forward(self, history: Tensor, atomic_numbers: Tensor, horizon: int, target: Optional[Tensor] = None, *,
+                graph: Optional[NeighborGraph] = None, owned_mask: Optional[Tensor] = None,
+                global_reduce: GlobalReduce = local_reduce) -> AsteroidOutput:
+        """Forecast ``horizon`` frames after ``history`` [B, m, N, 3] (raw Å).
+
+        ``target`` [B, ≥horizon, N, 3] enables teacher forcing (the decoder and the rolled windows see the
+        true previous frames). ``graph`` overrides the neighbour list (used for every pass), ``owned_mask``
+        [N] or [B, N] excludes halo atoms from the global-token gather, and ``global_reduce`` combines
+        the gather's softmax statistics across domains (see :mod:`asteroid_hpc.model.spatial`).
+        """
+        self._check_inputs(history, atomic_numbers, horizon, target)
+        batch, m, n_atoms, _ = history.shape
+        elements = atomic_numbers.expand(batch, n_atoms) if atomic_numbers.dim() == 1 else atomic_numbers
+        if owned_mask is not None and owned_mask.dim() == 1:
+            owned_mask = owned_mask.expand(batch, n_atoms)
+        rotation = None
+        if self.training and not self.equivariant:  # "augment": a random rotation per window
+            rotation = random_rotations(batch, dtype=history.dtype, device=history.device)
+            centre = history.mean(dim=(1, 2), keepdim=True)
+            history = rotate_about(history, rotation, centre)
+            target = None if target is None else rotate_about(target, rotation, centre)
+        window, forecasts, first = history, [], None
+        produced = 0
+        while produced < horizon:
+            steps = min(self.steps_per_pass, horizon - produced)
+            teacher = None if target is None else target[:, produced:produced + steps]
+            result = self._pass(window, elements, steps, teacher, graph, owned_mask, global_reduce)
+            first = result if first is None else first
+            forecasts.append(result.forecast)
+            produced += steps
+            if produced < horizon:
+                window = torch.cat([window, result.forecast if teacher is None else teacher], dim=1)[:, -m:]
+        output = AsteroidOutput(torch.cat(forecasts, dim=1), first.hankel, first.reconstruction, first.readoff)
+        if rotation is not None:
+            undo = rotation.transpose(1, 2)
+            output = AsteroidOutput(*(rotate_about(t, undo, centre.view(batch, *([1] * (t.dim() - 2)), 3))
+                                      for t in (output.forecast, output.hankel, output.reconstruction, output.readoff)))
+        return output
+
+    @torch.no_grad()
+    def forecast(self, history: Tensor, atomic_numbers: Tensor, n_frames: int) -> Tensor:
+        """``n_frames`` forecast frames [B, n_frames, N, 3] (eval mode, no gradients, iterative)."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self(history, atomic_numbers, n_frames).forecast
+        finally:
+            self.train(was_training)
+
+    # ----------------------------------------------------------------------------------- internals
+    def _check_inputs(self, history: Tensor, atomic_numbers: Tensor, horizon: int, target: Optional[Tensor]) -> None:
+        m = self.cfg.history_frames
+        if history.dim() != 4 or history.shape[1] != m or history.shape[-1] != 3:
+            raise UserError(f"history must be [B, {m}, N, 3] (model.history_frames={m}), got {list(history.shape)}")
+        if horizon < 1:
+            raise UserError(f"horizon must be >= 1 frame, got {horizon}")
+        if atomic_numbers.shape[-1] != history.shape[2]:
+            raise UserError(f"atomic_numbers has {atomic_numbers.shape[-1]} atoms, history has {history.shape[2]}")
+        if atomic_numbers.numel() and (int(atomic_numbers.min()) < 0 or int(atomic_numbers.max()) >= self.cfg.num_elements):
+            raise UserError(f"atomic numbers must lie in [0, model.num_elements={self.cfg.num_elements})")
+        if target is not None and (target.shape[1] < horizon or target.shape[2:] != history.shape[2:]):
+            raise UserError(f"target must be [B, >= {horizon}, N, 3], got {list(target.shape)}")
+
+    def _geometry(self, window: Tensor, elements: Tensor, graph: Optional[NeighborGraph],
+                  owned_mask: Optional[Tensor], reduce: GlobalReduce) -> _Window:
+        last = window[:, -1:]
+        centre = window.mean(dim=(1, 2), keepdim=True)
+        displacements = (window[:, :-1] - last).permute(0, 2, 1, 3)  # [B, N, m-1, 3]
+        atom_basis = torch.cat([displacements, (last - centre).permute(0, 2, 1, 3)], dim=2)
+        if self.cfg.attention == "full":
+            graph = None
+        elif graph is None:
+            graph = radius_graph(window[:, -1], self.cfg.cutoff_angstrom, self.cfg.max_neighbors)
+        return _Window(last, centre, atom_basis, self.element_embedding(elements), graph, owned_mask, reduce)
+
+    def _spatial(self, block: SpatialBlock, h: Tensor, positions: Tensor, geo: _Window,
+                 want_vectors: bool) -> tuple[Tensor, Optional[Tensor]]:
+        """Run a spatial block on every frame of h [B, T, N, D]; vectors [B, T, N, H, 3] when wanted."""
+        batch, frames, n_atoms, d = h.shape
+        graph = None if geo.graph is None else NeighborGraph(geo.graph.index.repeat_interleave(frames, dim=0),
+                                                             geo.graph.mask.repeat_interleave(frames, dim=0))
+        owned = None if geo.owned_mask is None else geo.owned_mask.repeat_interleave(frames, dim=0)
+        out, vectors = block(h.reshape(batch * frames, n_atoms, d), positions.reshape(batch * frames, n_atoms, 3),
+                             graph, owned_mask=owned, reduce=geo.reduce, return_vectors=want_vectors)
+        vectors = None if vectors is None else vectors.view(batch, frames, n_atoms, -1, 3)
+        return out.view(batch, frames, n_atoms, d), vectors
+
+    @staticmethod
+    def _per_atom(h: Tensor) -> Tensor:
+        """[B, T, N, D] -> [B·N, T, D] (one temporal sequence per atom)."""
+        batch, frames, n_atoms, d = h.shape
+        return h.permute(0, 2, 1, 3).reshape(batch * n_atoms, frames, d)
+
+    @staticmethod
+    def _per_frame(h: Tensor, batch: int) -> Tensor:
+        """[B·N, T, D] -> [B, T, N, D]."""
+        _, frames, d = h.shape
+        return h.view(batch, -1, frames, d).permute(0, 2, 1, 3)
+
+    def _tokens(self, embed: nn.Module, token_vectors: Tensor, geo: _Window, position: Tensor) -> Tensor:
+        """Token features from per-token vectors [B, T, N, 2, 3], the atom basis, element and position."""
+        frames = token_vectors.shape[1]
+        basis = geo.atom_basis.unsqueeze(1).expand(-1, frames, -1, -1, -1)
+        features = vector_features(token_vectors, basis, self.equivariant)
+        return embed(features) + geo.elements.unsqueeze(1) + position[:frames].view(1, frames, 1, -1)
+
+    def _basis(self, token_vectors: Tensor, geo: _Window, vectors: Optional[Tensor]) -> Tensor:
+        """Output basis [B, T, N, num_basis, 3]: atom basis, token vectors, attention vectors (equivariant)."""
+        frames = token_vectors.shape[1]
+        parts = [geo.atom_basis.unsqueeze(1).expand(-1, frames, -1, -1, -1), token_vectors]
+        if vectors is not None:
+            parts.append(vectors)
+        return torch.cat(parts, dim=3)
+
+    def _encode(self, window: Tensor, geo: _Window) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+        displacements = window - geo.last
+        velocities = torch.cat([torch.zeros_like(window[:, :1]), window[:, 1:] - window[:, :-1]], dim=1)
+        token_vectors = torch.stack([displacements, velocities], dim=3)  # [B, m, N, 2, 3]
+        h = self._tokens(self.encoder_input, token_vectors, geo, self.frame_embedding)
+        positions = window - geo.centre
+        vectors = None
+        for index, (spatial, temporal) in enumerate(zip(self.encoder_spatial, self.encoder_temporal)):
+            last_layer = index == len(self.encoder_spatial) - 1
+            h, vectors = self._spatial(spatial, h, positions, geo, self.equivariant and last_layer)
+            h = self._per_frame(temporal(self._per_atom(h)), window.shape[0])
+        return self.encoder_norm(h), token_vectors, vectors
+
+    def _conjugate(self, delay: Tensor, geo: _Window) -> Tensor:
+        """Ψ: each atom's delay vector [B, m, N, L, 3] -> its displacement at frame t [B, m, N, 3]."""
+        features = (delay @ delay.transpose(-1, -2)).flatten(-2) if self.equivariant else delay.flatten(-2)
+        h = self.conjugate_hidden(self.conjugate_input(features) + geo.elements.unsqueeze(1))
+        return self.conjugate_head(h, delay).squeeze(-2)
+
+    def _decode(self, seeds: Tensor, previous: Tensor, memory: Tensor, geo: _Window) -> Tensor:
+        """Decoder over steps 0 … K−1: seeds and previous-frame displacements [B, K, N, 3] -> displacements."""
+        batch = seeds.shape[0]
+        token_vectors = torch.stack([seeds, previous], dim=3)
+        h = self._tokens(self.decoder_input, token_vectors, geo, self.step_embedding)
+        positions = geo.last + seeds - geo.centre
+        vectors = None
+        for index, (spatial, temporal) in enumerate(zip(self.decoder_spatial, self.decoder_temporal)):
+            last_layer = index == len(self.decoder_spatial) - 1
+            h, vectors = self._spatial(spatial, h, positions, geo, self.equivariant and last_layer)
+            h = self._per_frame(temporal(self._per_atom(h), memory), batch)
+        correction = self.decoder_head(self.decoder_norm(h), self._basis(token_vectors, geo, vectors))
+        return seeds + correction.squeeze(-2)
+
+    def _pass(self, window: Tensor, elements: Tensor, steps: int, teacher: Optional[Tensor],
+              graph: Optional[NeighborGraph], owned_mask: Optional[Tensor], reduce: GlobalReduce) -> AsteroidOutput:
+        geo = self._geometry(window, elements, graph, owned_mask, reduce)
+        h, token_vectors, vectors = self._encode(window, geo)
+        delay = self.primary_head(h, self._basis(token_vectors, geo, vectors))  # [B, m, N, L, 3]
+        reconstruction = self._conjugate(delay, geo)
+        hankel = delay.permute(0, 1, 3, 2, 4)  # [B, m, L, N, 3] displacements
+        seeds = readoff(hankel)
+        memory = self._per_atom(h)
+        first_previous = torch.zeros_like(seeds[:, :1])  # the last observed frame, as a displacement
+        if teacher is not None:  # teacher forcing: one parallel pass
+            previous = torch.cat([first_previous, teacher[:, :steps - 1] - geo.last], dim=1)
+            forecast = self._decode(seeds[:, :steps], previous, memory, geo)
+        else:  # autoregressive: step k sees the frames generated before it
+            previous = first_previous
+            for k in range(steps):
+                generated = self._decode(seeds[:, :k + 1], previous, memory, geo)
+                previous = torch.cat([first_previous, generated], dim=1)
+            forecast = generated
+        last = geo.last
+        return AsteroidOutput(forecast + last, hankel + last.unsqueeze(1), reconstruction + last, seeds + last)
+
+
+def build_model(cfg: ModelConfig | AsteroidConfig) -> Asteroid:
+    """An :class:`Asteroid` for the ``model`` section of a config (or a whole :class:`AsteroidConfig`)."""
+    return Asteroid(cfg.model if isinstance(cfg, AsteroidConfig) else cfg)

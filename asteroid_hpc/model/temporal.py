@@ -1,0 +1,58 @@
+"""Temporal attention per atom across frames: encoder self-attention, causal decoder self-attention,
+decoder cross-attention to the encoder memory. Tokens are laid out [B·N, T, D] (one sequence per atom)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .spatial import FeedForward
+
+
+class Attention(nn.Module):
+    """Multi-head scaled dot-product attention (self- or cross-) on [batch, T, D] sequences."""
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float):
+        super().__init__()
+        self.num_heads, self.dropout = num_heads, dropout
+        self.query = nn.Linear(hidden_size, hidden_size)
+        self.key = nn.Linear(hidden_size, hidden_size, bias=False)  # a key bias cancels in softmax
+        self.value = nn.Linear(hidden_size, hidden_size)
+        self.out = nn.Linear(hidden_size, hidden_size)
+
+    def _split(self, x: Tensor) -> Tensor:
+        batch, length, width = x.shape
+        return x.view(batch, length, self.num_heads, width // self.num_heads).transpose(1, 2)
+
+    def forward(self, x: Tensor, memory: Optional[Tensor] = None, causal: bool = False) -> Tensor:
+        source = x if memory is None else memory
+        mixed = F.scaled_dot_product_attention(
+            self._split(self.query(x)), self._split(self.key(source)), self._split(self.value(source)),
+            is_causal=causal, dropout_p=self.dropout if self.training else 0.0)
+        return self.out(mixed.transpose(1, 2).flatten(-2))
+
+
+class TemporalBlock(nn.Module):
+    """Pre-norm self-attention across frames (causal in the decoder), optional cross-attention to the
+    encoder memory, then a feed-forward layer."""
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float, *, causal: bool, cross: bool):
+        super().__init__()
+        self.causal = causal
+        self.self_norm = nn.LayerNorm(hidden_size)
+        self.self_attention = Attention(hidden_size, num_heads, dropout)
+        if cross:
+            self.cross_norm = nn.LayerNorm(hidden_size)
+            self.memory_norm = nn.LayerNorm(hidden_size)
+            self.cross_attention = Attention(hidden_size, num_heads, dropout)
+        self.ffn_norm = nn.LayerNorm(hidden_size)
+        self.ffn = FeedForward(hidden_size, dropout)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, memory: Optional[Tensor] = None) -> Tensor:
+        x = x + self.dropout(self.self_attention(self.self_norm(x), causal=self.causal))
+        if memory is not None:
+            x = x + self.dropout(self.cross_attention(self.cross_norm(x), self.memory_norm(memory)))
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))
