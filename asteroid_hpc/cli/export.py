@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import click
 
-from .common import examples, not_built
+from .common import examples
 
 
-@click.command("export", context_settings={"ignore_unknown_options": True},
-               epilog=examples("asteroid-hpc export --help"))
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def command(args) -> None:
-    """Not built yet."""
-    not_built("export", 5)
+@click.command("export", epilog=examples(
+    "asteroid-hpc export runs/aspirin/checkpoints/step_000300 aspirin.safetensors",
+    "asteroid-hpc export runs/aspirin model.safetensors   # the run's newest checkpoint"))
+@click.argument("checkpoint", type=click.Path(exists=True))
+@click.argument("output", type=click.Path(dir_okay=False))
+def command(checkpoint: str, output: str) -> None:
+    """Consolidate a training checkpoint (any ZeRO stage, any world size) into one fp32 weights file.
+
+    CHECKPOINT is a step folder, a checkpoints folder or a run folder (then its newest complete
+    checkpoint). OUTPUT is a safetensors file holding the weights and the model config, loadable for
+    inference on any number of ranks.
+    """
+    from ..dist.logs import setup_logging
+    from ..train.export import export_checkpoint
+
+    setup_logging()
+    path = export_checkpoint(checkpoint, output)
+    click.echo(str(path))

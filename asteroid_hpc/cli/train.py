@@ -4,12 +4,28 @@ from __future__ import annotations
 
 import click
 
-from .common import examples, not_built
+from .common import config_argument, examples, load_cli_config, overrides_argument
 
 
-@click.command("train", context_settings={"ignore_unknown_options": True},
-               epilog=examples("asteroid-hpc train --help"))
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def command(args) -> None:
-    """Not built yet."""
-    not_built("train", 5)
+@click.command("train", epilog=examples(
+    "asteroid-hpc train configs/tiny/train.yaml data.dataset=data/ethanol train.max_steps=20",
+    "torchrun --nproc_per_node 2 -- $(which asteroid-hpc) train configs/tiny/train.yaml",
+    "mpiexec -n 2 asteroid-hpc train configs/tiny/train.yaml train.zero_stage=2",
+    "deepspeed --no_local_rank --num_gpus 2 $(which asteroid-hpc) train configs/aspirin.yaml",
+    "srun --kill-on-bad-exit=1 asteroid-hpc train configs/aspirin.yaml --resume auto",
+    "asteroid-hpc train configs/aspirin.yaml --resume runs/aspirin/checkpoints/step_000300"))
+@config_argument
+@overrides_argument
+@click.option("--resume", default="auto", show_default=True, metavar="auto|never|PATH",
+              help="auto: continue from the newest complete checkpoint of train.run_dir (else start fresh); "
+                   "never: start fresh; PATH: a checkpoint folder (or a run folder) to continue from.")
+def command(config, overrides, resume: str) -> None:
+    """Train ASTEROID with DeepSpeed (ZeRO 0-3) on 1 or many ranks, from any launcher.
+
+    Checkpoints go to train.run_dir/checkpoints/step_NNNNNN; SIGUSR1 or SIGTERM makes every rank
+    checkpoint at the next step and exit 0, ready for `--resume auto`.
+    """
+    cfg = load_cli_config(config, overrides)
+    from ..train import train
+
+    train(cfg, resume)

@@ -1,0 +1,249 @@
+"""Checkpoints in step-named folders that count only once a completion marker exists.
+
+Layout of ``run_dir/checkpoints``::
+
+    step_000300/            DeepSpeed's files (every rank writes its shard)
+        client_state.json   step, epoch, sampler position, config, versions (rank 0)
+        rng_rank<r>.json    python / numpy / torch RNG states of rank r
+        COMPLETE            written by rank 0 after a barrier: every rank has finished
+    latest                  name of the newest complete folder (atomic rename; DeepSpeed reads it too)
+    best.json               {"tag", "step", "val_mse"} of the best validation so far
+
+Our own state is JSON, never pickle. DeepSpeed's own files are read by DeepSpeed with
+``torch.load(weights_only=False)`` (hard-coded in its checkpoint engine): load only checkpoints you wrote.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from ..dist.logs import get_logger
+from ..errors import UserError, user_error
+
+log = get_logger(__name__)
+
+COMPLETE = "COMPLETE"
+LATEST = "latest"
+BEST = "best.json"
+CLIENT_STATE = "client_state.json"
+TAG_PATTERN = re.compile(r"^step_(\d{6,})$")
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def step_of(tag: str) -> int:
+    match = TAG_PATTERN.match(tag)
+    if not match:
+        raise ValueError(f"not a checkpoint tag: {tag!r}")
+    return int(match.group(1))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``path`` through ``path.tmp-<pid>`` and an atomic rename."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise user_error(path, f"unreadable checkpoint state ({exc})") from None
+
+
+# ----------------------------------------------------------------------------------- RNG states as JSON
+def capture_rng_state() -> dict:
+    """Python, numpy and torch (CPU and CUDA) generator states, JSON-serialisable."""
+    import numpy as np
+    import torch
+
+    version, mt_state, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(mt_state), gauss],
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    import numpy as np
+    import torch
+
+    version, mt_state, gauss = state["python"]
+    random.setstate((version, tuple(mt_state), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+    def tensor(blob: str):
+        return torch.frombuffer(bytearray(base64.b64decode(blob)), dtype=torch.uint8)
+
+    torch.set_rng_state(tensor(state["torch"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensor(s) for s in state["cuda"]])
+
+
+# ----------------------------------------------------------------------------------- the manager
+class CheckpointManager:
+    """Save, find, load and prune checkpoints under ``directory`` (``run_dir/checkpoints``).
+
+    ``barrier`` synchronises all ranks (``torch.distributed.barrier`` in training). Every rank calls
+    :meth:`save`; only rank 0 writes the marker, the pointers and deletes old folders.
+    """
+
+    def __init__(self, directory: str | os.PathLike, keep_last: int, rank: int = 0,
+                 barrier: Callable[[], None] = lambda: None):
+        if keep_last < 2:
+            raise ValueError("keep_last must be >= 2")
+        self.directory = Path(directory)
+        self.keep_last = keep_last
+        self.rank = rank
+        self.barrier = barrier
+
+    # -- queries
+    def path_of(self, step: int) -> Path:
+        return self.directory / tag_for(step)
+
+    @staticmethod
+    def is_complete(path: Path) -> bool:
+        return (Path(path) / COMPLETE).is_file()
+
+    def complete_steps(self) -> list[int]:
+        if not self.directory.is_dir():
+            return []
+        steps = [step_of(p.name) for p in self.directory.iterdir()
+                 if p.is_dir() and TAG_PATTERN.match(p.name) and self.is_complete(p)]
+        return sorted(steps)
+
+    def latest(self) -> Optional[Path]:
+        """The newest complete checkpoint: the ``latest`` pointer if it names a complete one, else a scan."""
+        pointer = self.directory / LATEST
+        if pointer.is_file():
+            candidate = self.directory / pointer.read_text().strip()
+            if TAG_PATTERN.match(candidate.name) and self.is_complete(candidate):
+                newer = [s for s in self.complete_steps() if s > step_of(candidate.name)]
+                if not newer:
+                    return candidate
+        steps = self.complete_steps()
+        return self.path_of(steps[-1]) if steps else None
+
+    def best(self) -> Optional[dict]:
+        path = self.directory / BEST
+        return read_json(path) if path.is_file() else None
+
+    # -- save
+    def save(self, engine, step: int, client_state: dict) -> Path:
+        """Save ``engine`` at ``step`` on every rank; returns the folder once it is complete."""
+        path = self.path_of(step)
+        if self.rank == 0:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            if path.exists():  # an unfinished attempt (or a re-save of this step): start it afresh
+                shutil.rmtree(path)
+        self.barrier()
+        engine.save_checkpoint(str(self.directory), tag=path.name, client_state={}, save_latest=False)
+        write_json_atomic(path / f"rng_rank{self.rank}.json", capture_rng_state())
+        if self.rank == 0:
+            write_json_atomic(path / CLIENT_STATE, {**client_state, "step": step})
+        self.barrier()  # every rank's shard is on disk
+        if self.rank == 0:
+            write_text_atomic(path / COMPLETE, f"{step}\n")
+            write_text_atomic(self.directory / LATEST, path.name)
+            self.prune()
+        log.info("checkpoint %s complete", path)
+        return path
+
+    def set_best(self, step: int, val_mse: float) -> None:
+        if self.rank == 0:
+            write_json_atomic(self.directory / BEST, {"tag": tag_for(step), "step": step, "val_mse": val_mse})
+
+    def prune(self) -> None:
+        """Keep the newest ``keep_last`` complete folders and the best; delete older ones and stale attempts."""
+        complete = self.complete_steps()
+        if not complete:
+            return
+        keep = set(complete[-self.keep_last:])
+        best = self.best()
+        if best is not None:
+            keep.add(int(best["step"]))
+        newest = complete[-1]
+        for p in self.directory.iterdir():
+            if not (p.is_dir() and TAG_PATTERN.match(p.name)):
+                continue
+            step = step_of(p.name)
+            stale_attempt = not self.is_complete(p) and step < newest
+            if (self.is_complete(p) and step not in keep) or stale_attempt:
+                shutil.rmtree(p, ignore_errors=True)
+
+    # -- load
+    def load(self, engine, path: Path) -> dict:
+        """Load ``path`` into ``engine`` (all ranks), restore this rank's RNG; returns the client state."""
+        path = Path(path)
+        client_state = read_json(path / CLIENT_STATE)
+        loaded, _ = engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=True)
+        if loaded is None:
+            raise user_error(path, "DeepSpeed could not load this checkpoint")
+        rng_file = path / f"rng_rank{self.rank}.json"
+        if rng_file.is_file():
+            restore_rng_state(read_json(rng_file))
+        else:
+            log.warning("%s: no RNG state for rank %d; continuing with fresh generators", path, self.rank)
+        return client_state
+
+
+def resolve_resume(resume: str, manager: CheckpointManager) -> Optional[Path]:
+    """``auto`` → the newest complete checkpoint or None; ``never`` → None; else a path to load.
+
+    A path may name a step folder, a ``checkpoints`` folder or a run folder (then its newest checkpoint).
+    """
+    if resume == "never":
+        return None
+    if resume == "auto":
+        return manager.latest()
+    path = Path(resume)
+    if not path.exists():
+        raise user_error(path, "checkpoint to resume from does not exist")
+    if TAG_PATTERN.match(path.name):
+        if not CheckpointManager.is_complete(path):
+            raise user_error(path, f"checkpoint is incomplete (no {COMPLETE} marker): its save was interrupted")
+        return path
+    for directory in (path / "checkpoints", path):
+        found = CheckpointManager(directory, keep_last=2).latest()
+        if found is not None:
+            return found
+    raise user_error(path, "no complete checkpoint found here")
+
+
+def check_compatible(path: Path, client_state: dict, model_config: dict, world_size: int, zero_stage: int) -> None:
+    """Refuse a checkpoint whose model shape (or ZeRO partitioning) differs from this run's."""
+    saved = client_state.get("config", {}).get("model", {})
+    differing = sorted(key for key in set(saved) | set(model_config) if saved.get(key) != model_config.get(key))
+    if differing:
+        changes = ", ".join(f"model.{k} {saved.get(k)!r} -> {model_config.get(k)!r}" for k in differing)
+        raise UserError(f"{path}: cannot resume, the model config differs from the checkpoint's ({changes}); "
+                        "use --resume never or a new train.run_dir")
+    saved_world, saved_stage = client_state.get("world_size"), client_state.get("zero_stage")
+    if saved_stage != zero_stage:
+        raise UserError(f"{path}: cannot resume, train.zero_stage was {saved_stage} and is now {zero_stage}")
+    if zero_stage > 0 and saved_world != world_size:
+        raise UserError(f"{path}: cannot resume a ZeRO-{zero_stage} checkpoint of {saved_world} ranks on "
+                        f"{world_size} ranks; run with {saved_world} ranks, or `asteroid-hpc export` it")

@@ -1,0 +1,60 @@
+"""Consolidate a (possibly ZeRO-partitioned) training checkpoint into one fp32 weights file.
+
+The output is the model's own safetensors format (:func:`asteroid_hpc.model.save_weights`, config in its
+metadata), loadable with :func:`asteroid_hpc.model.load_weights` on any number of ranks.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..config.schema import ModelConfig
+from ..dist.logs import get_logger
+from ..errors import UserError, user_error
+from .checkpoint import CLIENT_STATE, CheckpointManager, read_json, resolve_resume
+
+log = get_logger(__name__)
+
+
+def _fp32_state_dict(path: Path) -> dict:
+    """The full fp32 module state of checkpoint folder ``path``, on CPU."""
+    import torch
+
+    if any(path.glob("*zero_pp_rank_*optim_states.pt")):  # ZeRO (or bf16) master weights, partitioned
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(str(path.parent), tag=path.name)
+    # ZeRO stage 0 in fp32: the module state is saved whole by rank 0
+    model_file = path / "mp_rank_00_model_states.pt"
+    if not model_file.is_file():
+        raise user_error(path, "no DeepSpeed model states (mp_rank_00_model_states.pt) in this checkpoint")
+    state = torch.load(model_file, map_location="cpu", weights_only=False)["module"]
+    return {name: tensor.float() for name, tensor in state.items()}
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike) -> Path:
+    """Write the fp32 weights of ``checkpoint`` (a step folder, a checkpoints folder or a run folder)."""
+    from ..model import build_model, save_weights
+
+    path = resolve_resume(str(checkpoint), CheckpointManager(Path(checkpoint), keep_last=2))
+    if path is None:  # unreachable for a path argument, kept for type checkers
+        raise user_error(checkpoint, "no complete checkpoint found")
+    client_state = read_json(path / CLIENT_STATE)
+    try:
+        model_cfg = ModelConfig(**client_state["config"]["model"])
+    except (KeyError, TypeError) as exc:
+        raise user_error(path / CLIENT_STATE, f"no usable model config ({exc})") from None
+    model = build_model(model_cfg)
+    state = _fp32_state_dict(path)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"{path}: the checkpoint's weights do not match its model config "
+                        f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    output = Path(output)
+    if output.is_dir():
+        raise user_error(output, "is a directory; give the output weights file name, e.g. model.safetensors")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(model, output)
+    log.info("exported %s (step %s) to %s", path, client_state.get("step"), output)
+    return output
