@@ -1,15 +1,71 @@
-"""``asteroid-hpc evaluate``."""
+"""``asteroid-hpc evaluate``: score an exported model beside persistence and constant velocity."""
 
 from __future__ import annotations
 
+import shlex
+import sys
+
 import click
 
-from .common import examples, not_built
+from .common import examples
+
+TRAJECTORY_PROTOCOLS = ("A", "B", "C")
 
 
-@click.command("evaluate", context_settings={"ignore_unknown_options": True},
-               epilog=examples("asteroid-hpc evaluate --help"))
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def command(args) -> None:
-    """Not built yet."""
-    not_built("evaluate", 7)
+@click.command("evaluate", epilog=examples(
+    "asteroid-hpc evaluate model.safetensors /work/data/xtb-md17/aspirin.nc -o eval/aspirin --protocol C",
+    "asteroid-hpc evaluate export/aspirin-a traj.nc -o eval/a --protocol A --protocol B --max-samples 500",
+    "asteroid-hpc evaluate export/aspirin data/aspirin -o eval/win --protocol window --split val",
+))
+@click.argument("model", type=click.Path())
+@click.argument("dataset", type=click.Path())
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Output directory (results.md, results.json, error_vs_lead_time.png).")
+@click.option("--protocol", "protocols", multiple=True, type=click.Choice(["A", "B", "C", "window"], case_sensitive=False),
+              help="Protocol (repeatable). A, B, C (METHOD.md §3) read a trajectory file and make their own "
+                   "splits; window uses a preprocessed dataset directory. Default: A, B, C for a file, window "
+                   "for a directory.")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
+@click.option("--history-frames", type=click.IntRange(min=2),
+              help="History frames given to the model; must equal the model's history_frames (the default).")
+@click.option("--max-samples", type=click.IntRange(min=1), help="Score a seeded random subset of at most N samples.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the --max-samples subset.")
+@click.option("--a-history-stride", default=375, show_default=True, type=click.IntRange(min=1),
+              help="Protocol A: MD17 frames between the model's history (and forecast) frames; must divide 375.")
+@click.option("--a-input", default="heavy", show_default=True, type=click.Choice(["heavy", "all"]),
+              help="Protocol A: atoms the model sees (only heavy atoms are scored either way).")
+@click.option("--horizon-frames", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Protocol window: frames forecast per window.")
+@click.option("--timestep-fs", type=click.FloatRange(min=0, min_open=True),
+              help="Frame spacing of the trajectory when its file has no time axis (default: MD17's 0.5 fs).")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+def command(model, dataset, out_dir, protocols, split, history_frames, max_samples, seed, a_history_stride, a_input,
+            horizon_frames, timestep_fs, batch_size) -> None:
+    """Evaluate MODEL (exported weights) on DATASET (trajectory file or dataset directory).
+
+    Prints a markdown table per protocol (model, persistence, constant velocity on the very same samples)
+    and writes it to OUT/results.md, with OUT/results.json and OUT/error_vs_lead_time.png.
+    """
+    from pathlib import Path
+
+    from ..dist import setup_logging
+    from ..errors import user_error
+    from ..evaluation import evaluate_to_directory
+
+    setup_logging()
+    is_directory = Path(dataset).is_dir()
+    chosen = [p.upper() if p.lower() != "window" else "window" for p in protocols]
+    if not chosen:
+        chosen = ["window"] if is_directory else list(TRAJECTORY_PROTOCOLS)
+    if is_directory and any(p in TRAJECTORY_PROTOCOLS for p in chosen):
+        raise user_error(dataset, "protocols A, B and C make their own splits: pass the trajectory file, not a "
+                                  "dataset directory")
+    if not is_directory and "window" in chosen:
+        raise user_error(dataset, "protocol window needs a preprocessed dataset directory")
+    command_line = "asteroid-hpc " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    results, paths, markdown = evaluate_to_directory(
+        model, dataset, out_dir, list(dict.fromkeys(chosen)), split=split, history_frames=history_frames,
+        max_samples=max_samples, seed=seed, a_history_stride_frames=a_history_stride, a_heavy_input=a_input == "heavy",
+        horizon_frames=horizon_frames, timestep_fs=timestep_fs, batch_size=batch_size, command_line=command_line)
+    click.echo(markdown)
+    click.echo(f"wrote {paths['markdown']}, {paths['json']}, {paths['plot']}")

@@ -1,0 +1,40 @@
+"""Trivial forecasts every table reports beside the model (METHOD.md §3), built from the same history.
+
+``history`` is ``[S, m, N, 3]`` (frames equally spaced), ``lead_steps`` the lead times to forecast in
+units of that spacing (1 = the frame right after the last observed one). Results are ``[S, H, N, 3]``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _check(history: np.ndarray, lead_steps) -> tuple[np.ndarray, np.ndarray]:
+    history = np.asarray(history)
+    steps = np.asarray(lead_steps, dtype=np.float64)
+    if history.ndim != 4 or history.shape[-1] != 3:
+        raise ValueError(f"history must be [S, m, N, 3], got {list(history.shape)}")
+    if steps.ndim != 1 or steps.size == 0 or np.any(steps <= 0):
+        raise ValueError("lead_steps must be a non-empty list of positive lead times")
+    return history, steps
+
+
+def persistence_forecast(history, lead_steps) -> np.ndarray:
+    """The last observed frame, repeated at every lead time."""
+    history, steps = _check(history, lead_steps)
+    last = history[:, -1:]
+    return np.repeat(last, steps.size, axis=1)
+
+
+def constant_velocity_forecast(history, lead_steps) -> np.ndarray:
+    """x_last + k · (x_last − x_previous) at lead time k: the finite-difference velocity of the last two
+    observed frames, held constant."""
+    history, steps = _check(history, lead_steps)
+    if history.shape[1] < 2:
+        raise ValueError("constant velocity needs at least two history frames")
+    last = history[:, -1:].astype(np.float64)
+    velocity = last - history[:, -2:-1]
+    return (last + steps.reshape(1, -1, 1, 1) * velocity).astype(history.dtype)
+
+
+BASELINES = {"persistence": persistence_forecast, "constant velocity": constant_velocity_forecast}

@@ -1,0 +1,64 @@
+"""``asteroid-hpc evaluate`` end to end: load, sample, forecast, score, write."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from pathlib import Path
+
+from ..dist import get_logger
+from ..errors import user_error
+from .report import results_markdown, write_outputs
+from .run import ProtocolResult, build_samples, evaluate_samples
+
+log = get_logger(__name__)
+
+
+def evaluate_to_directory(model_path: str | os.PathLike, data_path: str | os.PathLike, out_dir: str | os.PathLike,
+                          protocols: list[str], *, split: str = "test", history_frames: int | None = None,
+                          max_samples: int | None = None, seed: int = 0, a_history_stride_frames: int = 375,
+                          a_heavy_input: bool = True, horizon_frames: int = 10, timestep_fs: float | None = None,
+                          batch_size: int = 64, command_line: str = "") -> tuple[list[ProtocolResult], dict, str]:
+    """Evaluate the exported model at ``model_path`` on ``data_path`` with each protocol; write results.md,
+    results.json and error_vs_lead_time.png into ``out_dir``. Returns the results, the output paths and
+    the markdown text."""
+    from .model_io import load_model, resolve_weights
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise user_error(out, "output path exists and is not a directory")
+    model = load_model(model_path)
+    model_history = model.cfg.history_frames
+    if history_frames is not None and history_frames != model_history:
+        raise user_error(resolve_weights(model_path), f"the model takes {model_history} history frames, "
+                                                      f"--history-frames asked for {history_frames}")
+    results = []
+    if "window" in protocols:
+        from .windows import window_samples
+
+        samples = window_samples(data_path, split=split, history_frames=model_history, horizon_frames=horizon_frames,
+                                 max_samples=max_samples, seed=seed)
+        results.append(evaluate_samples(model, samples, batch_size=batch_size))
+    trajectory_protocols = [p for p in protocols if p != "window"]
+    if trajectory_protocols:
+        from .trajectory import load_trajectory
+
+        traj = load_trajectory(data_path, timestep_fs)
+        log.info("%s: %d frames of %d atoms, %g fs apart", data_path, len(traj.positions),
+                 traj.positions.shape[1], traj.frame_fs)
+        for protocol in trajectory_protocols:
+            samples = build_samples(protocol, traj, split=split, history_frames=model_history, max_samples=max_samples,
+                                    seed=seed, a_history_stride_frames=a_history_stride_frames,
+                                    a_heavy_input=a_heavy_input)
+            results.append(evaluate_samples(model, samples, batch_size=batch_size))
+    header = {"model": str(model_path), "data": str(data_path), "command": command_line,
+              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "model_config": _model_config(model)}
+    paths = write_outputs(results, out, header)
+    return results, paths, results_markdown(results, header)
+
+
+def _model_config(model) -> dict:
+    from dataclasses import asdict
+
+    return asdict(model.cfg)

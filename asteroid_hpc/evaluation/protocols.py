@@ -1,0 +1,271 @@
+"""The peers' evaluation protocols (METHOD.md §3) as index arithmetic over one trajectory in memory.
+
+Protocol frame counts (ΔT = 3000, stride 10, margin 10000) are MD17 frames of 0.5 fs; they are turned
+into frames of the trajectory at hand with :func:`to_file_frames`, so a trajectory saved every 5 fs
+uses stride 1 for "stride 10".
+
+- A (GMN/EGNO/ATOM): random starts t from frames [margin : −margin] drawn with the legacy NumPy
+  generator seeded 100 (train, then val, then test, without replacement), heavy atoms only, targets
+  t + ⌊ΔT·p/P⌋, p = 1…P. S2S is the error at the last target, S2T the mean over the P targets.
+- B (ESTAG): the same starts; K history frames 10 apart ending at t; target t + 10.
+- C (GeoTDM): all atoms, every 10th frame, chronological 60/20/20 split, windows of K conditioning
+  + 20 predicted frames lying wholly inside one split.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import UserError
+
+MD17_FRAME_FS = 0.5
+SPLITS = ("train", "val", "test")
+
+A_DELTA_T_FRAMES = 3000
+A_TARGETS = 8
+A_MARGIN_FRAMES = 10000
+A_SIZES = (500, 2000, 2000)
+A_SEED = 100
+B_STRIDE_FRAMES = 10
+C_STRIDE_FRAMES = 10
+C_FRACTIONS = (0.6, 0.2, 0.2)
+C_PREDICTED_FRAMES = 20
+PROTOCOL_HISTORY_FRAMES = {"B": 10, "C": 10}  # A: peers give one frame + velocity; we give the model's m
+
+
+@dataclass
+class Trajectory:
+    """Positions of one contiguous trajectory in memory."""
+
+    positions: np.ndarray  # [F, N, 3] Å
+    atomic_numbers: np.ndarray  # [N]
+    frame_fs: float  # time between consecutive frames
+    source: str
+
+
+@dataclass
+class ProtocolSamples:
+    """Histories and targets of one protocol, ready for the model and the baselines."""
+
+    protocol: str
+    split: str
+    history: np.ndarray  # [S, K, N, 3]: K frames, history_stride_frames apart, ending at start_frames
+    target: np.ndarray  # [S, H, N, 3]: the true frames at lead_steps
+    atomic_numbers: np.ndarray  # [N] of the model's input atoms
+    scored_atoms: np.ndarray  # indices (into N) of the atoms the metrics use
+    lead_steps: np.ndarray  # [H] lead times in units of history_stride_frames (1 = next frame)
+    history_stride_frames: int  # trajectory frames between consecutive history (and forecast) frames
+    frame_fs: float
+    start_frames: np.ndarray  # [S] trajectory index of the last history frame
+    settings: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def lead_time_fs(self) -> np.ndarray:
+        return self.lead_steps * self.history_stride_frames * self.frame_fs
+
+    @property
+    def forecast_frames(self) -> int:
+        """How many consecutive frames the model must forecast to reach the last lead time."""
+        return int(self.lead_steps.max())
+
+
+# ------------------------------------------------------------------------------------------ arithmetic
+
+def to_file_frames(protocol_frames: int, frame_fs: float, what: str) -> int:
+    """A protocol frame count (MD17 frames of 0.5 fs) in frames of a trajectory saved every frame_fs."""
+    ratio = protocol_frames * MD17_FRAME_FS / frame_fs
+    if ratio < 1 - 1e-9 or abs(ratio - round(ratio)) > 1e-6:
+        raise UserError(f"{what} of {protocol_frames} MD17 frames ({protocol_frames * MD17_FRAME_FS:g} fs) is not a "
+                        f"whole number of frames of a trajectory saved every {frame_fs:g} fs")
+    return int(round(ratio))
+
+
+def protocol_a_offsets(delta_t_frames: int = A_DELTA_T_FRAMES, n_targets: int = A_TARGETS) -> np.ndarray:
+    """Target offsets ⌊ΔT·p/P⌋ for p = 1…P (3000, 8 → 375, 750, …, 3000)."""
+    return np.array([delta_t_frames * p // n_targets for p in range(1, n_targets + 1)], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class RandomStartPlan:
+    """Where protocol A/B starts may lie and how many are drawn; ``scaled`` when smaller than the peers'."""
+
+    margin_frames: int
+    sizes: tuple[int, int, int]
+    scaled: bool
+
+    def describe(self) -> str:
+        return (f"random starts from frames [{self.margin_frames} : -{self.margin_frames}], "
+                f"{self.sizes[0]}/{self.sizes[1]}/{self.sizes[2]} train/val/test")
+
+
+def random_start_plan(n_frames: int, *, before_frames: int, after_frames: int,
+                      margin_frames: int = A_MARGIN_FRAMES, sizes: tuple[int, int, int] = A_SIZES) -> RandomStartPlan:
+    """The peers' margin and sizes when the trajectory is long enough; otherwise the smallest margin that
+    still fits the history (``before_frames``) and the last target (``after_frames``), and sizes scaled
+    down in proportion to the frames available."""
+    def candidates(margin: int) -> int:
+        return n_frames - 1 - 2 * margin  # peers drop the last frame (it has no velocity), then the margins
+
+    if margin_frames >= max(before_frames, after_frames) and candidates(margin_frames) >= sum(sizes):
+        return RandomStartPlan(margin_frames, tuple(sizes), False)
+    margin = max(before_frames, after_frames)
+    available = candidates(margin)
+    if available >= sum(sizes):
+        return RandomStartPlan(margin, tuple(sizes), True)
+    scaled = tuple(int(math.floor(size * available / sum(sizes))) for size in sizes)
+    if min(scaled) < 1:
+        raise UserError(f"{n_frames} frames are too few for random starts with {before_frames} frames of history "
+                        f"and a target {after_frames} frames ahead")
+    return RandomStartPlan(margin, scaled, True)
+
+
+def random_start_split(n_frames: int, plan: RandomStartPlan, seed: int = A_SEED) -> dict[str, np.ndarray]:
+    """Start frames per split, drawn like GMN/EGNO: ``np.random.seed(seed)``, then train, val and test each
+    chosen without replacement from the candidates not chosen before, offset by the margin."""
+    rng = np.random.RandomState(seed)  # the legacy global generator's stream, without touching global state
+    n_candidates = n_frames - 1 - 2 * plan.margin_frames
+    taken = np.zeros(n_candidates, dtype=bool)
+    starts = {}
+    for name, size in zip(SPLITS, plan.sizes):
+        rest = np.flatnonzero(~taken)
+        chosen = rng.choice(rest, size=size, replace=False)
+        taken[chosen] = True
+        starts[name] = chosen + plan.margin_frames
+    return starts
+
+
+def chronological_bounds(n_frames: int, fractions: tuple[float, float, float] = C_FRACTIONS) -> dict[str, tuple[int, int]]:
+    """[lo, hi) frame ranges of train, val and test, in time order."""
+    first = int(round(n_frames * fractions[0]))
+    second = int(round(n_frames * (fractions[0] + fractions[1])))
+    return {"train": (0, first), "val": (first, second), "test": (second, n_frames)}
+
+
+def window_starts(lo: int, hi: int, window_frames: int, stride: int = 1) -> np.ndarray:
+    """First frames of every window of ``window_frames`` frames lying wholly inside [lo, hi)."""
+    return np.arange(lo, hi - window_frames + 1, stride, dtype=np.int64)
+
+
+def subsample(indices: np.ndarray, max_samples: int | None, seed: int) -> np.ndarray:
+    """At most ``max_samples`` of ``indices`` (a seeded random subset, kept in order)."""
+    if max_samples is None or len(indices) <= max_samples:
+        return indices
+    chosen = np.random.default_rng(seed).choice(len(indices), size=max_samples, replace=False)
+    return indices[np.sort(chosen)]
+
+
+def gather(positions: np.ndarray, last_frames: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """positions[last + offset] for every last frame and offset: [S, len(offsets), N, 3]."""
+    return positions[last_frames[:, None] + offsets[None, :]]
+
+
+# ------------------------------------------------------------------------------------------ protocols
+
+def _history_offsets(history_frames: int, stride: int) -> np.ndarray:
+    return -stride * np.arange(history_frames - 1, -1, -1, dtype=np.int64)
+
+
+def _heavy_atoms(atomic_numbers: np.ndarray, source: str) -> np.ndarray:
+    heavy = np.flatnonzero(np.asarray(atomic_numbers) > 1)
+    if heavy.size == 0:
+        raise UserError(f"{source}: no heavy atoms (atomic number > 1) for protocol A")
+    return heavy
+
+
+def _random_start_frames(traj: Trajectory, split: str, history_frames: int, a_stride: int,
+                         notes: list[str]) -> tuple[np.ndarray, RandomStartPlan]:
+    """Starts shared by A and B: the plan covers the history of both and A's last target."""
+    delta_t = to_file_frames(A_DELTA_T_FRAMES, traj.frame_fs, "protocol A's ΔT")
+    b_stride = to_file_frames(B_STRIDE_FRAMES, traj.frame_fs, "protocol B's stride")
+    margin = to_file_frames(A_MARGIN_FRAMES, traj.frame_fs, "protocol A's margin")
+    sizes = A_SIZES
+    plan = random_start_plan(len(traj.positions), before_frames=(history_frames - 1) * max(a_stride, b_stride),
+                             after_frames=delta_t, margin_frames=margin, sizes=sizes)
+    if plan.scaled:
+        notes.append(f"scaled down: {len(traj.positions)} frames are fewer than the peers' protocol needs; "
+                     f"used {plan.describe()} instead of margin {margin} and {sizes[0]}/{sizes[1]}/{sizes[2]}")
+    return random_start_split(len(traj.positions), plan, A_SEED)[split], plan
+
+
+def protocol_a(traj: Trajectory, *, split: str, history_frames: int, history_stride_frames: int = 375,
+               heavy_input: bool = True, max_samples: int | None = None, seed: int = 0) -> ProtocolSamples:
+    """Protocol A samples. ``history_stride_frames`` (MD17 frames) must divide ΔT/P: the model steps at that
+    stride and is scored on the frames that land on the targets."""
+    notes: list[str] = []
+    offsets = np.array([to_file_frames(int(o), traj.frame_fs, "protocol A's target offset") for o in protocol_a_offsets()])
+    stride = to_file_frames(history_stride_frames, traj.frame_fs, "protocol A's history stride")
+    if offsets[0] % stride:
+        raise UserError(f"protocol A: history stride {history_stride_frames} frames does not divide the target "
+                        f"spacing {A_DELTA_T_FRAMES // A_TARGETS} frames")
+    starts, plan = _random_start_frames(traj, split, history_frames, stride, notes)
+    starts = _limit(starts, max_samples, seed, notes)
+    heavy = _heavy_atoms(traj.atomic_numbers, traj.source)
+    atoms = heavy if heavy_input else np.arange(len(traj.atomic_numbers))
+    history = gather(traj.positions, starts, _history_offsets(history_frames, stride))[:, :, atoms]
+    target = gather(traj.positions, starts, offsets)[:, :, atoms]
+    scored = np.arange(len(atoms)) if heavy_input else heavy
+    if not heavy_input:
+        notes.append("the model sees all atoms; only heavy atoms are scored")
+    return ProtocolSamples("A", split, history, target, traj.atomic_numbers[atoms], scored, offsets // stride,
+                           stride, traj.frame_fs, starts,
+                           settings={"delta_t_frames": int(offsets[-1]), "targets": A_TARGETS,
+                                     "margin_frames": plan.margin_frames, "split_sizes": list(plan.sizes),
+                                     "split_seed": A_SEED, "atoms": "heavy" if heavy_input else "all (heavy scored)",
+                                     "history_frames": history_frames, "history_stride_frames": stride},
+                           notes=notes)
+
+
+def protocol_b(traj: Trajectory, *, split: str, history_frames: int, a_history_stride_frames: int = 375,
+               max_samples: int | None = None, seed: int = 0) -> ProtocolSamples:
+    """Protocol B samples: the starts of protocol A, history frames 10 apart, target 10 frames later."""
+    notes: list[str] = []
+    stride = to_file_frames(B_STRIDE_FRAMES, traj.frame_fs, "protocol B's stride")
+    a_stride = to_file_frames(a_history_stride_frames, traj.frame_fs, "protocol A's history stride")
+    starts, plan = _random_start_frames(traj, split, history_frames, a_stride, notes)
+    starts = _limit(starts, max_samples, seed, notes)
+    heavy = _heavy_atoms(traj.atomic_numbers, traj.source)
+    history = gather(traj.positions, starts, _history_offsets(history_frames, stride))[:, :, heavy]
+    target = gather(traj.positions, starts, np.array([stride]))[:, :, heavy]
+    return ProtocolSamples("B", split, history, target, traj.atomic_numbers[heavy], np.arange(len(heavy)),
+                           np.array([1]), stride, traj.frame_fs, starts,
+                           settings={"margin_frames": plan.margin_frames, "split_sizes": list(plan.sizes),
+                                     "split_seed": A_SEED, "atoms": "heavy", "history_frames": history_frames,
+                                     "history_stride_frames": stride},
+                           notes=notes)
+
+
+def protocol_c(traj: Trajectory, *, split: str, history_frames: int, max_samples: int | None = None,
+               seed: int = 0) -> ProtocolSamples:
+    """Protocol C samples: every 10th frame, chronological 60/20/20, windows of K + 20 frames in one split."""
+    notes: list[str] = []
+    stride = to_file_frames(C_STRIDE_FRAMES, traj.frame_fs, "protocol C's downsampling")
+    n_downsampled = (len(traj.positions) - 1) // stride + 1
+    lo, hi = chronological_bounds(n_downsampled)[split]
+    window = history_frames + C_PREDICTED_FRAMES
+    first = window_starts(lo, hi, window)
+    if first.size == 0:
+        raise UserError(f"{traj.source}: the {split} split of protocol C has {hi - lo} downsampled frames, fewer than "
+                        f"one window of {window}")
+    first = _limit(first, max_samples, seed, notes)
+    last_history = (first + history_frames - 1) * stride  # in trajectory frames
+    history = gather(traj.positions, last_history, _history_offsets(history_frames, stride))
+    lead_steps = np.arange(1, C_PREDICTED_FRAMES + 1)
+    target = gather(traj.positions, last_history, lead_steps * stride)
+    return ProtocolSamples("C", split, history, target, traj.atomic_numbers, np.arange(len(traj.atomic_numbers)),
+                           lead_steps, stride, traj.frame_fs, last_history,
+                           settings={"downsample_frames": stride, "split_fractions": list(C_FRACTIONS),
+                                     "split_bounds_downsampled": [lo, hi], "window_stride_downsampled": 1,
+                                     "atoms": "all", "history_frames": history_frames,
+                                     "predicted_frames": C_PREDICTED_FRAMES, "history_stride_frames": stride},
+                           notes=notes)
+
+
+def _limit(indices: np.ndarray, max_samples: int | None, seed: int, notes: list[str]) -> np.ndarray:
+    limited = subsample(indices, max_samples, seed)
+    if len(limited) < len(indices):
+        notes.append(f"--max-samples: {len(limited)} of {len(indices)} samples (random subset, seed {seed})")
+    return limited

@@ -1,0 +1,110 @@
+"""Evaluation outputs: a markdown table, a JSON record and a plot of error against lead time.
+
+Every file is written as ``<name>.tmp-<pid>`` and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from .run import ProtocolResult
+
+RESULTS_MD = "results.md"
+RESULTS_JSON = "results.json"
+PLOT_PNG = "error_vs_lead_time.png"
+
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+_DESCRIPTION = {
+    "A": "long jump, targets t + ⌊3000·p/8⌋; the peers see one frame and its finite-difference velocity",
+    "B": "history window, target 10 frames after the last input",
+    "C": "multi-step, 10 conditioning + 20 predicted frames",
+    "window": "dataset windows",
+}
+
+
+def _scale_label(scale: float) -> str:
+    return f"×10{str(round(math.log10(scale))).translate(_SUPERSCRIPT)}"
+
+
+def _lead_times(lead_time_fs: list[float]) -> str:
+    if len(lead_time_fs) == 1:
+        return f"lead time {lead_time_fs[0]:g} fs"
+    return f"{len(lead_time_fs)} lead times {lead_time_fs[0]:g}–{lead_time_fs[-1]:g} fs"
+
+
+def protocol_markdown(result: ProtocolResult) -> str:
+    """One protocol's section: a heading that says what was given and scored, a table, and notes."""
+    scale = _scale_label(result.mse_scale)
+    stride_fs = result.history_stride_frames * result.frame_fs
+    lines = [f"### Protocol {result.protocol} ({_DESCRIPTION[result.protocol]})", "",
+             f"{result.split} split, {result.n_samples} samples, {result.n_atoms_scored} atoms scored; "
+             f"the model is given {result.history_frames} history frames {result.history_stride_frames} trajectory "
+             f"frames ({stride_fs:g} fs) apart; {_lead_times(result.lead_time_fs)}.", ""]
+    metric_names = list(next(iter(result.headline.values())))
+    header = ["method"]
+    for name in metric_names:
+        header += [f"{name} (Å)"] if name in ("ADE", "FDE") else [f"{name} (Å²)", f"{name} ({scale} Å²)"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, metrics in result.headline.items():
+        cells = [method]
+        for name in metric_names:
+            value = metrics[name]
+            cells += [f"{value:.4f}"] if name in ("ADE", "FDE") else [f"{value:.3e}", f"{value / result.mse_scale:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    if result.notes:
+        lines += [""] + [f"- {note}" for note in result.notes]
+    return "\n".join(lines) + "\n"
+
+
+def results_markdown(results: list[ProtocolResult], header: dict) -> str:
+    lines = ["# Evaluation", "", f"- model: `{header['model']}`", f"- data: `{header['data']}`",
+             f"- command: `{header['command']}`", "- MSE: per-coordinate squared error (mean over atoms and x, y, z)", ""]
+    return "\n".join(lines) + "\n" + "\n".join(protocol_markdown(r) for r in results)
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def plot_error_vs_lead_time(results: list[ProtocolResult], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 3.6), squeeze=False)
+    for ax, result in zip(axes[0], results):
+        for method, mse in result.mse_per_lead_angstrom2.items():
+            ax.plot(result.lead_time_fs, mse, marker="o", markersize=3, label=method)
+        ax.set_yscale("log")
+        ax.set_xlabel("lead time (fs)")
+        ax.set_ylabel("MSE (Å²)")
+        ax.set_title(f"protocol {result.protocol} ({result.split}, {result.n_samples} samples)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    try:
+        _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    finally:
+        plt.close(fig)
+
+
+def write_outputs(results: list[ProtocolResult], out_dir: str | os.PathLike, header: dict) -> dict[str, Path]:
+    """Write results.md, results.json and error_vs_lead_time.png into ``out_dir``; return their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": out / RESULTS_MD, "json": out / RESULTS_JSON, "plot": out / PLOT_PNG}
+    record = {**header, "protocols": [asdict(r) for r in results]}
+    _atomic_write(paths["json"], lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+    _atomic_write(paths["markdown"], lambda tmp: tmp.write_text(results_markdown(results, header)))
+    plot_error_vs_lead_time(results, paths["plot"])
+    return paths

@@ -1,0 +1,108 @@
+"""Score a model and the trivial baselines on the same protocol samples."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..dist import get_logger
+from ..errors import UserError
+from ..metrics import ade_fde, mse_per_lead_time
+from .baselines import BASELINES
+from .protocols import PROTOCOL_HISTORY_FRAMES, ProtocolSamples
+
+log = get_logger(__name__)
+
+MODEL_LABEL = "ASTEROID"
+# how each protocol's headline numbers are quoted (METHOD.md §3)
+MSE_SCALE = {"A": 1e-2, "B": 1e-3, "C": 1e-2, "window": 1e-2}
+
+
+@dataclass
+class ProtocolResult:
+    """Errors of every method on one protocol's samples."""
+
+    protocol: str
+    split: str
+    n_samples: int
+    n_atoms_scored: int
+    history_frames: int
+    history_stride_frames: int
+    frame_fs: float
+    lead_time_fs: list[float]
+    mse_per_lead_angstrom2: dict[str, list[float]]  # method -> [H]
+    headline: dict[str, dict[str, float]]  # method -> metric name -> value
+    mse_scale: float
+    settings: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    model_seconds: float = 0.0
+
+
+def headline_metrics(protocol: str, prediction: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """The numbers a protocol's table quotes, in Å² (MSE) and Å (ADE/FDE)."""
+    mse = mse_per_lead_time(prediction, target)
+    if protocol == "A":
+        return {"S2S MSE": float(mse[-1]), "S2T MSE": float(mse.mean())}
+    if protocol == "B":
+        return {"MSE": float(mse[0])}
+    ade, fde = ade_fde(prediction, target)
+    return {"ADE": ade, "FDE": fde, "MSE": float(mse.mean())}
+
+
+def score_samples(samples: ProtocolSamples, model_prediction: np.ndarray | None, model_seconds: float = 0.0,
+                  expected_history_frames: int | None = None) -> ProtocolResult:
+    """Scores of the model (when given) and of every baseline on ``samples``, on the scored atoms."""
+    atoms = samples.scored_atoms
+    target = samples.target[:, :, atoms]
+    predictions = {} if model_prediction is None else {MODEL_LABEL: model_prediction}
+    for name, baseline in BASELINES.items():
+        predictions[name] = baseline(samples.history, samples.lead_steps)
+    per_lead, headline = {}, {}
+    for name, prediction in predictions.items():
+        prediction = prediction[:, :, atoms]
+        per_lead[name] = mse_per_lead_time(prediction, target).tolist()
+        headline[name] = headline_metrics(samples.protocol, prediction, target)
+    notes = list(samples.notes)
+    k = samples.history.shape[1]
+    if expected_history_frames is not None and k != expected_history_frames:
+        notes.append(f"deviation: the protocol gives {expected_history_frames} history frames, the model takes {k}")
+    return ProtocolResult(samples.protocol, samples.split, len(target), len(atoms), k, samples.history_stride_frames,
+                          samples.frame_fs, samples.lead_time_fs.tolist(), per_lead, headline,
+                          MSE_SCALE[samples.protocol], settings=dict(samples.settings), notes=notes,
+                          model_seconds=model_seconds)
+
+
+def evaluate_samples(model, samples: ProtocolSamples, *, batch_size: int = 64) -> ProtocolResult:
+    """Run the model on ``samples`` (timed) and score it beside the baselines."""
+    from .model_io import model_forecast
+
+    if len(samples.history) == 0:
+        raise UserError(f"protocol {samples.protocol}: no {samples.split} samples")
+    log.info("protocol %s: %d %s samples, %d history frames %d frames apart, %d forecast frames",
+             samples.protocol, len(samples.history), samples.split, samples.history.shape[1],
+             samples.history_stride_frames, samples.forecast_frames)
+    started = time.perf_counter()
+    prediction = model_forecast(model, samples, batch_size=batch_size)
+    seconds = time.perf_counter() - started
+    log.info("protocol %s: model forecast in %.1f s", samples.protocol, seconds)
+    for note in samples.notes:
+        log.warning("protocol %s: %s", samples.protocol, note)
+    return score_samples(samples, prediction, seconds, PROTOCOL_HISTORY_FRAMES.get(samples.protocol))
+
+
+def build_samples(protocol: str, traj, *, split: str, history_frames: int, max_samples: int | None, seed: int,
+                  a_history_stride_frames: int, a_heavy_input: bool) -> ProtocolSamples:
+    """Samples of protocol A, B or C from one trajectory in memory."""
+    from .protocols import protocol_a, protocol_b, protocol_c
+
+    if protocol == "A":
+        return protocol_a(traj, split=split, history_frames=history_frames, max_samples=max_samples, seed=seed,
+                          history_stride_frames=a_history_stride_frames, heavy_input=a_heavy_input)
+    if protocol == "B":
+        return protocol_b(traj, split=split, history_frames=history_frames, max_samples=max_samples, seed=seed,
+                          a_history_stride_frames=a_history_stride_frames)
+    if protocol == "C":
+        return protocol_c(traj, split=split, history_frames=history_frames, max_samples=max_samples, seed=seed)
+    raise ValueError(f"unknown trajectory protocol {protocol!r}")

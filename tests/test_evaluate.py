@@ -1,0 +1,196 @@
+"""Evaluation: baselines, protocol index arithmetic, CLI errors, and an end-to-end run on a real trajectory."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import REPO, assert_user_error, run_cli
+from asteroid_hpc.errors import UserError
+from asteroid_hpc.evaluation import Trajectory, constant_velocity_forecast, persistence_forecast, protocol_a, protocol_b, protocol_c, score_samples
+from asteroid_hpc.evaluation.protocols import (RandomStartPlan, chronological_bounds, protocol_a_offsets, random_start_plan,
+                                               random_start_split, to_file_frames, window_starts)
+
+RESOURCE_TRAJECTORY = REPO / "asteroid_hpc" / "resources" / "aspirin_xtb.nc"
+
+
+def _index_trajectory(n_frames: int, atomic_numbers=(6, 8, 1, 1)) -> Trajectory:
+    """Every coordinate of frame f equals f, so gathered values are the frame indices themselves."""
+    n_atoms = len(atomic_numbers)
+    positions = np.broadcast_to(np.arange(n_frames, dtype=np.float64)[:, None, None], (n_frames, n_atoms, 3)).copy()
+    return Trajectory(positions, np.array(atomic_numbers), 0.5, "index")
+
+
+# ----------------------------------------------------------------------------------------- baselines
+
+def test_baselines_on_a_constant_velocity_trajectory():
+    rng = np.random.default_rng(0)
+    start, velocity = rng.normal(size=(5, 3)), rng.normal(size=(5, 3)) * 0.01
+    frames = start + np.arange(40)[:, None, None] * velocity  # x(t) = x0 + v t, one frame per step
+    stride = 3
+    history = frames[None, 0:10 * stride:stride][:, :10]  # frames 0, 3, ..., 27
+    lead_steps = np.array([1, 2, 4])
+    target = frames[None, 27 + stride * lead_steps]
+    cv = constant_velocity_forecast(history, lead_steps)
+    persistence = persistence_forecast(history, lead_steps)
+    assert np.abs(cv - target).max() < 1e-12
+    assert ((persistence - target) ** 2).mean() > 1e-6
+    assert persistence[0, 2] == pytest.approx(history[0, -1])
+
+
+def test_score_samples_puts_model_and_baselines_on_the_same_samples():
+    samples = protocol_c(_index_trajectory(2000), split="test", history_frames=10)
+    perfect = samples.target.copy()
+    result = score_samples(samples, perfect, expected_history_frames=10)
+    assert set(result.headline) == {"ASTEROID", "persistence", "constant velocity"}
+    assert result.headline["ASTEROID"]["ADE"] == 0.0
+    # positions grow linearly with the frame index: constant velocity is exact, persistence is not
+    assert result.headline["constant velocity"]["FDE"] == pytest.approx(0.0, abs=1e-9)
+    assert result.headline["persistence"]["FDE"] == pytest.approx(np.sqrt(3) * 200)
+    assert len(result.mse_per_lead_angstrom2["persistence"]) == 20 and not result.notes
+
+
+# ----------------------------------------------------------------------------------------- protocol A / B
+
+def test_protocol_a_targets_are_t_plus_floor_3000p_over_8():
+    assert protocol_a_offsets().tolist() == [375, 750, 1125, 1500, 1875, 2250, 2625, 3000]
+    assert protocol_a_offsets(1000, 3).tolist() == [333, 666, 1000]
+    traj = _index_trajectory(25000)
+    samples = protocol_a(traj, split="test", history_frames=4, max_samples=20)
+    starts = samples.start_frames
+    assert samples.target.shape == (20, 8, 2, 3)  # heavy atoms only (Z > 1)
+    assert samples.atomic_numbers.tolist() == [6, 8]
+    assert np.array_equal(samples.target[:, :, 0, 0], starts[:, None] + protocol_a_offsets()[None])
+    assert np.array_equal(samples.history[:, :, 0, 0], starts[:, None] + np.array([-1125, -750, -375, 0]))
+    assert samples.lead_steps.tolist() == list(range(1, 9)) and samples.history_stride_frames == 375
+    assert samples.settings["margin_frames"] == 10000 and samples.settings["split_sizes"] == [500, 2000, 2000]
+
+
+def test_protocol_a_with_a_finer_model_stride_scores_the_landing_frames():
+    samples = protocol_a(_index_trajectory(25000), split="val", history_frames=3, history_stride_frames=125,
+                         max_samples=5)
+    assert samples.lead_steps.tolist() == [3 * p for p in range(1, 9)] and samples.forecast_frames == 24
+    with pytest.raises(UserError, match="does not divide"):
+        protocol_a(_index_trajectory(25000), split="val", history_frames=3, history_stride_frames=100)
+
+
+def _peers_split(n_frames, sizes, margin=10000):
+    """The GMN/EGNO split code, as published (global seed, Python lists)."""
+    x = np.zeros(n_frames)[:-1]
+    np.random.seed(100)
+    _x = x[margin:-margin]
+    train_idx = np.random.choice(np.arange(_x.shape[0]), size=sizes[0], replace=False)
+    flag = np.zeros(_x.shape[0])
+    for i in train_idx:
+        flag[i] = 1
+    rest = [i for i in range(_x.shape[0]) if not flag[i]]
+    val_idx = np.random.choice(rest, size=sizes[1], replace=False)
+    for i in val_idx:
+        flag[i] = 1
+    rest = [i for i in range(_x.shape[0]) if not flag[i]]
+    test_idx = np.random.choice(rest, size=sizes[2], replace=False)
+    return train_idx + margin, val_idx + margin, test_idx + margin
+
+
+def test_random_start_split_reproduces_the_peers_draw():
+    n_frames = 26000
+    plan = random_start_plan(n_frames, before_frames=3375, after_frames=3000)
+    assert plan == RandomStartPlan(10000, (500, 2000, 2000), False)
+    ours = random_start_split(n_frames, plan)
+    for mine, theirs in zip((ours["train"], ours["val"], ours["test"]), _peers_split(n_frames, plan.sizes)):
+        assert np.array_equal(mine, theirs)
+    everything = np.concatenate(list(ours.values()))
+    assert len(np.unique(everything)) == 4500
+    assert everything.min() >= 10000 and everything.max() < n_frames - 1 - 10000
+
+
+def test_short_trajectories_scale_down_and_say_so():
+    plan = random_start_plan(8001, before_frames=3375, after_frames=3000)
+    assert plan.scaled and plan.margin_frames == 3375
+    available = 8000 - 2 * 3375
+    assert plan.sizes == tuple(int(s * available / 4500) for s in (500, 2000, 2000))
+    samples = protocol_b(_index_trajectory(8001), split="test", history_frames=10)
+    assert samples.settings["split_sizes"] == list(plan.sizes) and "scaled down" in samples.notes[0]
+    # B: 10 history frames 10 apart ending at t, target t + 10, same starts as A
+    assert np.array_equal(samples.history[:, :, 0, 0], samples.start_frames[:, None] + np.arange(-90, 1, 10))
+    assert np.array_equal(samples.target[:, 0, 0, 0], samples.start_frames + 10)
+    a = protocol_a(_index_trajectory(8001), split="test", history_frames=10)
+    assert np.array_equal(a.start_frames, samples.start_frames)
+    with pytest.raises(UserError, match="too few"):
+        random_start_plan(6000, before_frames=3375, after_frames=3000)
+
+
+def test_protocol_frames_follow_the_file_timestep():
+    assert to_file_frames(3000, 0.5, "x") == 3000 and to_file_frames(3000, 2.5, "x") == 600
+    with pytest.raises(UserError, match="whole number"):
+        to_file_frames(375, 5.0, "protocol A's history stride")
+
+
+# ----------------------------------------------------------------------------------------- protocol C
+
+def test_protocol_c_split_bounds_and_windows_stay_inside_their_split():
+    assert chronological_bounds(100) == {"train": (0, 60), "val": (60, 80), "test": (80, 100)}
+    assert window_starts(80, 100, 10).tolist() == list(range(80, 91))
+    traj = _index_trajectory(3001)  # 301 downsampled frames
+    bounds = chronological_bounds(301)
+    for split, (lo, hi) in bounds.items():
+        samples = protocol_c(traj, split=split, history_frames=10)
+        first = samples.history[:, 0, 0, 0]  # trajectory frame of the first history frame
+        last = samples.target[:, -1, 0, 0]
+        assert np.all(first % 10 == 0) and np.all(first >= lo * 10)  # downsampled every 10 frames
+        assert np.all(last <= (hi - 1) * 10)  # the last predicted frame is still inside the split
+        assert len(samples.history) == (hi - lo) - 30 + 1
+        assert np.array_equal(np.diff(samples.target[0, :, 0, 0]), np.full(19, 10.0))
+        assert samples.target[0, 0, 0, 0] == samples.history[0, -1, 0, 0] + 10
+        assert samples.scored_atoms.tolist() == [0, 1, 2, 3]  # all atoms
+    with pytest.raises(UserError, match="fewer than one window"):
+        protocol_c(_index_trajectory(500), split="test", history_frames=10)
+
+
+# ----------------------------------------------------------------------------------------- CLI
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    import torch
+
+    from asteroid_hpc.config.schema import ModelConfig
+    from asteroid_hpc.model import Asteroid, save_weights
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(history_frames=4, delay_length=3, hidden_size=16, num_heads=2, encoder_layers=1,
+                      decoder_layers=1, num_rbf=4, num_global_tokens=1, cutoff_angstrom=4.0)
+    return save_weights(Asteroid(cfg), tmp_path_factory.mktemp("model") / "tiny.safetensors")
+
+
+def test_cli_bad_inputs_are_one_line_exit_2(tmp_path, tiny_model):
+    traj = RESOURCE_TRAJECTORY
+    out = tmp_path / "out"
+    assert_user_error(run_cli("evaluate", tmp_path / "missing.safetensors", traj, "-o", out), "missing.safetensors")
+    assert_user_error(run_cli("evaluate", tiny_model, tmp_path / "none.nc", "-o", out, "--protocol", "C"), "none.nc")
+    assert_user_error(run_cli("evaluate", tiny_model, traj, "-o", out, "--protocol", "window"), "dataset directory")
+    assert_user_error(run_cli("evaluate", tiny_model, tmp_path, "-o", out, "--protocol", "A"), "trajectory file")
+    assert_user_error(run_cli("evaluate", tiny_model, traj, "-o", out, "--history-frames", "7"),
+                      "tiny.safetensors", "4 history frames")
+    assert_user_error(run_cli("evaluate", tiny_model, traj, "-o", out, "--protocol", "Z"), "--protocol")
+    not_weights = tmp_path / "junk.safetensors"
+    not_weights.write_text("not a model")
+    assert_user_error(run_cli("evaluate", not_weights, traj, "-o", out), "junk.safetensors")
+    assert not out.exists()
+
+
+def test_evaluate_end_to_end_on_a_real_trajectory(tmp_path, tiny_model):
+    out = tmp_path / "eval"
+    proc = run_cli("evaluate", tiny_model, RESOURCE_TRAJECTORY, "-o", out, "--protocol", "A", "--protocol", "B",
+                   "--protocol", "C", "--max-samples", "6")
+    assert proc.returncode == 0, proc.stderr
+    table = (out / "results.md").read_text()
+    for row in ("| ASTEROID |", "| persistence |", "| constant velocity |", "Protocol A", "Protocol B", "Protocol C"):
+        assert row in table and row in proc.stdout
+    assert "the model is given 4 history frames" in table
+    record = json.loads((out / "results.json").read_text())
+    by_protocol = {p["protocol"]: p for p in record["protocols"]}
+    assert by_protocol["A"]["n_samples"] == 6 and by_protocol["A"]["n_atoms_scored"] == 13  # aspirin's heavy atoms
+    assert by_protocol["C"]["n_atoms_scored"] == 21 and len(by_protocol["C"]["lead_time_fs"]) == 20
+    assert all(np.isfinite(v) for p in record["protocols"] for m in p["headline"].values() for v in m.values())
+    assert (out / "error_vs_lead_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.glob("*.tmp-*"))
