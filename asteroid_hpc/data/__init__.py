@@ -11,7 +11,12 @@ import importlib
 _EXPORTS = {
     "AmberWriter": "amber",
     "AmberReader": "amber",
-    "read_frames": "amber",
+    "TrajectoryReader": "readers",
+    "read_frames": "readers",
+    "read_manifest": "manifest",
+    "run_preprocess": "preprocess",
+    "WindowDataset": "windows",
+    "DistributedWindowSampler": "sampler",
 }
 
 

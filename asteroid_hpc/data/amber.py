@@ -301,8 +301,9 @@ class AmberReader:
             if self.n_frames == 1 or first != 0.0 or last != 0.0:
                 self.has_time = True
                 if self.n_frames > 1:
-                    self.timestep_ps = (last - first) / (self.n_frames - 1)
-        if self.timestep_ps is None and "timestep_ps" in ds.ncattrs():
+                    # mean spacing, rounded to the ~6 digits that float32 time values carry
+                    self.timestep_ps = float(f"{(last - first) / (self.n_frames - 1):.6g}")
+        if "timestep_ps" in ds.ncattrs():  # exact value written by AmberWriter
             self.timestep_ps = float(ds.timestep_ps)
 
     # -- reading
@@ -312,13 +313,6 @@ class AmberReader:
         coords = self._ds["coordinates"][start:stop]
         time_ps = np.asarray(self._ds["time"][start:stop], dtype=np.float64) if self.has_time else None
         return FrameChunk(start, np.asarray(coords), time_ps)
-
-    def read_frames_at(self, indices: np.ndarray) -> FrameChunk:
-        """Frames at sorted ``indices`` (one contiguous read per frame)."""
-        coords = np.stack([self._ds["coordinates"][int(i)] for i in indices]) if len(indices) else \
-            np.empty((0, self.n_atoms, 3), np.float32)
-        time_ps = np.array([float(self._ds["time"][int(i)]) for i in indices]) if self.has_time else None
-        return FrameChunk(int(indices[0]) if len(indices) else 0, coords, time_ps)
 
     def read_variable(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Any per-frame variable (``velocities``, ``forces``, ``cell_lengths`` ...) for frames ``start:stop``."""
@@ -367,7 +361,9 @@ def iter_strided_chunks(reader, chunk_frames: int, start: int = 0, stop: int | N
             yield FrameChunk(block.start, raw.coordinates[::stride],
                              None if raw.time_ps is None else raw.time_ps[::stride])
         else:
-            yield reader.read_frames_at(np.asarray(block))
+            frames = [reader.read(i, i + 1) for i in block]
+            yield FrameChunk(block.start, np.concatenate([f.coordinates for f in frames]),
+                             None if frames[0].time_ps is None else np.concatenate([f.time_ps for f in frames]))
 
 
 def read_frames(path: str | os.PathLike, start: int = 0, stop: int | None = None) -> FrameChunk:

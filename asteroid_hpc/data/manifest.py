@@ -1,0 +1,86 @@
+"""The dataset manifest (``manifest.json``): JSON only, written last, validated on read.
+
+A dataset directory counts as data only when its manifest exists; every path in the manifest is relative
+to the directory and must stay inside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..errors import UserError, user_error
+
+MANIFEST = "manifest.json"
+SCHEMA_VERSION = 1
+FORMAT = "asteroid-hpc-dataset"
+_REQUIRED = ("schema_version", "n_atoms", "atomic_numbers", "timestep_fs", "frame_stride", "shards", "split",
+             "sources", "statistics")
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON under a temporary name, flush it to disk, then rename."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=1)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def inside(directory: Path, relative: str, where: Path) -> Path:
+    """``directory / relative``, refusing absolute paths, ``..`` and symlinks that lead outside."""
+    if not isinstance(relative, str) or not relative:
+        raise user_error(where, f"invalid file entry {relative!r}")
+    rel = Path(relative)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise user_error(where, f"file entry {relative!r} leaves the dataset directory")
+    path = directory / rel
+    root = directory.resolve()
+    if not path.resolve().is_relative_to(root):
+        raise user_error(where, f"file entry {relative!r} resolves outside the dataset directory "
+                                f"(to {path.resolve()})")
+    return path
+
+
+def read_manifest(dataset_dir: str | os.PathLike) -> dict:
+    """Load and validate ``<dataset_dir>/manifest.json`` (schema version, required keys, shard paths)."""
+    directory = Path(dataset_dir)
+    path = directory / MANIFEST
+    if not directory.is_dir():
+        raise user_error(directory, "no such dataset directory (run `asteroid-hpc preprocess` first)")
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise user_error(directory, f"no {MANIFEST}: not a complete asteroid-hpc dataset") from None
+    except OSError as exc:
+        raise user_error(path, f"cannot read ({exc.strerror or exc})") from None
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise user_error(path, f"invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    if not isinstance(manifest, dict):
+        raise user_error(path, "the manifest must be a JSON object")
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise user_error(path, f"schema version {version!r} is not supported (expected {SCHEMA_VERSION}); "
+                               "re-run `asteroid-hpc preprocess`")
+    missing = [k for k in _REQUIRED if k not in manifest]
+    if missing:
+        raise user_error(path, f"missing keys: {', '.join(missing)}")
+    if not isinstance(manifest["shards"], list) or not manifest["shards"]:
+        raise user_error(path, "no shards")
+    for shard in manifest["shards"]:
+        if not isinstance(shard, dict) or "file" not in shard:
+            raise user_error(path, "a shard entry has no 'file'")
+        shard_path = inside(directory, shard["file"], path)
+        if not shard_path.is_file():
+            raise user_error(shard_path, "shard listed in the manifest is missing")
+        if "size_bytes" in shard and shard_path.stat().st_size != shard["size_bytes"]:
+            raise user_error(shard_path, f"size {shard_path.stat().st_size} differs from the manifest's "
+                                         f"{shard['size_bytes']}")
+    if len(manifest["atomic_numbers"]) != manifest["n_atoms"]:
+        raise UserError(f"{path}: {len(manifest['atomic_numbers'])} atomic numbers for {manifest['n_atoms']} atoms")
+    return manifest

@@ -1,0 +1,265 @@
+"""The preprocessing plan: which input frames go to which shard and split. Pure, cheap (headers only).
+
+Frame numbering: after the frame stride, frame ``k`` of a source is its raw frame ``k * stride``; all
+frame ranges in the plan and the manifest use this strided numbering. Each source file is its own time
+series ("segment"): no shard, split range or window ever spans two sources.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError, user_error
+from .manifest import SCHEMA_VERSION
+from .readers import TrajectoryReader
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Source:
+    index: int
+    path: str  # absolute
+    format: str
+    size_bytes: int
+    mtime_ns: int
+    n_frames_raw: int
+    n_frames: int  # after the stride
+    n_atoms: int
+    timestep_ps: float | None  # of the raw frames, from the file
+
+
+@dataclass
+class Shard:
+    index: int
+    file: str  # relative to the dataset directory
+    source: int
+    split: str  # train / val / test, or "all" for random-start splits
+    frame_start: int  # strided source frames [frame_start, frame_stop)
+    frame_stop: int
+
+
+@dataclass
+class Plan:
+    key: str  # identifies inputs + options: a re-run with the same key may reuse complete shards
+    sources: list[Source]
+    shards: list[Shard]
+    atom_indices: list[int]
+    atomic_numbers: list[int]  # of the selected atoms
+    frame_stride: int
+    timestep_fs: float  # between frames of the dataset (after the stride)
+    split: dict  # method and its parameters (chronological ranges or random-start draws)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def expand_inputs(patterns: list[str]) -> list[Path]:
+    """Files named or matched by glob patterns, in order, without duplicates."""
+    paths: list[Path] = []
+    for pattern in patterns:
+        if glob.has_magic(pattern):
+            matches = sorted(glob.glob(pattern))
+            if not matches:
+                raise user_error(pattern, "no file matches this pattern")
+            paths.extend(Path(m) for m in matches)
+        else:
+            paths.append(Path(pattern))
+    seen, unique = set(), []
+    for p in paths:
+        key = os.path.realpath(p)
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    if not unique:
+        raise UserError("preprocess: no input files given")
+    return unique
+
+
+def parse_atom_selection(selection: str, atomic_numbers: np.ndarray, where: str) -> list[int]:
+    """``all``, ``heavy`` (atomic number > 1) or ``indices:0,1,5-9`` → sorted atom indices."""
+    n = len(atomic_numbers)
+    if selection == "all":
+        return list(range(n))
+    if selection == "heavy":
+        picked = [i for i, z in enumerate(atomic_numbers) if z > 1]
+    else:
+        picked = set()
+        try:
+            for part in selection.split(":", 1)[1].split(","):
+                part = part.strip()
+                if "-" in part:
+                    lo, hi = (int(x) for x in part.split("-", 1))
+                    picked.update(range(lo, hi + 1))
+                elif part:
+                    picked.add(int(part))
+        except ValueError:
+            raise UserError(f"data.atom_selection: cannot parse {selection!r} (expected e.g. indices:0,1,5-9)") \
+                from None
+        picked = sorted(picked)
+        if picked and (picked[0] < 0 or picked[-1] >= n):
+            raise user_error(where, f"data.atom_selection {selection!r} names atoms outside 0..{n - 1}")
+    if not picked:
+        raise user_error(where, f"data.atom_selection {selection!r} selects no atoms")
+    return list(picked)
+
+
+def topology_numbers(path: str) -> np.ndarray:
+    """Atomic numbers from any structure file ASE reads (pdb, xyz, ...)."""
+    try:
+        from ase.io import read
+
+        return np.asarray(read(path, index=0).numbers, dtype=np.int64)
+    except FileNotFoundError:
+        raise user_error(path, "no such file") from None
+    except Exception as exc:
+        raise user_error(path, f"cannot read atomic numbers ({type(exc).__name__}: {exc})") from None
+
+
+def inspect_sources(paths: list[Path], stride: int, topology: str | None) -> tuple[list[Source], np.ndarray]:
+    """Open every input's header, check that they agree, and return them with the atomic numbers."""
+    sources: list[Source] = []
+    numbers = topology_numbers(topology) if topology else None
+    first: Path | None = None
+    for i, path in enumerate(paths):
+        with TrajectoryReader(path) as reader:
+            if reader.n_frames == 0:
+                raise user_error(path, "empty trajectory (0 frames)")
+            if reader.n_atoms == 0:
+                raise user_error(path, "trajectory has 0 atoms")
+            if sources and reader.n_atoms != sources[0].n_atoms:
+                raise user_error(path, f"{reader.n_atoms} atoms, but {first} has {sources[0].n_atoms}")
+            z = reader.atomic_numbers
+            if z is not None and numbers is not None and not np.array_equal(z, numbers):
+                raise user_error(path, f"atomic numbers differ from those of {topology or first}")
+            if numbers is None:
+                numbers = z
+            if numbers is not None and len(numbers) != reader.n_atoms:
+                raise user_error(topology or path, f"{len(numbers)} atomic numbers for {reader.n_atoms} atoms")
+            stat = path.stat()
+            sources.append(Source(i, str(path.resolve()), reader.format, stat.st_size, stat.st_mtime_ns,
+                                  reader.n_frames, -(-reader.n_frames // stride), reader.n_atoms,
+                                  reader.timestep_ps))
+            first = first or path
+    if numbers is None:
+        raise user_error(paths[0], "no atomic numbers in the input (no 'atomic_number' variable): "
+                                   "pass --topology FILE (any structure file ASE reads)")
+    return sources, np.asarray(numbers, dtype=np.int64)
+
+
+def dataset_timestep_fs(sources: list[Source], stride: int, override_fs: float | None) -> float:
+    """The time between dataset frames: the inputs' frame spacing (or ``data.timestep_fs``) × stride."""
+    if override_fs is not None:
+        return override_fs * stride
+    known = [(s, s.timestep_ps) for s in sources if s.timestep_ps is not None]
+    if len(known) < len(sources):
+        missing = next(s for s in sources if s.timestep_ps is None)
+        raise user_error(missing.path, "no time axis to take the time step from: set data.timestep_fs=<fs per "
+                                       "input frame>")
+    ref_source, ref = known[0]
+    for source, dt in known:
+        if dt <= 0:
+            raise user_error(source.path, "time does not increase (non-monotonic time)")
+        if abs(dt - ref) > 1e-4 * abs(ref):
+            raise user_error(source.path, f"time step {dt * 1000:g} fs differs from {ref * 1000:g} fs of "
+                                          f"{ref_source.path}; set data.timestep_fs to override")
+    return ref * 1000.0 * stride
+
+
+def chronological_ranges(n_frames: int, fractions: list[float], gap: int, where: str) -> dict[str, list[int]]:
+    """Consecutive train/val/test ranges with ``gap`` unused frames between neighbouring non-empty splits."""
+    used = [name for name, f in zip(SPLITS, fractions) if f > 0]
+    usable = n_frames - gap * (len(used) - 1)
+    if usable < len(used):
+        raise user_error(where, f"{n_frames} frames are too few for a chronological split with {gap}-frame gaps "
+                                "(history + horizon) between splits")
+    total = sum(f for f in fractions if f > 0)
+    sizes = {name: int(np.floor(usable * f / total)) for name, f in zip(SPLITS, fractions) if f > 0}
+    sizes[used[-1]] += usable - sum(sizes.values())
+    ranges, start = {}, 0
+    for name in used:
+        ranges[name] = [start, start + sizes[name]]
+        start += sizes[name] + gap
+    return ranges
+
+
+def random_start_draws(n_frames: int, counts: list[int], seed: int, margin: int, history: int,
+                       horizon: int, where: str) -> dict[str, list[int]]:
+    """Protocol A's start frames (GMN/EGNO/ATOM): ``numpy.random.seed(seed)``, candidates
+    ``x[margin:-margin]`` where ``x`` drops the last frame (it has no forward velocity), then train, val and
+    test drawn one after another without replacement. A start ``s`` is the last observed frame: history
+    ``s-m+1..s``, targets ``s+1..s+H``. Shorter trajectories draw from every frame that fits a window."""
+    lo, hi = margin, n_frames - 1 - margin
+    if lo < history - 1 or hi + horizon > n_frames - 1 or hi - lo < sum(counts):
+        lo, hi = history - 1, n_frames - horizon
+    candidates = hi - lo
+    if candidates < sum(counts):
+        raise user_error(where, f"only {max(candidates, 0)} start frames fit windows of {history}+{horizon} "
+                                f"frames, fewer than data.random_start_counts {counts}")
+    rng = np.random.RandomState(seed)  # the legacy global stream that numpy.random.seed(seed) sets up
+    taken = np.zeros(candidates, dtype=bool)
+    draws = {}
+    for name, count in zip(SPLITS, counts):
+        pool = np.arange(candidates) if name == "train" else np.flatnonzero(~taken)
+        picked = rng.choice(pool, size=count, replace=False)
+        taken[picked] = True
+        draws[name] = (picked + lo).tolist()
+    return draws
+
+
+def make_plan(inputs: list[str], cfg, topology: str | None = None) -> Plan:
+    """Inspect the inputs and lay out shards and splits for ``cfg`` (an AsteroidConfig)."""
+    data = cfg.data
+    paths = expand_inputs(inputs)
+    stride = data.frame_stride
+    sources, numbers = inspect_sources(paths, stride, topology)
+    atom_indices = parse_atom_selection(data.atom_selection, numbers, str(paths[0]))
+    timestep_fs = dataset_timestep_fs(sources, stride, data.timestep_fs)
+    history, horizon = cfg.model.history_frames, data.horizon_frames
+    shards: list[Shard] = []
+
+    def add_shards(source: Source, split: str, start: int, stop: int) -> None:
+        for a in range(start, stop, data.frames_per_shard):
+            b = min(stop, a + data.frames_per_shard)
+            idx = len(shards)
+            shards.append(Shard(idx, f"shards/shard-{idx:05d}.nc", source.index, split, a, b))
+
+    if data.split == "chronological":
+        gap = history + horizon
+        split = {"method": "chronological", "fractions": list(data.split_fractions), "gap_frames": gap,
+                 "history_frames": history, "horizon_frames": horizon, "ranges": {}}
+        for source in sources:
+            ranges = chronological_ranges(source.n_frames, data.split_fractions, gap, source.path)
+            split["ranges"][str(source.index)] = ranges
+            for name, (a, b) in ranges.items():
+                add_shards(source, name, a, b)
+    else:
+        split = {"method": "random_start", "seed": data.split_seed, "counts": list(data.random_start_counts),
+                 "margin_frames": data.random_start_margin_frames, "history_frames": history,
+                 "horizon_frames": horizon, "starts": {name: [] for name in SPLITS}}
+        for source in sources:
+            # source k draws with seed + k, so a single input reproduces numpy.random.seed(seed) exactly
+            draws = random_start_draws(source.n_frames, data.random_start_counts, data.split_seed + source.index,
+                                       data.random_start_margin_frames, history, horizon, source.path)
+            for name in SPLITS:
+                split["starts"][name].extend([source.index, s] for s in draws[name])
+            add_shards(source, "all", 0, source.n_frames)
+
+    identity = {
+        "schema_version": SCHEMA_VERSION,
+        "inputs": [(s.path, s.size_bytes, s.mtime_ns) for s in sources],
+        "topology": topology and str(Path(topology).resolve()),
+        "data": {k: v for k, v in vars(data).items() if k not in ("dataset", "num_workers", "window_stride",
+                                                                    "chunk_frames")},
+        "history_frames": history,
+    }
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return Plan(key, sources, shards, atom_indices, [int(numbers[i]) for i in atom_indices], stride,
+                timestep_fs, split)
