@@ -33,6 +33,8 @@ class DataConfig:
     split: str = "chronological"  # "chronological" (gap between splits) or "random_start" (protocol A)
     split_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     split_seed: int = 100
+    random_start_counts: list[int] = field(default_factory=lambda: [500, 2000, 2000])  # train/val/test starts
+    random_start_margin_frames: int = 10000  # protocol A draws starts from frames [margin : -margin]
     compression: str = "none"  # "none" or "zlib" for shards (NETCDF4); measured in BENCHMARKS.md
     drop_nonfinite: bool = False
     timestep_fs: Optional[float] = None  # override when inputs carry no time variable
@@ -57,6 +59,9 @@ class DataConfig:
                "data.split_fractions must be three non-negative numbers (train, val, test)")
         _check(abs(sum(self.split_fractions) - 1.0) < 1e-6, "data.split_fractions must sum to 1")
         _check(self.timestep_fs is None or self.timestep_fs > 0, "data.timestep_fs must be > 0")
+        _check(len(self.random_start_counts) == 3 and all(c >= 0 for c in self.random_start_counts),
+               "data.random_start_counts must be three non-negative integers (train, val, test)")
+        _check(self.random_start_margin_frames >= 0, "data.random_start_margin_frames must be >= 0")
 
 
 @dataclass
