@@ -194,3 +194,35 @@ def test_evaluate_end_to_end_on_a_real_trajectory(tmp_path, tiny_model):
     assert all(np.isfinite(v) for p in record["protocols"] for m in p["headline"].values() for v in m.values())
     assert (out / "error_vs_lead_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob("*.tmp-*"))
+
+
+# ----------------------------------------------------------------------------------------- cost report
+
+def test_cost_report_arithmetic():
+    from asteroid_hpc.evaluation.cost import CostReport
+
+    report = CostReport("ethanol", 9, 0.5, 10, 200, 2e-3, 50, 1, 4e-3, 1000, 4)
+    assert report.xtb_cpu_seconds_per_frame == pytest.approx(2e-2)
+    assert report.speedup == pytest.approx(5.0)
+    assert report.frames_per_ps == pytest.approx(200.0)  # 1000 fs / (10 steps x 0.5 fs)
+    record = report.as_dict()
+    assert record["xtb_cpu_seconds_per_ps"] == pytest.approx(4.0)  # 2000 steps of 2 ms
+    assert record["model_cpu_seconds_per_ps"] == pytest.approx(0.8)
+    assert "speed-up of the forecast: 5.0x" in report.markdown()
+
+
+def test_cost_report_measures_real_xtb_and_model(tmp_path, tiny_model):
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    out = tmp_path / "cost.json"
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "cost_report.py"), str(tiny_model), "ethanol",
+                           "--stride", "5", "--frames", "6", "--md-steps", "20", "--repeats", "1", "-o", str(out)],
+                          capture_output=True, text=True, timeout=300, env=cli_env())
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(out.read_text())
+    assert record["md_steps_timed"] >= 20 and record["xtb_cpu_seconds_per_step"] > 0
+    assert record["model_cpu_seconds_per_frame"] > 0 and record["n_atoms"] == 9
+    assert "GFN2-xTB MD" in proc.stdout and "ASTEROID forecast" in proc.stdout

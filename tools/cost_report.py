@@ -1,0 +1,61 @@
+#!/usr/bin/env python
+"""CPU seconds per forecast frame of an ASTEROID model against the GFN2-xTB MD steps that frame replaces.
+
+Both are measured in this run, on one CPU thread each: tblite GFN2-xTB + ASE velocity Verlet on the same
+molecule (stride steps per frame, which also give the model its history), then the model's forecast.
+Prints a table (per frame and per simulated picosecond) and writes it as JSON.
+
+Examples:
+  python tools/cost_report.py model.safetensors aspirin --stride 10 -o cost/aspirin.json
+  python tools/cost_report.py model.safetensors ethanol --stride 10 --frames 100 --batch-size 8 -o cost/ethanol.json
+"""
+
+import os
+
+for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # before numpy/tblite/torch load
+    os.environ[_name] = "1"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    from asteroid_hpc.dist import setup_logging
+    from asteroid_hpc.errors import UserError
+    from asteroid_hpc.evaluation.cost import measure_cost
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="exported weights (.safetensors)")
+    parser.add_argument("molecule", help="an MD17 molecule name (aspirin, ethanol, ...)")
+    parser.add_argument("--stride", type=int, required=True, help="MD steps per forecast frame (the model's frame stride)")
+    parser.add_argument("--timestep-fs", type=float, default=0.5)
+    parser.add_argument("--frames", type=int, default=50, help="forecast frames timed")
+    parser.add_argument("--batch-size", type=int, default=1, help="trajectories forecast together")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--md-steps", type=int, default=200, help="GFN2-xTB steps timed (at least)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="JSON report")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        if min(args.stride, args.frames, args.batch_size, args.repeats, args.md_steps) < 1 or args.timestep_fs <= 0:
+            raise UserError("--stride, --frames, --batch-size, --repeats, --md-steps and --timestep-fs must be positive")
+        report = measure_cost(args.model, args.molecule, stride_steps=args.stride, timestep_fs=args.timestep_fs,
+                              forecast_frames=args.frames, batch_size=args.batch_size, repeats=args.repeats,
+                              min_md_steps=args.md_steps)
+    except UserError as exc:
+        print(f"cost_report: error: {exc}", file=sys.stderr)
+        return 2
+    print(report.markdown())
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.output.with_name(f"{args.output.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps({**report.as_dict(), "command": " ".join(["python", "tools/cost_report.py", *sys.argv[1:]])},
+                              indent=2) + "\n")
+    os.replace(tmp, args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
