@@ -224,11 +224,11 @@ def _sidecar(outdir: Path, shard: Shard) -> Path:
     return (outdir / shard.file).with_suffix(".json")
 
 
-def _seal_shard(outdir: Path, shard: Shard, record: dict, plan_key: str) -> dict:
+def _seal_shard(outdir: Path, shard: Shard, record: dict, plan_key: str, rank: int) -> dict:
     """Checksum the finished shard and write its sidecar (runs in the background thread)."""
     path = outdir / shard.file
     record = dict(record, size_bytes=path.stat().st_size, sha256=sha256_file(path))
-    write_json_atomic(_sidecar(outdir, shard), {"plan_key": plan_key, "record": record})
+    write_json_atomic(_sidecar(outdir, shard), {"plan_key": plan_key, "written_by_rank": rank, "record": record})
     return record
 
 
@@ -275,7 +275,7 @@ def _process_my_shards(plan: Plan, cfg, outdir: Path, rank: int, size: int, prog
                 linked = prev is not None and (prev.source, prev.split, prev.frame_stop) == \
                     (shard.source, shard.split, shard.frame_start)
                 record = write_shard(readers[shard.source], plan, shard, cfg, outdir, linked)
-                futures[shard.index] = pool.submit(_seal_shard, outdir, shard, record, plan.key)
+                futures[shard.index] = pool.submit(_seal_shard, outdir, shard, record, plan.key, rank)
                 if delay_s:
                     time.sleep(delay_s)
             bar.update(1)

@@ -1,0 +1,238 @@
+"""`asteroid-hpc preprocess`: shards, manifest, splits, options, re-runs, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import netCDF4
+import numpy as np
+import pytest
+
+from conftest import cli_env, run_cli
+from test_data_support import ATOMIC_NUMBERS, centered, dataset_fingerprint, random_walk, write_traj
+
+from asteroid_hpc.cli.main import main
+from asteroid_hpc.data.amber import AmberReader
+from asteroid_hpc.data.manifest import read_manifest
+from asteroid_hpc.data.preprocess import SHARD_DELAY_ENV
+
+
+def preprocess(*args, expect: int = 0, capsys=None) -> str:
+    """Run the command in this process (faster than a subprocess); return stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["preprocess", "--no-progress", *map(str, args)])
+    err = capsys.readouterr().err if capsys is not None else ""
+    assert exit_info.value.code == expect, err
+    return err
+
+
+@pytest.fixture
+def two_sources(tmp_path):
+    a, b = random_walk(300, seed=1), random_walk(260, seed=2)
+    return [write_traj(tmp_path / "a.nc", a), write_traj(tmp_path / "b.nc", b)], [a, b]
+
+
+def test_shards_manifest_and_chronological_split(tmp_path, two_sources, capsys):
+    paths, coords = two_sources
+    out = tmp_path / "ds"
+    preprocess(*paths, "-o", out, "data.frames_per_shard=64", "model.history_frames=4", "data.horizon_frames=3",
+               capsys=capsys)
+    m = read_manifest(out)
+    assert m["n_atoms"] == 8 and m["atomic_numbers"] == ATOMIC_NUMBERS
+    assert m["timestep_fs"] == pytest.approx(0.5) and m["frame_stride"] == 1
+    assert m["config"]["data"]["frames_per_shard"] == 64
+    gap = m["split"]["gap_frames"]
+    assert gap == 7
+    for i, (path, x) in enumerate(zip(paths, coords)):
+        src = m["sources"][i]
+        assert src["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        ranges = m["split"]["ranges"][str(i)]
+        assert ranges["val"][0] - ranges["train"][1] == gap and ranges["test"][0] - ranges["val"][1] == gap
+        assert ranges["test"][1] == len(x)
+        shards = [s for s in m["shards"] if s["source"] == i]
+        assert all(s["frame_stop"] - s["frame_start"] <= 64 for s in shards)
+        for split, (lo, hi) in ranges.items():
+            mine = [s for s in shards if s["split"] == split]
+            assert mine[0]["frame_start"] == lo and mine[-1]["frame_stop"] == hi
+            stored = np.concatenate([AmberReader(out / s["file"]).read(0, 10**9).coordinates for s in mine])
+            np.testing.assert_allclose(stored, centered(x[lo:hi]), atol=1e-5)
+    for shard in m["shards"]:
+        assert shard["sha256"] == hashlib.sha256((out / shard["file"]).read_bytes()).hexdigest()
+        with netCDF4.Dataset(out / shard["file"]) as ds:
+            assert ds.data_model == "NETCDF3_64BIT_OFFSET" and ds.Conventions == "AMBER"
+    # statistics: displacements and coordinates of the training frames, per coordinate
+    train = [centered(x[slice(*m["split"]["ranges"][str(i)]["train"])]) for i, x in enumerate(coords)]
+    disp = np.concatenate([np.diff(t, axis=0).reshape(-1, 3) for t in train])
+    stats = m["statistics"]
+    np.testing.assert_allclose(stats["displacement_std_angstrom"], disp.std(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(stats["displacement_mean_angstrom"], disp.mean(axis=0), atol=1e-7)
+    assert stats["displacement_count"] == len(disp)  # one per atom and frame pair
+    np.testing.assert_allclose(stats["coordinate_std_angstrom"],
+                               np.concatenate(train).reshape(-1, 3).std(axis=0), rtol=1e-5)
+
+
+def test_stride_selection_and_no_centering(tmp_path, capsys):
+    x = random_walk(100, seed=3)
+    path = write_traj(tmp_path / "t.ncdf", x)
+    out = tmp_path / "ds"
+    preprocess(path, "-o", out, "data.frame_stride=3", "data.atom_selection=heavy", "data.center=false",
+               "data.split_fractions=[1,0,0]", "data.frames_per_shard=7", "data.chunk_frames=5", capsys=capsys)
+    m = read_manifest(out)
+    heavy = [i for i, z in enumerate(ATOMIC_NUMBERS) if z > 1]
+    assert m["atom_indices"] == heavy and m["atomic_numbers"] == [6, 6, 8, 7]
+    assert m["timestep_fs"] == pytest.approx(1.5) and m["split"]["ranges"]["0"] == {"train": [0, 34]}
+    stored = np.concatenate([AmberReader(out / s["file"]).read(0, 100).coordinates for s in m["shards"]])
+    np.testing.assert_array_equal(stored, x[::3][:, heavy])
+    with AmberReader(out / m["shards"][1]["file"]) as r:  # time continues at the strided frame spacing
+        np.testing.assert_allclose(r.read(0, 1).time_ps, [7 * 3 * 0.0005], rtol=1e-6)
+
+
+def peers_protocol_a_split(n_frames: int, margin: int, counts: list[int]):
+    """The GMN/EGNO MD17 split recipe, verbatim in spirit: x = R[:-1]; draws on x[margin:-margin]."""
+    np.random.seed(100)
+    n = n_frames - 1 - 2 * margin
+    train = np.random.choice(np.arange(n), size=counts[0], replace=False)
+    flag = np.zeros(n)
+    flag[train] = 1
+    rest = [i for i in range(n) if not flag[i]]
+    val = np.random.choice(rest, size=counts[1], replace=False)
+    flag[val] = 1
+    rest = [i for i in range(n) if not flag[i]]
+    test = np.random.choice(rest, size=counts[2], replace=False)
+    return [(idx + margin).tolist() for idx in (train, val, test)]
+
+
+def test_random_start_split_reproduces_protocol_a(tmp_path, capsys):
+    x = random_walk(400, seed=4)
+    path = tmp_path / "md17_like.npz"
+    np.savez(path, R=x.astype(np.float64), z=np.array(ATOMIC_NUMBERS), E=np.zeros(len(x)))
+    out = tmp_path / "ds"
+    preprocess(path, "-o", out, "data.split=random_start", "data.timestep_fs=0.5", "data.random_start_margin_frames=50",
+               "data.random_start_counts=[20,30,40]", "model.history_frames=5", "data.frames_per_shard=128",
+               capsys=capsys)
+    m = read_manifest(out)
+    assert m["timestep_fs"] == 0.5 and {s["split"] for s in m["shards"]} == {"all"}
+    expected = peers_protocol_a_split(400, 50, [20, 30, 40])
+    for name, want in zip(("train", "val", "test"), expected):
+        assert [s for _, s in m["split"]["starts"][name]] == want
+    stored = np.concatenate([AmberReader(out / s["file"]).read(0, 1000).coordinates for s in m["shards"]])
+    np.testing.assert_allclose(stored, centered(x), atol=1e-5)
+
+
+def test_extxyz_input_through_ase(tmp_path, capsys):
+    from ase import Atoms
+    from ase.io import write
+
+    x = random_walk(30, seed=5)
+    path = tmp_path / "t.extxyz"
+    write(path, [Atoms(numbers=ATOMIC_NUMBERS, positions=frame) for frame in x], format="extxyz")
+    out = tmp_path / "ds"
+    preprocess(path, "-o", out, "data.timestep_fs=1.0", "data.center=false", "data.split_fractions=[1,0,0]",
+               "data.frames_per_shard=8", "data.chunk_frames=3", capsys=capsys)
+    m = read_manifest(out)
+    assert m["sources"][0]["format"] == "extxyz" and len(m["shards"]) == 4
+    stored = np.concatenate([AmberReader(out / s["file"]).read(0, 100).coordinates for s in m["shards"]])
+    np.testing.assert_allclose(stored, x, atol=1e-5)
+
+
+def test_amber_file_without_atomic_numbers_needs_topology(tmp_path, capsys):
+    import MDAnalysis as mda
+    from ase import Atoms
+    from ase.io import write
+    from MDAnalysis.coordinates.TRJ import NCDFWriter
+
+    x = random_walk(40, seed=6)
+    u = mda.Universe.empty(len(ATOMIC_NUMBERS), trajectory=True)
+    path = tmp_path / "mda.nc"
+    with NCDFWriter(str(path), len(ATOMIC_NUMBERS)) as w:
+        for i, frame in enumerate(x):
+            u.atoms.positions = frame
+            u.trajectory.ts.time = 0.001 * i
+            w.write(u.atoms)
+    err = preprocess(path, "-o", tmp_path / "ds", expect=2, capsys=capsys)
+    assert "no atomic numbers" in err and "--topology" in err
+    topology = tmp_path / "top.xyz"
+    write(topology, Atoms(numbers=ATOMIC_NUMBERS, positions=x[0]))
+    preprocess(path, "--topology", topology, "-o", tmp_path / "ds", "data.split_fractions=[1,0,0]",
+               capsys=capsys)
+    m = read_manifest(tmp_path / "ds")
+    assert m["atomic_numbers"] == ATOMIC_NUMBERS and m["timestep_fs"] == pytest.approx(1.0)
+
+
+def test_rerun_is_a_noop_and_other_options_need_overwrite(tmp_path, two_sources, capsys):
+    paths, _ = two_sources
+    out = tmp_path / "ds"
+    preprocess(*paths, "-o", out, "data.frames_per_shard=100", capsys=capsys)
+    before = dataset_fingerprint(out)
+    created = json.loads((out / "manifest.json").read_text())["created_utc"]
+    err = preprocess(*paths, "-o", out, "data.frames_per_shard=100", capsys=capsys)
+    assert "nothing to do" in err
+    assert json.loads((out / "manifest.json").read_text())["created_utc"] == created
+    err = preprocess(*paths, "-o", out, "data.frames_per_shard=50", expect=2, capsys=capsys)
+    assert "holds a different dataset" in err and "--overwrite" in err
+    assert dataset_fingerprint(out) == before
+    preprocess(*paths, "-o", out, "data.frames_per_shard=50", "--overwrite", capsys=capsys)
+    m = read_manifest(out)
+    assert m["config"]["data"]["frames_per_shard"] == 50
+    assert sorted(p.name for p in (out / "shards").glob("*.nc")) == sorted(s["file"][7:] for s in m["shards"])
+
+
+def test_compression_zlib_writes_netcdf4_shards(tmp_path, two_sources, capsys):
+    paths, coords = two_sources
+    out = tmp_path / "ds"
+    preprocess(paths[0], "-o", out, "data.compression=zlib", "data.split_fractions=[1,0,0]", capsys=capsys)
+    m = read_manifest(out)
+    with netCDF4.Dataset(out / m["shards"][0]["file"]) as ds:
+        assert ds.data_model == "NETCDF4" and ds["coordinates"].filters()["zlib"]
+        np.testing.assert_allclose(ds["coordinates"][:], centered(coords[0]), atol=1e-5)
+
+
+def test_drop_nonfinite_reports_and_skips(tmp_path, capsys):
+    x = random_walk(50, seed=7)
+    x[10, 3, 1] = np.nan
+    x[11, 0, 0] = np.inf
+    path = write_traj(tmp_path / "nan.nc", x)
+    preprocess(path, "-o", tmp_path / "ds", "data.split_fractions=[1,0,0]", "--drop-nonfinite", capsys=capsys)
+    m = read_manifest(tmp_path / "ds")
+    assert m["dropped_nonfinite_frames"] == 2 and m["shards"][0]["dropped_frames"] == [10, 11]
+    assert m["shards"][0]["n_frames"] == 48
+
+
+def test_resume_after_sigkill_gives_the_same_dataset(tmp_path, two_sources):
+    paths, _ = two_sources
+    opts = ["data.frames_per_shard=20", "--no-progress"]
+    reference = tmp_path / "reference"
+    assert run_cli("preprocess", *paths, "-o", reference, *opts).returncode == 0
+
+    out = tmp_path / "killed"
+    env = cli_env(**{SHARD_DELAY_ENV: "0.25"})
+    proc = subprocess.Popen([sys.executable, "-m", "asteroid_hpc", "preprocess", *map(str, paths), "-o", str(out),
+                             *opts], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while len(list((out / "shards").glob("*.json"))) < 4 and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "manifest.json").exists()
+    done = len(list((out / "shards").glob("*.json")))
+    assert 4 <= done < 25
+
+    rerun = run_cli("preprocess", *paths, "-o", out, *opts)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "(resuming)" in rerun.stderr and f"({done} reused)" in rerun.stderr
+    assert dataset_fingerprint(out) == dataset_fingerprint(reference)
+    assert not list((out / "shards").glob("*.partial"))
+
+
+def test_help_ends_with_runnable_examples():
+    proc = run_cli("preprocess", "--help")
+    assert proc.returncode == 0
+    assert "Examples:" in proc.stdout
+    assert proc.stdout.rstrip().splitlines()[-1].strip().startswith("mpiexec -n 4 asteroid-hpc preprocess")
