@@ -52,13 +52,15 @@ def read_manifest(dataset_dir: str | os.PathLike) -> dict:
     if not directory.is_dir():
         raise user_error(directory, "no such dataset directory (run `asteroid-hpc preprocess` first)")
     try:
-        text = path.read_text()
+        text = path.read_bytes()
     except FileNotFoundError:
         raise user_error(directory, f"no {MANIFEST}: not a complete asteroid-hpc dataset") from None
     except OSError as exc:
         raise user_error(path, f"cannot read ({exc.strerror or exc})") from None
     try:
-        manifest = json.loads(text)
+        manifest = json.loads(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise user_error(path, "invalid JSON: not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise user_error(path, f"invalid JSON at line {exc.lineno}: {exc.msg}") from None
     if not isinstance(manifest, dict):
