@@ -1,0 +1,45 @@
+"""`mpiexec -n 2 asteroid-hpc preprocess` writes the same dataset as one process, each shard by one rank."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli, run_mpi
+from test_data_support import dataset_fingerprint, random_walk, write_traj
+
+pytestmark = pytest.mark.mpi
+
+
+def test_two_ranks_write_the_same_dataset_as_one(tmp_path):
+    paths = [write_traj(tmp_path / f"s{i}.nc", random_walk(150 + 40 * i, seed=20 + i)) for i in range(3)]
+    x = random_walk(150, seed=30)
+    x[77, 2, 2] = np.nan
+    paths.append(write_traj(tmp_path / "with_nan.nc", x))
+    opts = ["data.frames_per_shard=32", "data.chunk_frames=10", "--drop-nonfinite", "--no-progress"]
+
+    one = run_cli("preprocess", *paths, "-o", tmp_path / "one", *opts, timeout=120)
+    assert one.returncode == 0, one.stderr
+    two = run_mpi(2, "-m", "asteroid_hpc", "preprocess", *paths, "-o", tmp_path / "two", *opts, timeout=180,
+                  mpi4py_runner=False)
+    assert two.returncode == 0, two.stderr
+    assert "on 2 rank(s)" in two.stderr
+
+    assert dataset_fingerprint(tmp_path / "one") == dataset_fingerprint(tmp_path / "two")
+    writers = {json.loads(p.read_text())["written_by_rank"] for p in (tmp_path / "two" / "shards").glob("*.json")}
+    assert writers == {0, 1}
+    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert manifest["dropped_nonfinite_frames"] == 1
+
+
+def test_bad_input_under_two_ranks_exits_2_and_leaves_no_data(tmp_path):
+    x = random_walk(200, seed=40)
+    x[110, 0, 0] = np.inf  # in the training range of the second file, found by the rank writing that shard
+    paths = [write_traj(tmp_path / "ok.nc", random_walk(200, seed=41)), write_traj(tmp_path / "bad.nc", x)]
+    proc = run_mpi(2, "-m", "asteroid_hpc", "preprocess", *paths, "-o", tmp_path / "out",
+                   "data.frames_per_shard=25", "--no-progress", timeout=180, mpi4py_runner=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "bad.nc: non-finite coordinates" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.nc"))
