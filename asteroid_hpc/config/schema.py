@@ -125,6 +125,7 @@ class TrainConfig:
     lr: float = 3e-4
     weight_decay: float = 0.0
     warmup_steps: int = 50
+    lr_decay_steps: int = 0  # cosine decay (to 10 % of lr) ends at this step; 0 = train.max_steps
     grad_clip: float = 1.0
     zero_stage: int = 0
     precision: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU), "fp32", "bf16", "fp16"
@@ -145,6 +146,8 @@ class TrainConfig:
         _check(self.lr > 0, "train.lr must be > 0")
         _check(self.weight_decay >= 0, "train.weight_decay must be >= 0")
         _check(self.warmup_steps >= 0, "train.warmup_steps must be >= 0")
+        _check(self.lr_decay_steps == 0 or self.lr_decay_steps > self.warmup_steps,
+               "train.lr_decay_steps must be 0 (= max_steps) or > train.warmup_steps")
         _check(self.grad_clip >= 0, "train.grad_clip must be >= 0 (0 = off)")
         _check(self.zero_stage in (0, 1, 2, 3), f"train.zero_stage must be 0, 1, 2 or 3 (got {self.zero_stage})")
         _one_of("train.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
