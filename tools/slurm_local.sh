@@ -137,7 +137,10 @@ install_packages() {
             ok=1
     fi
     [ "$made_policy" = 0 ] || rm -f /usr/sbin/policy-rc.d
-    [ "$ok" = 1 ] || { tail -n 20 "$state_dir/apt.log" >&2; die "apt-get install ${missing[*]} failed (log: $state_dir/apt.log)"; }
+    if [ "$ok" != 1 ]; then
+        tail -n 20 "$state_dir/apt.log" >&2
+        die "apt-get install ${missing[*]} failed (log: $state_dir/apt.log)"
+    fi
 }
 
 # ---------------------------------------------------------------- configuration
@@ -248,7 +251,8 @@ check_ports_free() {
     local p
     for p in "$ctld_port" $(seq "$slurmd_port" $((slurmd_port + node_count - 1))); do
         if port_in_use "$p"; then
-            die "port $p is already in use (another Slurm on this machine? stop it, or set SLURM_LOCAL_CTLD_PORT/SLURM_LOCAL_SLURMD_PORT)"
+            die "port $p is already in use (another Slurm on this machine? stop it," \
+                "or set SLURM_LOCAL_CTLD_PORT/SLURM_LOCAL_SLURMD_PORT)"
         fi
     done
 }
@@ -285,7 +289,8 @@ wait_idle() {
         done < <(node_names)
         idle="$(sinfo -h -N -o '%N %T' 2>/dev/null | awk '$2 == "idle"' | sort -u | wc -l)"
         [ "$idle" -lt "$node_count" ] || return 0
-        [ "$SECONDS" -lt "$deadline" ] || fail_up "nodes not idle after $timeout_s s: $(sinfo -h -N -o '%N=%T' | tr '\n' ' ')"
+        [ "$SECONDS" -lt "$deadline" ] ||
+            fail_up "nodes not idle after $timeout_s s: $(sinfo -h -N -o '%N=%T' | tr '\n' ' ')"
         sleep 0.3
     done
 }
@@ -329,7 +334,8 @@ cluster_up() {  # all daemons alive and every node idle or in use
     [ -n "$(daemon_pid slurmctld)" ] || return 1
     while read -r name; do [ -n "$(daemon_pid "slurmd-$name")" ] || return 1; done < <(node_names)
     local responding
-    responding="$(sinfo -h -N -o '%N %T' 2>/dev/null | awk '$2 !~ /down|drain|fail|inval|unknown|\*/' | sort -u | wc -l)"
+    responding="$(sinfo -h -N -o '%N %T' 2>/dev/null |
+        awk '$2 !~ /down|drain|fail|inval|unknown|\*/' | sort -u | wc -l)"
     [ "$responding" -ge "$node_count" ]
 }
 
