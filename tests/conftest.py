@@ -1,59 +1,12 @@
-"""Shared test fixtures: the repository root, a subprocess runner for the CLI, and mpiexec."""
+"""Fixtures shared by all tests (plain helpers live in helpers.py)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("DS_ACCELERATOR", "cpu")
-    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
-    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-    env.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")
-    env.pop("ASTEROID_DEBUG", None)
-    env.update(extra)
-    return env
-
-
-def run_cli(*args: str, timeout: float = 300, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
-    """Run ``python -m asteroid_hpc ARGS`` in a subprocess and capture its output."""
-    return subprocess.run([sys.executable, "-m", "asteroid_hpc", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=env or cli_env(), cwd=cwd)
-
-
-def mpiexec_cmd(n: int, *args: str, mpi4py_runner: bool = True) -> list[str]:
-    """``mpiexec -n N python [-m mpi4py] ARGS`` (mpi4py's runner aborts all ranks on an uncaught exception)."""
-    mpiexec = shutil.which("mpiexec")
-    if mpiexec is None:
-        pytest.fail("mpiexec not found: run the tests through tools/test.sh, which installs Open MPI")
-    runner = ["-m", "mpi4py"] if mpi4py_runner else []
-    return [mpiexec, "-n", str(n), sys.executable, *runner, *map(str, args)]
-
-
-def run_mpi(n: int, *args: str, timeout: float = 300, env: dict | None = None,
-            mpi4py_runner: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(mpiexec_cmd(n, *args, mpi4py_runner=mpi4py_runner), capture_output=True, text=True,
-                          timeout=timeout, env=env or cli_env())
-
-
-def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
-    """Exit 2, one error line on stderr naming each fragment, no traceback."""
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if "error:" in line]
-    assert len(lines) == 1, proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
+from helpers import REPO
 
 
 @pytest.fixture

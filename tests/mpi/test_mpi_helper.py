@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from conftest import REPO, run_mpi
+from helpers import REPO, run_mpi
 
 pytestmark = pytest.mark.mpi
 
