@@ -20,15 +20,19 @@ extras="${ASTEROID_EXTRAS:-test,datagen}"
 
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
-# --- system packages: Open MPI (launchable by srun --mpi=pmix as well as mpiexec) ---
-if [ "${ASTEROID_NO_APT:-0}" != 1 ] && ! command -v mpiexec.openmpi >/dev/null 2>&1; then
+# --- system packages: Open MPI (launchable by srun --mpi=pmix as well as mpiexec), shellcheck ---
+# (the local Slurm of the test suite installs its own packages: tools/slurm_local.sh)
+need_apt=()
+command -v mpiexec.openmpi >/dev/null 2>&1 || need_apt+=(openmpi-bin libopenmpi-dev)
+command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
+if [ "${ASTEROID_NO_APT:-0}" != 1 ] && [ "${#need_apt[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        log "installing Open MPI from Debian packages"
+        log "installing Debian packages: ${need_apt[*]}"
         export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq
-        apt-get install -y -qq --no-install-recommends openmpi-bin libopenmpi-dev >/dev/null
+        apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null 2>&1 \
+            || { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null; }
     else
-        log "no Open MPI found and cannot apt-get install it: install an MPI (openmpi-bin) yourself"
+        log "missing ${need_apt[*]} and cannot apt-get install: install them (or an MPI module) yourself"
     fi
 fi
 
