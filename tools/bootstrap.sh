@@ -50,7 +50,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         "$venv/bin/python" -m pip install -q "$torch_req"
     fi
     log "installing asteroid-hpc[$extras]"
-    "$venv/bin/python" -m pip install -q -e "$repo[$extras]"
+    "$venv/bin/python" -m pip install -q -e "${repo}[${extras}]"
     echo "$want" > "$stamp"
 fi
 
