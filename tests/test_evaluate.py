@@ -1,17 +1,17 @@
 """Evaluation: baselines, protocol index arithmetic, CLI errors, and an end-to-end run on a real trajectory."""
 
 import json
+import subprocess
 
 import numpy as np
 import pytest
 
-from conftest import REPO, assert_user_error, run_cli
+from helpers import REPO, assert_user_error, run_cli
 from asteroid_hpc.errors import UserError
 from asteroid_hpc.evaluation import Trajectory, constant_velocity_forecast, persistence_forecast, protocol_a, protocol_b, protocol_c, score_samples
 from asteroid_hpc.evaluation.protocols import (RandomStartPlan, chronological_bounds, protocol_a_offsets, random_start_plan,
                                                random_start_split, to_file_frames, window_starts)
 
-RESOURCE_TRAJECTORY = REPO / "asteroid_hpc" / "resources" / "aspirin_xtb.nc"
 
 
 def _index_trajectory(n_frames: int, atomic_numbers=(6, 8, 1, 1)) -> Trajectory:
@@ -150,6 +150,20 @@ def test_protocol_c_split_bounds_and_windows_stay_inside_their_split():
 # ----------------------------------------------------------------------------------------- CLI
 
 @pytest.fixture(scope="module")
+def xtb_ethanol(tmp_path_factory):
+    """A real GFN2-xTB trajectory of ethanol: 1300 frames 2.5 fs apart (5 steps of 0.5 fs), ~10 s to make.
+    Long enough for protocol A (ΔT = 1500 fs = 600 frames) with a scaled-down split, B and C."""
+    from asteroid_hpc.data.amber import AmberWriter
+    from asteroid_hpc.datagen.xtb import xtb_trajectory
+
+    positions, numbers = xtb_trajectory("ethanol", 1300, seed=3, thermalize_steps=100, stride=5)
+    path = tmp_path_factory.mktemp("xtb") / "ethanol.nc"
+    with AmberWriter(path, n_atoms=len(numbers), atomic_numbers=numbers, timestep_ps=0.0025) as writer:
+        writer.append(positions, np.arange(len(positions)) * 0.0025)
+    return path
+
+
+@pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     import torch
 
@@ -162,25 +176,46 @@ def tiny_model(tmp_path_factory):
     return save_weights(Asteroid(cfg), tmp_path_factory.mktemp("model") / "tiny.safetensors")
 
 
-def test_cli_bad_inputs_are_one_line_exit_2(tmp_path, tiny_model):
-    traj = RESOURCE_TRAJECTORY
+def _run_in_process(capsys, *args) -> subprocess.CompletedProcess:
+    """The CLI's main() in this process (fast: torch is imported once), as a CompletedProcess."""
+    from asteroid_hpc.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, exit_info.value.code, captured.out, captured.err)
+
+
+def test_cli_bad_inputs_are_one_line_exit_2(tmp_path, tiny_model, capsys):
+    from asteroid_hpc.data.amber import AmberWriter
+
+    traj = tmp_path / "short.nc"
+    with AmberWriter(traj, n_atoms=4, atomic_numbers=[6, 8, 1, 1], timestep_ps=0.0005) as writer:
+        writer.append(_index_trajectory(50).positions)
     out = tmp_path / "out"
-    assert_user_error(run_cli("evaluate", tmp_path / "missing.safetensors", traj, "-o", out), "missing.safetensors")
-    assert_user_error(run_cli("evaluate", tiny_model, tmp_path / "none.nc", "-o", out, "--protocol", "C"), "none.nc")
-    assert_user_error(run_cli("evaluate", tiny_model, traj, "-o", out, "--protocol", "window"), "dataset directory")
-    assert_user_error(run_cli("evaluate", tiny_model, tmp_path, "-o", out, "--protocol", "A"), "trajectory file")
-    assert_user_error(run_cli("evaluate", tiny_model, traj, "-o", out, "--history-frames", "7"),
-                      "tiny.safetensors", "4 history frames")
-    assert_user_error(run_cli("evaluate", tiny_model, traj, "-o", out, "--protocol", "Z"), "--protocol")
+
+    def check(args, *fragments):
+        assert_user_error(_run_in_process(capsys, "evaluate", *args), *fragments)
+
+    check([tmp_path / "missing.safetensors", traj, "-o", out], "missing.safetensors")
+    check([tiny_model, tmp_path / "none.nc", "-o", out, "--protocol", "C"], "none.nc")
+    check([tiny_model, traj, "-o", out, "--protocol", "window"], "dataset directory")
+    check([tiny_model, tmp_path, "-o", out, "--protocol", "A"], "trajectory file")
+    check([tiny_model, traj, "-o", out, "--history-frames", "7"], "tiny.safetensors", "4 history frames")
+    check([tiny_model, traj, "-o", out, "--protocol", "Z"], "--protocol")
+    check([tiny_model, traj, "-o", out, "--protocol", "C"], "short.nc", "fewer than one window")
     not_weights = tmp_path / "junk.safetensors"
     not_weights.write_text("not a model")
-    assert_user_error(run_cli("evaluate", not_weights, traj, "-o", out), "junk.safetensors")
+    check([not_weights, traj, "-o", out], "junk.safetensors")
     assert not out.exists()
+    # and once through a real subprocess, as users run it
+    assert_user_error(run_cli("evaluate", tiny_model, traj, "-o", out, "--protocol", "window"), "dataset directory")
 
 
-def test_evaluate_end_to_end_on_a_real_trajectory(tmp_path, tiny_model):
+@pytest.mark.slow  # generates a GFN2-xTB trajectory (shared with the next test) and runs the CLI
+def test_evaluate_end_to_end_on_a_real_trajectory(tmp_path, tiny_model, xtb_ethanol):
     out = tmp_path / "eval"
-    proc = run_cli("evaluate", tiny_model, RESOURCE_TRAJECTORY, "-o", out, "--protocol", "A", "--protocol", "B",
+    proc = run_cli("evaluate", tiny_model, xtb_ethanol, "-o", out, "--protocol", "A", "--protocol", "B",
                    "--protocol", "C", "--max-samples", "6")
     assert proc.returncode == 0, proc.stderr
     table = (out / "results.md").read_text()
@@ -189,8 +224,11 @@ def test_evaluate_end_to_end_on_a_real_trajectory(tmp_path, tiny_model):
     assert "the model is given 4 history frames" in table
     record = json.loads((out / "results.json").read_text())
     by_protocol = {p["protocol"]: p for p in record["protocols"]}
-    assert by_protocol["A"]["n_samples"] == 6 and by_protocol["A"]["n_atoms_scored"] == 13  # aspirin's heavy atoms
-    assert by_protocol["C"]["n_atoms_scored"] == 21 and len(by_protocol["C"]["lead_time_fs"]) == 20
+    assert by_protocol["A"]["n_samples"] == 6 and by_protocol["A"]["n_atoms_scored"] == 3  # ethanol's C, C, O
+    assert by_protocol["A"]["lead_time_fs"] == pytest.approx([187.5 * p for p in range(1, 9)])
+    assert by_protocol["A"]["history_stride_frames"] == 75  # 375 MD17 frames of 0.5 fs in frames of 2.5 fs
+    assert "scaled down" in by_protocol["A"]["notes"][0] and "scaled down" in proc.stdout
+    assert by_protocol["C"]["n_atoms_scored"] == 9 and len(by_protocol["C"]["lead_time_fs"]) == 20
     assert all(np.isfinite(v) for p in record["protocols"] for m in p["headline"].values() for v in m.values())
     assert (out / "error_vs_lead_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob("*.tmp-*"))
@@ -215,7 +253,7 @@ def test_cost_report_measures_real_xtb_and_model(tmp_path, tiny_model):
     import subprocess
     import sys
 
-    from conftest import cli_env
+    from helpers import cli_env
 
     out = tmp_path / "cost.json"
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "cost_report.py"), str(tiny_model), "ethanol",
@@ -226,3 +264,17 @@ def test_cost_report_measures_real_xtb_and_model(tmp_path, tiny_model):
     assert record["md_steps_timed"] >= 20 and record["xtb_cpu_seconds_per_step"] > 0
     assert record["model_cpu_seconds_per_frame"] > 0 and record["n_atoms"] == 9
     assert "GFN2-xTB MD" in proc.stdout and "ASTEROID forecast" in proc.stdout
+
+
+@pytest.mark.slow
+def test_evaluate_window_protocol_on_a_preprocessed_dataset(tmp_path, tiny_model, xtb_ethanol):
+    dataset = tmp_path / "ds"
+    prep = run_cli("preprocess", xtb_ethanol, "-o", dataset, "data.frame_stride=2", "--no-progress")
+    assert prep.returncode == 0, prep.stderr
+    out = tmp_path / "eval"
+    proc = run_cli("evaluate", tiny_model, dataset, "-o", out, "--max-samples", "5", "--horizon-frames", "6")
+    assert proc.returncode == 0, proc.stderr
+    (result,) = json.loads((out / "results.json").read_text())["protocols"]
+    assert result["protocol"] == "window" and result["n_samples"] == 5
+    assert result["lead_time_fs"] == pytest.approx([5.0 * k for k in range(1, 7)])  # 2 frames of 2.5 fs
+    assert set(result["headline"]) == {"ASTEROID", "persistence", "constant velocity"}

@@ -42,8 +42,8 @@ def protocol_markdown(result: ProtocolResult) -> str:
     stride_fs = result.history_stride_frames * result.frame_fs
     lines = [f"### Protocol {result.protocol} ({_DESCRIPTION[result.protocol]})", "",
              f"{result.split} split, {result.n_samples} samples, {result.n_atoms_scored} atoms scored; "
-             f"the model is given {result.history_frames} history frames {result.history_stride_frames} trajectory "
-             f"frames ({stride_fs:g} fs) apart; {_lead_times(result.lead_time_fs)}.", ""]
+             f"the model is given {result.history_frames} history frames {stride_fs:g} fs apart "
+             f"({result.history_stride_frames} input frames); {_lead_times(result.lead_time_fs)}.", ""]
     metric_names = list(next(iter(result.headline.values())))
     header = ["method"]
     for name in metric_names:
