@@ -111,6 +111,8 @@ def read_yaml(path: str | Path) -> dict:
         text = path.read_text()
     except OSError as exc:
         raise UserError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: cannot read config (not UTF-8 text: byte {exc.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -180,7 +180,11 @@ class WindowDataset(Dataset):
         if handle is None:
             import netCDF4
 
-            handle = netCDF4.Dataset(self.dataset_dir / file, "r")
+            try:
+                handle = netCDF4.Dataset(self.dataset_dir / file, "r")
+            except OSError as exc:
+                raise user_error(self.dataset_dir / file, f"damaged shard, not readable as NetCDF "
+                                                          f"({exc.strerror or exc}); re-run preprocess") from None
             handle.set_auto_mask(False)
             self._handles[file] = handle
         return handle

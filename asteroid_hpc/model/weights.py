@@ -49,7 +49,11 @@ def load_weights(path: str | os.PathLike, device: str = "cpu") -> Asteroid:
     except (TypeError, json.JSONDecodeError) as exc:
         raise user_error(path, f"invalid model config metadata ({exc})") from exc
     model = Asteroid(cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches raise even with strict=False
+        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        raise user_error(path, f"weights do not match the stored config ({first})") from None
     if missing or unexpected:
         raise user_error(path, f"weights do not match the stored config (missing {sorted(missing)[:3]}, "
                                f"unexpected {sorted(unexpected)[:3]})")

@@ -9,8 +9,12 @@ Layout of ``run_dir/checkpoints``::
     latest                  name of the newest complete folder (atomic rename; DeepSpeed reads it too)
     best.json               {"tag", "step", "val_mse"} of the best validation so far
 
-Our own state is JSON, never pickle. DeepSpeed's own files are read by DeepSpeed with
-``torch.load(weights_only=False)`` (hard-coded in its checkpoint engine): load only checkpoints you wrote.
+Our own state is JSON, never pickle. DeepSpeed's own ``*.pt`` files are pickles that DeepSpeed reads with
+``torch.load(weights_only=False)`` (hard-coded in its checkpoint engine), so before DeepSpeed (or export)
+touches a folder, :func:`check_pickles_safe` opens every ``*.pt`` in it with torch's restricted
+``weights_only`` unpickler (memory-mapped: no tensor data is read), which allows tensors, containers and
+the few DeepSpeed classes named in ``DEEPSPEED_SAFE_GLOBALS`` and refuses anything else (e.g. a pickle
+that would run code).
 """
 
 from __future__ import annotations
@@ -66,6 +70,65 @@ def read_json(path: Path) -> Any:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise user_error(path, f"unreadable checkpoint state ({exc})") from None
+
+
+# ----------------------------------------------------------------------------------- DeepSpeed pickles
+# Classes that DeepSpeed's ZeRO optimizer states hold besides tensors (found with
+# torch.serialization.get_unsafe_globals_in_checkpoint on ZeRO 1-3 checkpoints of deepspeed 0.19).
+DEEPSPEED_SAFE_GLOBALS = (
+    ("deepspeed.utils.tensor_fragment", "fragment_address"),
+    ("deepspeed.runtime.fp16.loss_scaler", "LossScaler"),
+    ("deepspeed.runtime.fp16.loss_scaler", "DynamicLossScaler"),
+    ("deepspeed.runtime.zero.config", "ZeroStageEnum"),
+)
+
+
+def _deepspeed_safe_globals() -> list:
+    import importlib
+
+    found = []
+    for module, name in DEEPSPEED_SAFE_GLOBALS:
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return found
+
+
+def safe_torch_load(path: Path):
+    """``torch.load`` with the restricted ``weights_only`` unpickler (DeepSpeed's plain classes allowed);
+    a pickle that needs anything else, or a damaged file, is a UserError naming the file."""
+    import pickle
+
+    import torch
+
+    if not _is_zip(path):  # DeepSpeed always writes torch's zip format; anything else is a bare pickle
+        raise user_error(path, "not a torch zip checkpoint (a bare pickle or a damaged file): refusing to load it")
+    try:
+        with torch.serialization.safe_globals(_deepspeed_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as exc:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        what = f"it needs {', '.join(unsafe)}" if unsafe else str(exc).splitlines()[0]
+        raise user_error(path, f"refusing to unpickle: not a plain tensor checkpoint ({what})") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise user_error(path, f"damaged checkpoint file ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})") from None
+
+
+def _is_zip(path: Path) -> bool:
+    import zipfile
+
+    try:
+        return zipfile.is_zipfile(path)
+    except OSError:
+        return False
+
+
+def check_pickles_safe(folder: Path) -> None:
+    """Open every ``*.pt`` in a checkpoint folder with :func:`safe_torch_load` (refuse unsafe or damaged ones)."""
+    for path in sorted(Path(folder).glob("*.pt")):
+        safe_torch_load(path)
 
 
 # ----------------------------------------------------------------------------------- RNG states as JSON
@@ -199,6 +262,7 @@ class CheckpointManager:
         """Load ``path`` into ``engine`` (all ranks), restore this rank's RNG; returns the client state."""
         path = Path(path)
         client_state = read_json(path / CLIENT_STATE)
+        check_pickles_safe(path)  # DeepSpeed itself unpickles without restrictions
         loaded, _ = engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=True)
         if loaded is None:
             raise user_error(path, "DeepSpeed could not load this checkpoint")

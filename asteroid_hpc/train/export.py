@@ -12,15 +12,15 @@ from pathlib import Path
 from ..config.schema import ModelConfig
 from ..dist.logs import get_logger
 from ..errors import UserError, user_error
-from .checkpoint import CLIENT_STATE, CheckpointManager, read_json, resolve_resume
+from .checkpoint import (CLIENT_STATE, CheckpointManager, check_pickles_safe, read_json, resolve_resume,
+                         safe_torch_load)
 
 log = get_logger(__name__)
 
 
 def _fp32_state_dict(path: Path) -> dict:
     """The full fp32 module state of checkpoint folder ``path``, on CPU."""
-    import torch
-
+    check_pickles_safe(path)  # DeepSpeed's zero_to_fp32 unpickles without restrictions
     if any(path.glob("*zero_pp_rank_*optim_states.pt")):  # ZeRO (or bf16) master weights, partitioned
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
@@ -29,7 +29,9 @@ def _fp32_state_dict(path: Path) -> dict:
     model_file = path / "mp_rank_00_model_states.pt"
     if not model_file.is_file():
         raise user_error(path, "no DeepSpeed model states (mp_rank_00_model_states.pt) in this checkpoint")
-    state = torch.load(model_file, map_location="cpu", weights_only=False)["module"]
+    state = safe_torch_load(model_file).get("module")
+    if not isinstance(state, dict):
+        raise user_error(model_file, "no 'module' state dict in the DeepSpeed model states")
     return {name: tensor.float() for name, tensor in state.items()}
 
 
