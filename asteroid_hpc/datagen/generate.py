@@ -171,11 +171,11 @@ def generate_xtb_netcdf(spec: XtbRunSpec, out_path: str | os.PathLike, *, write_
             from ase import Atoms
 
             with np.load(_chunk_path(chunks, done - 1)) as last:
-                atoms = Atoms(mol.symbols, positions=last["final_positions"])
+                atoms = Atoms(mol.symbols)
                 set_state(atoms, last["final_positions"], last["final_momenta"])
             log.info("%s: resuming after chunk %d/%d", out_path.name, done, spec.n_chunks)
 
-        bar = _Progress(out_path.name, spec.n_frames, spec.chunk_range(done)[0], progress)
+        bar = _Progress(out_path.name, spec.n_frames, min(done * spec.chunk_frames, spec.n_frames), progress)
         try:
             for index in range(done, spec.n_chunks):
                 if max_chunks is not None and index - done >= max_chunks:
