@@ -278,3 +278,35 @@ def test_evaluate_window_protocol_on_a_preprocessed_dataset(tmp_path, tiny_model
     assert result["protocol"] == "window" and result["n_samples"] == 5
     assert result["lead_time_fs"] == pytest.approx([5.0 * k for k in range(1, 7)])  # 2 frames of 2.5 fs
     assert set(result["headline"]) == {"ASTEROID", "persistence", "constant velocity"}
+
+
+def test_clean_prefix_is_outside_every_evaluation_window():
+    from asteroid_hpc.evaluation.holdout import clean_prefix_frames
+
+    assert clean_prefix_frames(60000, 0.5, 10, 10) == 10000 - 90
+    assert clean_prefix_frames(60000, 0.5, 10, 375) == 10000 - 9 * 375
+    n_frames = 12000  # short: A/B use a scaled-down plan
+    stop = clean_prefix_frames(n_frames, 0.5, 4, 375)
+    traj = _index_trajectory(n_frames)
+    for split in ("train", "val", "test"):
+        for samples in (protocol_a(traj, split=split, history_frames=4), protocol_b(traj, split=split, history_frames=4)):
+            assert samples.history.min() >= stop
+    for split in ("val", "test"):
+        assert protocol_c(traj, split=split, history_frames=4).history.min() >= stop
+    assert stop > 0
+
+
+def test_baselines_only_run_on_a_constant_velocity_trajectory(tmp_path, capsys):
+    from asteroid_hpc.data.amber import AmberWriter
+
+    traj = tmp_path / "linear.nc"
+    frames = _index_trajectory(2000).positions * 1e-3  # every atom moves 1e-3 Å per frame along (1, 1, 1)
+    with AmberWriter(traj, n_atoms=4, atomic_numbers=[6, 8, 1, 1], timestep_ps=0.0005) as writer:
+        writer.append(frames)
+    proc = _run_in_process(capsys, "evaluate", "none", traj, "-o", tmp_path / "out", "--protocol", "C")
+    assert proc.returncode == 0, proc.stderr
+    (result,) = json.loads((tmp_path / "out" / "results.json").read_text())["protocols"]
+    assert set(result["headline"]) == {"persistence", "constant velocity"} and result["history_frames"] == 10
+    assert result["headline"]["constant velocity"]["FDE"] == pytest.approx(0.0, abs=1e-4)
+    assert result["headline"]["persistence"]["FDE"] == pytest.approx(np.sqrt(3) * 0.2, rel=1e-3)  # 200 frames
+    assert "the baselines are given 10 history frames" in proc.stdout

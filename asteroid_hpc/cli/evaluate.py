@@ -16,6 +16,7 @@ TRAJECTORY_PROTOCOLS = ("A", "B", "C")
     "asteroid-hpc evaluate model.safetensors /work/data/xtb-md17/aspirin.nc -o eval/aspirin --protocol C",
     "asteroid-hpc evaluate export/aspirin-a traj.nc -o eval/a --protocol A --protocol B --max-samples 500",
     "asteroid-hpc evaluate export/aspirin data/aspirin -o eval/win --protocol window --split val",
+    "asteroid-hpc evaluate none /work/data/xtb-md17/ethanol.nc -o eval/baselines   # baselines only",
 ))
 @click.argument("model", type=click.Path())
 @click.argument("dataset", type=click.Path())
@@ -27,7 +28,8 @@ TRAJECTORY_PROTOCOLS = ("A", "B", "C")
                    "for a directory.")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
 @click.option("--history-frames", type=click.IntRange(min=2),
-              help="History frames given to the model; must equal the model's history_frames (the default).")
+              help="History frames given to the model; must equal the model's history_frames (the default). "
+                   "With MODEL none: the history of the baselines (default 10).")
 @click.option("--max-samples", type=click.IntRange(min=1), help="Score a seeded random subset of at most N samples.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the --max-samples subset.")
 @click.option("--a-history-stride", default=375, show_default=True, type=click.IntRange(min=1),
@@ -41,7 +43,8 @@ TRAJECTORY_PROTOCOLS = ("A", "B", "C")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 def command(model, dataset, out_dir, protocols, split, history_frames, max_samples, seed, a_history_stride, a_input,
             horizon_frames, timestep_fs, batch_size) -> None:
-    """Evaluate MODEL (exported weights) on DATASET (trajectory file or dataset directory).
+    """Evaluate MODEL (exported weights, or "none" for the baselines alone) on DATASET (a trajectory file
+    or a preprocessed dataset directory).
 
     Prints a markdown table per protocol (model, persistence, constant velocity on the very same samples)
     and writes it to OUT/results.md, with OUT/results.json and OUT/error_vs_lead_time.png.

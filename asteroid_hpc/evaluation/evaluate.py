@@ -9,7 +9,10 @@ from pathlib import Path
 from ..dist import get_logger
 from ..errors import user_error
 from .report import results_markdown, write_outputs
+from .protocols import PROTOCOL_HISTORY_FRAMES
 from .run import ProtocolResult, build_samples, evaluate_samples
+
+NO_MODEL = "none"  # MODEL argument that scores the baselines alone
 
 log = get_logger(__name__)
 
@@ -21,15 +24,19 @@ def evaluate_to_directory(model_path: str | os.PathLike, data_path: str | os.Pat
                           batch_size: int = 64, command_line: str = "") -> tuple[list[ProtocolResult], dict, str]:
     """Evaluate the exported model at ``model_path`` on ``data_path`` with each protocol; write results.md,
     results.json and error_vs_lead_time.png into ``out_dir``. Returns the results, the output paths and
-    the markdown text."""
+    the markdown text. ``model_path="none"`` scores the baselines alone (history: ``history_frames``, else
+    the protocol's own count)."""
     from .model_io import load_model, resolve_weights
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise user_error(out, "output path exists and is not a directory")
-    model = load_model(model_path)
-    model_history = model.cfg.history_frames
-    if history_frames is not None and history_frames != model_history:
+    model = None if str(model_path) == NO_MODEL else load_model(model_path)
+    if model is None:
+        model_history = history_frames or PROTOCOL_HISTORY_FRAMES["C"]
+    else:
+        model_history = model.cfg.history_frames
+    if model is not None and history_frames is not None and history_frames != model_history:
         raise user_error(resolve_weights(model_path), f"the model takes {model_history} history frames, "
                                                       f"--history-frames asked for {history_frames}")
     results = []
@@ -53,7 +60,7 @@ def evaluate_to_directory(model_path: str | os.PathLike, data_path: str | os.Pat
             results.append(evaluate_samples(model, samples, batch_size=batch_size))
     header = {"model": str(model_path), "data": str(data_path), "command": command_line,
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "model_config": _model_config(model)}
+              "model_config": None if model is None else _model_config(model)}
     paths = write_outputs(results, out, header)
     return results, paths, results_markdown(results, header)
 

@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from .run import ProtocolResult
+from .run import MODEL_LABEL, ProtocolResult
 
 RESULTS_MD = "results.md"
 RESULTS_JSON = "results.json"
@@ -42,7 +42,7 @@ def protocol_markdown(result: ProtocolResult) -> str:
     stride_fs = result.history_stride_frames * result.frame_fs
     lines = [f"### Protocol {result.protocol} ({_DESCRIPTION[result.protocol]})", "",
              f"{result.split} split, {result.n_samples} samples, {result.n_atoms_scored} atoms scored; "
-             f"the model is given {result.history_frames} history frames {stride_fs:g} fs apart "
+             f"{'the model is' if MODEL_LABEL in result.headline else 'the baselines are'} given {result.history_frames} history frames {stride_fs:g} fs apart "
              f"({result.history_stride_frames} input frames); {_lead_times(result.lead_time_fs)}.", ""]
     metric_names = list(next(iter(result.headline.values())))
     header = ["method"]

@@ -75,7 +75,8 @@ def score_samples(samples: ProtocolSamples, model_prediction: np.ndarray | None,
 
 
 def evaluate_samples(model, samples: ProtocolSamples, *, batch_size: int = 64) -> ProtocolResult:
-    """Run the model on ``samples`` (timed) and score it beside the baselines."""
+    """Run the model on ``samples`` (timed) and score it beside the baselines (the baselines alone when
+    ``model`` is None)."""
     from .model_io import model_forecast
 
     if len(samples.history) == 0:
@@ -83,10 +84,12 @@ def evaluate_samples(model, samples: ProtocolSamples, *, batch_size: int = 64) -
     log.info("protocol %s: %d %s samples, %d history frames %d frames apart, %d forecast frames",
              samples.protocol, len(samples.history), samples.split, samples.history.shape[1],
              samples.history_stride_frames, samples.forecast_frames)
-    started = time.perf_counter()
-    prediction = model_forecast(model, samples, batch_size=batch_size)
-    seconds = time.perf_counter() - started
-    log.info("protocol %s: model forecast in %.1f s", samples.protocol, seconds)
+    prediction, seconds = None, 0.0
+    if model is not None:
+        started = time.perf_counter()
+        prediction = model_forecast(model, samples, batch_size=batch_size)
+        seconds = time.perf_counter() - started
+        log.info("protocol %s: model forecast in %.1f s", samples.protocol, seconds)
     for note in samples.notes:
         log.warning("protocol %s: %s", samples.protocol, note)
     return score_samples(samples, prediction, seconds, PROTOCOL_HISTORY_FRAMES.get(samples.protocol))
