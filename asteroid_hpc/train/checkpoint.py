@@ -68,6 +68,8 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 def read_json(path: Path) -> Any:
     try:
         return json.loads(Path(path).read_text())
+    except UnicodeDecodeError:
+        raise user_error(path, "unreadable checkpoint state (not UTF-8 JSON text)") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise user_error(path, f"unreadable checkpoint state ({exc})") from None
 
