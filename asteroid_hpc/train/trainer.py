@@ -10,7 +10,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, NamedTuple, Optional
 
 from .. import __version__
 from ..config import AsteroidConfig, config_hash, to_dict
@@ -39,13 +39,13 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)  # total loss of each step run in this process
 
 
-def _lr_lambda(warmup_steps: int, max_steps: int):
-    """Linear warm-up, then cosine decay to 10 % of the peak at ``max_steps``."""
+def _lr_lambda(warmup_steps: int, decay_steps: int):
+    """Linear warm-up, then cosine decay to 10 % of the peak at ``decay_steps`` (constant after)."""
 
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / (warmup_steps + 1)
-        progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+        progress = min(1.0, (step - warmup_steps) / max(1, decay_steps - warmup_steps))
         return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return factor
@@ -59,6 +59,31 @@ def _memory_mb(device: str) -> dict:
     if device.startswith("cuda"):
         out["cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
+
+
+def _plain_grad_norm(engine) -> Optional[float]:
+    """Global gradient 2-norm before clipping, for ZeRO-0 in fp32 (where DeepSpeed does not record it):
+    its gradients are whole and already averaged over ranks after the boundary ``backward``."""
+    import torch
+
+    if engine.zero_optimization_stage() != 0:
+        return None
+    grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else None
+
+
+class _Output(NamedTuple):
+    """The model's outputs as a tuple: ZeRO-3 finds the tensors of tuples (not of dataclasses) to hook backward."""
+
+    forecast: Any
+    hankel: Any
+    reconstruction: Any
+    readoff: Any
+
+
+def _outputs_as_tuple(module, inputs, output):
+    return output if isinstance(output, tuple) else _Output(output.forecast, output.hankel, output.reconstruction,
+                                                             output.readoff)
 
 
 def _seed_all(seed: int) -> None:
@@ -139,6 +164,9 @@ def _run(cfg: AsteroidConfig, resume: str, sess):
     resume_from = resolve_resume(resume, manager)
     if resume_from is None and resume == "auto":
         log.warning("no complete checkpoint in %s: STARTING FROM SCRATCH", manager.directory)
+    if resume_from is not None:  # refuse before any expensive set-up
+        check_compatible(resume_from, read_json(resume_from / CLIENT_STATE), to_dict(cfg.model),
+                         sess.world_size, t.zero_stage)
 
     train_set, val_set = _open_datasets(cfg)
     _seed_all(t.seed)  # the same initial weights on every rank
@@ -146,9 +174,10 @@ def _run(cfg: AsteroidConfig, resume: str, sess):
     summary = model_summary(model)
     _seed_all(t.seed + 1000 * sess.rank)  # per-rank streams (rotation augmentation)
 
+    model.register_forward_hook(_outputs_as_tuple)  # before DeepSpeed's hooks, which then see a tuple
     ds_config = build_deepspeed_config(t, sess.world_size, sess.precision)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(t.warmup_steps, t.max_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(t.warmup_steps, t.lr_decay_steps or t.max_steps))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config, dist_init_required=False)
     device = sess.device
@@ -165,8 +194,6 @@ def _run(cfg: AsteroidConfig, resume: str, sess):
 
     step, best_val, bad_validations = 0, math.inf, 0
     if resume_from is not None:
-        check_compatible(resume_from, read_json(resume_from / CLIENT_STATE), to_dict(cfg.model),
-                         sess.world_size, t.zero_stage)
         state = manager.load(engine, resume_from)
         step = int(state["step"])
         stream.load_state_dict(state["sampler"])
@@ -195,15 +222,19 @@ def _run(cfg: AsteroidConfig, resume: str, sess):
     try:
         while step < t.max_steps:
             sums = torch.zeros(len(LOSS_TERMS) + 1, dtype=torch.float64)
-            for _ in range(t.grad_accum_steps):
+            log_now = (step + 1) % t.log_every == 0 or step + 1 == t.max_steps
+            own_norm = None
+            for micro in range(t.grad_accum_steps):
                 batch = stream.next()
                 history = batch["history"].to(device=device, dtype=dtype)
                 target = batch["target"].to(device=device, dtype=dtype)
                 output = engine(history, batch["atomic_numbers"].to(device), target.shape[1], target)
                 total, parts = sti_losses(output, history, target, t.loss_weights)
                 engine.backward(total)
+                if log_now and micro == t.grad_accum_steps - 1:
+                    own_norm = _plain_grad_norm(engine)
                 engine.step()
-                sums += torch.tensor([float(total)] + [float(parts[k]) for k in LOSS_TERMS], dtype=torch.float64)
+                sums += torch.tensor([float(total.detach())] + [float(parts[k]) for k in LOSS_TERMS], dtype=torch.float64)
             step += 1
             window_steps += 1
 
@@ -215,10 +246,11 @@ def _run(cfg: AsteroidConfig, resume: str, sess):
             reduced = (reduced[:-1] / sess.world_size).cpu().tolist()
             losses.append(reduced[0])
 
-            if step % t.log_every == 0 or step == t.max_steps or stop:
+            if log_now or stop:
                 elapsed = time.perf_counter() - window_start
                 samples_per_s = window_steps * samples_per_step / max(elapsed, 1e-9)
                 grad_norm = engine.get_global_grad_norm()
+                grad_norm = own_norm if grad_norm is None else grad_norm
                 metrics.write({"kind": "train", "step": step, "loss": reduced[0],
                                **{k: v for k, v in zip(LOSS_TERMS, reduced[1:])},
                                "lr": engine.get_lr()[0],

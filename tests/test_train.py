@@ -1,0 +1,161 @@
+"""`asteroid-hpc train` and `export` on the real ASTEROID model and a real tiny xTB ethanol dataset, on CPU:
+one process, torchrun with 2 processes at ZeRO 0-3, resume, preemption by a real signal, export."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from helpers import assert_user_error
+from train_support import (  # noqa: F401 (tiny_dataset is a fixture)
+    TINY_CONFIG, assert_same_losses, run_train, tiny_dataset, train_command, train_env, train_losses, wait_for_steps,
+)
+
+LOSS_TOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def straight(tiny_dataset, tmp_path_factory):
+    """One process, 6 steps, micro-batch 2 (the tiny config): the reference run."""
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    proc = run_train(tiny_dataset, run_dir)
+    return run_dir, proc
+
+
+def test_single_process_run_writes_metrics_checkpoints_and_summary(straight):
+    run_dir, proc = straight
+    log = proc.stderr
+    assert "STARTING FROM SCRATCH" in log
+    assert log.count("config hash") == 1 and "launcher single, world size 1, device cpu, backend gloo" in log
+    assert "parameters" in log and "FLOPs per forecast frame" in log and "deepspeed 0." in log
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
+    for r in train:
+        for key in ("loss", "primary", "conjugate", "consistency", "forecast", "lr", "samples_per_s", "rss_mb"):
+            assert np.isfinite(r[key]) and r[key] >= 0, (key, r)
+        assert r["grad_norm"] is not None and r["grad_norm"] > 0
+    val = [r for r in records if r["kind"] == "val"]
+    assert [r["step"] for r in val] == [3, 6] and all(len(r["mse_per_lead_angstrom2"]) == 2 for r in val)
+    checkpoints = run_dir / "checkpoints"
+    assert (checkpoints / "latest").read_text() == "step_000006"
+    for step in (3, 6):
+        folder = checkpoints / f"step_{step:06d}"
+        assert (folder / "COMPLETE").is_file() and (folder / "rng_rank0.json").is_file()
+        state = json.loads((folder / "client_state.json").read_text())
+        assert state["step"] == step and state["sampler"]["position"] == 2 * step
+        assert state["package_version"] and state["config_hash"] and state["config"]["model"]["hidden_size"] == 16
+    best = json.loads((checkpoints / "best.json").read_text())
+    assert best["step"] == min(val, key=lambda r: r["mse_angstrom2"])["step"]
+
+
+def test_three_steps_resume_three_steps_equals_six_straight(straight, tiny_dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    run_train(tiny_dataset, run_dir, "train.max_steps=3")
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step_000003"
+    proc = run_train(tiny_dataset, run_dir)  # --resume auto
+    assert "resume: from" in proc.stderr and "step_000003" in proc.stderr
+    assert_same_losses(train_losses(run_dir), train_losses(straight[0]), abs_tol=LOSS_TOL)
+
+
+def test_resume_with_a_different_model_shape_is_refused(straight, tiny_dataset, tmp_path):
+    proc = run_train(tiny_dataset, straight[0], "model.hidden_size=32", "train.max_steps=8", check=False)
+    assert_user_error(proc, "step_000006", "model.hidden_size 16 -> 32", "cannot resume")
+
+
+def test_stop_signal_checkpoints_and_exits_zero(tiny_dataset, tmp_path):
+    """SIGUSR1 to a running training: a checkpoint at the next step boundary, exit 0, and `--resume auto`
+    picks that checkpoint up."""
+    run_dir = tmp_path / "run"
+    args = [str(TINY_CONFIG), f"data.dataset={tiny_dataset}", f"train.run_dir={run_dir}", "train.max_steps=400",
+            "train.checkpoint_every=1000", "train.val_every=1000"]
+    process = subprocess.Popen(train_command("single", 1, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=train_env(), cwd=str(tmp_path))
+    wait_for_steps(process, run_dir, 2)
+    process.send_signal(signal.SIGUSR1)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert "stop signal (SIGUSR1) received" in stderr
+    stopped_at = int((run_dir / "checkpoints" / "latest").read_text().split("_")[1])
+    assert 2 <= stopped_at < 400 and max(train_losses(run_dir)) == stopped_at
+    state = json.loads((run_dir / "checkpoints" / f"step_{stopped_at:06d}" / "client_state.json").read_text())
+    assert state["step"] == stopped_at and state["sampler"]["position"] == 2 * stopped_at
+
+
+# ------------------------------------------------------------------------------ 2 processes, ZeRO 0-3
+@pytest.fixture(scope="module")
+def two_process_runs(tiny_dataset, tmp_path_factory):
+    runs = {}
+
+    def get(stage: int):
+        if stage not in runs:
+            run_dir = tmp_path_factory.mktemp(f"zero{stage}") / "run"
+            proc = run_train(tiny_dataset, run_dir, "train.micro_batch_size=1", "train.val_batches=2",
+                             f"train.zero_stage={stage}", launcher="torchrun", nproc=2)
+            runs[stage] = (run_dir, proc)
+        return runs[stage]
+
+    return get
+
+
+@pytest.mark.parametrize("stage", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow), 3])
+def test_two_processes_with_b_match_one_process_with_2b(stage, straight, two_process_runs):
+    reference_2b = straight[0]  # one process, micro-batch 2
+    run_dir, proc = two_process_runs(stage)
+    assert "launcher torchrun, world size 2" in proc.stderr and f"ZeRO stage {stage}" in proc.stderr
+    assert "1 per rank × 1 accumulation × 2 ranks = 2 windows per step" in proc.stderr
+    expected = train_losses(reference_2b)
+    assert_same_losses(train_losses(run_dir), expected, abs_tol=1e-5 * max(expected.values()))
+    # every rank took the same steps and wrote its part of every checkpoint
+    for step in (3, 6):
+        folder = run_dir / "checkpoints" / f"step_{step:06d}"
+        assert (folder / "COMPLETE").is_file()
+        assert (folder / "rng_rank0.json").is_file() and (folder / "rng_rank1.json").is_file()
+        assert json.loads((folder / "client_state.json").read_text())["world_size"] == 2
+    ref_val = [r["mse_angstrom2"] for r in _val(reference_2b)]
+    assert np.allclose([r["mse_angstrom2"] for r in _val(run_dir)], ref_val, rtol=1e-4)
+
+
+def _val(run_dir):
+    from asteroid_hpc.train import read_metrics
+
+    return read_metrics(run_dir / "metrics.jsonl", kind="val")
+
+
+def test_export_zero3_from_two_processes_loads_in_one(two_process_runs, tiny_dataset, tmp_path):
+    """The consolidated fp32 weights reproduce the validation MSE the 2-rank ZeRO-3 run measured at step 6."""
+    import torch
+
+    from asteroid_hpc.config import load_config
+    from asteroid_hpc.data import WindowDataset
+    from asteroid_hpc.model import load_weights
+    from asteroid_hpc.train.validate import validation_indices
+    from helpers import run_cli
+
+    run_dir, _ = two_process_runs(3)
+    zero_files = list((run_dir / "checkpoints" / "step_000006").glob("*zero_pp_rank_*"))
+    assert len(zero_files) >= 2, "ZeRO-3 partitions expected from both ranks"
+    out = tmp_path / "model.safetensors"
+    proc = run_cli("export", run_dir / "checkpoints" / "step_000006", out)
+    assert proc.returncode == 0, proc.stderr
+    model = load_weights(out)
+    cfg = load_config(TINY_CONFIG, [f"data.dataset={tiny_dataset}"])
+    val = WindowDataset(tiny_dataset, "val", cfg.model.history_frames, cfg.data.horizon_frames)
+    indices = validation_indices(len(val), 2 * 2 * 1, rank=0, world_size=1)  # val_batches 2 × b 1 × 2 ranks
+    windows = [val[i] for i in indices]
+    history = torch.stack([torch.as_tensor(w["history"]) for w in windows])
+    target = torch.stack([torch.as_tensor(w["target"]) for w in windows]).double()
+    forecast = model.forecast(history, torch.as_tensor(windows[0]["atomic_numbers"]), 2).double()
+    mse = float((forecast - target).pow(2).mean())
+    recorded = [r for r in _val(run_dir) if r["step"] == 6][0]["mse_angstrom2"]
+    assert mse == pytest.approx(recorded, rel=1e-5)
+    # `export` also takes the run folder (its newest checkpoint) and refuses an incomplete one
+    assert run_cli("export", run_dir, tmp_path / "again.safetensors").returncode == 0
+    broken = tmp_path / "step_000009"
+    broken.mkdir()
+    assert_user_error(run_cli("export", broken, tmp_path / "x.safetensors"), "step_000009", "incomplete")

@@ -1,0 +1,113 @@
+"""Helpers for the training tests: a real tiny dataset (GFN2-xTB ethanol, preprocessed by the CLI) and
+runners for `asteroid-hpc train` alone, under torchrun, mpiexec and the deepspeed launcher."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO, cli_env
+
+TINY_CONFIG = REPO / "configs" / "tiny" / "train.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_tiny_dataset(root: Path) -> Path:
+    """A 240-frame GFN2-xTB ethanol trajectory (AMBER NetCDF), preprocessed with the tiny config. Cached in ``root``."""
+    dataset = root / "ethanol-tiny"
+    if (dataset / "manifest.json").is_file():
+        return dataset
+    from asteroid_hpc.datagen.generate import XtbRunSpec, generate_xtb_netcdf
+
+    root.mkdir(parents=True, exist_ok=True)
+    trajectory = root / "ethanol.nc"
+    if not trajectory.is_file():
+        spec = XtbRunSpec("ethanol", 240, seed=1, thermalize_steps=200, stride=2, chunk_frames=240)
+        generate_xtb_netcdf(spec, trajectory, progress=False)
+    proc = subprocess.run([sys.executable, "-m", "asteroid_hpc", "preprocess", str(trajectory), "-o", str(dataset),
+                           "--config", str(TINY_CONFIG), "--no-progress"], capture_output=True, text=True,
+                          env=cli_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return dataset
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    return make_tiny_dataset(tmp_path_factory.getbasetemp() / "train-data")
+
+
+def train_env(**extra: str) -> dict:
+    env = cli_env(MASTER_PORT=str(free_port()), **extra)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR"):
+        env.pop(key, None)
+    env.setdefault("OMP_NUM_THREADS", "1")  # the same arithmetic in every run, whatever the launcher
+    return env
+
+
+def train_command(launcher: str, nproc: int, *args: str) -> list[str]:
+    """The command line of ``asteroid-hpc train ARGS`` under ``launcher`` with ``nproc`` processes."""
+    exe = shutil.which("asteroid-hpc") or pytest.fail("asteroid-hpc is not installed in this environment")
+    if launcher == "single":
+        assert nproc == 1
+        return [sys.executable, "-m", "asteroid_hpc", "train", *args]
+    if launcher == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                "--master_port", str(free_port()), "--", exe, "train", *args]
+    if launcher == "mpiexec":
+        mpiexec = shutil.which("mpiexec") or pytest.fail("mpiexec not found")
+        return [mpiexec, "-n", str(nproc), sys.executable, "-m", "asteroid_hpc", "train", *args]
+    if launcher == "deepspeed":
+        return [sys.executable, "-m", "deepspeed.launcher.runner", "--no_local_rank", "--num_gpus", str(nproc),
+                "--master_port", str(free_port()), exe, "train", *args]
+    raise ValueError(launcher)
+
+
+def run_train(dataset: Path, run_dir: Path, *overrides: str, launcher: str = "single", nproc: int = 1,
+              resume: str = "auto", timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+    args = [str(TINY_CONFIG), f"data.dataset={dataset}", f"train.run_dir={run_dir}", *overrides, "--resume", resume]
+    proc = subprocess.run(train_command(launcher, nproc, *args), capture_output=True, text=True, timeout=timeout,
+                          env=train_env(), cwd=str(run_dir.parent))
+    if check:
+        assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
+def wait_for_steps(process: subprocess.Popen, run_dir: Path, steps: int, timeout: float = 180) -> None:
+    """Wait until a running training has logged ``steps`` steps (fails if it exits first)."""
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"training exited early ({process.returncode}): {process.communicate()[1][-3000:]}")
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= steps:
+            return
+        time.sleep(0.05)
+    process.kill()
+    pytest.fail(f"training logged fewer than {steps} steps in {timeout} s")
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    from asteroid_hpc.train import read_metrics
+
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl", kind="train")}
+
+
+def assert_same_losses(got: dict[int, float], expected: dict[int, float], *, abs_tol: float) -> None:
+    assert sorted(got) == sorted(expected), (sorted(got), sorted(expected))
+    for step in expected:
+        assert abs(got[step] - expected[step]) <= abs_tol, (step, got[step], expected[step])
+
+
+__all__ = ["TINY_CONFIG", "assert_same_losses", "free_port", "make_tiny_dataset", "run_train", "tiny_dataset",
+           "train_command", "train_env", "train_losses", "wait_for_steps"]
