@@ -19,15 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..dist import get_logger
 from ..errors import user_error
 from .energy import check_conservation, measure_conservation
 from .molecules import canonical_name, get_molecule
 from .xtb import DEFAULT_FRICTION_PER_FS, XTB_METHOD, run_nve_chunk, set_state, start_state
-
-try:
-    from ..dist import get_logger
-except ImportError:  # pragma: no cover
-    from logging import getLogger as get_logger
 
 log = get_logger(__name__)
 
