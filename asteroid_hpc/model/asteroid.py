@@ -25,7 +25,7 @@ per window from its last frame (atoms move little within a window) unless the ca
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +37,14 @@ from .spatial import GlobalReduce, SpatialBlock, local_reduce
 from .sti import readoff
 from .symmetry import VectorHead, random_rotations, rotate_about, vector_feature_size, vector_features
 from .temporal import TemporalBlock
+
+WindowCentroid = Callable[[Tensor], Tensor]  # window [B, m, N, 3] -> centroid of the whole system [B, 1, 1, 3]
+
+
+def mean_centroid(window: Tensor) -> Tensor:
+    """Default centroid: the mean over every frame and atom of the window (it holds the whole system)."""
+    return window.mean(dim=(1, 2), keepdim=True)
+
 
 TOKEN_VECTORS = 2  # vectors per token: (d_t, v_t) in the encoder, (s_k, p_k) in the decoder
 
@@ -108,13 +116,15 @@ class Asteroid(nn.Module):
     # ----------------------------------------------------------------------------------- public API
     def forward(self, history: Tensor, atomic_numbers: Tensor, horizon: int, target: Optional[Tensor] = None, *,
                 graph: Optional[NeighborGraph] = None, owned_mask: Optional[Tensor] = None,
-                global_reduce: GlobalReduce = local_reduce) -> AsteroidOutput:
+                global_reduce: GlobalReduce = local_reduce, centroid: WindowCentroid = mean_centroid) -> AsteroidOutput:
         """Forecast ``horizon`` frames after ``history`` [B, m, N, 3] (raw Å).
 
         ``target`` [B, ≥horizon, N, 3] enables teacher forcing (the decoder and the rolled windows see the
         true previous frames). ``graph`` overrides the neighbour list (used for every pass), ``owned_mask``
         [N] or [B, N] excludes halo atoms from the global-token gather, and ``global_reduce`` combines
         the gather's softmax statistics across domains (see :mod:`asteroid_hpc.model.spatial`).
+        ``centroid`` maps each window to the centroid of the whole system (a domain-decomposed caller,
+        whose window holds only its owned and halo atoms, reduces it across domains).
         """
         self._check_inputs(history, atomic_numbers, horizon, target)
         batch, m, n_atoms, _ = history.shape
@@ -132,7 +142,7 @@ class Asteroid(nn.Module):
         while produced < horizon:
             steps = min(self.steps_per_pass, horizon - produced)
             teacher = None if target is None else target[:, produced:produced + steps]
-            result = self._pass(window, elements, steps, teacher, graph, owned_mask, global_reduce)
+            result = self._pass(window, elements, steps, teacher, graph, owned_mask, global_reduce, centroid)
             first = result if first is None else first
             forecasts.append(result.forecast)
             produced += steps
@@ -170,9 +180,9 @@ class Asteroid(nn.Module):
             raise UserError(f"target must be [B, >= {horizon}, N, 3], got {list(target.shape)}")
 
     def _geometry(self, window: Tensor, elements: Tensor, graph: Optional[NeighborGraph],
-                  owned_mask: Optional[Tensor], reduce: GlobalReduce) -> _Window:
+                  owned_mask: Optional[Tensor], reduce: GlobalReduce, centroid: WindowCentroid) -> _Window:
         last = window[:, -1:]
-        centre = window.mean(dim=(1, 2), keepdim=True)
+        centre = centroid(window)
         displacements = (window[:, :-1] - last).permute(0, 2, 1, 3)  # [B, N, m-1, 3]
         atom_basis = torch.cat([displacements, (last - centre).permute(0, 2, 1, 3)], dim=2)
         if self.cfg.attention == "full":
@@ -254,8 +264,9 @@ class Asteroid(nn.Module):
         return seeds + correction.squeeze(-2)
 
     def _pass(self, window: Tensor, elements: Tensor, steps: int, teacher: Optional[Tensor],
-              graph: Optional[NeighborGraph], owned_mask: Optional[Tensor], reduce: GlobalReduce) -> AsteroidOutput:
-        geo = self._geometry(window, elements, graph, owned_mask, reduce)
+              graph: Optional[NeighborGraph], owned_mask: Optional[Tensor], reduce: GlobalReduce,
+              centroid: WindowCentroid = mean_centroid) -> AsteroidOutput:
+        geo = self._geometry(window, elements, graph, owned_mask, reduce, centroid)
         h, token_vectors, vectors = self._encode(window, geo)
         delay = self.primary_head(h, self._basis(token_vectors, geo, vectors))  # [B, m, N, L, 3]
         reconstruction = self._conjugate(delay, geo)

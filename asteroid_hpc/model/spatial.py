@@ -15,7 +15,9 @@ and ``weighted_sum`` [S, G, H, Dh] (Σ exp(l - max)·v) - which are passed to ``
 sum_exp, weighted_sum) -> (max_logit, sum_exp, weighted_sum)``. The default is the identity (the
 partition is the whole system); a domain-decomposed caller passes a hook that combines the statistics
 of all ranks, e.g. ``lambda *s: merge_softmax_partials(world.allgather(s))``, and an ``owned_mask``
-so that halo atoms are not counted twice.
+so that halo atoms are not counted twice. The statistics are float64, so that 1 and D domains give the
+same gathered tokens to the last float32 bit (float32 partial sums differ by rounding, and a long
+iterative rollout amplifies such differences).
 """
 
 from __future__ import annotations
@@ -114,9 +116,10 @@ class SpatialBlock(nn.Module):
             logits = logits.masked_fill(~owned_mask.view(frames, 1, 1, -1), float("-inf"))
         max_logit = logits.amax(dim=-1).detach()
         max_logit = torch.where(torch.isfinite(max_logit), max_logit, torch.zeros_like(max_logit))
-        weights = torch.exp(logits - max_logit.unsqueeze(-1))
-        stats = reduce(max_logit, weights.sum(-1), torch.einsum("sghn,snhd->sghd", weights, values))
-        gathered = stats[2] / stats[1].unsqueeze(-1)
+        # float64 sums: the same total whichever way the atoms are split into domains (then merged by reduce)
+        weights = torch.exp(logits.double() - max_logit.double().unsqueeze(-1))
+        stats = reduce(max_logit.double(), weights.sum(-1), torch.einsum("sghn,snhd->sghd", weights, values.double()))
+        gathered = (stats[2] / stats[1].unsqueeze(-1)).to(values.dtype)
         tokens = tokens + self.global_out(gathered.flatten(-2))
         return self._heads(self.key(tokens)), self._heads(self.value(tokens))
 

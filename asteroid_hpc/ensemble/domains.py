@@ -1,0 +1,133 @@
+"""Spatial domain decomposition of one member over the ranks of its group.
+
+Every rank of the group holds the member's whole window (m × N × 3 coordinates, small next to the model's
+activations) and runs the model on its *local* atoms only: the atoms it owns plus a halo. Per pass:
+
+- Ownership: slabs along the window's longest axis (last frame), with equal atom counts.
+- Halo: every atom within the model's cutoff (along that axis, a superset of the cutoff sphere) of the
+  slab. So each owned atom sees all of its neighbours, and its neighbour list (the ``max_neighbors``
+  nearest within the cutoff, built by the model from the local atoms) equals the one of the whole system.
+- After every spatial block the halo atoms' features (and attention vectors) are replaced by those their
+  owners computed (``halo_exchange``, an all-to-all in the group). So every local atom is exact at every
+  layer however many spatial layers and decoder steps the model has: the halo needs one cutoff only.
+- The global tokens gather from owned atoms only (``owned_mask``) and the softmax statistics of all
+  domains are merged (``global_reduce``); the window centroid is a sum over owned atoms, reduced in float64.
+- After the pass the owners' forecasts are all-gathered, so every rank again holds the whole window.
+
+Only open boundaries are supported, as in the model.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..model.spatial import SpatialBlock, merge_softmax_partials
+
+CUTOFF_MARGIN = 1.0 + 1e-6  # the halo errs on the side of including an atom at the cutoff
+
+
+@dataclass
+class Decomposition:
+    """Local atoms of every domain (global indices: owned first, then halo) and the halo routing."""
+
+    local: list[np.ndarray]
+    n_owned: list[int]
+    send: list[list[np.ndarray]]  # send[s][d]: positions in s's local arrays of the atoms s sends to d
+    recv: list[list[np.ndarray]]  # recv[d][s]: positions in d's local arrays where they go
+
+    @property
+    def domains(self) -> int:
+        return len(self.local)
+
+    def owned(self, domain: int) -> np.ndarray:
+        return self.local[domain][:self.n_owned[domain]]
+
+
+def decompose(positions: np.ndarray, domains: int, cutoff_angstrom: float) -> Decomposition:
+    """Slabs of equal atom count along the longest axis of ``positions`` [N, 3], with cutoff halos."""
+    n_atoms = positions.shape[0]
+    if n_atoms < domains:
+        raise ValueError(f"{n_atoms} atoms cannot be split into {domains} domains")
+    coordinate = positions[:, int(np.argmax(np.ptp(positions, axis=0)))].astype(np.float64)
+    order = np.argsort(coordinate, kind="stable")
+    bounds = np.linspace(0, n_atoms, domains + 1).round().astype(np.int64)
+    owner = np.empty(n_atoms, dtype=np.int64)
+    reach = cutoff_angstrom * CUTOFF_MARGIN
+    owned, halos = [], []
+    for d in range(domains):
+        members = order[bounds[d]:bounds[d + 1]]
+        owner[members] = d
+        owned.append(np.sort(members))
+    for d in range(domains):
+        low, high = coordinate[order[bounds[d]]], coordinate[order[bounds[d + 1] - 1]]
+        near = (coordinate >= low - reach) & (coordinate <= high + reach) & (owner != d)
+        halos.append(np.flatnonzero(near))
+    send = [[np.empty(0, dtype=np.int64) for _ in range(domains)] for _ in range(domains)]
+    recv = [[np.empty(0, dtype=np.int64) for _ in range(domains)] for _ in range(domains)]
+    for d in range(domains):
+        halo_owner = owner[halos[d]]
+        for s in range(domains):
+            if s != d:
+                from_s = np.flatnonzero(halo_owner == s)
+                recv[d][s] = len(owned[d]) + from_s
+                send[s][d] = np.searchsorted(owned[s], halos[d][from_s])
+    local = [np.concatenate([owned[d], halos[d]]) for d in range(domains)]
+    return Decomposition(local, [len(o) for o in owned], send, recv)
+
+
+class DomainContext:
+    """The hooks that make the model's pass over this rank's local atoms exact (see the module doc)."""
+
+    def __init__(self, group, decomposition: Decomposition, n_atoms_total: int):
+        self.group = group
+        self.parts = decomposition
+        self.domain = group.rank
+        self.n_atoms_total = n_atoms_total
+        n_local = len(decomposition.local[self.domain])
+        self.owned_mask = torch.zeros(n_local, dtype=torch.bool)
+        self.owned_mask[:decomposition.n_owned[self.domain]] = True
+
+    def halo_exchange(self, x: Tensor) -> Tensor:
+        """Replace the halo rows of ``x`` [S, N_local, ...] by the owners' rows."""
+        me = self.domain
+        array = x.detach().cpu().numpy()
+        outgoing = [np.ascontiguousarray(array[:, rows]) if d != me else None
+                    for d, rows in enumerate(self.parts.send[me])]
+        incoming = self.group.comm.alltoall(outgoing)
+        out = x.clone()
+        for s, rows in enumerate(self.parts.recv[me]):
+            if s != me and len(rows):
+                out[:, torch.from_numpy(rows)] = torch.from_numpy(incoming[s]).to(out.device)
+        return out
+
+    def global_reduce(self, max_logit: Tensor, sum_exp: Tensor, weighted_sum: Tensor):
+        return merge_softmax_partials(self.group.allgather((max_logit, sum_exp, weighted_sum)))
+
+    def centroid(self, window: Tensor) -> Tensor:
+        """Centroid of the whole system over the window: owned-atom sums reduced across the group."""
+        owned = window[:, :, :self.parts.n_owned[self.domain]].double()
+        total = self.group.allreduce(owned.sum(dim=(1, 2)).cpu().numpy())
+        frames = window.shape[1]
+        centre = torch.from_numpy(total / (frames * self.n_atoms_total)).to(window.dtype).to(window.device)
+        return centre.view(window.shape[0], 1, 1, 3)
+
+    @contextmanager
+    def exchanging_halos(self, model: torch.nn.Module) -> Iterator[None]:
+        """Apply :meth:`halo_exchange` to the output of every spatial block of ``model``."""
+
+        def hook(module, args, output):
+            features, vectors = output
+            return self.halo_exchange(features), None if vectors is None else self.halo_exchange(vectors)
+
+        handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, SpatialBlock)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()

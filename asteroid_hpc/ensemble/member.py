@@ -1,0 +1,116 @@
+"""Run one member: start or continue its trajectory file, stream the rollout in chunks, mark it finished.
+
+The group root (domain 0) owns the file; the other ranks of the group only compute. Frames are appended
+after whole passes only, so the frame count of a partial file is a pass boundary (or the horizon) and the
+rollout continues from it exactly: the window is the last m frames of (starting window + frames on disk).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..data.amber import AmberReader, AmberWriter, partial_path
+from ..dist.logs import get_logger
+from .perturb import InitialCondition, starting_window
+from .rollout import MemberForecaster
+from .store import is_finished, marker_path, member_path, write_json_atomic
+
+log = get_logger(__name__)
+
+
+@dataclass
+class MemberJob:
+    outdir: Path
+    member: int
+    horizon_frames: int
+    chunk_frames: int
+    attributes: dict  # written into the member file
+
+
+def _resume_point(job: MemberJob, steps_per_pass: int) -> int:
+    """Frames of a partial file that the rollout can continue from (0: start afresh)."""
+    partial = partial_path(member_path(job.outdir, job.member))
+    if not partial.exists():
+        return 0
+    with AmberReader(partial) as reader:  # UserError when truncated or unreadable
+        frames = reader.n_frames
+    if frames == job.horizon_frames or frames % steps_per_pass == 0:
+        return frames
+    log.warning("member %d: %s has %d frames, not a pass boundary; starting the member again",
+                job.member, partial, frames)
+    partial.unlink()
+    return 0
+
+
+def _window_after(start: np.ndarray, job: MemberJob, frames_done: int) -> np.ndarray:
+    if frames_done == 0:
+        return start
+    m = start.shape[0]
+    with AmberReader(partial_path(member_path(job.outdir, job.member))) as reader:
+        tail = reader.read(max(0, frames_done - m), frames_done).coordinates.astype(np.float32)
+    return np.concatenate([start, tail])[-m:]
+
+
+def run_member(job: MemberJob, forecaster: MemberForecaster, initial: InitialCondition, ensemble_cfg,
+               progress) -> None:
+    """Produce (or finish) member ``job.member``'s trajectory; collective over the forecaster's group."""
+    group = forecaster.group
+    is_root = group.rank == 0
+    state = None
+    if is_root:
+        if is_finished(job.outdir, job.member):
+            state = ("finished", job.horizon_frames)
+        else:
+            state = ("run", _resume_point(job, forecaster.steps_per_pass))
+    kind, frames_done = group.bcast(state, root=0)
+    if kind == "finished":
+        if is_root:
+            progress.report(job.member, job.horizon_frames, job.horizon_frames, True)
+        return
+    start = starting_window(initial, ensemble_cfg, job.member, forecaster.history_frames)
+    window = _window_after(start, job, frames_done) if is_root else None
+    window = group.bcast(window, root=0)
+    writer = _open_writer(job, initial, frames_done) if is_root else None
+    began, resumed_from = time.monotonic(), frames_done
+    if is_root and frames_done:
+        log.info("member %d: continuing from frame %d of %d", job.member, frames_done, job.horizon_frames)
+    buffer: list[np.ndarray] = []
+    with writer if writer is not None else nullcontext():  # an exception keeps the partial file
+        for frames in forecaster.rollout(window, job.horizon_frames - frames_done):
+            if is_root:
+                buffer.append(frames)
+                if sum(len(b) for b in buffer) >= job.chunk_frames:
+                    frames_done = _flush(writer, buffer, frames_done, initial.timestep_ps)
+                    progress.report(job.member, frames_done, resumed_from, False)
+            progress.poll()
+        if is_root:
+            frames_done = _flush(writer, buffer, frames_done, initial.timestep_ps)
+    if is_root:  # the file is complete and renamed; only now does the member count as finished
+        write_json_atomic(marker_path(job.outdir, job.member), {
+            "member": job.member, "frames": frames_done, "resumed_from_frame": resumed_from,
+            "seconds_this_run": round(time.monotonic() - began, 3)})
+        progress.report(job.member, frames_done, resumed_from, True)
+
+
+def _open_writer(job: MemberJob, initial: InitialCondition, frames_done: int) -> AmberWriter:
+    path = member_path(job.outdir, job.member)
+    if frames_done:
+        return AmberWriter.resume(path)
+    partial_path(path).unlink(missing_ok=True)
+    return AmberWriter(path, initial.n_atoms, initial.atomic_numbers, timestep_ps=initial.timestep_ps,
+                       title=f"asteroid-hpc ensemble member {job.member}", attributes=job.attributes)
+
+
+def _flush(writer: AmberWriter, buffer: list[np.ndarray], frames_done: int, timestep_ps: float | None) -> int:
+    if not buffer:
+        return frames_done
+    frames = np.concatenate(buffer)
+    buffer.clear()
+    lead = frames_done + 1 + np.arange(len(frames))  # lead time j is frame j after the window's last frame
+    writer.append(frames, lead * timestep_ps if timestep_ps else np.zeros(len(frames)))
+    return frames_done + len(frames)

@@ -1,0 +1,70 @@
+"""Initial conditions of the members: the starting window of m frames and its perturbation.
+
+Every random draw of member k comes from ``numpy.random.default_rng([seed, k])`` (a SeedSequence of the
+seed and the member index), so it never depends on the number of ranks or on which rank runs the member.
+Perturbations are applied once, to the starting window, so a member's rollout after its start is
+deterministic and continuing from flushed frames needs no random state.
+
+- ``gaussian``: one displacement per atom, N(0, σ²) per coordinate with σ = ``noise_angstrom``, added to
+  every frame of the window (the configuration moves, the window's own frame-to-frame motion is kept).
+- ``frames``: member k's window ends ``k · frame_spacing`` frames before ``start_frame`` (then, if
+  ``noise_angstrom`` > 0, Gaussian noise as above as well).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..config.schema import EnsembleConfig
+from ..errors import user_error
+
+
+def member_rng(seed: int, member: int) -> np.random.Generator:
+    return np.random.default_rng([seed, member])
+
+
+@dataclass
+class InitialCondition:
+    """What every member starts from: the trajectory's atoms and the index of the window's last frame."""
+
+    path: Path
+    n_frames: int
+    n_atoms: int
+    atomic_numbers: np.ndarray  # [N] int64
+    timestep_ps: float | None
+    end_frame: int  # last frame of the unperturbed starting window (start_frame resolved)
+
+
+def inspect_initial(path: str | Path, cfg: EnsembleConfig, history_frames: int) -> InitialCondition:
+    from ..data.amber import AmberReader
+
+    path = Path(path)
+    with AmberReader(path) as reader:
+        if reader.atomic_numbers is None:
+            raise user_error(path, "no 'atomic_number' variable: the model needs the element of every atom")
+        end = cfg.start_frame if cfg.start_frame >= 0 else reader.n_frames + cfg.start_frame
+        if not 0 <= end < reader.n_frames:
+            raise user_error(path, f"ensemble.start_frame={cfg.start_frame} is outside its {reader.n_frames} frames")
+        earliest = end - (cfg.members - 1) * cfg.frame_spacing if cfg.perturbation == "frames" else end
+        if earliest - history_frames + 1 < 0:
+            need = history_frames + (end - earliest)
+            raise user_error(path, f"needs {need} frames up to frame {end} for {cfg.members} members of "
+                                   f"{history_frames}-frame windows ({cfg.perturbation} perturbation), "
+                                   f"has {end + 1}")
+        return InitialCondition(path, reader.n_frames, reader.n_atoms, reader.atomic_numbers.copy(),
+                                reader.timestep_ps, end)
+
+
+def starting_window(initial: InitialCondition, cfg: EnsembleConfig, member: int, history_frames: int) -> np.ndarray:
+    """Member ``member``'s perturbed starting window [m, N, 3] float32 (Å)."""
+    from ..data.amber import read_frames
+
+    end = initial.end_frame - (member * cfg.frame_spacing if cfg.perturbation == "frames" else 0)
+    window = read_frames(initial.path, end - history_frames + 1, end + 1).coordinates.astype(np.float64)
+    if cfg.noise_angstrom > 0:
+        noise = member_rng(cfg.seed, member).normal(0.0, cfg.noise_angstrom, size=(initial.n_atoms, 3))
+        window = window + noise
+    return window.astype(np.float32)

@@ -1,0 +1,125 @@
+"""``run_ensemble``: the whole ensemble forecast on any number of ranks (see the package docstring)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+from ..config.schema import AsteroidConfig
+from ..dist.launch import detect_launch
+from ..dist.logs import get_logger
+from ..dist.mpi import world
+from ..errors import user_error
+from .grid import ProcessGrid, split_group
+from .member import MemberJob, run_member
+from .perturb import inspect_initial
+from .progress import POLL_SECONDS, Progress
+from .rollout import MemberForecaster
+from .store import COMPLETE_FILE, TRAJECTORY_KEYS, claim_run, file_sha256, write_json_atomic
+from .summary import Reference, write_summary
+
+log = get_logger(__name__)
+
+
+def resolve_model(model_path: str | os.PathLike, outdir: Path, w) -> Path:
+    """The weights file: an exported file or directory, or (exported once, by rank 0, into OUTDIR) a
+    training checkpoint folder."""
+    from ..evaluation.model_io import resolve_weights
+
+    path = Path(model_path)
+    if path.is_dir() and not any(path.glob("*.safetensors")):
+        exported = outdir / "model.safetensors"
+        if w.rank == 0:
+            from ..train.export import export_checkpoint
+
+            outdir.mkdir(parents=True, exist_ok=True)
+            export_checkpoint(path, exported)
+        w.barrier()
+        return exported
+    return resolve_weights(path)
+
+
+def _quiet_barrier(w) -> None:
+    """A barrier that sleeps instead of spinning (idle ranks must not steal a shared core)."""
+    if w.comm is None:
+        return
+    request = w.comm.Ibarrier()
+    while not request.Test():
+        time.sleep(POLL_SECONDS)
+
+
+def run_ensemble(cfg: AsteroidConfig, model_path: str | os.PathLike, initial_path: str | os.PathLike,
+                 outdir: str | os.PathLike, *, reference: Optional[Reference] = None,
+                 domains: Optional[int] = None, device: str = "cpu") -> Optional[dict]:
+    """Forecast ``cfg.ensemble.members`` members from ``initial_path`` into ``outdir``; returns the summary
+    on rank 0 (None elsewhere). Collective over all ranks of the job."""
+    import torch
+
+    from ..config import config_hash
+    from ..dist.device import setup_torch_threads
+    from ..dist.runinfo import startup_summary
+    from ..model import load_weights
+
+    w, info = world(), detect_launch()
+    ens = cfg.ensemble
+    grid = ProcessGrid(w.size, w.rank, domains or ens.domains)
+    outdir = Path(outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise user_error(outdir, "exists and is not a directory")
+    threads = setup_torch_threads(info)
+    weights = resolve_model(model_path, outdir, w)
+    model = load_weights(weights, device=device).eval()
+    m = model.cfg.history_frames
+    initial = inspect_initial(initial_path, ens, m)
+    if int(initial.atomic_numbers.max()) >= model.cfg.num_elements or int(initial.atomic_numbers.min()) < 0:
+        raise user_error(initial.path, f"atomic numbers outside the model's [0, {model.cfg.num_elements})")
+    if reference is not None:
+        from ..data.amber import AmberReader
+
+        with AmberReader(reference.path) as ref:  # a bad reference fails now, not after the forecast
+            if ref.n_atoms != initial.n_atoms:
+                raise user_error(reference.path, f"has {ref.n_atoms} atoms, the initial condition {initial.n_atoms}")
+    identity = {"model_sha256": file_sha256(weights), "initial": str(initial.path.resolve()),
+                "initial_frames": initial.n_frames, "atoms": initial.n_atoms, "end_frame": initial.end_frame,
+                **{key: getattr(ens, key) for key in TRAJECTORY_KEYS}}
+    continuing = claim_run(outdir, identity) if w.rank == 0 else None
+    continuing = w.bcast(continuing, root=0)
+    group = split_group(w, grid)
+    forecaster = MemberForecaster(model, initial.atomic_numbers, group, device)
+    if w.rank == 0:
+        log.info(startup_summary(info, device=device, config_hash=config_hash(cfg), run_dir=outdir, extra={
+            "ensemble": f"{ens.members} members x {ens.horizon_frames} frames, {ens.perturbation} perturbation "
+                        f"(noise {ens.noise_angstrom} A), seed {ens.seed}, {'continuing' if continuing else 'new run'}",
+            "process grid": f"{grid.groups} member groups x {grid.domains} domains, {threads} torch threads per rank",
+            "system": f"{initial.n_atoms} atoms, window of {m} frames ending at frame {initial.end_frame} of "
+                      f"{initial.path}",
+            "model": f"{weights} ({model.cfg.delay_length - 1} frames per pass, cutoff {model.cfg.cutoff_angstrom} A)"}))
+        if grid.groups > ens.members:
+            log.warning("%d member groups for %d members: %d groups stay idle", grid.groups, ens.members,
+                        grid.groups - ens.members)
+    progress = Progress(w, ens.members, ens.horizon_frames)
+    attributes = {"ensemble_seed": ens.seed, "perturbation": ens.perturbation, "noise_angstrom": ens.noise_angstrom,
+                  "initial_condition": str(initial.path), "initial_end_frame": initial.end_frame,
+                  "model_sha256": identity["model_sha256"]}
+    started = time.monotonic()
+    with torch.no_grad():
+        for member in grid.members_of(grid.group, ens.members):
+            job = MemberJob(outdir, member, ens.horizon_frames, ens.chunk_frames,
+                            {**attributes, "member": member})
+            run_member(job, forecaster, initial, ens, progress)
+    progress.wait_all()
+    _quiet_barrier(w)
+    if w.rank != 0:
+        return None
+    forecast_seconds = time.monotonic() - started
+    summary = write_summary(outdir, ens.members, ens.horizon_frames, ens.chunk_frames, initial.atomic_numbers,
+                            initial.timestep_ps, reference, extra={
+                                "world_size": w.size, "process_grid": [grid.groups, grid.domains],
+                                "forecast_wall_seconds": round(forecast_seconds, 3),
+                                "run": identity})
+    write_json_atomic(outdir / COMPLETE_FILE, {"members": ens.members, "horizon_frames": ens.horizon_frames})
+    log.info("ensemble complete: %s (forecast %.1f s)", outdir, forecast_seconds)
+    return summary
+

@@ -1,0 +1,53 @@
+"""Tiny models and synthetic initial conditions for the ensemble tests (import as ``from ensemble_support import ...``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+TINY_MODEL = dict(history_frames=4, delay_length=3, hidden_size=16, num_heads=2, encoder_layers=1, decoder_layers=1,
+                  attention="local_global", cutoff_angstrom=5.0, max_neighbors=16, num_global_tokens=2, num_rbf=8,
+                  symmetry="equivariant")
+LIQUID_DENSITY_PER_A3 = 0.021
+
+
+def tiny_model_file(path: Path, seed: int = 0, **overrides) -> Path:
+    """An untrained tiny ASTEROID (fixed torch seed) saved with save_weights."""
+    import torch
+
+    from asteroid_hpc.config.schema import ModelConfig
+    from asteroid_hpc.model import Asteroid, save_weights
+
+    torch.manual_seed(seed)
+    return save_weights(Asteroid(ModelConfig(**{**TINY_MODEL, **overrides})), path)
+
+
+def write_trajectory(path: Path, frames: np.ndarray, atomic_numbers, timestep_ps: float | None = 0.01) -> Path:
+    from asteroid_hpc.data.amber import AmberWriter
+
+    with AmberWriter(path, frames.shape[1], atomic_numbers, timestep_ps=timestep_ps) as writer:
+        writer.append(frames.astype(np.float32), None if timestep_ps else np.zeros(len(frames)))
+    return path
+
+
+def molecule_trajectory(path: Path, n_atoms: int = 9, n_frames: int = 12, seed: int = 0) -> Path:
+    """A small molecule-like cluster (atoms 1.5 Å apart on average) vibrating around fixed positions."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(scale=1.5, size=(n_atoms, 3))
+    phases = rng.uniform(0, 2 * np.pi, size=(n_atoms, 3))
+    t = np.arange(n_frames)[:, None, None]
+    frames = base + 0.05 * np.sin(0.7 * t + phases)
+    z = rng.choice([1, 6, 8], size=n_atoms)
+    return write_trajectory(path, frames, z)
+
+
+def lj_like_box(path: Path, n_atoms: int = 400, n_frames: int = 6, seed: int = 0) -> Path:
+    """An argon-like open box at liquid density (jittered cubic lattice, ~3.6 Å spacing) with thermal jitter."""
+    rng = np.random.default_rng(seed)
+    edge = (n_atoms / LIQUID_DENSITY_PER_A3) ** (1 / 3)
+    per_side = int(np.ceil(n_atoms ** (1 / 3)))
+    grid = np.stack(np.meshgrid(*[np.arange(per_side)] * 3, indexing="ij"), -1).reshape(-1, 3)[:n_atoms]
+    base = (grid + 0.5) * (edge / per_side) + rng.normal(scale=0.2, size=(n_atoms, 3))
+    frames = base + np.cumsum(rng.normal(scale=0.03, size=(n_frames, n_atoms, 3)), axis=0)
+    return write_trajectory(path, frames, np.full(n_atoms, 18))
