@@ -14,8 +14,8 @@ import netCDF4
 import numpy as np
 import pytest
 
-from conftest import cli_env, run_cli
-from test_data_support import ATOMIC_NUMBERS, centered, dataset_fingerprint, random_walk, write_traj
+from helpers import cli_env, run_cli
+from data_support import ATOMIC_NUMBERS, centered, dataset_fingerprint, random_walk, write_traj
 
 from asteroid_hpc.cli.main import main
 from asteroid_hpc.data.amber import AmberReader

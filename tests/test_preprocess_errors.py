@@ -7,8 +7,8 @@ import netCDF4
 import numpy as np
 import pytest
 
-from conftest import assert_user_error, run_cli
-from test_data_support import random_walk, write_traj
+from helpers import assert_user_error, run_cli
+from data_support import random_walk, write_traj
 
 from asteroid_hpc.cli.main import main
 

@@ -128,31 +128,39 @@ class _Frames:
         self.path = source_path
         self.stride = plan.frame_stride
 
-    def __call__(self, coords: np.ndarray, first_frame: int) -> tuple[np.ndarray, np.ndarray]:
-        """(frames kept as float32 [F', n, 3], their strided indices)."""
+    def __call__(self, coords: np.ndarray, first_frame: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(kept frames float32 [F', n, 3], the same component-major [F', 3, n], their strided indices).
+
+        Sums run along contiguous rows (numpy's pairwise summation) in the component-major copy,
+        which is several times faster than reducing over the atom axis of [F, n, 3] directly.
+        """
         x = coords if self.atom_indices is None else coords[:, self.atom_indices]
         index = first_frame + np.arange(len(x))
-        finite = np.isfinite(x).all(axis=(1, 2))
+        rows = np.ascontiguousarray(x.transpose(0, 2, 1), dtype=np.float32)
+        sums = rows.sum(axis=2)  # [F, 3]; NaN or Inf anywhere in a frame makes its sum non-finite
+        finite = np.isfinite(sums).all(axis=1)
         if not finite.all():
             if not self.drop_nonfinite:
                 bad = int(index[np.argmin(finite)]) * self.stride
                 raise user_error(self.path, f"non-finite coordinates (NaN or Inf) in frame {bad}; pass "
                                             "--drop-nonfinite to skip such frames")
-            x, index = x[finite], index[finite]
-        x = x.astype(np.float32, copy=False)
-        if self.center and len(x):
-            x = x - x.mean(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
-        return x, index
+            rows, sums, index = rows[finite], sums[finite], index[finite]
+        if self.center and len(rows):
+            rows -= (sums / np.float32(rows.shape[2]))[:, :, None]
+            return np.ascontiguousarray(rows.transpose(0, 2, 1)), rows, index
+        kept = x if finite.all() else x[finite]
+        return np.asarray(kept, dtype=np.float32), rows, index
 
 
 def _previous_frame(reader: TrajectoryReader, frames: _Frames, frame: int) -> tuple[np.ndarray, int] | None:
-    """The frame just before a shard (same source and split), for the displacement across the boundary."""
+    """The frame just before a shard (same source and split), for the displacement across the boundary:
+    component-major [3, n], or None when it is non-finite (dropped or reported by the shard holding it)."""
     coords = reader.read(frame * frames.stride, frame * frames.stride + 1).coordinates
     selected = coords if frames.atom_indices is None else coords[:, frames.atom_indices]
     if not np.isfinite(selected).all():
-        return None  # dropped (or reported) by the shard that holds it
-    kept, _ = frames(coords, frame)
-    return kept[0], frame
+        return None
+    _, rows, _ = frames(coords, frame)
+    return rows[0], frame
 
 
 def write_shard(reader: TrajectoryReader, plan: Plan, shard: Shard, cfg, outdir: Path,
@@ -176,11 +184,18 @@ def write_shard(reader: TrajectoryReader, plan: Plan, shard: Shard, cfg, outdir:
                          timestep_ps=timestep_ps, program="asteroid-hpc preprocess",
                          compression=data.compression, chunk_frames=min(chunk_frames, 256),
                          attributes={"source_index": shard.source, "source_frame_start": shard.frame_start})
+    # One I/O thread makes every netCDF call of the loop, in order (the C library is not thread-safe):
+    # it reads chunk k+1 and writes chunk k-1 while this thread checks and transforms chunk k.
+    io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netcdf-io")
+    raw_stop = (shard.frame_stop - 1) * stride + 1
+    chunks = reader.iter_chunks(chunk_frames, shard.frame_start * stride, raw_stop, stride)
+    pending_write: Future | None = None
     try:
-        raw_stop = (shard.frame_stop - 1) * stride + 1
-        for chunk in reader.iter_chunks(chunk_frames, shard.frame_start * stride, raw_stop, stride):
+        next_chunk = io.submit(next, chunks, None)
+        while (chunk := next_chunk.result()) is not None:
+            next_chunk = io.submit(next, chunks, None)
             first = chunk.start // stride
-            x, index = frames(chunk.coordinates, first)
+            x, rows, index = frames(chunk.coordinates, first)
             if len(index) < len(chunk.coordinates):
                 dropped.extend(sorted(set(range(first, first + len(chunk.coordinates))) - set(index.tolist())))
             if chunk.time_ps is not None:
@@ -195,24 +210,29 @@ def write_shard(reader: TrajectoryReader, plan: Plan, shard: Shard, cfg, outdir:
             if not len(x):
                 continue
             if want_stats:
-                coord_moments.update(x)
-                if last is not None:
-                    stacked, idx = np.concatenate([last[0][None], x]), np.concatenate([[last[1]], index])
-                else:
-                    stacked, idx = x, index
-                contiguous = np.diff(idx) == 1
-                disp_moments.update((stacked[1:] - stacked[:-1])[contiguous])
-                last = (x[-1], int(index[-1]))
-            writer.append(x, time_ps=t)
+                coord_moments.update_rows(rows)
+                if last is not None and index[0] == last[1] + 1:
+                    disp_moments.update_rows((rows[0] - last[0])[None])
+                steps = rows[1:] - rows[:-1]
+                contiguous = np.diff(index) == 1
+                disp_moments.update_rows(steps if contiguous.all() else steps[contiguous])
+                last = (rows[-1], int(index[-1]))
+            if pending_write is not None:
+                pending_write.result()
+            pending_write = io.submit(writer.append, x, time_ps=t)
             first_time = float(t[0]) if first_time is None else first_time
             last_time = float(t[-1])
             n_written += len(x)
+        if pending_write is not None:
+            pending_write.result()
         if n_written == 0:
             raise user_error(source.path, f"every frame of {shard.frame_start}..{shard.frame_stop - 1} (strided) "
                                           "is non-finite")
     except BaseException:
+        io.shutdown(wait=True)
         writer.discard()
         raise
+    io.shutdown(wait=True)
     writer.close()
     return {"index": shard.index, "file": shard.file, "source": shard.source, "split": shard.split,
             "frame_start": shard.frame_start, "frame_stop": shard.frame_stop, "n_frames": n_written,

@@ -20,14 +20,21 @@ class RunningMoments:
         self.mean = np.zeros(self.width) if self.mean is None else np.asarray(self.mean, dtype=np.float64)
         self.m2 = np.zeros(self.width) if self.m2 is None else np.asarray(self.m2, dtype=np.float64)
 
-    def update(self, values: np.ndarray) -> None:
-        """Add samples ``values`` [..., width]."""
-        flat = np.asarray(values).reshape(-1, self.width)
-        if len(flat) == 0:
+    def update_rows(self, rows: np.ndarray) -> None:
+        """Add samples stored component-major: ``rows`` [B, width, M] holds M samples of each component
+        per row. Sums run along contiguous rows (pairwise) on values shifted by a first sample, so a
+        mean far from zero costs no precision."""
+        rows = np.asarray(rows)
+        if rows.size == 0:
             return
-        batch_mean = flat.mean(axis=0, dtype=np.float64)
-        batch_m2 = ((flat - batch_mean) ** 2).sum(axis=0, dtype=np.float64)
-        self.merge(RunningMoments(self.width, len(flat), batch_mean, batch_m2))
+        shift = rows[0, :, 0].astype(np.float64)
+        deviations = rows - shift.astype(rows.dtype)[None, :, None]
+        s1 = deviations.sum(axis=2).sum(axis=0, dtype=np.float64)
+        deviations *= deviations
+        s2 = deviations.sum(axis=2).sum(axis=0, dtype=np.float64)
+        n = rows.shape[0] * rows.shape[2]
+        mean = s1 / n
+        self.merge(RunningMoments(self.width, n, shift + mean, np.maximum(s2 - s1 * mean, 0.0)))
 
     def merge(self, other: "RunningMoments") -> None:
         if other.count == 0:

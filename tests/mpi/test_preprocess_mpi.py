@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_cli, run_mpi
-from test_data_support import dataset_fingerprint, random_walk, write_traj
+from helpers import run_cli, run_mpi
+from data_support import dataset_fingerprint, random_walk, write_traj
 
 pytestmark = pytest.mark.mpi
 
