@@ -154,6 +154,17 @@ def test_resume_after_interruption_is_identical(tmp_path):
     np.testing.assert_array_equal(read_nc(resumed)[0], read_nc(full)[0])
 
 
+def test_second_generator_of_the_same_file_is_refused(tmp_path):
+    import fcntl
+
+    chunks = tmp_path / "ethanol.nc.chunks"
+    chunks.mkdir()
+    with open(chunks / "lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # as a running generator holds it
+        with pytest.raises(UserError, match="another process"):
+            generate_xtb_netcdf(_spec(), tmp_path / "ethanol.nc", progress=False)
+
+
 def test_resume_after_sigkill_is_identical(tmp_path):
     """The tool killed (SIGKILL) after two of four chunks resumes and writes what one uninterrupted run writes."""
     killed = tmp_path / "killed"

@@ -9,6 +9,7 @@ renamed, a JSON report is written beside it, and the chunk folder is removed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -97,7 +98,21 @@ def _complete_chunks(chunks: Path, n_chunks: int) -> int:
     return done
 
 
-def _open_chunks(spec: XtbRunSpec, chunks: Path) -> None:
+@contextlib.contextmanager
+def _exclusive(chunks: Path):
+    """One process per output: a second one fails instead of writing the same chunks (flock, freed on exit)."""
+    import fcntl
+
+    chunks.mkdir(parents=True, exist_ok=True)
+    with open(chunks / "lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise user_error(chunks, "another process is generating this trajectory") from None
+        yield
+
+
+def _check_spec(spec: XtbRunSpec, chunks: Path) -> None:
     meta = chunks / "spec.json"
     wanted = asdict(spec)
     if meta.exists():
@@ -107,7 +122,6 @@ def _open_chunks(spec: XtbRunSpec, chunks: Path) -> None:
             raise user_error(chunks, f"unfinished run made with other settings ({', '.join(diff)}); "
                                       "delete it or rerun with the same settings")
         return
-    chunks.mkdir(parents=True, exist_ok=True)
     tmp = meta.with_name(f"spec.json.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(wanted, indent=1))
     os.replace(tmp, meta)
@@ -154,11 +168,10 @@ def generate_xtb_netcdf(spec: XtbRunSpec, out_path: str | os.PathLike, *, write_
 
     out_path = Path(out_path)
     chunks = chunk_dir(out_path)
-    _open_chunks(spec, chunks)
-    done = _complete_chunks(chunks, spec.n_chunks)
-    mol = get_molecule(spec.molecule)
-
-    with single_threaded():
+    with _exclusive(chunks), single_threaded():
+        _check_spec(spec, chunks)
+        done = _complete_chunks(chunks, spec.n_chunks)
+        mol = get_molecule(spec.molecule)
         if done == 0:
             atoms = start_state(spec.molecule, seed=spec.seed, temperature_K=spec.temperature_K,
                                 timestep_fs=spec.timestep_fs, thermalize_steps=spec.thermalize_steps,
@@ -188,9 +201,8 @@ def generate_xtb_netcdf(spec: XtbRunSpec, out_path: str | os.PathLike, *, write_
                 bar.update(stop - first, 1000.0 * seconds / max(chunk.steps, 1))
         finally:
             bar.close()
-
-    return _finish(spec, chunks, out_path, mol, write_velocities, max_drift_meV_per_ps_per_atom,
-                   max_fluctuation_meV_per_atom)
+        return _finish(spec, chunks, out_path, mol, write_velocities, max_drift_meV_per_ps_per_atom,
+                       max_fluctuation_meV_per_atom)
 
 
 def _finish(spec: XtbRunSpec, chunks: Path, out_path: Path, mol, write_velocities: bool,
