@@ -62,7 +62,8 @@ class VectorHead(nn.Module):
     def __init__(self, hidden_size: int, num_out: int, num_basis: int, equivariant: bool):
         super().__init__()
         self.num_out, self.num_basis, self.equivariant = num_out, num_basis, equivariant
-        self.linear = nn.Linear(hidden_size, num_out * (num_basis if equivariant else 3))
+        self.linear = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.GELU(),
+                                    nn.Linear(hidden_size, num_out * (num_basis if equivariant else 3)))
 
     def forward(self, h: Tensor, basis: Tensor) -> Tensor:
         if self.equivariant:
