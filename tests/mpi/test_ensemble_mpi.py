@@ -1,0 +1,79 @@
+"""ensemble-forecast under mpiexec -n 2: member-parallel and domain-parallel runs equal 1-rank runs; a failing
+rank ends the whole job promptly."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ensemble_support import lj_like_box, molecule_trajectory, tiny_model_file
+from helpers import cli_env, run_cli, run_mpi
+
+pytestmark = pytest.mark.mpi
+ENV = cli_env(OMP_NUM_THREADS="1")  # the same torch thread count in every run
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ensemble-mpi")
+    return {"model": tiny_model_file(root / "tiny.safetensors"),
+            "molecule": molecule_trajectory(root / "molecule.nc", n_frames=12),
+            "box": lj_like_box(root / "box.nc", n_atoms=400)}
+
+
+def forecast_args(files, initial: str, outdir: Path, *overrides: str) -> list[str]:
+    return ["ensemble-forecast", str(files["model"]), str(files[initial]), "-o", str(outdir), *overrides]
+
+
+def members(outdir: Path, count: int) -> np.ndarray:
+    from asteroid_hpc.data.amber import read_frames
+
+    return np.stack([read_frames(outdir / "members" / f"member_{m:05d}.nc").coordinates for m in range(count)])
+
+
+def test_member_parallel_equals_one_rank(files, tmp_path):
+    settings = ("ensemble.members=4", "ensemble.horizon_frames=12", "ensemble.chunk_frames=4")
+    one = run_cli(*forecast_args(files, "molecule", tmp_path / "one", *settings), env=ENV)
+    assert one.returncode == 0, one.stderr
+    two = run_mpi(2, "-m", "asteroid_hpc", *forecast_args(files, "molecule", tmp_path / "two", *settings),
+                  env=ENV, timeout=240, mpi4py_runner=False)
+    assert two.returncode == 0, two.stderr
+    assert "2 member groups x 1 domains" in two.stderr and "members done 4/4" in two.stderr
+    difference = np.abs(members(tmp_path / "one", 4) - members(tmp_path / "two", 4)).max()
+    assert difference <= 1e-5, difference
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["process_grid"] == [2, 1]
+
+
+def test_domain_parallel_equals_one_rank(files, tmp_path):
+    """One member of a 400-atom box split over 2 ranks (each with a real halo) equals the 1-rank run."""
+    settings = ("ensemble.members=1", "ensemble.horizon_frames=16", "ensemble.chunk_frames=4")
+    one = run_cli(*forecast_args(files, "box", tmp_path / "one", *settings), env=ENV)
+    assert one.returncode == 0, one.stderr
+    two = run_mpi(2, "-m", "asteroid_hpc", *forecast_args(files, "box", tmp_path / "two", *settings, "--grid", "1x2"),
+                  env=ENV, timeout=240, mpi4py_runner=False)
+    assert two.returncode == 0, two.stderr
+    assert "1 member groups x 2 domains" in two.stderr
+    reference, split = members(tmp_path / "one", 1), members(tmp_path / "two", 1)
+    assert np.abs(split[0, -1] - reference[0, 0]).max() > 1e-3  # the atoms do move
+    difference = np.abs(reference - split).max()
+    assert difference <= 1e-5, difference
+
+
+def test_failure_on_one_rank_ends_the_job_within_60_s(files, tmp_path):
+    """Member 1 (rank 1's) has an unreadable partial file; rank 0 is busy with a long member 0."""
+    out = tmp_path / "run"
+    (out / "members").mkdir(parents=True)
+    (out / "members" / "member_00001.nc.partial").write_text("not a trajectory")
+    started = time.monotonic()
+    proc = run_mpi(2, "-m", "asteroid_hpc", *forecast_args(files, "molecule", out, "ensemble.members=2",
+                                                           "ensemble.horizon_frames=100000"),
+                   env=ENV, timeout=120, mpi4py_runner=False)
+    elapsed = time.monotonic() - started
+    assert proc.returncode != 0
+    assert elapsed < 60, elapsed
+    assert "member_00001.nc.partial" in proc.stderr and "error:" in proc.stderr, proc.stderr
