@@ -32,6 +32,9 @@ def _run_one(job: tuple) -> dict:
 
     spec, out_path, write_velocities, progress = job
     _setup_logging()
+    if out_path.exists():  # checked when the job starts: another run may have made it meanwhile
+        logging.getLogger("gen_xtb_md17").info("%s exists, skipped", out_path)
+        return None
     report = generate_xtb_netcdf(spec, out_path, write_velocities=write_velocities, progress=progress)
     return {"molecule": spec.molecule, "output": str(out_path), "ms_per_step": report.ms_per_step,
             "wall_seconds": report.wall_seconds, **report.energy}
@@ -76,24 +79,25 @@ def main(argv: list[str] | None = None) -> int:
         jobs = []
         for name in names:
             out_path = args.out_dir / f"{name}{args.suffix}.nc"
-            if out_path.exists():
-                log.info("%s exists, skipped", out_path)
-                continue
             spec = XtbRunSpec(molecule=name, n_frames=args.frames, seed=args.seed, temperature_K=args.temperature_K,
                               timestep_fs=args.timestep_fs, thermalize_steps=args.thermalize_steps,
                               stride=args.stride, chunk_frames=args.chunk_frames)
             jobs.append((spec, out_path, args.velocities, progress))
-    except (UserError, ValueError) as exc:
+    except (UserError, ValueError) as exc:  # bad arguments
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
     start = time.perf_counter()
-    if args.jobs <= 1 or len(jobs) <= 1:
-        results = [_run_one(job) for job in jobs]
-    else:
-        with multiprocessing.get_context("spawn").Pool(min(args.jobs, len(jobs))) as pool:
-            results = pool.map(_run_one, jobs, chunksize=1)
-    for r in results:
+    try:
+        if args.jobs <= 1 or len(jobs) <= 1:
+            results = [_run_one(job) for job in jobs]
+        else:
+            with multiprocessing.get_context("spawn").Pool(min(args.jobs, len(jobs))) as pool:
+                results = pool.map(_run_one, jobs, chunksize=1)
+    except UserError as exc:  # e.g. an unfinished run with other settings, or one already running
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for r in filter(None, results):
         log.info("%s: %s | %.2f ms/step, %.1f s production | drift %+.4f meV/ps/atom, fluctuation %.4f meV/atom",
                  r["molecule"], r["output"], r["ms_per_step"], r["wall_seconds"],
                  r["drift_meV_per_ps_per_atom"], r["fluctuation_meV_per_atom"])
