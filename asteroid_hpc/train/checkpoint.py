@@ -168,6 +168,12 @@ def restore_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([tensor(s) for s in state["cuda"]])
 
 
+def remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint folder marker first, so that a kill halfway leaves no COMPLETE folder with files missing."""
+    (Path(path) / COMPLETE).unlink(missing_ok=True)
+    shutil.rmtree(path, ignore_errors=True)
+
+
 # ----------------------------------------------------------------------------------- the manager
 class CheckpointManager:
     """Save, find, load and prune checkpoints under ``directory`` (``run_dir/checkpoints``).
@@ -223,7 +229,7 @@ class CheckpointManager:
         if self.rank == 0:
             self.directory.mkdir(parents=True, exist_ok=True)
             if path.exists():  # an unfinished attempt (or a re-save of this step): start it afresh
-                shutil.rmtree(path)
+                remove_checkpoint(path)
         self.barrier()
         engine.save_checkpoint(str(self.directory), tag=path.name, client_state={}, save_latest=False)
         write_json_atomic(path / f"rng_rank{self.rank}.json", capture_rng_state())
@@ -257,7 +263,7 @@ class CheckpointManager:
             step = step_of(p.name)
             stale_attempt = not self.is_complete(p) and step < newest
             if (self.is_complete(p) and step not in keep) or stale_attempt:
-                shutil.rmtree(p, ignore_errors=True)
+                remove_checkpoint(p)
 
     # -- load
     def load(self, engine, path: Path) -> dict:
