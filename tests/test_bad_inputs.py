@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from helpers import assert_user_error, run_cli
-from test_data_support import ATOMIC_NUMBERS, random_walk, write_traj
+from data_support import ATOMIC_NUMBERS, random_walk, write_traj
 
 TINY_MODEL = dict(history_frames=4, delay_length=3, hidden_size=16, num_heads=2, encoder_layers=1, decoder_layers=1,
                   attention="full", num_global_tokens=2, num_rbf=8, symmetry="equivariant")

@@ -25,7 +25,7 @@ import pytest
 
 from helpers import REPO, assert_user_error, run_cli
 from test_bad_inputs import TINY_MODEL, trained_run
-from test_data_support import ATOMIC_NUMBERS, random_walk, write_traj
+from data_support import ATOMIC_NUMBERS, random_walk, write_traj
 
 from asteroid_hpc.errors import UserError
 
