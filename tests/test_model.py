@@ -8,6 +8,7 @@ from asteroid_hpc.errors import UserError
 from asteroid_hpc.model import (Asteroid, build_model, load_weights, merge_softmax_partials, model_summary,
                                 radius_graph, rotation_equivariance_error, save_weights, sti_losses)
 from asteroid_hpc.model.spatial import SpatialBlock
+from asteroid_hpc.model.symmetry import random_rotations, rotate_about
 
 M, L, N = 4, 4, 7
 
@@ -87,6 +88,21 @@ def test_rotation_equivariance_error():
     print(f"\nrotation equivariance error (relative, float32): {errors}")
     assert errors["equivariant"] < 1e-5
     assert errors["augment"] > 1e-3  # not equivariant by construction: the measurement can tell
+
+
+def test_augment_training_rotates_inputs_and_undoes_it_on_outputs():
+    model = make_model(symmetry="augment")
+    history, z = molecule_window()
+    target, _ = molecule_window(frames=L + 1, seed=1)
+    torch.manual_seed(5)
+    rotation = random_rotations(history.shape[0])
+    torch.manual_seed(5)
+    trained = model.train()(history, z, L + 1, target)
+    centre = history.mean(dim=(1, 2), keepdim=True)
+    rotated = model.eval()(rotate_about(history, rotation, centre), z, L + 1, rotate_about(target, rotation, centre))
+    expected = rotate_about(rotated.forecast, rotation.transpose(1, 2), centre)
+    assert torch.allclose(trained.forecast, expected, atol=1e-5)
+    assert not torch.allclose(trained.forecast, model(history, z, L + 1, target).forecast, atol=1e-3)
 
 
 @pytest.mark.parametrize("symmetry", ["equivariant", "augment"])

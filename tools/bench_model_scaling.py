@@ -4,7 +4,7 @@
 Each size runs in its own process (so peak RSS is that size's own): a random open box at liquid-argon
 density (0.021 atoms/Å^3) whose atoms jitter by ~0.02 Å per frame, a small model, one inference pass
 (horizon L−1, neighbour list built inside the forward from the last frame with cKDTree). Reports the
-median forward time over repeats, the neighbour-search share, the peak RSS increase during the forward,
+median forward wall and CPU time over repeats (CPU time is the steadier number on a shared machine), the neighbour-search share, the peak RSS increase during the forward,
 and time(2N)/time(N) for every doubling among the sizes.
 
     python tools/bench_model_scaling.py --out bench_model_scaling.json
@@ -44,19 +44,21 @@ def measure(n_atoms: int, args: argparse.Namespace) -> dict:
     graph = radius_graph(history[:, -1], cfg.cutoff_angstrom, cfg.max_neighbors)
     mean_neighbors = float(graph.mask.sum(-1).float().mean())
     baseline_rss = psutil.Process().memory_info().rss
-    times, graph_times = [], []
+    times, cpu_times, graph_times = [], [], []
     with torch.no_grad():
         for _ in range(args.repeats):
             start = time.perf_counter()
             radius_graph(history[:, -1], cfg.cutoff_angstrom, cfg.max_neighbors)
             graph_times.append(time.perf_counter() - start)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             model(history, elements, steps)
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - start_cpu)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {
         "n_atoms": n_atoms,
         "forward_s": statistics.median(times),
+        "forward_cpu_s": statistics.median(cpu_times),
         "neighbor_search_s": statistics.median(graph_times),
         "peak_rss_increase_MB": (peak_rss - baseline_rss) / 2**20,
         "peak_rss_MB": peak_rss / 2**20,
@@ -98,14 +100,14 @@ def main() -> None:
                               capture_output=True, text=True, env=env, check=True)
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         results.append(row)
-        print(f"N={n_atoms:>7}  forward {row['forward_s']:8.3f} s  (neighbour search {row['neighbor_search_s']:.3f} s)"
+        print(f"N={n_atoms:>7}  forward {row['forward_s']:8.3f} s wall, {row['forward_cpu_s']:8.3f} s CPU  (neighbour search {row['neighbor_search_s']:.3f} s)"
               f"  peak RSS +{row['peak_rss_increase_MB']:8.1f} MB  mean neighbours {row['mean_neighbors']:.1f}",
               flush=True)
     by_size = {row["n_atoms"]: row for row in results}
-    ratios = {f"{n}->{2 * n}": by_size[2 * n]["forward_s"] / by_size[n]["forward_s"]
+    ratios = {f"{n}->{2 * n}": {key: by_size[2 * n][key] / by_size[n][key] for key in ("forward_s", "forward_cpu_s")}
               for n in sorted(by_size) if 2 * n in by_size}
     for pair, ratio in ratios.items():
-        print(f"time(2N)/time(N) for N {pair}: {ratio:.2f}")
+        print(f"time(2N)/time(N) for N {pair}: wall {ratio['forward_s']:.2f}, CPU {ratio['forward_cpu_s']:.2f}")
     report = {"command": " ".join(["python", "tools/bench_model_scaling.py", *sys.argv[1:]]),
               "settings": {k: v for k, v in vars(args).items() if k not in ("child", "out")},
               "results": results, "doubling_ratios": ratios}
