@@ -156,12 +156,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed steps per round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating torch/DeepSpeed rounds")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads per process (OMP_NUM_THREADS); 1 makes 1 and 2 processes comparable")
     parser.add_argument("--markdown", action="store_true", help="also print BENCHMARKS.md lines")
     parser.add_argument("--worker-output", help=argparse.SUPPRESS)
     args = parser.parse_args()
     overrides = [*args.overrides, "train.zero_stage=1", "train.precision=fp32"]
     cfg = _load(args.config, overrides)
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
     if args.worker_output:
         worker(cfg, args.steps, args.warmup, args.worker_output)
         return
@@ -183,7 +186,7 @@ def main() -> None:
         print(f"| DeepSpeed ZeRO-1 / torch step time (1 process, {one['threads']} threads, micro-batch "
               f"{one['micro_batch_size']}) | {one['deepspeed_zero1']['median_s'] * 1e3:.1f} ms / "
               f"{one['torch']['median_s'] * 1e3:.1f} ms = **{one['ratio']:.3f}** |")
-        print(f"| samples/s, DeepSpeed ZeRO-1, 1 process | {one['samples_per_s_1proc']:.1f} |")
+        print(f"| samples/s, DeepSpeed ZeRO-1, 1 process ({one['threads']} thread) | {one['samples_per_s_1proc']:.1f} |")
         print(f"| samples/s, DeepSpeed ZeRO-1, 2 processes ({two['threads']} thread each) | "
               f"{two['samples_per_s']:.1f} |")
 

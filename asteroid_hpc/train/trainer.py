@@ -61,6 +61,32 @@ def _memory_mb(device: str) -> dict:
     return out
 
 
+def _optimizer_step(engine, stream: BatchStream, t, device: str, dtype, want_grad_norm: bool):
+    """One optimizer step over ``t.grad_accum_steps`` micro-batches.
+
+    Returns this rank's mean [total, *LOSS_TERMS] (float64, CPU) and, when asked and DeepSpeed does not
+    record it, the gradient norm before clipping.
+    """
+    import torch
+
+    from ..model import sti_losses
+
+    sums = torch.zeros(len(LOSS_TERMS) + 1, dtype=torch.float64)
+    own_norm = None
+    for micro in range(t.grad_accum_steps):
+        batch = stream.next()
+        history = batch["history"].to(device=device, dtype=dtype)
+        target = batch["target"].to(device=device, dtype=dtype)
+        output = engine(history, batch["atomic_numbers"].to(device), target.shape[1], target)
+        total, parts = sti_losses(output, history, target, t.loss_weights)
+        engine.backward(total)
+        if want_grad_norm and micro == t.grad_accum_steps - 1:
+            own_norm = _plain_grad_norm(engine)
+        engine.step()
+        sums += torch.tensor([float(total.detach())] + [float(parts[k]) for k in LOSS_TERMS], dtype=torch.float64)
+    return sums / t.grad_accum_steps, own_norm
+
+
 def _plain_grad_norm(engine) -> Optional[float]:
     """Global gradient 2-norm before clipping, for ZeRO-0 in fp32 (where DeepSpeed does not record it):
     its gradients are whole and already averaged over ranks after the boundary ``backward``."""
@@ -151,7 +177,7 @@ def _run(cfg: AsteroidConfig, resume: str, sess):
     import torch.distributed as dist
 
     from ..data import DistributedWindowSampler
-    from ..model import build_model, model_summary, sti_losses
+    from ..model import build_model, model_summary
 
     t = cfg.train
     run_dir = Path(t.run_dir)
@@ -221,26 +247,14 @@ def _run(cfg: AsteroidConfig, resume: str, sess):
     engine.train()
     try:
         while step < t.max_steps:
-            sums = torch.zeros(len(LOSS_TERMS) + 1, dtype=torch.float64)
             log_now = (step + 1) % t.log_every == 0 or step + 1 == t.max_steps
-            own_norm = None
-            for micro in range(t.grad_accum_steps):
-                batch = stream.next()
-                history = batch["history"].to(device=device, dtype=dtype)
-                target = batch["target"].to(device=device, dtype=dtype)
-                output = engine(history, batch["atomic_numbers"].to(device), target.shape[1], target)
-                total, parts = sti_losses(output, history, target, t.loss_weights)
-                engine.backward(total)
-                if log_now and micro == t.grad_accum_steps - 1:
-                    own_norm = _plain_grad_norm(engine)
-                engine.step()
-                sums += torch.tensor([float(total.detach())] + [float(parts[k]) for k in LOSS_TERMS], dtype=torch.float64)
+            sums, own_norm = _optimizer_step(engine, stream, t, device, dtype, want_grad_norm=log_now)
             step += 1
             window_steps += 1
 
             # one collective per step: the loss terms (summed, then averaged) and the stop flag (any rank)
             flag = torch.tensor([float(signals.stop_requested())], dtype=torch.float64)
-            reduced = torch.cat([sums / t.grad_accum_steps, flag]).to(device)
+            reduced = torch.cat([sums, flag]).to(device)
             dist.all_reduce(reduced)
             stop = bool(reduced[-1].item() > 0)
             reduced = (reduced[:-1] / sess.world_size).cpu().tolist()
