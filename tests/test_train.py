@@ -87,6 +87,23 @@ def test_stop_signal_checkpoints_and_exits_zero(tiny_dataset, tmp_path):
     assert state["step"] == stopped_at and state["sampler"]["position"] == 2 * stopped_at
 
 
+def test_early_stopping_keeps_the_best_checkpoint(tiny_dataset, tmp_path):
+    """Validation every step with patience 2 and a large learning rate: the run stops early, and the best
+    checkpoint survives pruning even when it is older than the last keep_last=2."""
+    run_dir = tmp_path / "run"
+    proc = run_train(tiny_dataset, run_dir, "train.max_steps=30", "train.val_every=1", "train.checkpoint_every=1",
+                     "train.early_stopping_patience=2", "train.lr=0.05", "train.lr_decay_steps=0")
+    assert "(early_stopping)" in proc.stderr
+    val = _val(run_dir)
+    mses = [r["mse_angstrom2"] for r in val]
+    last = val[-1]["step"]
+    assert last < 30 and min(mses[:-2]) <= min(mses[-2:])  # the last two did not improve
+    best = json.loads((run_dir / "checkpoints" / "best.json").read_text())
+    assert best["step"] == val[int(np.argmin(mses))]["step"] and best["val_mse"] == pytest.approx(min(mses))
+    kept = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*"))
+    assert kept == sorted({f"step_{best['step']:06d}", f"step_{last - 1:06d}", f"step_{last:06d}"})
+
+
 # ------------------------------------------------------------------------------ 2 processes, ZeRO 0-3
 @pytest.fixture(scope="module")
 def two_process_runs(tiny_dataset, tmp_path_factory):
