@@ -277,3 +277,39 @@ def test_every_shell_script_passes_shellcheck_with_quoting_enforced():
     proc = subprocess.run([shellcheck, "-x", "-o", "quote-safe-variables", *map(str, scripts)], capture_output=True,
                           text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# ----------------------------------------------------------------------------------------------- ensemble state
+@pytest.fixture(scope="module")
+def ensemble_inputs(tmp_path_factory):
+    from ensemble_support import molecule_trajectory, tiny_model_file
+
+    root = tmp_path_factory.mktemp("ens")
+    return tiny_model_file(root / "tiny.safetensors"), molecule_trajectory(root / "ic.nc", n_frames=8)
+
+
+def _ensemble(capsys, model, initial, out) -> subprocess.CompletedProcess:
+    return _in_process(capsys, "ensemble-forecast", model, initial, "-o", out, "ensemble.members=2",
+                       "ensemble.horizon_frames=4", "ensemble.chunk_frames=2")
+
+
+def test_ensemble_resume_state_is_never_unpickled(ensemble_inputs, tmp_path, marker, capsys):
+    """run.json (what the directory holds) is JSON only; a planted pickle there is refused in one line."""
+    model, initial = ensemble_inputs
+    out = tmp_path / "ens"
+    assert _ensemble(capsys, model, initial, out).returncode == 0
+    shutil.rmtree(out / "members")
+    (out / "COMPLETE").unlink()
+    _raw_pickle(out / "run.json", marker)
+    assert_user_error(_ensemble(capsys, model, initial, out), "run.json")
+    assert not list(out.rglob("member_*.nc"))
+
+
+@pytest.mark.slow
+def test_ensemble_from_a_planted_checkpoint_is_refused(ensemble_inputs, trained, tmp_path, marker, capsys):
+    """A training checkpoint folder as the ensemble's MODEL goes through export's safe unpickler."""
+    run = _evil_checkpoint(trained, tmp_path, marker)
+    out = tmp_path / "ens"
+    proc = _ensemble(capsys, run / "checkpoints" / "step_000003", ensemble_inputs[1], out)
+    assert_user_error(proc, "mp_rank_00_model_states.pt", "refusing to unpickle")
+    assert not (out / "model.safetensors").exists()

@@ -65,7 +65,7 @@ def claim_run(outdir: Path, identity: dict[str, Any]) -> bool:
         return False
     try:
         previous = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8 text
         raise user_error(path, f"unreadable ({exc}); remove it or choose another output directory") from None
     differing = sorted(k for k in set(identity) | set(previous) if identity.get(k) != previous.get(k))
     if differing:
