@@ -1,0 +1,160 @@
+#!/usr/bin/env python
+"""Ensemble-forecast benchmark on OpenMM Lennard-Jones argon boxes (real `asteroid-hpc ensemble-forecast` runs).
+
+1. Scaling: time per forecast frame of one member for N atoms (default 1e4 … 2e5), 1 rank; time(2N)/time(N).
+2. Memory: peak RSS of one member for two horizons (it must not grow with the horizon).
+3. Members: wall time of 8 members on 2 ranks (mpiexec -n 2, 1 thread each) / 1 rank (2 threads, and 1 thread).
+4. Domains: one large member on 2 ranks by domain decomposition (--grid 1x2) / 1 rank.
+
+Times are the forecast wall time the run records in summary.json (model loading and the summary excluded).
+Boxes are generated once into --data-dir (OpenMM, 4 frames = the bench model's window).
+
+    python tools/bench_ensemble.py --out bench_ensemble.json
+    python tools/bench_ensemble.py --sizes 10000 20000 --members-atoms 2000 --skip-domains
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH_MODEL = dict(history_frames=4, delay_length=3, hidden_size=16, num_heads=2, encoder_layers=1, decoder_layers=1,
+                   attention="local_global", cutoff_angstrom=5.0, max_neighbors=16, num_global_tokens=4, num_rbf=8,
+                   symmetry="equivariant")
+CHILD_CODE = """
+import resource, sys
+from asteroid_hpc.cli.main import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exit:
+    if exit.code:
+        raise
+print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
+"""
+
+
+def ensure_box(data_dir: Path, n_atoms: int, frames: int) -> Path:
+    from asteroid_hpc.datagen.lj import LIQUID_ARGON_TEMPERATURE_K, lj_argon_box, write_lj_box
+
+    path = data_dir / f"argon_{n_atoms}.nc"
+    if not path.exists():
+        box = lj_argon_box(n_atoms, frames, seed=0, equilibration_steps=200, stride=20)
+        write_lj_box(path, box, seed=0, temperature_K=LIQUID_ARGON_TEMPERATURE_K)
+        print(f"generated {path}: {n_atoms} atoms, OpenMM {box.ms_per_step:.1f} ms/step", flush=True)
+    return path
+
+
+def ensure_model(data_dir: Path) -> Path:
+    import torch
+
+    from asteroid_hpc.config.schema import ModelConfig
+    from asteroid_hpc.model import Asteroid, save_weights
+
+    path = data_dir / "bench_model.safetensors"
+    if not path.exists():
+        torch.manual_seed(0)
+        save_weights(Asteroid(ModelConfig(**BENCH_MODEL)), path)
+    return path
+
+
+def forecast(model: Path, initial: Path, outdir: Path, *settings: str, ranks: int = 1, threads: int = 1) -> dict:
+    """One ensemble-forecast run in fresh processes; returns summary.json plus the peak RSS of rank 0."""
+    shutil.rmtree(outdir, ignore_errors=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    command = [sys.executable, "-c", CHILD_CODE, "ensemble-forecast", str(model), str(initial), "-o", str(outdir),
+               *settings]
+    if ranks > 1:
+        command = ["mpiexec", "-n", str(ranks), *command]
+    started = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-3000:]}")
+    summary = json.loads((outdir / "summary.json").read_text())
+    peaks = [int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("PEAK_RSS_KB")]
+    return {"forecast_s": summary["forecast_wall_seconds"], "process_wall_s": time.perf_counter() - started,
+            "peak_rss_mb_max_rank": max(peaks) / 1024 if peaks else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 20000, 50000, 100000, 200000])
+    parser.add_argument("--horizon", type=int, default=4, help="frames per scaling run (2 passes of the bench model)")
+    parser.add_argument("--memory-atoms", type=int, default=100000)
+    parser.add_argument("--memory-horizons", type=int, nargs=2, default=[4, 44])
+    parser.add_argument("--members-atoms", type=int, default=10000)
+    parser.add_argument("--members", type=int, default=8)
+    parser.add_argument("--members-horizon", type=int, default=4)
+    parser.add_argument("--domain-atoms", type=int, default=100000)
+    parser.add_argument("--skip-domains", action="store_true")
+    parser.add_argument("--data-dir", type=Path, default=Path("/tmp/asteroid-bench-ensemble"))
+    parser.add_argument("--out", default=None, help="JSON file for the results (written via a temp name)")
+    args = parser.parse_args()
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    runs = args.data_dir / "runs"
+    model = ensure_model(args.data_dir)
+    frames = BENCH_MODEL["history_frames"]
+    report: dict = {"command": " ".join(["python", "tools/bench_ensemble.py", *sys.argv[1:]]),
+                    "load_average_at_start": os.getloadavg(), "model": BENCH_MODEL, "cpus": os.cpu_count()}
+
+    scaling = []
+    for n_atoms in args.sizes:
+        box = ensure_box(args.data_dir, n_atoms, frames)
+        row = forecast(model, box, runs / f"scale_{n_atoms}", "ensemble.members=1",
+                       f"ensemble.horizon_frames={args.horizon}", "ensemble.chunk_frames=2", threads=1)
+        row.update(n_atoms=n_atoms, seconds_per_frame=row["forecast_s"] / args.horizon)
+        scaling.append(row)
+        print(f"N={n_atoms:>7}: {row['seconds_per_frame']:.3f} s/frame, peak RSS {row['peak_rss_mb_max_rank']:.0f} MB",
+              flush=True)
+    by_size = {row["n_atoms"]: row["seconds_per_frame"] for row in scaling}
+    report["scaling"] = scaling
+    report["doubling_ratios"] = {f"{n}->{2 * n}": by_size[2 * n] / by_size[n] for n in by_size if 2 * n in by_size}
+    print("time(2N)/time(N):", report["doubling_ratios"], flush=True)
+
+    box = ensure_box(args.data_dir, args.memory_atoms, frames)
+    memory = {}
+    for horizon in args.memory_horizons:
+        row = forecast(model, box, runs / f"memory_{horizon}", "ensemble.members=1",
+                       f"ensemble.horizon_frames={horizon}", "ensemble.chunk_frames=2", threads=1)
+        memory[str(horizon)] = row["peak_rss_mb_max_rank"]
+    report["memory_peak_rss_mb_by_horizon"] = {"n_atoms": args.memory_atoms, **memory}
+    print(f"peak RSS, N={args.memory_atoms}: {memory} MB by horizon", flush=True)
+
+    box = ensure_box(args.data_dir, args.members_atoms, frames)
+    settings = (f"ensemble.members={args.members}", f"ensemble.horizon_frames={args.members_horizon}",
+                "ensemble.chunk_frames=2")
+    one_rank_2t = forecast(model, box, runs / "members_1rank_2threads", *settings, threads=2)
+    one_rank_1t = forecast(model, box, runs / "members_1rank_1thread", *settings, threads=1)
+    two_ranks = forecast(model, box, runs / "members_2ranks", *settings, ranks=2, threads=1)
+    report["members"] = {"n_atoms": args.members_atoms, "members": args.members, "horizon": args.members_horizon,
+                         "one_rank_two_threads_s": one_rank_2t["forecast_s"],
+                         "one_rank_one_thread_s": one_rank_1t["forecast_s"], "two_ranks_s": two_ranks["forecast_s"],
+                         "ratio_two_ranks_over_one_rank_two_threads": two_ranks["forecast_s"] / one_rank_2t["forecast_s"],
+                         "ratio_two_ranks_over_one_rank_one_thread": two_ranks["forecast_s"] / one_rank_1t["forecast_s"]}
+    print("members:", report["members"], flush=True)
+
+    if not args.skip_domains:
+        box = ensure_box(args.data_dir, args.domain_atoms, frames)
+        settings = ("ensemble.members=1", f"ensemble.horizon_frames={args.horizon}", "ensemble.chunk_frames=2")
+        single = forecast(model, box, runs / "domains_1", *settings, threads=1)
+        split = forecast(model, box, runs / "domains_2", *settings, "--grid", "1x2", ranks=2, threads=1)
+        report["domains"] = {"n_atoms": args.domain_atoms, "one_rank_s": single["forecast_s"],
+                             "two_domains_s": split["forecast_s"], "ratio": split["forecast_s"] / single["forecast_s"],
+                             "peak_rss_mb_one_rank": single["peak_rss_mb_max_rank"],
+                             "peak_rss_mb_two_domains_max_rank": split["peak_rss_mb_max_rank"]}
+        print("domains:", report["domains"], flush=True)
+    report["load_average_at_end"] = os.getloadavg()
+    if args.out:
+        tmp = f"{args.out}.tmp-{os.getpid()}"
+        with open(tmp, "w") as handle:
+            json.dump(report, handle, indent=2)
+        os.replace(tmp, args.out)
+
+
+if __name__ == "__main__":
+    main()
