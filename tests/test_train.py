@@ -87,6 +87,17 @@ def test_stop_signal_checkpoints_and_exits_zero(tiny_dataset, tmp_path):
     assert state["step"] == stopped_at and state["sampler"]["position"] == 2 * stopped_at
 
 
+def test_bf16_on_cpu_trains_close_to_fp32_and_exports(straight, tiny_dataset, tmp_path):
+    from helpers import run_cli
+
+    run_dir = tmp_path / "run"
+    proc = run_train(tiny_dataset, run_dir, "train.precision=bf16")
+    assert "precision bf16" in proc.stderr
+    bf16, fp32 = train_losses(run_dir), train_losses(straight[0])
+    assert all(abs(bf16[s] - fp32[s]) <= 0.1 * fp32[s] for s in fp32), (bf16, fp32)
+    assert run_cli("export", run_dir, tmp_path / "bf16.safetensors").returncode == 0
+
+
 def test_early_stopping_keeps_the_best_checkpoint(tiny_dataset, tmp_path):
     """Validation every step with patience 2 and a large learning rate: the run stops early, and the best
     checkpoint survives pruning even when it is older than the last keep_last=2."""

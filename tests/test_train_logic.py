@@ -34,7 +34,9 @@ def test_global_batch_follows_world_size():
     assert ds["zero_optimization"] == {"stage": 2}
     assert ds["gradient_clipping"] == 0.5
     assert ds["bf16"]["enabled"] is False and ds["fp16"]["enabled"] is False
-    assert build_deepspeed_config(cfg, 1, "bf16")["bf16"]["enabled"] is True
+    assert ds["data_types"] == {"buffer_dtype": None}
+    bf16 = build_deepspeed_config(cfg, 1, "bf16")
+    assert bf16["bf16"]["enabled"] is True and bf16["data_types"] == {"buffer_dtype": "bf16"}
 
 
 def test_passthrough_is_deep_merged_and_cannot_redefine_the_batch():

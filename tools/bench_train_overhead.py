@@ -100,7 +100,7 @@ def _summary(times: list[float]) -> dict:
 
 
 def measure(cfg, steps: int, warmup: int, rounds: int) -> dict:
-    """One process: torch loop and DeepSpeed ZeRO-1 on copies of one model, alternated in ``rounds``."""
+    """One process: torch loop and DeepSpeed ZeRO-1 on copies of one model, one step of each in turn."""
     import torch
 
     from asteroid_hpc.model import build_model
@@ -116,13 +116,18 @@ def measure(cfg, steps: int, warmup: int, rounds: int) -> dict:
                              batch, cfg.train.loss_weights, cfg.train.grad_clip)
     engine = _deepspeed_engine(cfg, model, 1)
     ds_step = _deepspeed_step(engine, batch, cfg.train.loss_weights)
+    for _ in range(warmup):
+        plain_step()
+        ds_step()
     torch_times, ds_times = [], []
-    for _ in range(rounds):  # alternate, so drifts of the machine hit both alike
-        torch_times += _time_steps(plain_step, steps, warmup)
-        ds_times += _time_steps(ds_step, steps, warmup)
+    for _ in range(steps * rounds):  # strictly alternating steps: the machine's load hits both alike
+        torch_times += _time_steps(plain_step, 1, 0)
+        ds_times += _time_steps(ds_step, 1, 0)
     session.teardown(engine)
     torch_s, ds_s = statistics.median(torch_times), statistics.median(ds_times)
+    pair_ratio = statistics.median(d / p for d, p in zip(ds_times, torch_times))
     return {"torch": _summary(torch_times), "deepspeed_zero1": _summary(ds_times), "ratio": ds_s / torch_s,
+            "median_pair_ratio": pair_ratio,
             "threads": sess.threads, "micro_batch_size": cfg.train.micro_batch_size,
             "samples_per_s_1proc": cfg.train.micro_batch_size / ds_s}
 
@@ -155,7 +160,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each round")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating torch/DeepSpeed rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="the 1-process comparison times steps × rounds pairs")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads per process (OMP_NUM_THREADS); 1 makes 1 and 2 processes comparable")
     parser.add_argument("--markdown", action="store_true", help="also print BENCHMARKS.md lines")

@@ -60,6 +60,8 @@ def build_deepspeed_config(train: TrainConfig, world_size: int, precision: str) 
         "zero_optimization": {"stage": train.zero_stage},
         "bf16": {"enabled": precision == "bf16"},
         "fp16": {"enabled": precision == "fp16"},
+        # buffers (e.g. radial-basis centres) take the parameters' dtype; DeepSpeed keeps them fp32 otherwise
+        "data_types": {"buffer_dtype": precision if precision != "fp32" else None},
         "zero_allow_untested_optimizer": True,  # our optimizer is torch.optim.AdamW (no fused-Adam JIT build)
         "steps_per_print": NEVER_PRINT,
         "wall_clock_breakdown": False,
