@@ -23,7 +23,9 @@ LOSS_TOL = 1e-6
 def straight(tiny_dataset, tmp_path_factory):
     """One process, 6 steps, micro-batch 2 (the tiny config): the reference run."""
     run_dir = tmp_path_factory.mktemp("straight") / "run"
-    proc = run_train(tiny_dataset, run_dir)
+    extensions = run_dir.parent / "torch_extensions"
+    proc = run_train(tiny_dataset, run_dir, env={"TORCH_EXTENSIONS_DIR": str(extensions)})
+    assert not extensions.exists(), "DeepSpeed JIT-built an op (~1 min on first start); training needs none"
     return run_dir, proc
 
 

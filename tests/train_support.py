@@ -74,10 +74,11 @@ def train_command(launcher: str, nproc: int, *args: str) -> list[str]:
 
 
 def run_train(dataset: Path, run_dir: Path, *overrides: str, launcher: str = "single", nproc: int = 1,
-              resume: str = "auto", timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+              resume: str = "auto", timeout: float = 300, check: bool = True,
+              env: dict | None = None) -> subprocess.CompletedProcess:
     args = [str(TINY_CONFIG), f"data.dataset={dataset}", f"train.run_dir={run_dir}", *overrides, "--resume", resume]
     proc = subprocess.run(train_command(launcher, nproc, *args), capture_output=True, text=True, timeout=timeout,
-                          env=train_env(), cwd=str(run_dir.parent))
+                          env=train_env(**(env or {})), cwd=str(run_dir.parent))
     if check:
         assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc
