@@ -17,7 +17,8 @@ from asteroid_hpc.config import TrainConfig
 from asteroid_hpc.errors import UserError
 from asteroid_hpc.train.batches import BatchStream
 from asteroid_hpc.train.checkpoint import (
-    COMPLETE, CheckpointManager, capture_rng_state, check_compatible, resolve_resume, restore_rng_state, tag_for,
+    COMPLETE, CheckpointManager, capture_rng_state, check_compatible, check_one_line, resolve_resume, restore_rng_state,
+    tag_for,
 )
 from asteroid_hpc.train.ds_config import build_deepspeed_config, deep_merge, resolve_backend, resolve_precision
 from asteroid_hpc.train.metrics import MetricsWriter, read_metrics
@@ -163,6 +164,22 @@ def test_incomplete_checkpoints_are_ignored_and_stale_attempts_pruned(tmp_path):
     manager.set_best(1, 0.5)
     manager.prune()
     assert sorted(p.name for p in directory.iterdir() if p.is_dir()) == [tag_for(1), tag_for(2), tag_for(4)]
+
+
+def test_a_run_directory_holds_one_line_of_checkpoints(tmp_path):
+    directory = tmp_path / "checkpoints"
+    manager = CheckpointManager(directory, keep_last=2)
+    check_one_line(manager, None)  # empty: anything goes
+    for step in (3, 6):
+        (directory / tag_for(step)).mkdir(parents=True)
+        (directory / tag_for(step) / COMPLETE).write_text("")
+    check_one_line(manager, directory / tag_for(6))
+    with pytest.raises(UserError, match="up to step 6; cannot start afresh"):
+        check_one_line(manager, None)
+    with pytest.raises(UserError, match="cannot continue from .*step_000003"):
+        check_one_line(manager, directory / tag_for(3))
+    with pytest.raises(UserError, match="new train.run_dir"):
+        check_one_line(manager, tmp_path / "other" / tag_for(6))
 
 
 def test_resume_refuses_a_different_model_shape(tmp_path):

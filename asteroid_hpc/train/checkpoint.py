@@ -305,6 +305,23 @@ def resolve_resume(resume: str, manager: CheckpointManager) -> Optional[Path]:
     raise user_error(path, "no complete checkpoint found here")
 
 
+def check_one_line(manager: CheckpointManager, resume_from: Optional[Path]) -> None:
+    """A run directory's checkpoints are one line of training: continue only from its newest one.
+
+    Starting afresh, or from an older or a foreign checkpoint, in a directory that holds checkpoints
+    would mix two runs (and pruning would delete the new one), so it is refused.
+    """
+    steps = manager.complete_steps()
+    if not steps:
+        return
+    newest = manager.path_of(steps[-1])
+    if resume_from is not None and Path(resume_from).resolve() == newest.resolve():
+        return
+    what = "start afresh" if resume_from is None else f"continue from {resume_from}"
+    raise UserError(f"{manager.directory}: holds checkpoints up to step {steps[-1]}; cannot {what} there "
+                    "(use a new train.run_dir, or --resume auto to continue the newest)")
+
+
 def check_compatible(path: Path, client_state: dict, model_config: dict, world_size: int, zero_stage: int) -> None:
     """Refuse a checkpoint whose model shape (or ZeRO partitioning) differs from this run's."""
     saved = client_state.get("config", {}).get("model", {})

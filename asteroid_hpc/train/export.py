@@ -25,7 +25,8 @@ def _fp32_state_dict(path: Path) -> dict:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         return get_fp32_state_dict_from_zero_checkpoint(str(path.parent), tag=path.name)
-    # ZeRO stage 0 in fp32: the module state is saved whole by rank 0
+    # ZeRO stage 0: the module state is saved whole by rank 0 (in bf16/fp16 runs these are the low-precision
+    # weights, upcast here; DeepSpeed keeps its fp32 master copy inside the optimizer state at stage 0)
     model_file = path / "mp_rank_00_model_states.pt"
     if not model_file.is_file():
         raise user_error(path, "no DeepSpeed model states (mp_rank_00_model_states.pt) in this checkpoint")

@@ -19,7 +19,8 @@ from ..dist.logs import get_logger, setup_logging
 from ..errors import UserError
 from . import session as dist_session
 from .batches import BatchStream
-from .checkpoint import CLIENT_STATE, CheckpointManager, check_compatible, read_json, resolve_resume, write_json_atomic
+from .checkpoint import (CLIENT_STATE, CheckpointManager, check_compatible, check_one_line, read_json, resolve_resume,
+                         write_json_atomic)
 from .ds_config import build_deepspeed_config
 from .metrics import MetricsWriter, Progress
 from .validate import per_lead_mse, validation_indices
@@ -190,6 +191,7 @@ def _run(cfg: AsteroidConfig, resume: str, sess):
     resume_from = resolve_resume(resume, manager)
     if resume_from is None and resume == "auto":
         log.warning("no complete checkpoint in %s: STARTING FROM SCRATCH", manager.directory)
+    check_one_line(manager, resume_from)
     if resume_from is not None:  # refuse before any expensive set-up
         check_compatible(resume_from, read_json(resume_from / CLIENT_STATE), to_dict(cfg.model),
                          sess.world_size, t.zero_stage)
