@@ -81,6 +81,22 @@ def test_permutation_and_translation_exact(attention, symmetry):
         assert torch.allclose(getattr(shifted, name) - shift, getattr(out, name), atol=2e-5), name
 
 
+def test_large_systems_run_in_spatial_order_with_outputs_in_caller_order(monkeypatch):
+    import asteroid_hpc.model.asteroid as asteroid_module
+
+    model = make_model(attention="local_global")
+    gen = torch.Generator().manual_seed(0)
+    history = (torch.rand(1, 1, 80, 3, generator=gen) * 9 + torch.randn(1, M, 80, 3, generator=gen) * 0.05)
+    z = torch.full((80,), 6)
+    reference = model(history, z, L)
+    monkeypatch.setattr(asteroid_module, "LOCALITY_SORT_MIN_ATOMS", 1)
+    order = model._locality_order(history, None, None)
+    assert order is not None and not torch.equal(order, torch.arange(80))
+    sorted_run = model(history, z, L)
+    for name in ("forecast", "hankel", "reconstruction", "readoff"):
+        assert torch.allclose(getattr(sorted_run, name), getattr(reference, name), atol=1e-5), name
+
+
 def test_rotation_equivariance_error():
     history, z = molecule_window()
     errors = {symmetry: rotation_equivariance_error(make_model(symmetry=symmetry), history, z, L, num_rotations=2)

@@ -33,6 +33,12 @@ class NeighborGraph:
         return int(self.index.shape[-1])
 
 
+def spatial_order(positions: Tensor) -> Tensor:
+    """A permutation [N] that puts atoms close in space close in memory (the k-d tree's leaf order)."""
+    tree = cKDTree(positions.detach().cpu().double().numpy())
+    return torch.from_numpy(tree.indices.astype(np.int64)).to(positions.device)
+
+
 def radius_graph(positions: Tensor | np.ndarray, cutoff_angstrom: float, max_neighbors: int) -> NeighborGraph:
     """Neighbours within ``cutoff_angstrom`` (self included), at most ``max_neighbors`` nearest per atom.
 
