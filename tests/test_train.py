@@ -89,6 +89,7 @@ def test_stop_signal_checkpoints_and_exits_zero(tiny_dataset, tmp_path):
     assert state["step"] == stopped_at and state["sampler"]["position"] == 2 * stopped_at
 
 
+@pytest.mark.slow
 def test_bf16_on_cpu_trains_close_to_fp32_and_exports(straight, tiny_dataset, tmp_path):
     from helpers import run_cli
 
