@@ -25,7 +25,7 @@ per window from its last frame (atoms move little within a window) unless the ca
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
@@ -58,9 +58,8 @@ TOKEN_VECTORS = 2  # vectors per token: (d_t, v_t) in the encoder, (s_k, p_k) in
 GEOMETRY_BASIS_SCALE = 0.03
 
 
-@dataclass
-class AsteroidOutput:
-    """Model outputs, all absolute coordinates in Å.
+class AsteroidOutput(NamedTuple):
+    """Model outputs, all absolute coordinates in Å (a NamedTuple, so ZeRO-3's hooks find the tensors).
 
     ``forecast`` [B, H, N, 3]; from the first pass over the given history: ``hankel`` [B, m, L, N, 3]
     (entry [t, i] predicts frame t+i), ``reconstruction`` [B, m, N, 3] (conjugate Ψ of the observed

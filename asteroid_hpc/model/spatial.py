@@ -61,7 +61,7 @@ class RadialBasis(nn.Module):
         self.gamma = 1.0 / (cutoff_angstrom / max(num_rbf - 1, 1)) ** 2 if num_rbf > 1 else 1.0 / cutoff_angstrom ** 2
 
     def forward(self, distance_angstrom: Tensor) -> Tensor:
-        return torch.exp(-self.gamma * (distance_angstrom.unsqueeze(-1) - self.centres) ** 2)
+        return torch.exp(-self.gamma * (distance_angstrom.unsqueeze(-1) - self.centres.to(distance_angstrom.dtype)) ** 2)
 
 
 class FeedForward(nn.Module):

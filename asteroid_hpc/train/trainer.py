@@ -10,7 +10,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import Optional
 
 from .. import __version__
 from ..config import AsteroidConfig, config_hash, to_dict
@@ -97,20 +97,6 @@ def _plain_grad_norm(engine) -> Optional[float]:
         return None
     grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
     return float(torch.nn.utils.get_total_norm(grads)) if grads else None
-
-
-class _Output(NamedTuple):
-    """The model's outputs as a tuple: ZeRO-3 finds the tensors of tuples (not of dataclasses) to hook backward."""
-
-    forecast: Any
-    hankel: Any
-    reconstruction: Any
-    readoff: Any
-
-
-def _outputs_as_tuple(module, inputs, output):
-    return output if isinstance(output, tuple) else _Output(output.forecast, output.hankel, output.reconstruction,
-                                                             output.readoff)
 
 
 def _seed_all(seed: int) -> None:
@@ -202,7 +188,6 @@ def _run(cfg: AsteroidConfig, resume: str, sess):
     summary = model_summary(model)
     _seed_all(t.seed + 1000 * sess.rank)  # per-rank streams (rotation augmentation)
 
-    model.register_forward_hook(_outputs_as_tuple)  # before DeepSpeed's hooks, which then see a tuple
     ds_config = build_deepspeed_config(t, sess.world_size, sess.precision)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(t.warmup_steps, t.lr_decay_steps or t.max_steps))
