@@ -19,8 +19,9 @@ What "looks complete" and "equal" mean, per command:
   equal). Final: every member trajectory identical to the reference.
 
 A trial runs the command, kills its whole process group with SIGKILL at a random moment (half of the kills
-uniformly over the reference run's wall time, half uniformly over 60 % of it counted from the moment the
-first output appeared), scans, and with probability 1/2 resumes and kills once more; then it resumes to the
+uniformly over the reference run's wall time, half uniformly over the work phase counted from the moment
+the first output appeared; its length starts at 60 % of the reference time and shrinks to the shortest work
+phase observed), scans, and with probability 1/2 resumes and kills once more; then it resumes to the
 end and compares. Kill moments that come after the process has exited are counted apart, not as kills; when
 that happens to a trial's first run, the run is discarded and redrawn (over at most the observed duration),
 so every trial holds at least one kill.
@@ -53,6 +54,7 @@ class Stats:
     subject: str
     trials: int = 0
     kills: int = 0  # SIGKILLs delivered to a running command
+    kills_after_first_output: int = 0  # of which the output had already begun to appear
     exited_before_kill: int = 0  # the command finished before its kill moment
     resumes: int = 0  # runs started on the output of a killed run
     mismatches: int = 0  # final outputs different from the uninterrupted run
@@ -95,9 +97,10 @@ def run_to_end(argv: list[str], cwd: Path, timeout: float = 600) -> subprocess.C
 
 
 def run_and_kill(argv: list[str], cwd: Path, delay_s: float, started: Callable[[], bool] | None,
-                 timeout: float = 600) -> tuple[bool, float]:
+                 timeout: float = 600) -> tuple[bool, float, float]:
     """Start ``argv`` in its own process group and SIGKILL the group ``delay_s`` after launch (or, with
-    ``started``, after ``started()`` first holds). Returns (killed while running, seconds since launch)."""
+    ``started``, after ``started()`` first holds). Returns (killed while running, seconds since launch,
+    seconds since the origin of the delay)."""
     launched = time.monotonic()
     proc = subprocess.Popen(argv, cwd=cwd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -112,8 +115,8 @@ def run_and_kill(argv: list[str], cwd: Path, delay_s: float, started: Callable[[
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=60)
-            return True, time.monotonic() - launched
-        return False, time.monotonic() - launched
+            return True, time.monotonic() - launched, time.monotonic() - origin
+        return False, time.monotonic() - launched, time.monotonic() - origin
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -222,7 +225,7 @@ class PreprocessSubject(Subject):
 
 class TrainSubject(Subject):
     name = "train"
-    STEPS = 6
+    STEPS = 12
 
     def setup(self, root: Path) -> None:
         self.root = root
@@ -408,6 +411,7 @@ def run_trials(subject: Subject, root: Path, trials: int, rng: random.Random, lo
     subject.setup(root)
     stats = Stats(subject.name, reference_seconds=round(subject.reference_seconds, 2))
     ref = subject.reference_seconds
+    work = ref * 0.6  # shrinks to the observed work phase (first output -> exit) when a kill comes too late
     for trial in range(trials):
         out = root / f"trial-{trial:03d}"
         shutil.rmtree(out, ignore_errors=True)
@@ -417,14 +421,17 @@ def run_trials(subject: Subject, root: Path, trials: int, rng: random.Random, lo
             if attempt:
                 stats.resumes += 1
             anytime = rng.random() < 0.5
-            delay = rng.uniform(0, ref) if anytime else rng.uniform(0, ref * 0.6)
-            killed, moment = run_and_kill(subject.command(out), root, delay,
+            delay = rng.uniform(0, ref) if anytime else rng.uniform(0, work)
+            killed, moment, since_origin = run_and_kill(subject.command(out), root, delay,
                                           None if anytime else (lambda: subject.started(out)))
             if killed:
                 stats.kills += 1
+                stats.kills_after_first_output += subject.started(out)
                 stats.kill_moments_s.append(round(moment, 3))
             else:
                 stats.exited_before_kill += 1
+                if not anytime:
+                    work = min(work, since_origin)
                 if attempt == 0:  # the run was faster than the reference: start over, every trial has a kill
                     ref = min(ref, moment)
                     shutil.rmtree(out, ignore_errors=True)
@@ -479,14 +486,15 @@ def main(argv: list[str] | None = None) -> int:
         stats = run_trials(SUBJECT_CLASSES[name](), workdir / name, args.trials, rng)
         results.append(stats)
         print(json.dumps({k: v for k, v in asdict(stats).items() if k != "kill_moments_s"}), flush=True)
-    print(f"\n{'command':<12}{'trials':>7}{'kills':>7}{'resumes':>9}{'mismatches':>12}{'invalid':>9}"
-          f"{'checked':>9}{'seconds':>9}")
+    header = ("command", "trials", "kills", "in work", "resumes", "mismatches", "invalid", "checked", "seconds")
+    print("\n" + "".join(f"{h:>11}" for h in header))
     for s in results:
-        print(f"{s.subject:<12}{s.trials:>7}{s.kills:>7}{s.resumes:>9}{s.mismatches:>12}"
-              f"{s.invalid_complete_files:>9}{s.complete_files_checked:>9}{s.seconds:>9}")
+        row = (s.subject, s.trials, s.kills, s.kills_after_first_output, s.resumes, s.mismatches,
+               s.invalid_complete_files, s.complete_files_checked, s.seconds)
+        print("".join(f"{v:>11}" for v in row))
     if args.json:
-        args.json.write_text(json.dumps({"seed": args.seed, "trials_per_command": args.trials,
-                                         "command": " ".join(["python", "tools/fault_trials.py", *(argv or sys.argv[1:])]),
+        command = " ".join(["python", "tools/fault_trials.py", *(argv or sys.argv[1:])])
+        args.json.write_text(json.dumps({"seed": args.seed, "trials_per_command": args.trials, "command": command,
                                          "results": [asdict(s) for s in results]}, indent=1) + "\n")
     return 0 if all(s.ok() for s in results) else 1
 
