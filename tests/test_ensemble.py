@@ -142,6 +142,7 @@ def test_outputs_summary_and_readers(files, tmp_path):
     import mdtraj
     import netCDF4
 
+    from asteroid_hpc.data.amber import read_frames
     from asteroid_hpc.metrics.ensemble import crps_per_lead_time, ensemble_spread_per_atom
 
     out = tmp_path / "run"
@@ -161,7 +162,7 @@ def test_outputs_summary_and_readers(files, tmp_path):
     assert np.allclose(mean_xyz, members.mean(axis=0), atol=1e-4)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["members"] == 3 and summary["reference"]["lead_times_scored"] == 10
-    truth = __import__("asteroid_hpc.data.amber", fromlist=["read_frames"]).read_frames(files["molecule"], 21, 31)
+    truth = read_frames(files["molecule"], 21, 31)
     with netCDF4.Dataset(out / "summary.nc") as nc:
         assert nc.file_format == "NETCDF3_64BIT_OFFSET"
         assert np.allclose(nc["spread_per_atom"][:], ensemble_spread_per_atom(members), atol=1e-5)

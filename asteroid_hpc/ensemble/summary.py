@@ -126,7 +126,7 @@ def _score_block(variables: dict, coords: np.ndarray, mean: np.ndarray, ref_read
     """Scores of lead times first+1 … stop against the reference frames they map to (NaN where it ends)."""
     n_block = stop - first
     truth = ref_reader.read(ref_start + first, ref_start + stop).coordinates  # clipped at the file's end
-    covered = truth.shape[0] if ref_start + first >= 0 else 0
+    covered = truth.shape[0]
     nan = np.full(n_block, np.nan)
     scores = {"rmsd": np.full((n_block, coords.shape[0]), np.nan), "rmsd_ensemble_mean": nan.copy(),
               "mse_members": nan.copy(), "mse_ensemble_mean": nan.copy(), "crps": nan.copy()}
