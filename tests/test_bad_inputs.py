@@ -33,6 +33,20 @@ TINY_MODEL = dict(history_frames=4, delay_length=3, hidden_size=16, num_heads=2,
                   attention="full", num_global_tokens=2, num_rbf=8, symmetry="equivariant")
 
 
+@pytest.fixture(autouse=True)
+def _no_stale_log_handlers():
+    """In-process CLI runs bind the project's log handler to the test's captured stderr: drop such handlers
+    before and after, or in-process logging (e.g. while building a fixture) writes to a closed stream."""
+    import logging
+
+    root = logging.getLogger("asteroid_hpc")
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+
+
 # ----------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def good_dataset(tmp_path_factory) -> Path:
@@ -549,6 +563,7 @@ def _files(root: Path) -> dict[Path, tuple[int, int]]:
 def _run_in_process(argv: list, capsys) -> subprocess.CompletedProcess:
     from asteroid_hpc.cli.main import main
 
+    capsys.readouterr()  # drop what building the input printed
     with pytest.raises(SystemExit) as exit_info:
         main([str(a) for a in argv])
     captured = capsys.readouterr()

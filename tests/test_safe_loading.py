@@ -30,6 +30,20 @@ from data_support import ATOMIC_NUMBERS, random_walk, write_traj
 from asteroid_hpc.errors import UserError
 
 
+@pytest.fixture(autouse=True)
+def _no_stale_log_handlers():
+    """In-process CLI runs bind the project's log handler to the test's captured stderr: drop such handlers
+    before and after, or in-process logging (e.g. while building a fixture) writes to a closed stream."""
+    import logging
+
+    root = logging.getLogger("asteroid_hpc")
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+
+
 class Payload:
     """Unpickling this creates ``marker`` (a stand-in for any code an attacker would run)."""
 
@@ -62,6 +76,7 @@ def _raw_pickle(path: Path, marker: Path) -> Path:
 def _in_process(capsys, *argv) -> subprocess.CompletedProcess:
     from asteroid_hpc.cli.main import main
 
+    capsys.readouterr()  # drop what building the input printed
     with pytest.raises(SystemExit) as exit_info:
         main([str(a) for a in argv])
     captured = capsys.readouterr()
