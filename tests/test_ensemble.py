@@ -78,6 +78,23 @@ def test_starting_windows_gaussian_and_frames(files):
     assert np.array_equal(starting_window(initial, cfg, 2, 4), frames[26:30])
 
 
+def test_starting_window_follows_the_training_stride(files):
+    from asteroid_hpc.config.schema import EnsembleConfig
+    from asteroid_hpc.data.amber import read_frames
+    from asteroid_hpc.ensemble.perturb import inspect_initial, starting_window
+    from asteroid_hpc.errors import UserError
+
+    frames = read_frames(files["molecule"]).coordinates
+    cfg = EnsembleConfig(members=2, perturbation="frames", frame_spacing=1, noise_angstrom=0.0)
+    plain = inspect_initial(files["molecule"], cfg, 4)
+    strided = inspect_initial(files["molecule"], cfg, 4, frame_stride=3)
+    assert strided.timestep_ps == pytest.approx(3 * plain.timestep_ps)
+    assert np.array_equal(starting_window(strided, cfg, 0, 4), frames[30:40:3])
+    assert np.array_equal(starting_window(strided, cfg, 1, 4), frames[29:39:3])
+    with pytest.raises(UserError, match="at stride 20"):
+        inspect_initial(files["molecule"], cfg, 4, frame_stride=20)
+
+
 def test_starting_window_errors_name_the_file(files):
     from asteroid_hpc.config.schema import EnsembleConfig
     from asteroid_hpc.ensemble.perturb import inspect_initial

@@ -34,11 +34,14 @@ class InitialCondition:
     n_frames: int
     n_atoms: int
     atomic_numbers: np.ndarray  # [N] int64
-    timestep_ps: float | None
+    timestep_ps: float | None  # spacing of the forecast frames: the file's time step × frame_stride
     end_frame: int  # last frame of the unperturbed starting window (start_frame resolved)
+    frame_stride: int = 1  # window frames are this many file frames apart (the training data's stride)
 
 
-def inspect_initial(path: str | Path, cfg: EnsembleConfig, history_frames: int) -> InitialCondition:
+def inspect_initial(path: str | Path, cfg: EnsembleConfig, history_frames: int,
+                    frame_stride: int = 1) -> InitialCondition:
+    """Check the initial trajectory; windows take every ``frame_stride``-th frame (as the model was trained)."""
     from ..data.amber import AmberReader
 
     path = Path(path)
@@ -49,13 +52,16 @@ def inspect_initial(path: str | Path, cfg: EnsembleConfig, history_frames: int) 
         if not 0 <= end < reader.n_frames:
             raise user_error(path, f"ensemble.start_frame={cfg.start_frame} is outside its {reader.n_frames} frames")
         earliest = end - (cfg.members - 1) * cfg.frame_spacing if cfg.perturbation == "frames" else end
-        if earliest - history_frames + 1 < 0:
-            need = history_frames + (end - earliest)
+        span = (history_frames - 1) * frame_stride + 1  # file frames one window covers
+        if earliest - span + 1 < 0:
+            need = span + (end - earliest)
             raise user_error(path, f"needs {need} frames up to frame {end} for {cfg.members} members of "
-                                   f"{history_frames}-frame windows ({cfg.perturbation} perturbation), "
+                                   f"{history_frames}-frame windows at stride {frame_stride} "
+                                   f"({cfg.perturbation} perturbation), "
                                    f"has {end + 1}")
+        timestep_ps = reader.timestep_ps * frame_stride if reader.timestep_ps else reader.timestep_ps
         return InitialCondition(path, reader.n_frames, reader.n_atoms, reader.atomic_numbers.copy(),
-                                reader.timestep_ps, end)
+                                timestep_ps, end, frame_stride)
 
 
 def starting_window(initial: InitialCondition, cfg: EnsembleConfig, member: int, history_frames: int) -> np.ndarray:
@@ -63,7 +69,8 @@ def starting_window(initial: InitialCondition, cfg: EnsembleConfig, member: int,
     from ..data.amber import read_frames
 
     end = initial.end_frame - (member * cfg.frame_spacing if cfg.perturbation == "frames" else 0)
-    window = read_frames(initial.path, end - history_frames + 1, end + 1).coordinates.astype(np.float64)
+    first = end - (history_frames - 1) * initial.frame_stride
+    window = read_frames(initial.path, first, end + 1).coordinates[::initial.frame_stride].astype(np.float64)
     if cfg.noise_angstrom > 0:
         noise = member_rng(cfg.seed, member).normal(0.0, cfg.noise_angstrom, size=(initial.n_atoms, 3))
         window = window + noise

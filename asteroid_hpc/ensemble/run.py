@@ -72,7 +72,7 @@ def run_ensemble(cfg: AsteroidConfig, model_path: str | os.PathLike, initial_pat
     weights = resolve_model(model_path, outdir, w)
     model = load_weights(weights, device=device).eval()
     m = model.cfg.history_frames
-    initial = inspect_initial(initial_path, ens, m)
+    initial = inspect_initial(initial_path, ens, m, cfg.data.frame_stride)
     if int(initial.atomic_numbers.max()) >= model.cfg.num_elements or int(initial.atomic_numbers.min()) < 0:
         raise user_error(initial.path, f"atomic numbers outside the model's [0, {model.cfg.num_elements})")
     if reference is not None:
@@ -83,6 +83,7 @@ def run_ensemble(cfg: AsteroidConfig, model_path: str | os.PathLike, initial_pat
                 raise user_error(reference.path, f"has {ref.n_atoms} atoms, the initial condition {initial.n_atoms}")
     identity = {"model_sha256": file_sha256(weights), "initial": str(initial.path.resolve()),
                 "initial_frames": initial.n_frames, "atoms": initial.n_atoms, "end_frame": initial.end_frame,
+                "frame_stride": initial.frame_stride,
                 **{key: getattr(ens, key) for key in TRAJECTORY_KEYS}}
     continuing = claim_run(outdir, identity) if w.rank == 0 else None
     continuing = w.bcast(continuing, root=0)
@@ -93,8 +94,8 @@ def run_ensemble(cfg: AsteroidConfig, model_path: str | os.PathLike, initial_pat
             "ensemble": f"{ens.members} members x {ens.horizon_frames} frames, {ens.perturbation} perturbation "
                         f"(noise {ens.noise_angstrom} A), seed {ens.seed}, {'continuing' if continuing else 'new run'}",
             "process grid": f"{grid.groups} member groups x {grid.domains} domains, {threads} torch threads per rank",
-            "system": f"{initial.n_atoms} atoms, window of {m} frames ending at frame {initial.end_frame} of "
-                      f"{initial.path}",
+            "system": f"{initial.n_atoms} atoms, window of {m} frames {initial.frame_stride} apart ending at frame "
+                      f"{initial.end_frame} of {initial.path}",
             "model": f"{weights} ({model.cfg.delay_length - 1} frames per pass, cutoff {model.cfg.cutoff_angstrom} A)"}))
         if grid.groups > ens.members:
             log.warning("%d member groups for %d members: %d groups stay idle", grid.groups, ens.members,

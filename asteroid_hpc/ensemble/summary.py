@@ -8,7 +8,8 @@ members, not by the horizon).
   members, Å²), ``mse_ensemble_mean`` [H], ``crps`` [H] (Å). Lead times the reference does not cover are NaN.
 - ``summary.json``: sizes, files and headline numbers.
 
-Reference alignment: frame ``reference_start + j − 1`` of the reference is the truth at lead time j.
+Reference alignment: frame ``reference_start + j − 1`` of the reference is the truth at lead time j, so the
+reference must have the forecast's frame spacing (every ``data.frame_stride``-th frame of the raw trajectory).
 """
 
 from __future__ import annotations
