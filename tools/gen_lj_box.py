@@ -5,8 +5,8 @@ The file holds `--frames` frames taken every `--stride` steps after `--equilibra
 steps, the periodic cell (cell_lengths, cell_angles) and atomic numbers (18) in `atomic_number`.
 
 Examples:
-  python tools/gen_lj_box.py --atoms 10000 --frames 4 --out /work/data/lj/argon_1e4.nc
-  python tools/gen_lj_box.py --atoms 200000 --frames 3 --equilibration-steps 200 --out /work/data/lj/argon_2e5.nc
+  python tools/gen_lj_box.py --atoms 10000 --frames 4 --out data/lj/argon_1e4.nc
+  python tools/gen_lj_box.py --atoms 200000 --frames 3 --equilibration-steps 200 --out data/lj/argon_2e5.nc
 """
 
 import argparse

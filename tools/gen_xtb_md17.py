@@ -10,7 +10,7 @@ files are skipped. Molecules run in parallel, one single-threaded process per jo
 
 Examples:
   python tools/gen_xtb_md17.py aspirin --frames 20000 --seed 0 --out-dir asteroid_hpc/resources --suffix _xtb
-  python tools/gen_xtb_md17.py all --frames 60000 --jobs 2 --out-dir /work/data/xtb-md17
+  python tools/gen_xtb_md17.py all --frames 60000 --jobs 2 --out-dir data/xtb-md17
 """
 
 import os

@@ -13,17 +13,17 @@ TRAJECTORY_PROTOCOLS = ("A", "B", "C")
 
 
 @click.command("evaluate", epilog=examples(
-    "asteroid-hpc evaluate model.safetensors /work/data/xtb-md17/aspirin.nc -o eval/aspirin --protocol C",
+    "asteroid-hpc evaluate model.safetensors data/xtb-md17/aspirin.nc -o eval/aspirin --protocol C",
     "asteroid-hpc evaluate export/aspirin-a traj.nc -o eval/a --protocol A --protocol B --max-samples 500",
     "asteroid-hpc evaluate export/aspirin data/aspirin -o eval/win --protocol window --split val",
-    "asteroid-hpc evaluate none /work/data/xtb-md17/ethanol.nc -o eval/baselines   # baselines only",
+    "asteroid-hpc evaluate none data/xtb-md17/ethanol.nc -o eval/baselines   # baselines only",
 ))
 @click.argument("model", type=click.Path())
 @click.argument("dataset", type=click.Path())
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output directory (results.md, results.json, error_vs_lead_time.png).")
 @click.option("--protocol", "protocols", multiple=True, type=click.Choice(["A", "B", "C", "window"], case_sensitive=False),
-              help="Protocol (repeatable). A, B, C (METHOD.md §3) read a trajectory file and make their own "
+              help="Protocol (repeatable). A, B, C (docs/method.md §3) read a trajectory file and make their own "
                    "splits; window uses a preprocessed dataset directory. Default: A, B, C for a file, window "
                    "for a directory.")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))

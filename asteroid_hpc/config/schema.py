@@ -66,7 +66,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """ASTEROID sizes (see METHOD.md §2)."""
+    """ASTEROID sizes (see docs/method.md §2)."""
 
     history_frames: int = 10  # m: observed frames per window
     delay_length: int = 6  # L: length of each STI delay vector (forecasts L-1 frames per pass)

@@ -1,4 +1,4 @@
-"""Evaluation: the peers' protocols (METHOD.md §3), trivial baselines, reports and the cost comparison."""
+"""Evaluation: the peers' protocols (docs/method.md §3), trivial baselines, reports and the cost comparison."""
 
 from .baselines import BASELINES, constant_velocity_forecast, persistence_forecast
 from .evaluate import evaluate_to_directory

@@ -1,4 +1,4 @@
-"""Trivial forecasts every table reports beside the model (METHOD.md §3), built from the same history.
+"""Trivial forecasts every table reports beside the model (docs/method.md §3), built from the same history.
 
 ``history`` is ``[S, m, N, 3]`` (frames equally spaced), ``lead_steps`` the lead times to forecast in
 units of that spacing (1 = the frame right after the last observed one). Results are ``[S, H, N, 3]``.

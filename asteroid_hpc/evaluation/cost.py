@@ -1,4 +1,4 @@
-"""CPU cost of a forecast frame against the GFN2-xTB MD steps it replaces (METHOD.md §5), in one run.
+"""CPU cost of a forecast frame against the GFN2-xTB MD steps it replaces (docs/method.md §5), in one run.
 
 A forecast frame at stride s replaces s MD steps of the engine that generated the data. Both sides are
 measured in the same process on one thread (OMP_NUM_THREADS=1 for tblite, ``torch.set_num_threads(1)``),

@@ -1,4 +1,4 @@
-"""The peers' evaluation protocols (METHOD.md §3) as index arithmetic over one trajectory in memory.
+"""The peers' evaluation protocols (docs/method.md §3) as index arithmetic over one trajectory in memory.
 
 Protocol frame counts (ΔT = 3000, stride 10, margin 10000) are MD17 frames of 0.5 fs; they are turned
 into frames of the trajectory at hand with :func:`to_file_frames`, so a trajectory saved every 5 fs

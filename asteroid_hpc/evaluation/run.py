@@ -16,7 +16,7 @@ from .protocols import PROTOCOL_HISTORY_FRAMES, ProtocolSamples
 log = get_logger(__name__)
 
 MODEL_LABEL = "ASTEROID"
-# how each protocol's headline numbers are quoted (METHOD.md §3)
+# how each protocol's headline numbers are quoted (docs/method.md §3)
 MSE_SCALE = {"A": 1e-2, "B": 1e-3, "C": 1e-2, "window": 1e-2}
 
 

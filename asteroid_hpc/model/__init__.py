@@ -1,4 +1,4 @@
-"""ASTEROID: STI head, local-global spatial attention, temporal encoder-decoder (METHOD.md §2)."""
+"""ASTEROID: STI head, local-global spatial attention, temporal encoder-decoder (docs/method.md §2)."""
 
 from .asteroid import Asteroid, AsteroidOutput, build_model
 from .graph import NeighborGraph, radius_graph

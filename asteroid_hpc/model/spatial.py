@@ -1,4 +1,4 @@
-"""Local-global spatial self-attention within one frame (METHOD.md §2, "Spatial").
+"""Local-global spatial self-attention within one frame (docs/method.md §2, "Spatial").
 
 Each atom attends, in one softmax, to (a) its neighbours within the cutoff - with a learned bias on
 radial basis functions of the distance - and (b) G learned global tokens. The global tokens first

@@ -1,4 +1,4 @@
-"""The STI (spatiotemporal information) head's tensor algebra and losses (METHOD.md §1-2).
+"""The STI (spatiotemporal information) head's tensor algebra and losses (docs/method.md §1-2).
 
 A Hankel tensor ``hankel[b, t, i]`` ([B, m, L, N, 3]) holds, for each observed frame t, the predicted
 coordinates of the absolute frame ``t + i`` (delay vector of frames t … t+L-1). All entries with the
