@@ -20,13 +20,8 @@ if [ -n "${SLURM_SUBMIT_DIR:-}" ] && [ -f "${SLURM_SUBMIT_DIR}/slurm/evaluate.sh
 else
     repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 fi
-venv="${ASTEROID_VENV:-${repo}/.venv}"
-if [ ! -f "${venv}/bin/activate" ]; then
-    echo "slurm/evaluate.sh: no virtual environment at ${venv} (run tools/bootstrap.sh, or set ASTEROID_VENV)" >&2
-    exit 2
-fi
-# shellcheck disable=SC1091  # the venv is created at run time
-source "${venv}/bin/activate"
+# shellcheck source=slurm/activate.sh
+source "${repo}/slurm/activate.sh" slurm/evaluate.sh
 
 if [ "$#" -lt 3 ]; then
     echo "slurm/evaluate.sh: usage: sbatch slurm/evaluate.sh MODEL DATASET OUTDIR [evaluate options ...]" >&2

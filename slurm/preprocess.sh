@@ -29,13 +29,8 @@ if [ -n "${SLURM_SUBMIT_DIR:-}" ] && [ -f "${SLURM_SUBMIT_DIR}/slurm/preprocess.
 else
     repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 fi
-venv="${ASTEROID_VENV:-${repo}/.venv}"
-if [ ! -f "${venv}/bin/activate" ]; then
-    echo "slurm/preprocess.sh: no virtual environment at ${venv} (run tools/bootstrap.sh, or set ASTEROID_VENV)" >&2
-    exit 2
-fi
-# shellcheck disable=SC1091  # the venv is created at run time
-source "${venv}/bin/activate"
+# shellcheck source=slurm/activate.sh
+source "${repo}/slurm/activate.sh" slurm/preprocess.sh
 
 if [ "$#" -lt 2 ]; then
     echo "slurm/preprocess.sh: usage: sbatch slurm/preprocess.sh OUTDIR INPUT... [KEY=VALUE ...]" >&2
