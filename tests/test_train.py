@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+import yaml
 
 from helpers import assert_user_error
 from train_support import (  # noqa: F401 (tiny_dataset is a fixture)
@@ -33,7 +34,10 @@ def test_single_process_run_writes_metrics_checkpoints_and_summary(straight):
     run_dir, proc = straight
     log = proc.stderr
     assert "STARTING FROM SCRATCH" in log
-    assert log.count("config hash") == 1 and "launcher single, world size 1, device cpu, backend gloo" in log
+    assert log.count("config hash") == 1 and "launcher=single world_size=1" in log and "device=cpu" in log
+    assert "backend gloo" in log
+    resolved = yaml.safe_load((run_dir / "config.resolved.yaml").read_text())
+    assert resolved["provenance"]["launcher"] == "single" and resolved["train"]["run_dir"] == str(run_dir)
     assert "parameters" in log and "FLOPs per forecast frame" in log and "deepspeed 0." in log
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]

@@ -16,11 +16,11 @@ from .. import __version__
 from ..config import AsteroidConfig, config_hash, to_dict
 from ..dist import signals
 from ..dist.logs import get_logger, setup_logging
+from ..dist.runinfo import write_resolved_config
 from ..errors import UserError
 from . import session as dist_session
 from .batches import BatchStream
-from .checkpoint import (CLIENT_STATE, CheckpointManager, check_compatible, check_one_line, read_json, resolve_resume,
-                         write_json_atomic)
+from .checkpoint import CLIENT_STATE, CheckpointManager, check_compatible, check_one_line, read_json, resolve_resume
 from .ds_config import build_deepspeed_config
 from .metrics import MetricsWriter, Progress
 from .validate import per_lead_mse, validation_indices
@@ -123,24 +123,19 @@ def _open_datasets(cfg: AsteroidConfig):
 
 def _startup_summary(cfg: AsteroidConfig, sess, ds_config: dict, run_dir: Path, summary: dict,
                      n_train: int, n_val: int, resume_from: Optional[Path]) -> None:
-    from ..dist.versions import package_versions
+    from ..dist.runinfo import startup_summary
 
-    versions = ", ".join(f"{k} {v}" for k, v in package_versions().items())
     t = cfg.train
-    lines = [
-        f"asteroid-hpc train {__version__}: {versions}",
-        f"launcher {sess.info.launcher}, world size {sess.world_size}, device {sess.device}, backend {sess.backend}, "
-        f"precision {sess.precision}, ZeRO stage {t.zero_stage}, {sess.threads} CPU threads per rank",
-        f"config hash {config_hash(cfg)}, run directory {run_dir}",
-        f"model: {summary['parameters']:.0f} parameters, {summary['flops_per_forecast_frame']:.3g} FLOPs per "
-        f"forecast frame ({summary['n_atoms_probed']:.0f} atoms probed)",
-        f"data: {n_train} training / {n_val} validation windows from {cfg.data.dataset}",
-        f"batch: {t.micro_batch_size} per rank × {t.grad_accum_steps} accumulation × {sess.world_size} ranks "
-        f"= {ds_config['train_batch_size']} windows per step; {t.max_steps} steps",
-        f"resume: from {resume_from}" if resume_from else "resume: fresh start",
-    ]
-    for line in lines:
-        log.info("%s", line)
+    log.info("%s", startup_summary(sess.info, device=sess.device, config_hash=config_hash(cfg), run_dir=run_dir, extra={
+        "training": f"backend {sess.backend}, precision {sess.precision}, ZeRO stage {t.zero_stage}, "
+                    f"{sess.threads} CPU threads per rank",
+        "model": f"{summary['parameters']:.0f} parameters, {summary['flops_per_forecast_frame']:.3g} FLOPs per "
+                 f"forecast frame ({summary['n_atoms_probed']:.0f} atoms probed)",
+        "data": f"{n_train} training / {n_val} validation windows from {cfg.data.dataset}",
+        "batch": f"{t.micro_batch_size} per rank × {t.grad_accum_steps} accumulation × {sess.world_size} ranks "
+                 f"= {ds_config['train_batch_size']} windows per step; {t.max_steps} steps",
+        "resume": f"from {resume_from}" if resume_from else "fresh start",
+    }))
 
 
 def train(cfg: AsteroidConfig, resume: str = "auto") -> TrainResult:
@@ -218,7 +213,7 @@ def _run(cfg: AsteroidConfig, resume: str, sess):
 
     if sess.rank == 0:
         _startup_summary(cfg, sess, ds_config, run_dir, summary, len(train_set), len(val_set), resume_from)
-        write_json_atomic(run_dir / "config.json", to_dict(cfg))
+        write_resolved_config(cfg, run_dir, sess.info)
     metrics = MetricsWriter(run_dir, enabled=sess.rank == 0, resume_step=step if resume_from else None)
     progress = Progress(t.max_steps, step, enabled=sess.rank == 0, every=t.log_every)
 
