@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import assert_user_error
+from helpers import assert_user_error, run_cli
 from train_support import (  # noqa: F401 (tiny_dataset is a fixture)
     TINY_CONFIG, assert_same_losses, run_train, tiny_dataset, train_command, train_env, train_losses, wait_for_steps,
 )
@@ -120,6 +120,9 @@ def test_early_stopping_keeps_the_best_checkpoint(tiny_dataset, tmp_path):
     assert best["step"] == val[int(np.argmin(mses))]["step"] and best["val_mse"] == pytest.approx(min(mses))
     kept = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*"))
     assert kept == sorted({f"step_{best['step']:06d}", f"step_{last - 1:06d}", f"step_{last:06d}"})
+    exported = run_cli("export", run_dir, tmp_path / "best.safetensors", "--best")
+    assert exported.returncode == 0, exported.stderr
+    assert f"step_{best['step']:06d} (step {best['step']})" in exported.stderr
 
 
 # ------------------------------------------------------------------------------ 2 processes, ZeRO 0-3

@@ -36,7 +36,7 @@ def main() -> int:
                                        "--overwrite"], dataset),
         ("train a small ASTEROID", [*cli, "train", CONFIG, f"data.dataset={dataset}", f"train.run_dir={run_dir}",
                                     "--resume", "never"], run_dir),
-        ("export the trained weights", [*cli, "export", run_dir, model], model),
+        ("export the best validated weights", [*cli, "export", run_dir, model, "--best"], model),
         ("evaluate against the baselines", [*cli, "evaluate", model, dataset, "-o", evaluation], evaluation),
         ("4-member ensemble forecast on 2 MPI ranks",
          [*mpiexec, *cli, "ensemble-forecast", model, DATA, "-o", ensemble, "--config", CONFIG,

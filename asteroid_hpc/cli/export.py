@@ -9,10 +9,13 @@ from .common import examples
 
 @click.command("export", epilog=examples(
     "asteroid-hpc export runs/aspirin/checkpoints/step_000300 aspirin.safetensors",
-    "asteroid-hpc export runs/aspirin model.safetensors   # the run's newest checkpoint"))
+    "asteroid-hpc export runs/aspirin model.safetensors   # the run's newest checkpoint",
+    "asteroid-hpc export runs/aspirin best.safetensors --best   # its best validation checkpoint"))
 @click.argument("checkpoint", type=click.Path(exists=True))
 @click.argument("output", type=click.Path(dir_okay=False))
-def command(checkpoint: str, output: str) -> None:
+@click.option("--best", is_flag=True, help="Export the run's best-validation checkpoint (best.json) instead of its "
+                                           "newest.")
+def command(checkpoint: str, output: str, best: bool) -> None:
     """Consolidate a training checkpoint (any ZeRO stage, any world size) into one fp32 weights file.
 
     CHECKPOINT is a step folder, a checkpoints folder or a run folder (then its newest complete
@@ -23,5 +26,5 @@ def command(checkpoint: str, output: str) -> None:
     from ..train.export import export_checkpoint
 
     setup_logging()
-    path = export_checkpoint(checkpoint, output)
+    path = export_checkpoint(checkpoint, output, best=best)
     click.echo(str(path))

@@ -36,11 +36,32 @@ def _fp32_state_dict(path: Path) -> dict:
     return {name: tensor.float() for name, tensor in state.items()}
 
 
-def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike) -> Path:
-    """Write the fp32 weights of ``checkpoint`` (a step folder, a checkpoints folder or a run folder)."""
+def best_checkpoint(run: str | os.PathLike) -> Path:
+    """The best-validation checkpoint (``best.json``) of a run folder or its ``checkpoints`` folder."""
+    run = Path(run)
+    for directory in (run / "checkpoints", run):
+        manager = CheckpointManager(directory, keep_last=2)
+        best = manager.best()
+        if best is None:
+            continue
+        path = manager.path_of(int(best["step"]))
+        if not manager.is_complete(path):
+            raise user_error(directory / "best.json", f"names {path.name}, which is not a complete checkpoint")
+        return path
+    raise user_error(run, "no best.json here: the run has not validated yet (export its newest checkpoint instead)")
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *, best: bool = False) -> Path:
+    """Write the fp32 weights of ``checkpoint`` (a step folder, a checkpoints folder or a run folder).
+
+    With ``best``, ``checkpoint`` is a run (or checkpoints) folder and its best-validation checkpoint is used.
+    """
     from ..model import build_model, save_weights
 
-    path = resolve_resume(str(checkpoint), CheckpointManager(Path(checkpoint), keep_last=2))
+    if best:
+        path = best_checkpoint(checkpoint)
+    else:
+        path = resolve_resume(str(checkpoint), CheckpointManager(Path(checkpoint), keep_last=2))
     if path is None:  # unreachable for a path argument, kept for type checkers
         raise user_error(checkpoint, "no complete checkpoint found")
     client_state = read_json(path / CLIENT_STATE)
