@@ -283,7 +283,9 @@ def test_evaluate_window_protocol_on_a_preprocessed_dataset(tmp_path, tiny_model
 def test_clean_prefix_is_outside_every_evaluation_window():
     from asteroid_hpc.evaluation.holdout import clean_prefix_frames
 
-    assert clean_prefix_frames(60000, 0.5, 10, 10) == 10000 - 90
+    assert clean_prefix_frames(60000, 0.5, 10, 75) == 10000 - 9 * 75
+    with pytest.raises(UserError, match="does not divide"):  # evaluate refuses it too: no silent prefix
+        clean_prefix_frames(60000, 0.5, 10, 10)
     assert clean_prefix_frames(60000, 0.5, 10, 375) == 10000 - 9 * 375
     n_frames = 12000  # short: A/B use a scaled-down plan
     stop = clean_prefix_frames(n_frames, 0.5, 4, 375)

@@ -4,7 +4,7 @@ Protocols A and B draw their starts from [margin : −margin] and C holds out th
 so frames [0, margin − history span) are never inside an A/B window (of any split) nor a C val/test window.
 Training on them leaves every reported number free of overlap with the training frames.
 
-    python -m asteroid_hpc.evaluation.holdout traj.nc train_part.nc --history-frames 10 --a-history-stride 10
+    python -m asteroid_hpc.evaluation.holdout traj.nc train_part.nc --history-frames 10 --a-history-stride 75
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import numpy as np
 
 from ..errors import UserError
 from .protocols import (A_DELTA_T_FRAMES, A_MARGIN_FRAMES, B_STRIDE_FRAMES, C_STRIDE_FRAMES, chronological_bounds,
-                        random_start_plan, to_file_frames)
+                        protocol_a_stride, random_start_plan, to_file_frames)
 
 
 def clean_prefix_frames(n_frames: int, frame_fs: float, history_frames: int, a_history_stride_frames: int) -> int:
     """Number of leading frames outside every A/B window and every C val/test window."""
-    a_stride = to_file_frames(a_history_stride_frames, frame_fs, "protocol A's history stride")
+    a_stride = protocol_a_stride(a_history_stride_frames, frame_fs)
     b_stride = to_file_frames(B_STRIDE_FRAMES, frame_fs, "protocol B's stride")
     plan = random_start_plan(n_frames, before_frames=(history_frames - 1) * max(a_stride, b_stride),
                              after_frames=to_file_frames(A_DELTA_T_FRAMES, frame_fs, "protocol A's ΔT"),

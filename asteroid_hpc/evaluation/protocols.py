@@ -191,16 +191,23 @@ def _random_start_frames(traj: Trajectory, split: str, history_frames: int, a_st
     return random_start_split(len(traj.positions), plan, A_SEED)[split], plan
 
 
+def protocol_a_stride(history_stride_frames: int, frame_fs: float) -> int:
+    """Protocol A's history stride in frames of the trajectory; it must divide the target spacing ΔT/P
+    (375 MD17 frames: 1, 3, 5, 15, 25, 75, 125 or 375), so a 5 fs (stride 10) model cannot be scored on A."""
+    spacing = A_DELTA_T_FRAMES // A_TARGETS
+    if history_stride_frames < 1 or spacing % history_stride_frames:
+        raise UserError(f"protocol A: history stride {history_stride_frames} frames does not divide the target "
+                        f"spacing {spacing} frames")
+    return to_file_frames(history_stride_frames, frame_fs, "protocol A's history stride")
+
+
 def protocol_a(traj: Trajectory, *, split: str, history_frames: int, history_stride_frames: int = 375,
                heavy_input: bool = True, max_samples: int | None = None, seed: int = 0) -> ProtocolSamples:
     """Protocol A samples. ``history_stride_frames`` (MD17 frames) must divide ΔT/P: the model steps at that
     stride and is scored on the frames that land on the targets."""
     notes: list[str] = []
     offsets = np.array([to_file_frames(int(o), traj.frame_fs, "protocol A's target offset") for o in protocol_a_offsets()])
-    stride = to_file_frames(history_stride_frames, traj.frame_fs, "protocol A's history stride")
-    if offsets[0] % stride:
-        raise UserError(f"protocol A: history stride {history_stride_frames} frames does not divide the target "
-                        f"spacing {A_DELTA_T_FRAMES // A_TARGETS} frames")
+    stride = protocol_a_stride(history_stride_frames, traj.frame_fs)
     starts, plan = _random_start_frames(traj, split, history_frames, stride, notes)
     starts = _limit(starts, max_samples, seed, notes)
     heavy = _heavy_atoms(traj.atomic_numbers, traj.source)
