@@ -39,3 +39,16 @@ def dataset_fingerprint(dataset: Path) -> dict:
     manifest.pop("created_utc")
     shards = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((dataset / "shards").glob("*.nc"))}
     return {"manifest": manifest, "shards": shards}
+
+
+def preprocess_walk_dataset(root: Path) -> Path:
+    """A valid 300-frame random-walk dataset (three splits, 100-frame shards) written by the CLI in-process."""
+    import pytest
+
+    from asteroid_hpc.cli.main import main
+
+    traj = write_traj(root / "walk.nc", random_walk(300))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["preprocess", "--no-progress", str(traj), "-o", str(root / "ds"), "data.frames_per_shard=100"])
+    assert exit_info.value.code == 0
+    return root / "ds"

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from helpers import assert_user_error, run_cli
-from data_support import ATOMIC_NUMBERS, random_walk, write_traj
+from data_support import ATOMIC_NUMBERS, preprocess_walk_dataset, random_walk, write_traj
 
 TINY_MODEL = dict(history_frames=4, delay_length=3, hidden_size=16, num_heads=2, encoder_layers=1, decoder_layers=1,
                   attention="full", num_global_tokens=2, num_rbf=8, symmetry="equivariant")
@@ -51,14 +51,7 @@ def _no_stale_log_handlers():
 @pytest.fixture(scope="module")
 def good_dataset(tmp_path_factory) -> Path:
     """A valid 300-frame dataset (three splits) written by the CLI, copied by the manifest cases."""
-    from asteroid_hpc.cli.main import main
-
-    root = tmp_path_factory.mktemp("good-dataset")
-    traj = write_traj(root / "walk.nc", random_walk(300))
-    with pytest.raises(SystemExit) as exit_info:
-        main(["preprocess", "--no-progress", str(traj), "-o", str(root / "ds"), "data.frames_per_shard=100"])
-    assert exit_info.value.code == 0
-    return root / "ds"
+    return preprocess_walk_dataset(tmp_path_factory.mktemp("good-dataset"))
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ import pytest
 
 from helpers import REPO, assert_user_error, run_cli
 from test_bad_inputs import TINY_MODEL, trained_run
-from data_support import ATOMIC_NUMBERS, random_walk, write_traj
+from data_support import ATOMIC_NUMBERS, preprocess_walk_dataset, random_walk, write_traj
 
 from asteroid_hpc.errors import UserError
 
@@ -170,14 +170,7 @@ def test_checkpoint_json_state_is_never_unpickled(tmp_path, marker, name):
 # ----------------------------------------------------------------------------------------------- datasets
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    from asteroid_hpc.cli.main import main
-
-    root = tmp_path_factory.mktemp("safe-ds")
-    traj = write_traj(root / "walk.nc", random_walk(300))
-    with pytest.raises(SystemExit) as exit_info:
-        main(["preprocess", "--no-progress", str(traj), "-o", str(root / "ds"), "data.frames_per_shard=100"])
-    assert exit_info.value.code == 0
-    return root / "ds"
+    return preprocess_walk_dataset(tmp_path_factory.mktemp("safe-ds"))
 
 
 @pytest.fixture(scope="module")
