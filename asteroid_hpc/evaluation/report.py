@@ -36,6 +36,13 @@ def _lead_times(lead_time_fs: list[float]) -> str:
     return f"{len(lead_time_fs)} lead times {lead_time_fs[0]:g}–{lead_time_fs[-1]:g} fs"
 
 
+def _every_nth_frame(n: int) -> str:
+    if n == 1:
+        return "every frame"
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"every {n}{suffix} frame"
+
+
 def protocol_markdown(result: ProtocolResult) -> str:
     """One protocol's section: a heading that says what was given and scored, a table, and notes."""
     scale = _scale_label(result.mse_scale)
@@ -43,7 +50,7 @@ def protocol_markdown(result: ProtocolResult) -> str:
     lines = [f"### Protocol {result.protocol} ({_DESCRIPTION[result.protocol]})", "",
              f"{result.split} split, {result.n_samples} samples, {result.n_atoms_scored} atoms scored; "
              f"{'the model is' if MODEL_LABEL in result.headline else 'the baselines are'} given {result.history_frames} history frames {stride_fs:g} fs apart "
-             f"({result.history_stride_frames} input frames); {_lead_times(result.lead_time_fs)}.", ""]
+             f"({_every_nth_frame(result.history_stride_frames)} of the input); {_lead_times(result.lead_time_fs)}.", ""]
     metric_names = list(next(iter(result.headline.values())))
     header = ["method"]
     for name in metric_names:
