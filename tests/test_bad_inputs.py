@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 import subprocess
 import zipfile
@@ -32,19 +31,6 @@ from data_support import ATOMIC_NUMBERS, preprocess_walk_dataset, random_walk, w
 TINY_MODEL = dict(history_frames=4, delay_length=3, hidden_size=16, num_heads=2, encoder_layers=1, decoder_layers=1,
                   attention="full", num_global_tokens=2, num_rbf=8, symmetry="equivariant")
 
-
-@pytest.fixture(autouse=True)
-def _no_stale_log_handlers():
-    """In-process CLI runs bind the project's log handler to the test's captured stderr: drop such handlers
-    before and after, or in-process logging (e.g. while building a fixture) writes to a closed stream."""
-    import logging
-
-    root = logging.getLogger("asteroid_hpc")
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
 
 
 # ----------------------------------------------------------------------------------------------- fixtures

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from ensemble_support import lj_like_box, molecule_trajectory, tiny_model_file
-from helpers import REPO, assert_user_error, cli_env, run_cli
+from helpers import assert_user_error, cli_env, run_cli
 
 SINGLE_THREAD = cli_env(OMP_NUM_THREADS="1")
 

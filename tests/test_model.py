@@ -8,18 +8,9 @@ from asteroid_hpc.errors import UserError
 from asteroid_hpc.model import (Asteroid, build_model, load_weights, merge_softmax_partials, model_summary,
                                 radius_graph, rotation_equivariance_error, save_weights, sti_losses)
 from asteroid_hpc.model.spatial import SpatialBlock
-from asteroid_hpc.model.symmetry import random_rotations, rotate_about
 
 M, L, N = 4, 4, 7
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and lose 10-50x when the cores are busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def small_config(**overrides) -> ModelConfig:

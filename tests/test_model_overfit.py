@@ -11,14 +11,6 @@ from asteroid_hpc.model import build_model, sti_losses
 M, L, H = 4, 4, 3  # history frames, delay length, forecast frames per window
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and lose 10-50x when the cores are busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def ethanol_windows() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

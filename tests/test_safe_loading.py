@@ -30,19 +30,6 @@ from data_support import ATOMIC_NUMBERS, preprocess_walk_dataset, random_walk, w
 from asteroid_hpc.errors import UserError
 
 
-@pytest.fixture(autouse=True)
-def _no_stale_log_handlers():
-    """In-process CLI runs bind the project's log handler to the test's captured stderr: drop such handlers
-    before and after, or in-process logging (e.g. while building a fixture) writes to a closed stream."""
-    import logging
-
-    root = logging.getLogger("asteroid_hpc")
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-
 
 class Payload:
     """Unpickling this creates ``marker`` (a stand-in for any code an attacker would run)."""

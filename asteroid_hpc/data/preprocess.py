@@ -30,7 +30,7 @@ import numpy as np
 
 from ..dist.logs import get_logger
 from ..errors import UserError, user_error
-from .amber import AmberWriter, partial_path
+from .amber import AmberWriter
 from .manifest import FORMAT, MANIFEST, SCHEMA_VERSION, write_json_atomic
 from .plan import Plan, Shard, make_plan
 from .readers import TrajectoryReader

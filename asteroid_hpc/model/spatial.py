@@ -26,7 +26,6 @@ import math
 from typing import Callable, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .graph import NeighborGraph

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from helpers import REPO, run_mpi
+from helpers import run_mpi
 
 pytestmark = pytest.mark.mpi
 
