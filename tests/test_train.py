@@ -144,7 +144,7 @@ def two_process_runs(tiny_dataset, tmp_path_factory):
 def test_two_processes_with_b_match_one_process_with_2b(stage, straight, two_process_runs):
     reference_2b = straight[0]  # one process, micro-batch 2
     run_dir, proc = two_process_runs(stage)
-    assert "launcher torchrun, world size 2" in proc.stderr and f"ZeRO stage {stage}" in proc.stderr
+    assert "launcher=torchrun world_size=2" in proc.stderr and f"ZeRO stage {stage}" in proc.stderr
     assert "1 per rank × 1 accumulation × 2 ranks = 2 windows per step" in proc.stderr
     expected = train_losses(reference_2b)
     assert_same_losses(train_losses(run_dir), expected, abs_tol=1e-5 * max(expected.values()))

@@ -28,7 +28,7 @@ def straight_two_ranks(tiny_dataset, tmp_path_factory):
 
 def test_mpiexec_two_ranks_train(straight_two_ranks):
     run_dir, proc = straight_two_ranks
-    assert "launcher openmpi, world size 2" in proc.stderr
+    assert "launcher=openmpi world_size=2" in proc.stderr
     assert proc.stderr.count("config hash") == 1  # the summary is printed once, by rank 0
     assert (run_dir / "logs" / "rank0.log").is_file() and (run_dir / "logs" / "rank1.log").is_file()
     assert (run_dir / "checkpoints" / "latest").read_text() == "step_000006"
@@ -81,5 +81,5 @@ def test_repeated_mpiexec_runs_exit_cleanly(tiny_dataset, tmp_path):
 def test_deepspeed_launcher_two_processes(straight_two_ranks, tiny_dataset, tmp_path):
     run_dir = tmp_path / "run"
     proc = run_train(tiny_dataset, run_dir, *TWO_RANKS, launcher="deepspeed", nproc=2)
-    assert "world size 2" in proc.stderr
+    assert "world_size=2" in proc.stderr
     assert_same_losses(train_losses(run_dir), train_losses(straight_two_ranks[0]), abs_tol=1e-6)

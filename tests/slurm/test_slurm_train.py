@@ -26,7 +26,7 @@ def test_train_script_across_two_nodes(slurm_cluster, tiny_dataset, tmp_path):
         env={"ASTEROID_VENV": str(Path(sys.prefix))}, cwd=REPO, timeout=300)
     assert job.returncode == 0 and job.state == "COMPLETED", job.describe()
     log = job.stderr()
-    assert "launcher slurm, world size 2" in log, job.describe()
+    assert "launcher=slurm world_size=2" in log, job.describe()
     assert f"rendezvous {slurm_cluster.nodes[0]}:" in log, log  # MASTER_ADDR: the allocation's first node
     assert (run_dir / "checkpoints" / "latest").read_text() == "step_000006"
     reference = tmp_path / "reference"  # one process, micro-batch 2
