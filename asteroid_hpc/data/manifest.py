@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+from .. import atomic
 from ..errors import UserError, user_error
 
 MANIFEST = "manifest.json"
@@ -20,14 +21,8 @@ _REQUIRED = ("schema_version", "n_atoms", "atomic_numbers", "timestep_fs", "fram
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON under a temporary name, flush it to disk, then rename."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=1)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """The dataset's JSON files keep the key order they are built in."""
+    atomic.write_json_atomic(path, data, sort_keys=False)
 
 
 def inside(directory: Path, relative: str, where: Path) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -39,16 +38,13 @@ def write_resolved_config(cfg, run_dir: str | Path, info: LaunchInfo, name: str 
     """Write the resolved config plus provenance into ``run_dir`` (atomically; call on rank 0)."""
     import yaml
 
+    from ..atomic import write_text_atomic
     from ..config import config_hash, to_dict
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     doc = {"config_hash": config_hash(cfg), "provenance": provenance(info), **to_dict(cfg)}
-    target = run_dir / name
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
-    os.replace(tmp, target)
-    return target
+    return write_text_atomic(run_dir / name, yaml.safe_dump(doc, sort_keys=False))
 
 
 def startup_summary(info: LaunchInfo, *, device: str, config_hash: str, run_dir: str | Path,

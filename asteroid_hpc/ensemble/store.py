@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from .. import atomic
 from ..errors import user_error
 
 RUN_FILE = "run.json"
@@ -41,10 +41,7 @@ def is_finished(outdir: Path, member: int) -> bool:
 
 
 def write_json_atomic(path: Path, document: Any) -> Path:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic.write_json_atomic(path, document, indent=2)
 
 
 def file_sha256(path: Path) -> str:

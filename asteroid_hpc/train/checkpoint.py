@@ -28,6 +28,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from ..atomic import write_json_atomic, write_text_atomic
 from ..dist.logs import get_logger
 from ..errors import UserError, user_error
 
@@ -49,20 +50,6 @@ def step_of(tag: str) -> int:
     if not match:
         raise ValueError(f"not a checkpoint tag: {tag!r}")
     return int(match.group(1))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``path`` through ``path.tmp-<pid>`` and an atomic rename."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
 def read_json(path: Path) -> Any:
