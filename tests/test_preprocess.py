@@ -11,6 +11,7 @@ import sys
 import time
 
 import netCDF4
+from blake3 import blake3
 import numpy as np
 import pytest
 
@@ -51,7 +52,7 @@ def test_shards_manifest_and_chronological_split(tmp_path, two_sources, capsys):
     assert gap == 7
     for i, (path, x) in enumerate(zip(paths, coords)):
         src = m["sources"][i]
-        assert src["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert src["blake3"] == blake3(path.read_bytes()).hexdigest()
         ranges = m["split"]["ranges"][str(i)]
         assert ranges["val"][0] - ranges["train"][1] == gap and ranges["test"][0] - ranges["val"][1] == gap
         assert ranges["test"][1] == len(x)
@@ -75,6 +76,25 @@ def test_shards_manifest_and_chronological_split(tmp_path, two_sources, capsys):
     assert stats["displacement_count"] == len(disp)  # one per atom and frame pair
     np.testing.assert_allclose(stats["coordinate_std_angstrom"],
                                np.concatenate(train).reshape(-1, 3).std(axis=0), rtol=1e-5)
+
+
+def test_statistics_from_every_qth_frame(tmp_path, capsys):
+    """data.stats_max_frames caps the frames the statistics read: every q-th training frame (its
+    displacement from the frame before), q = ceil(frames / cap), across shard and chunk boundaries."""
+    x = random_walk(300, seed=4)
+    out = tmp_path / "ds"
+    preprocess(write_traj(tmp_path / "t.nc", x), "-o", out, "data.split_fractions=[1,0,0]",
+               "data.stats_max_frames=70", "data.frames_per_shard=50", "data.chunk_frames=16", capsys=capsys)
+    stats = read_manifest(out)["statistics"]
+    assert stats["sampled_every_frames"] == 5  # ceil(300 / 70)
+    c = centered(x)
+    picked = np.arange(0, 300, 5)
+    np.testing.assert_allclose(stats["coordinate_mean_angstrom"], c[picked].reshape(-1, 3).mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(stats["coordinate_std_angstrom"], c[picked].reshape(-1, 3).std(axis=0), rtol=1e-5)
+    disp = (c[picked[1:]] - c[picked[1:] - 1]).reshape(-1, 3)
+    assert stats["coordinate_count"] == len(picked) * c.shape[1] and stats["displacement_count"] == len(disp)
+    np.testing.assert_allclose(stats["displacement_std_angstrom"], disp.std(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(stats["displacement_mean_angstrom"], disp.mean(axis=0), atol=1e-6)
 
 
 def test_stride_selection_and_no_centering(tmp_path, capsys):
@@ -224,11 +244,13 @@ def test_resume_after_sigkill_gives_the_same_dataset(tmp_path, two_sources):
     done = len(list((out / "shards").glob("*.json")))
     assert 4 <= done < 25
 
+    (out / "shards" / "shard-00024.json.tmp-4242").write_text('{"plan_key": ')  # a sidecar cut short by a kill
+
     rerun = run_cli("preprocess", *paths, "-o", out, *opts)
     assert rerun.returncode == 0, rerun.stderr
     assert "(resuming)" in rerun.stderr and f"({done} reused)" in rerun.stderr
     assert dataset_fingerprint(out) == dataset_fingerprint(reference)
-    assert not list((out / "shards").glob("*.partial"))
+    assert not list((out / "shards").glob("*.partial")) and not list((out / "shards").glob("*.tmp-*"))
 
 
 def test_help_ends_with_runnable_examples():

@@ -39,6 +39,7 @@ class DataConfig:
     drop_nonfinite: bool = False
     timestep_fs: Optional[float] = None  # override when inputs carry no time variable
     chunk_frames: int = 1024  # frames read per streaming chunk
+    stats_max_frames: int = 4096  # normalisation statistics from every q-th frame, q = ceil(frames / this); 0: all
     horizon_frames: int = 10  # H: frames forecast per training window
     window_stride: int = 1  # frames between consecutive window starts
     num_workers: int = 0
@@ -47,6 +48,7 @@ class DataConfig:
         _check(self.frames_per_shard >= 1, "data.frames_per_shard must be >= 1")
         _check(self.frame_stride >= 1, "data.frame_stride must be >= 1")
         _check(self.chunk_frames >= 1, "data.chunk_frames must be >= 1")
+        _check(self.stats_max_frames >= 0, "data.stats_max_frames must be >= 0")
         _check(self.horizon_frames >= 1, "data.horizon_frames must be >= 1")
         _check(self.window_stride >= 1, "data.window_stride must be >= 1")
         _check(self.num_workers >= 0, "data.num_workers must be >= 0")

@@ -67,6 +67,7 @@ class AmberWriter:
             except OSError as exc:
                 raise user_error(self.partial, f"cannot resume: not a readable NetCDF file ({exc})") from None
             self._ds.set_auto_mask(False)
+            self._ds.set_fill_off()
             self._check_resumable()
             return
         if atomic_numbers is not None and len(atomic_numbers) != self.n_atoms:
@@ -79,6 +80,9 @@ class AmberWriter:
         fmt = NETCDF3_FORMAT if compression == "none" else "NETCDF4"
         ds = self._ds = netCDF4.Dataset(self.partial, "w", format=fmt)
         ds.set_auto_mask(False)
+        # No pre-filling of new records with fill values (every record is written whole by append, and
+        # the record count on disk only grows at the sync that ends an append): writes each byte once.
+        ds.set_fill_off()
         ds.Conventions = "AMBER"
         ds.ConventionVersion = "1.0"
         ds.program = program

@@ -14,7 +14,7 @@ from .. import atomic
 from ..errors import UserError, user_error
 
 MANIFEST = "manifest.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: sources carry blake3 (was sha256); statistics.sampled_every_frames
 FORMAT = "asteroid-hpc-dataset"
 _REQUIRED = ("schema_version", "n_atoms", "atomic_numbers", "timestep_fs", "frame_stride", "shards", "split",
              "sources", "statistics")

@@ -16,11 +16,11 @@ Memory stays bounded by one chunk of frames (``data.chunk_frames``, capped at 32
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import sys
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checksum import file_digest
 from ..dist.logs import get_logger
 from ..errors import UserError, user_error
 from .amber import AmberWriter
@@ -42,14 +43,6 @@ PLAN_FILE = ".preprocess-plan.json"
 SHARD_DELAY_ENV = "ASTEROID_TEST_SHARD_DELAY_S"  # test hook: seconds to sleep after each shard
 MAX_CHUNK_BYTES = 32 << 20
 STATS_SPLITS = ("train", "all")  # statistics come from the training frames only (all for random starts)
-
-
-def sha256_file(path: str | os.PathLike, block_bytes: int = 8 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(block_bytes):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------------- output directory
@@ -102,6 +95,9 @@ def prepare_outdir(outdir: Path, plan: Plan, overwrite: bool) -> str:
     elif outdir.exists() and any(outdir.iterdir()):
         raise user_error(outdir, "is not empty and holds no asteroid-hpc dataset; choose another directory")
     (outdir / "shards").mkdir(parents=True, exist_ok=True)
+    if status == "resume":  # leftovers of the killed run: half-written sidecars (shards are rewritten)
+        for leftover in (outdir / "shards").glob("*.json.tmp-*"):
+            leftover.unlink(missing_ok=True)
     write_json_atomic(plan_file, {"plan_key": plan.key, "plan": plan.to_dict()})
     return status
 
@@ -118,7 +114,7 @@ def cleanup_failed(outdir: Path) -> None:
 # ----------------------------------------------------------------------------------- one shard
 
 class _Frames:
-    """Selection, centring and checks applied to every chunk of input frames."""
+    """Selection, checks and centring applied to every chunk of input frames."""
 
     def __init__(self, plan: Plan, center: bool, drop_nonfinite: bool, source_path: str) -> None:
         self.atom_indices = None if plan.atom_indices == list(range(plan.sources[0].n_atoms)) \
@@ -128,39 +124,66 @@ class _Frames:
         self.path = source_path
         self.stride = plan.frame_stride
 
-    def __call__(self, coords: np.ndarray, first_frame: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(kept frames float32 [F', n, 3], the same component-major [F', 3, n], their strided indices).
-
-        Sums run along contiguous rows (numpy's pairwise summation) in the component-major copy,
-        which is several times faster than reducing over the atom axis of [F, n, 3] directly.
-        """
+    def __call__(self, coords: np.ndarray, first_frame: int) -> tuple[np.ndarray, np.ndarray]:
+        """(kept frames float32 [F', n, 3], their strided frame indices), in one pass for the checks
+        and the centroid (a matrix product with ones) and one in place for the centring."""
         x = coords if self.atom_indices is None else coords[:, self.atom_indices]
+        x = np.ascontiguousarray(x, dtype=np.float32)  # readers return fresh arrays: no copy when float32
+        if not x.flags.writeable:  # e.g. np.frombuffer over the bytes of an .npz member
+            x = x.copy()
         index = first_frame + np.arange(len(x))
-        rows = np.ascontiguousarray(x.transpose(0, 2, 1), dtype=np.float32)
-        sums = rows.sum(axis=2)  # [F, 3]; NaN or Inf anywhere in a frame makes its sum non-finite
+        sums = np.matmul(np.ones(x.shape[1], dtype=np.float32), x)  # [F, 3]; NaN/Inf in a frame spreads to its sum
         finite = np.isfinite(sums).all(axis=1)
         if not finite.all():
             if not self.drop_nonfinite:
                 bad = int(index[np.argmin(finite)]) * self.stride
                 raise user_error(self.path, f"non-finite coordinates (NaN or Inf) in frame {bad}; pass "
                                             "--drop-nonfinite to skip such frames")
-            rows, sums, index = rows[finite], sums[finite], index[finite]
-        if self.center and len(rows):
-            rows -= (sums / np.float32(rows.shape[2]))[:, :, None]
-            return np.ascontiguousarray(rows.transpose(0, 2, 1)), rows, index
-        kept = x if finite.all() else x[finite]
-        return np.asarray(kept, dtype=np.float32), rows, index
+            x, sums, index = x[finite], sums[finite], index[finite]
+        if self.center and len(x):
+            centroid = sums / np.float32(x.shape[1])
+            for k in range(3):  # per component: a strided pass, faster than broadcasting over [F, n, 3]
+                x[:, :, k] -= centroid[:, k, None]
+        return x, index
+
+
+class _ShardStatistics:
+    """Coordinate and displacement moments of every ``every``-th frame (displacement: from the frame
+    before it), accumulated chunk by chunk; ``last`` is the frame before the current chunk."""
+
+    def __init__(self, every: int, last: tuple[np.ndarray, int] | None) -> None:
+        self.every = every
+        self.last = last
+        self.coordinates, self.displacements = RunningMoments(), RunningMoments()
+
+    def update(self, x: np.ndarray, index: np.ndarray) -> None:
+        picked = np.flatnonzero(index % self.every == 0)
+        if len(picked):
+            self.coordinates.update_vectors(x[picked])
+            inner = picked[picked > 0]
+            inner = inner[index[inner - 1] == index[inner] - 1]
+            self.displacements.update_vectors(x[inner] - x[inner - 1])
+            if picked[0] == 0 and self.last is not None and self.last[1] == index[0] - 1:
+                self.displacements.update_vectors((x[0] - self.last[0])[None])
+        self.last = (x[-1].copy(), int(index[-1]))
+
+
+def stats_every(plan: Plan, max_frames: int) -> int:
+    """q: the statistics use frames whose (strided) index is a multiple of q, so that at most about
+    ``max_frames`` frames of the statistics splits are read for them (0: every frame)."""
+    n_frames = sum(s.frame_stop - s.frame_start for s in plan.shards if s.split in STATS_SPLITS)
+    return max(1, -(-n_frames // max_frames)) if max_frames > 0 else 1
 
 
 def _previous_frame(reader: TrajectoryReader, frames: _Frames, frame: int) -> tuple[np.ndarray, int] | None:
-    """The frame just before a shard (same source and split), for the displacement across the boundary:
-    component-major [3, n], or None when it is non-finite (dropped or reported by the shard holding it)."""
+    """The frame just before a shard (same source and split), for the displacement across the boundary,
+    or None when it is non-finite (dropped or reported by the shard holding it)."""
     coords = reader.read(frame * frames.stride, frame * frames.stride + 1).coordinates
     selected = coords if frames.atom_indices is None else coords[:, frames.atom_indices]
     if not np.isfinite(selected).all():
         return None
-    _, rows, _ = frames(coords, frame)
-    return rows[0], frame
+    x, _ = frames(coords, frame)
+    return x[0], frame
 
 
 def write_shard(reader: TrajectoryReader, plan: Plan, shard: Shard, cfg, outdir: Path,
@@ -173,9 +196,12 @@ def write_shard(reader: TrajectoryReader, plan: Plan, shard: Shard, cfg, outdir:
     raw_frame_bytes = source.n_atoms * 3 * 8 * (stride if stride <= 8 else 1)
     chunk_frames = max(1, min(data.chunk_frames, MAX_CHUNK_BYTES // raw_frame_bytes))
     timestep_ps = plan.timestep_fs / 1000.0
-    want_stats = shard.split in STATS_SPLITS
-    coord_moments, disp_moments = RunningMoments(), RunningMoments()
-    last = _previous_frame(reader, frames, shard.frame_start - 1) if (want_stats and linked_to_previous) else None
+    stats = None
+    if shard.split in STATS_SPLITS:
+        every = stats_every(plan, data.stats_max_frames)
+        before = _previous_frame(reader, frames, shard.frame_start - 1) \
+            if linked_to_previous and shard.frame_start % every == 0 else None
+        stats = _ShardStatistics(every, before)
     dropped: list[int] = []
     last_time = None
     first_time = None
@@ -195,7 +221,7 @@ def write_shard(reader: TrajectoryReader, plan: Plan, shard: Shard, cfg, outdir:
         while (chunk := next_chunk.result()) is not None:
             next_chunk = io.submit(next, chunks, None)
             first = chunk.start // stride
-            x, rows, index = frames(chunk.coordinates, first)
+            x, index = frames(chunk.coordinates, first)
             if len(index) < len(chunk.coordinates):
                 dropped.extend(sorted(set(range(first, first + len(chunk.coordinates))) - set(index.tolist())))
             if chunk.time_ps is not None:
@@ -209,14 +235,8 @@ def write_shard(reader: TrajectoryReader, plan: Plan, shard: Shard, cfg, outdir:
                 t = index * timestep_ps
             if not len(x):
                 continue
-            if want_stats:
-                coord_moments.update_rows(rows)
-                if last is not None and index[0] == last[1] + 1:
-                    disp_moments.update_rows((rows[0] - last[0])[None])
-                steps = rows[1:] - rows[:-1]
-                contiguous = np.diff(index) == 1
-                disp_moments.update_rows(steps if contiguous.all() else steps[contiguous])
-                last = (rows[-1], int(index[-1]))
+            if stats is not None:
+                stats.update(x, index)
             if pending_write is not None:
                 pending_write.result()
             pending_write = io.submit(writer.append, x, time_ps=t)
@@ -237,7 +257,8 @@ def write_shard(reader: TrajectoryReader, plan: Plan, shard: Shard, cfg, outdir:
     return {"index": shard.index, "file": shard.file, "source": shard.source, "split": shard.split,
             "frame_start": shard.frame_start, "frame_stop": shard.frame_stop, "n_frames": n_written,
             "dropped_frames": dropped, "time_first_ps": first_time, "time_last_ps": last_time,
-            "coordinate_moments": coord_moments.to_dict(), "displacement_moments": disp_moments.to_dict()}
+            "coordinate_moments": (stats.coordinates if stats else RunningMoments()).to_dict(),
+            "displacement_moments": (stats.displacements if stats else RunningMoments()).to_dict()}
 
 
 def _sidecar(outdir: Path, shard: Shard) -> Path:
@@ -247,7 +268,7 @@ def _sidecar(outdir: Path, shard: Shard) -> Path:
 def _seal_shard(outdir: Path, shard: Shard, record: dict, plan_key: str, rank: int) -> dict:
     """Checksum the finished shard and write its sidecar (runs in the background thread)."""
     path = outdir / shard.file
-    record = dict(record, size_bytes=path.stat().st_size, sha256=sha256_file(path))
+    record = dict(record, size_bytes=path.stat().st_size, sha256=file_digest(path))
     write_json_atomic(_sidecar(outdir, shard), {"plan_key": plan_key, "written_by_rank": rank, "record": record})
     return record
 
@@ -260,7 +281,7 @@ def completed_shard(outdir: Path, shard: Shard, plan_key: str) -> dict | None:
         record = saved["record"]
         if saved.get("plan_key") != plan_key or record["file"] != shard.file:
             return None
-        if path.stat().st_size != record["size_bytes"] or sha256_file(path) != record["sha256"]:
+        if path.stat().st_size != record["size_bytes"] or file_digest(path) != record["sha256"]:
             log.warning("%s: does not match its sidecar; writing it again", path)
             return None
         return record
@@ -270,6 +291,14 @@ def completed_shard(outdir: Path, shard: Shard, plan_key: str) -> dict | None:
 
 # ----------------------------------------------------------------------------------- the run
 
+def _lower_priority() -> None:
+    """Checksums fill the CPU time the netCDF thread leaves (Linux: niceness is per thread)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):
+        pass
+
+
 def _process_my_shards(plan: Plan, cfg, outdir: Path, rank: int, size: int, progress: bool):
     mine = [s for s in plan.shards if s.index % size == rank]
     previous = {s.index: p for p, s in zip(plan.shards, plan.shards[1:])}
@@ -278,8 +307,8 @@ def _process_my_shards(plan: Plan, cfg, outdir: Path, rank: int, size: int, prog
     records: dict[int, dict] = {}
     error: tuple[int, str] | None = None
     delay_s = float(os.environ.get(SHARD_DELAY_ENV, "0") or 0)
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checksum")
-    source_hashes = {s.index: pool.submit(sha256_file, s.path) for s in plan.sources if s.index % size == rank}
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checksum", initializer=_lower_priority)
+    source_hashes = {s.index: pool.submit(file_digest, s.path, "blake3") for s in plan.sources if s.index % size == rank}
     bar = _progress_bar(len(mine), enabled=progress and rank == 0)
     reused = 0
     try:
@@ -366,7 +395,7 @@ def build_manifest(plan: Plan, cfg, records: list[dict], source_hashes: dict[int
     keep = ("index", "file", "source", "split", "frame_start", "frame_stop", "n_frames", "dropped_frames",
             "time_first_ps", "time_last_ps", "size_bytes", "sha256")
     sources = [{"index": s.index, "path": s.path, "format": s.format, "size_bytes": s.size_bytes,
-                "sha256": source_hashes[s.index], "n_frames_raw": s.n_frames_raw, "n_frames": s.n_frames,
+                "blake3": source_hashes[s.index], "n_frames_raw": s.n_frames_raw, "n_frames": s.n_frames,
                 "n_atoms": s.n_atoms, "timestep_ps": s.timestep_ps} for s in plan.sources]
     return {
         "format": FORMAT,
@@ -388,6 +417,7 @@ def build_manifest(plan: Plan, cfg, records: list[dict], source_hashes: dict[int
         "dropped_nonfinite_frames": sum(len(r["dropped_frames"]) for r in records),
         "statistics": {
             "frames": "train" if plan.split["method"] == "chronological" else "all",
+            "sampled_every_frames": stats_every(plan, cfg.data.stats_max_frames),
             "coordinate_mean_angstrom": coords.mean.tolist(),
             "coordinate_std_angstrom": coords.std.tolist(),
             "coordinate_count": coords.count,

@@ -36,6 +36,12 @@ class RunningMoments:
         mean = s1 / n
         self.merge(RunningMoments(self.width, n, shift + mean, np.maximum(s2 - s1 * mean, 0.0)))
 
+    def update_vectors(self, vectors: np.ndarray) -> None:
+        """Add samples stored as [..., width] (e.g. frames [F, n, 3])."""
+        vectors = np.asarray(vectors)
+        if vectors.size:
+            self.update_rows(np.ascontiguousarray(vectors.reshape(-1, self.width).T)[None])
+
     def merge(self, other: "RunningMoments") -> None:
         if other.count == 0:
             return

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from ..checksum import file_digest
 from ..config.schema import AsteroidConfig
 from ..dist.launch import detect_launch
 from ..dist.logs import get_logger
@@ -17,7 +18,7 @@ from .member import MemberJob, run_member
 from .perturb import inspect_initial
 from .progress import POLL_SECONDS, Progress
 from .rollout import MemberForecaster
-from .store import COMPLETE_FILE, TRAJECTORY_KEYS, claim_run, file_sha256, write_json_atomic
+from .store import COMPLETE_FILE, TRAJECTORY_KEYS, claim_run, write_json_atomic
 from .summary import Reference, write_summary
 
 log = get_logger(__name__)
@@ -81,7 +82,7 @@ def run_ensemble(cfg: AsteroidConfig, model_path: str | os.PathLike, initial_pat
         with AmberReader(reference.path) as ref:  # a bad reference fails now, not after the forecast
             if ref.n_atoms != initial.n_atoms:
                 raise user_error(reference.path, f"has {ref.n_atoms} atoms, the initial condition {initial.n_atoms}")
-    identity = {"model_sha256": file_sha256(weights), "initial": str(initial.path.resolve()),
+    identity = {"model_sha256": file_digest(weights), "initial": str(initial.path.resolve()),
                 "initial_frames": initial.n_frames, "atoms": initial.n_atoms, "end_frame": initial.end_frame,
                 "frame_stride": initial.frame_stride,
                 **{key: getattr(ens, key) for key in TRAJECTORY_KEYS}}

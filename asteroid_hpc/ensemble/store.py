@@ -14,7 +14,6 @@ members and continues a partial one from its last flushed frame; a different run
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -42,14 +41,6 @@ def is_finished(outdir: Path, member: int) -> bool:
 
 def write_json_atomic(path: Path, document: Any) -> Path:
     return atomic.write_json_atomic(path, document, indent=2)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def claim_run(outdir: Path, identity: dict[str, Any]) -> bool:
