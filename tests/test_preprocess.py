@@ -145,6 +145,25 @@ def test_random_start_split_reproduces_protocol_a(tmp_path, capsys):
     np.testing.assert_allclose(stored, centered(x), atol=1e-5)
 
 
+def test_random_start_split_on_a_short_trajectory_matches_evaluate(tmp_path, capsys):
+    """Too short for the margin asked for: the margin shrinks to what the windows need and the counts scale
+    down, exactly as `evaluate` draws protocol A's starts (one implementation for both)."""
+    from asteroid_hpc.data.random_starts import random_start_plan, random_start_split
+
+    x = random_walk(300, seed=6)
+    out = tmp_path / "ds"
+    err = preprocess(write_traj(tmp_path / "t.nc", x), "-o", out, "data.split=random_start",
+                     "data.random_start_counts=[100,100,100]", "model.history_frames=5", "data.horizon_frames=8",
+                     capsys=capsys)
+    assert "too short for the requested random starts" in err
+    plan = random_start_plan(300, before_frames=4, after_frames=8, margin_frames=10000, sizes=(100, 100, 100))
+    assert plan.scaled and plan.margin_frames == 8 and plan.sizes == (94, 94, 94)
+    m = read_manifest(out)
+    assert m["split"]["scaled"] == {"0": plan.describe()}
+    for name, want in random_start_split(300, plan, 100).items():
+        assert [s for _, s in m["split"]["starts"][name]] == want.tolist()
+
+
 def test_extxyz_input_through_ase(tmp_path, capsys):
     from ase import Atoms
     from ase.io import write

@@ -16,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..dist.logs import get_logger
 from ..errors import UserError, user_error
 from .manifest import SCHEMA_VERSION
+from .random_starts import SPLITS, random_start_plan, random_start_split
 from .readers import TrajectoryReader
 
-SPLITS = ("train", "val", "test")
+log = get_logger(__name__)
 
 
 @dataclass
@@ -190,30 +192,6 @@ def chronological_ranges(n_frames: int, fractions: list[float], gap: int, where:
     return ranges
 
 
-def random_start_draws(n_frames: int, counts: list[int], seed: int, margin: int, history: int,
-                       horizon: int, where: str) -> dict[str, list[int]]:
-    """Protocol A's start frames (GMN/EGNO/ATOM): ``numpy.random.seed(seed)``, candidates
-    ``x[margin:-margin]`` where ``x`` drops the last frame (it has no forward velocity), then train, val and
-    test drawn one after another without replacement. A start ``s`` is the last observed frame: history
-    ``s-m+1..s``, targets ``s+1..s+H``. Shorter trajectories draw from every frame that fits a window."""
-    lo, hi = margin, n_frames - 1 - margin
-    if lo < history - 1 or hi + horizon > n_frames - 1 or hi - lo < sum(counts):
-        lo, hi = history - 1, n_frames - horizon
-    candidates = hi - lo
-    if candidates < sum(counts):
-        raise user_error(where, f"only {max(candidates, 0)} start frames fit windows of {history}+{horizon} "
-                                f"frames, fewer than data.random_start_counts {counts}")
-    rng = np.random.RandomState(seed)  # the legacy global stream that numpy.random.seed(seed) sets up
-    taken = np.zeros(candidates, dtype=bool)
-    draws = {}
-    for name, count in zip(SPLITS, counts):
-        pool = np.arange(candidates) if name == "train" else np.flatnonzero(~taken)
-        picked = rng.choice(pool, size=count, replace=False)
-        taken[picked] = True
-        draws[name] = (picked + lo).tolist()
-    return draws
-
-
 def make_plan(inputs: list[str], cfg, topology: str | None = None) -> Plan:
     """Inspect the inputs and lay out shards and splits for ``cfg`` (an AsteroidConfig)."""
     data = cfg.data
@@ -245,11 +223,20 @@ def make_plan(inputs: list[str], cfg, topology: str | None = None) -> Plan:
                  "margin_frames": data.random_start_margin_frames, "history_frames": history,
                  "horizon_frames": horizon, "starts": {name: [] for name in SPLITS}}
         for source in sources:
+            try:
+                starts = random_start_plan(source.n_frames, before_frames=history - 1, after_frames=horizon,
+                                           margin_frames=data.random_start_margin_frames,
+                                           sizes=tuple(data.random_start_counts))
+            except UserError as exc:
+                raise user_error(source.path, str(exc)) from None
+            if starts.scaled:
+                split.setdefault("scaled", {})[str(source.index)] = starts.describe()
+                log.warning("%s: too short for the requested random starts; using %s", source.path,
+                            starts.describe())
             # source k draws with seed + k, so a single input reproduces numpy.random.seed(seed) exactly
-            draws = random_start_draws(source.n_frames, data.random_start_counts, data.split_seed + source.index,
-                                       data.random_start_margin_frames, history, horizon, source.path)
+            draws = random_start_split(source.n_frames, starts, data.split_seed + source.index)
             for name in SPLITS:
-                split["starts"][name].extend([source.index, s] for s in draws[name])
+                split["starts"][name].extend([source.index, int(s)] for s in draws[name])
             add_shards(source, "all", 0, source.n_frames)
 
     identity = {

@@ -14,21 +14,19 @@ uses stride 1 for "stride 10".
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..data.random_starts import (PEERS_MARGIN_FRAMES, PEERS_SEED, PEERS_SIZES, RandomStartPlan, random_start_plan,
+                                  random_start_split)
 from ..errors import UserError
 
 MD17_FRAME_FS = 0.5
-SPLITS = ("train", "val", "test")
 
 A_DELTA_T_FRAMES = 3000
 A_TARGETS = 8
-A_MARGIN_FRAMES = 10000
-A_SIZES = (500, 2000, 2000)
-A_SEED = 100
+A_MARGIN_FRAMES, A_SIZES, A_SEED = PEERS_MARGIN_FRAMES, PEERS_SIZES, PEERS_SEED
 B_STRIDE_FRAMES = 10
 C_STRIDE_FRAMES = 10
 C_FRACTIONS = (0.6, 0.2, 0.2)
@@ -87,55 +85,6 @@ def to_file_frames(protocol_frames: int, frame_fs: float, what: str) -> int:
 def protocol_a_offsets(delta_t_frames: int = A_DELTA_T_FRAMES, n_targets: int = A_TARGETS) -> np.ndarray:
     """Target offsets ⌊ΔT·p/P⌋ for p = 1…P (3000, 8 → 375, 750, …, 3000)."""
     return np.array([delta_t_frames * p // n_targets for p in range(1, n_targets + 1)], dtype=np.int64)
-
-
-@dataclass(frozen=True)
-class RandomStartPlan:
-    """Where protocol A/B starts may lie and how many are drawn; ``scaled`` when smaller than the peers'."""
-
-    margin_frames: int
-    sizes: tuple[int, int, int]
-    scaled: bool
-
-    def describe(self) -> str:
-        return (f"random starts from frames [{self.margin_frames} : -{self.margin_frames}], "
-                f"{self.sizes[0]}/{self.sizes[1]}/{self.sizes[2]} train/val/test")
-
-
-def random_start_plan(n_frames: int, *, before_frames: int, after_frames: int,
-                      margin_frames: int = A_MARGIN_FRAMES, sizes: tuple[int, int, int] = A_SIZES) -> RandomStartPlan:
-    """The peers' margin and sizes when the trajectory is long enough; otherwise the smallest margin that
-    still fits the history (``before_frames``) and the last target (``after_frames``), and sizes scaled
-    down in proportion to the frames available."""
-    def candidates(margin: int) -> int:
-        return n_frames - 1 - 2 * margin  # peers drop the last frame (it has no velocity), then the margins
-
-    if margin_frames >= max(before_frames, after_frames) and candidates(margin_frames) >= sum(sizes):
-        return RandomStartPlan(margin_frames, tuple(sizes), False)
-    margin = max(before_frames, after_frames)
-    available = candidates(margin)
-    if available >= sum(sizes):
-        return RandomStartPlan(margin, tuple(sizes), True)
-    scaled = tuple(int(math.floor(size * available / sum(sizes))) for size in sizes)
-    if min(scaled) < 1:
-        raise UserError(f"{n_frames} frames are too few for random starts with {before_frames} frames of history "
-                        f"and a target {after_frames} frames ahead")
-    return RandomStartPlan(margin, scaled, True)
-
-
-def random_start_split(n_frames: int, plan: RandomStartPlan, seed: int = A_SEED) -> dict[str, np.ndarray]:
-    """Start frames per split, drawn like GMN/EGNO: ``np.random.seed(seed)``, then train, val and test each
-    chosen without replacement from the candidates not chosen before, offset by the margin."""
-    rng = np.random.RandomState(seed)  # the legacy global generator's stream, without touching global state
-    n_candidates = n_frames - 1 - 2 * plan.margin_frames
-    taken = np.zeros(n_candidates, dtype=bool)
-    starts = {}
-    for name, size in zip(SPLITS, plan.sizes):
-        rest = np.flatnonzero(~taken)
-        chosen = rng.choice(rest, size=size, replace=False)
-        taken[chosen] = True
-        starts[name] = chosen + plan.margin_frames
-    return starts
 
 
 def chronological_bounds(n_frames: int, fractions: tuple[float, float, float] = C_FRACTIONS) -> dict[str, tuple[int, int]]:
