@@ -28,13 +28,9 @@ def make_tiny_dataset(root: Path) -> Path:
     dataset = root / "ethanol-tiny"
     if (dataset / "manifest.json").is_file():
         return dataset
-    from asteroid_hpc.datagen.generate import XtbRunSpec, generate_xtb_netcdf
+    from asteroid_hpc.datagen.generate import small_ethanol_trajectory
 
-    root.mkdir(parents=True, exist_ok=True)
-    trajectory = root / "ethanol.nc"
-    if not trajectory.is_file():
-        spec = XtbRunSpec("ethanol", 240, seed=1, thermalize_steps=200, stride=2, chunk_frames=240)
-        generate_xtb_netcdf(spec, trajectory, progress=False)
+    trajectory = small_ethanol_trajectory(root / "ethanol.nc")
     proc = subprocess.run([sys.executable, "-m", "asteroid_hpc", "preprocess", str(trajectory), "-o", str(dataset),
                            "--config", str(TINY_CONFIG), "--no-progress"], capture_output=True, text=True,
                           env=cli_env(), timeout=300)

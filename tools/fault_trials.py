@@ -386,13 +386,9 @@ def make_training_dataset(root: Path) -> Path:
     dataset = root / "ethanol-tiny"
     if (dataset / "manifest.json").is_file():
         return dataset
-    from asteroid_hpc.datagen.generate import XtbRunSpec, generate_xtb_netcdf
+    from asteroid_hpc.datagen.generate import small_ethanol_trajectory
 
-    root.mkdir(parents=True, exist_ok=True)
-    trajectory = root / "ethanol.nc"
-    if not trajectory.is_file():
-        spec = XtbRunSpec("ethanol", 240, seed=1, thermalize_steps=200, stride=2, chunk_frames=240)
-        generate_xtb_netcdf(spec, trajectory, progress=False)
+    trajectory = small_ethanol_trajectory(root / "ethanol.nc")
     run_to_end(_cli("preprocess", trajectory, "-o", dataset, "--config", TINY_CONFIG, "--no-progress"), root)
     return dataset
 
