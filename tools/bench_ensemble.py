@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Ensemble-forecast benchmark on OpenMM Lennard-Jones argon boxes (real `asteroid-hpc ensemble-forecast` runs).
 
-1. Scaling: time per forecast frame of one member for N atoms (default 1e4 … 2e5), 1 rank; time(2N)/time(N).
+1. Scaling: time per forecast frame of one member for N atoms (default 1e4 … 2e5), 1 rank, median over
+   rounds that visit every size in turn; time(2N)/time(N) of the medians.
 2. Memory: peak RSS of one member for two horizons (it must not grow with the horizon).
 3. Members: wall time of 8 members on 2 ranks (mpiexec -n 2, 1 thread each) / 1 rank (2 threads, and 1 thread).
 4. Domains: one large member on 2 ranks by domain decomposition (--grid 1x2) / 1 rank.
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -84,7 +86,8 @@ def forecast(model: Path, initial: Path, outdir: Path, *settings: str, ranks: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 20000, 50000, 100000, 200000])
-    parser.add_argument("--horizon", type=int, default=4, help="frames per scaling run (2 passes of the bench model)")
+    parser.add_argument("--horizon", type=int, default=8, help="frames per scaling run (4 passes of the bench model)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds over the sizes; medians per size")
     parser.add_argument("--memory-atoms", type=int, default=100000)
     parser.add_argument("--memory-horizons", type=int, nargs=2, default=[4, 44])
     parser.add_argument("--members-atoms", type=int, default=10000)
@@ -103,16 +106,18 @@ def main() -> None:
                     "load_average_at_start": os.getloadavg(), "model": BENCH_MODEL, "cpus": os.cpu_count()}
 
     scaling = []
-    for n_atoms in args.sizes:
-        box = ensure_box(args.data_dir, n_atoms, frames)
-        row = forecast(model, box, runs / f"scale_{n_atoms}", "ensemble.members=1",
-                       f"ensemble.horizon_frames={args.horizon}", "ensemble.chunk_frames=2", threads=1)
-        row.update(n_atoms=n_atoms, seconds_per_frame=row["forecast_s"] / args.horizon)
-        scaling.append(row)
-        print(f"N={n_atoms:>7}: {row['seconds_per_frame']:.3f} s/frame, peak RSS {row['peak_rss_mb_max_rank']:.0f} MB",
-              flush=True)
-    by_size = {row["n_atoms"]: row["seconds_per_frame"] for row in scaling}
+    for round_index in range(args.repeats):  # sizes in turn, round after round: load changes hit every size
+        for n_atoms in args.sizes:
+            box = ensure_box(args.data_dir, n_atoms, frames)
+            row = forecast(model, box, runs / f"scale_{n_atoms}", "ensemble.members=1",
+                           f"ensemble.horizon_frames={args.horizon}", "ensemble.chunk_frames=2", threads=1)
+            row.update(n_atoms=n_atoms, round=round_index, seconds_per_frame=row["forecast_s"] / args.horizon)
+            scaling.append(row)
+            print(f"round {round_index} N={n_atoms:>7}: {row['seconds_per_frame']:.3f} s/frame, "
+                  f"peak RSS {row['peak_rss_mb_max_rank']:.0f} MB", flush=True)
+    by_size = {n: statistics.median(r["seconds_per_frame"] for r in scaling if r["n_atoms"] == n) for n in args.sizes}
     report["scaling"] = scaling
+    report["median_seconds_per_frame"] = by_size
     report["doubling_ratios"] = {f"{n}->{2 * n}": by_size[2 * n] / by_size[n] for n in by_size if 2 * n in by_size}
     print("time(2N)/time(N):", report["doubling_ratios"], flush=True)
 
