@@ -5,6 +5,7 @@ Import them as ``from helpers import ...`` (``conftest`` is ambiguous: tests/slu
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -57,3 +58,14 @@ def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> str
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
+
+
+def json_objects(text: str) -> list[dict]:
+    """Every JSON object in ``text``: mpiexec forwards the ranks' output in pieces, so two ranks' lines
+    can arrive joined ("{...}{...}\n\n") and a line-by-line parse would be flaky."""
+    decoder, found, at = json.JSONDecoder(), [], text.find("{")
+    while at != -1:
+        obj, end = decoder.raw_decode(text, at)
+        found.append(obj)
+        at = text.find("{", end)
+    return found

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from helpers import run_mpi
+from helpers import json_objects, run_mpi
 
 pytestmark = pytest.mark.mpi
 
@@ -27,7 +27,7 @@ def test_allreduce_through_project_helper(tmp_path):
     script.write_text(ALLREDUCE)
     proc = run_mpi(2, script, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    reports = sorted((json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")), key=lambda r: r["rank"])
+    reports = sorted(json_objects(proc.stdout), key=lambda r: r["rank"])
     assert [r["rank"] for r in reports] == [0, 1]
     for r in reports:
         assert r["size"] == 2 and r["total"] == 3 and r["vec"] == [3.0, 3.0, 3.0] and r["max"] == 1

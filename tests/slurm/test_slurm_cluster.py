@@ -3,12 +3,13 @@ dies, MASTER_ADDR resolution for torch.distributed, fake GPUs, and the submit he
 
 from __future__ import annotations
 
-import json
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from helpers import json_objects
 
 pytestmark = pytest.mark.slurm
 
@@ -19,10 +20,6 @@ FAILURE_DEADLINE_S = 60
 def _batch(body: str) -> str:
     return (f"#!/bin/bash\n#SBATCH --nodes={NODES}\n#SBATCH --ntasks-per-node={TASKS_PER_NODE}\n"
             f"#SBATCH --time=5\nset -euo pipefail\n{textwrap.dedent(body)}")
-
-
-def _records(stdout: str) -> list[dict]:
-    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
 def _write(path: Path, source: str) -> Path:
@@ -41,7 +38,7 @@ def test_mpi_allreduce_across_two_nodes(slurm_cluster, tmp_path):
     """)
     job = slurm_cluster.submit_text(_batch(f"srun --mpi=pmix python -m mpi4py {ranks}\n"), timeout=120)
     assert job.returncode == 0 and job.state == "COMPLETED", job.describe()
-    records = _records(job.stdout())
+    records = json_objects(job.stdout())
     world = NODES * TASKS_PER_NODE
     assert sorted(r["rank"] for r in records) == list(range(world)), job.describe()
     assert all(r["size"] == world and r["procid"] == r["rank"] for r in records), records
@@ -95,7 +92,7 @@ def test_master_addr_from_scontrol_resolves_for_torch_distributed(slurm_cluster,
     """
     job = slurm_cluster.submit_text(_batch(body), timeout=180)
     assert job.returncode == 0, job.describe()
-    records = _records(job.stdout())
+    records = json_objects(job.stdout())
     world = NODES * TASKS_PER_NODE
     assert len(records) == world, job.describe()
     assert {r["master"] for r in records} == {slurm_cluster.nodes[0]}, records
