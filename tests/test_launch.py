@@ -1,3 +1,5 @@
+import platform
+
 import pytest
 
 from asteroid_hpc.dist import choose_device, detect_launch, expand_nodelist, port_from_job_id
@@ -70,3 +72,19 @@ def test_job_id_ports_differ_and_are_valid():
 def test_device_choice(local_rank, gpus, device):
     info = LaunchInfo("slurm", local_rank, 8, local_rank, 8, "h", 1, "1", "h")
     assert choose_device(info, visible_gpus=gpus) == device
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_keep_freed_memory_is_accepted_by_glibc():
+    from asteroid_hpc.dist.allocator import keep_freed_memory
+
+    import numpy as np
+    import psutil
+
+    assert keep_freed_memory() is True
+    process = psutil.Process()
+    before = process.memory_info().rss
+    block = np.ones(96 << 20, dtype=np.uint8)  # above glibc's default mmap threshold (at most 32 MB)
+    del block
+    # kept in the heap for the next allocation instead of unmapped (default glibc: RSS falls back)
+    assert process.memory_info().rss - before > 64 << 20

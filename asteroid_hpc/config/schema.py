@@ -175,6 +175,7 @@ class EnsembleConfig:
     seed: int = 0
     domains: int = 1  # ranks that share one member by spatial domain decomposition
     chunk_frames: int = 50  # frames flushed to disk at a time
+    keep_freed_memory: bool = True  # glibc: reuse freed activations (faster at >= 1e5 atoms, peak RSS +25-50 %)
 
     def __post_init__(self) -> None:
         _check(self.members >= 1, "ensemble.members must be >= 1")

@@ -59,6 +59,7 @@ def run_ensemble(cfg: AsteroidConfig, model_path: str | os.PathLike, initial_pat
     import torch
 
     from ..config import config_hash
+    from ..dist.allocator import keep_freed_memory
     from ..dist.device import setup_torch_threads
     from ..dist.runinfo import startup_summary
     from ..model import load_weights
@@ -70,6 +71,8 @@ def run_ensemble(cfg: AsteroidConfig, model_path: str | os.PathLike, initial_pat
     if outdir.exists() and not outdir.is_dir():
         raise user_error(outdir, "exists and is not a directory")
     threads = setup_torch_threads(info)
+    if cfg.ensemble.keep_freed_memory:  # every pass reallocates the same large activations
+        keep_freed_memory()
     weights = resolve_model(model_path, outdir, w)
     model = load_weights(weights, device=device).eval()
     m = model.cfg.history_frames
