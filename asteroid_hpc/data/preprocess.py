@@ -187,8 +187,9 @@ def _previous_frame(reader: TrajectoryReader, frames: _Frames, frame: int) -> tu
 
 
 def write_shard(reader: TrajectoryReader, plan: Plan, shard: Shard, cfg, outdir: Path,
-                linked_to_previous: bool) -> dict:
-    """Stream the shard's frames into its NetCDF file; return its record (without size and checksum)."""
+                linked_to_previous: bool, every: int) -> dict:
+    """Stream the shard's frames into its NetCDF file; return its record (without size and checksum).
+    ``every``: the statistics sample every ``every``-th frame (:func:`stats_every`)."""
     data = cfg.data
     source = plan.sources[shard.source]
     frames = _Frames(plan, data.center, data.drop_nonfinite, source.path)
@@ -198,7 +199,6 @@ def write_shard(reader: TrajectoryReader, plan: Plan, shard: Shard, cfg, outdir:
     timestep_ps = plan.timestep_fs / 1000.0
     stats = None
     if shard.split in STATS_SPLITS:
-        every = stats_every(plan, data.stats_max_frames)
         before = _previous_frame(reader, frames, shard.frame_start - 1) \
             if linked_to_previous and shard.frame_start % every == 0 else None
         stats = _ShardStatistics(every, before)
@@ -301,6 +301,7 @@ def _lower_priority() -> None:
 
 def _process_my_shards(plan: Plan, cfg, outdir: Path, rank: int, size: int, progress: bool):
     mine = [s for s in plan.shards if s.index % size == rank]
+    every = stats_every(plan, cfg.data.stats_max_frames)  # once: it sums over all shards
     previous = {s.index: p for p, s in zip(plan.shards, plan.shards[1:])}
     readers: dict[int, TrajectoryReader] = {}
     futures: dict[int, Future] = {}
@@ -323,7 +324,7 @@ def _process_my_shards(plan: Plan, cfg, outdir: Path, rank: int, size: int, prog
                 prev = previous.get(shard.index)
                 linked = prev is not None and (prev.source, prev.split, prev.frame_stop) == \
                     (shard.source, shard.split, shard.frame_start)
-                record = write_shard(readers[shard.source], plan, shard, cfg, outdir, linked)
+                record = write_shard(readers[shard.source], plan, shard, cfg, outdir, linked, every)
                 futures[shard.index] = pool.submit(_seal_shard, outdir, shard, record, plan.key, rank)
                 if delay_s:
                     time.sleep(delay_s)
