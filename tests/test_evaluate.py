@@ -8,7 +8,7 @@ import pytest
 
 from helpers import REPO, assert_user_error, run_cli
 from asteroid_hpc.errors import UserError
-from asteroid_hpc.evaluation import Trajectory, constant_velocity_forecast, persistence_forecast, protocol_a, protocol_b, protocol_c, score_samples
+from asteroid_hpc.evaluation import Trajectory, constant_velocity_forecast, history_mean_forecast, persistence_forecast, protocol_a, protocol_b, protocol_c, score_samples
 from asteroid_hpc.evaluation.protocols import (RandomStartPlan, chronological_bounds, protocol_a_offsets, random_start_plan,
                                                random_start_split, to_file_frames, window_starts)
 
@@ -38,11 +38,23 @@ def test_baselines_on_a_constant_velocity_trajectory():
     assert persistence[0, 2] == pytest.approx(history[0, -1])
 
 
+def test_history_mean_recovers_the_centre_of_an_oscillation_sampled_over_whole_periods():
+    rng = np.random.default_rng(1)
+    centre, amplitude = rng.normal(size=(4, 3)), rng.normal(size=(4, 3)) * 0.1
+    period = 8  # frames; the 16-frame history covers two whole periods, the targets sit at whole periods
+    frames = centre + amplitude * np.sin(2 * np.pi * np.arange(64) / period)[:, None, None]
+    history, lead_steps = frames[None, :16], np.array([period, 2 * period])
+    forecast = history_mean_forecast(history, lead_steps)
+    assert forecast.shape == (1, 2, 4, 3)
+    assert np.abs(forecast[0, 0] - centre).max() < 1e-12
+    assert np.abs(forecast - history.mean(axis=1, keepdims=True)).max() < 1e-12
+
+
 def test_score_samples_puts_model_and_baselines_on_the_same_samples():
     samples = protocol_c(_index_trajectory(2000), split="test", history_frames=10)
     perfect = samples.target.copy()
     result = score_samples(samples, perfect, expected_history_frames=10)
-    assert set(result.headline) == {"ASTEROID", "persistence", "constant velocity"}
+    assert set(result.headline) == {"ASTEROID", "persistence", "constant velocity", "history mean"}
     assert result.headline["ASTEROID"]["ADE"] == 0.0
     # positions grow linearly with the frame index: constant velocity is exact, persistence is not
     assert result.headline["constant velocity"]["FDE"] == pytest.approx(0.0, abs=1e-9)
@@ -277,7 +289,7 @@ def test_evaluate_window_protocol_on_a_preprocessed_dataset(tmp_path, tiny_model
     (result,) = json.loads((out / "results.json").read_text())["protocols"]
     assert result["protocol"] == "window" and result["n_samples"] == 5
     assert result["lead_time_fs"] == pytest.approx([5.0 * k for k in range(1, 7)])  # 2 frames of 2.5 fs
-    assert set(result["headline"]) == {"ASTEROID", "persistence", "constant velocity"}
+    assert set(result["headline"]) == {"ASTEROID", "persistence", "constant velocity", "history mean"}
 
 
 def test_clean_prefix_is_outside_every_evaluation_window():
@@ -308,7 +320,9 @@ def test_baselines_only_run_on_a_constant_velocity_trajectory(tmp_path, capsys):
     proc = _run_in_process(capsys, "evaluate", "none", traj, "-o", tmp_path / "out", "--protocol", "C")
     assert proc.returncode == 0, proc.stderr
     (result,) = json.loads((tmp_path / "out" / "results.json").read_text())["protocols"]
-    assert set(result["headline"]) == {"persistence", "constant velocity"} and result["history_frames"] == 10
+    assert set(result["headline"]) == {"persistence", "constant velocity", "history mean"} and result["history_frames"] == 10
     assert result["headline"]["constant velocity"]["FDE"] == pytest.approx(0.0, abs=1e-4)
     assert result["headline"]["persistence"]["FDE"] == pytest.approx(np.sqrt(3) * 0.2, rel=1e-3)  # 200 frames
+    # the mean of history frames 0, 10, ..., 90 is frame 45, 245 frames before the last target
+    assert result["headline"]["history mean"]["FDE"] == pytest.approx(np.sqrt(3) * 0.245, rel=1e-3)
     assert "the baselines are given 10 history frames" in proc.stdout

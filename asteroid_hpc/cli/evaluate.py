@@ -1,4 +1,4 @@
-"""``asteroid-hpc evaluate``: score an exported model beside persistence and constant velocity."""
+"""``asteroid-hpc evaluate``: score an exported model beside the trivial baselines."""
 
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ def command(model, dataset, out_dir, protocols, split, history_frames, max_sampl
     """Evaluate MODEL (exported weights, or "none" for the baselines alone) on DATASET (a trajectory file
     or a preprocessed dataset directory).
 
-    Prints a markdown table per protocol (model, persistence, constant velocity on the very same samples)
+    Prints a markdown table per protocol (model, persistence, constant velocity and history mean on the very
+    same samples)
     and writes it to OUT/results.md, with OUT/results.json and OUT/error_vs_lead_time.png.
     """
     from pathlib import Path

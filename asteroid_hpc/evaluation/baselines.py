@@ -37,4 +37,13 @@ def constant_velocity_forecast(history, lead_steps) -> np.ndarray:
     return (last + steps.reshape(1, -1, 1, 1) * velocity).astype(history.dtype)
 
 
-BASELINES = {"persistence": persistence_forecast, "constant velocity": constant_velocity_forecast}
+def history_mean_forecast(history, lead_steps) -> np.ndarray:
+    """The mean of the observed frames, repeated at every lead time: the forecast of a process that
+    forgets its state, which a model far beyond the correlation time of the motion should at least match."""
+    history, steps = _check(history, lead_steps)
+    mean = history.mean(axis=1, keepdims=True, dtype=np.float64).astype(history.dtype)
+    return np.repeat(mean, steps.size, axis=1)
+
+
+BASELINES = {"persistence": persistence_forecast, "constant velocity": constant_velocity_forecast,
+             "history mean": history_mean_forecast}

@@ -71,7 +71,8 @@ def results_markdown(results: list[ProtocolResult], header: dict) -> str:
     lines = ["# Evaluation", "", f"- model: `{header['model']}`", f"- data: `{header['data']}`",
              f"- command: `{header['command']}`", "- MSE: per-coordinate squared error (mean over atoms and x, y, z)",
              "- baselines, from the same history: persistence repeats the last frame; constant velocity is "
-             "x_last + k·(x_last − x_previous), k counted in history spacings", ""]
+             "x_last + k·(x_last − x_previous), k counted in history spacings; history mean is the mean of the "
+             "history frames", ""]
     return "\n".join(lines) + "\n" + "\n".join(protocol_markdown(r) for r in results)
 
 
