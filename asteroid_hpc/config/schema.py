@@ -28,6 +28,7 @@ class DataConfig:
     dataset: str = ""  # preprocessed dataset directory (output of `preprocess`, input of train/evaluate)
     frames_per_shard: int = 4096
     frame_stride: int = 1  # keep every k-th input frame
+    stride_phases: int = 1  # read each input as this many subsamplings, offsets k·frame_stride/stride_phases
     atom_selection: str = "all"  # "all", "heavy", or "indices:0,1,5-9"
     center: bool = True  # subtract each frame's centroid when preprocessing
     split: str = "chronological"  # "chronological" (gap between splits) or "random_start" (protocol A)
@@ -47,6 +48,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check(self.frames_per_shard >= 1, "data.frames_per_shard must be >= 1")
         _check(self.frame_stride >= 1, "data.frame_stride must be >= 1")
+        _check(self.stride_phases >= 1 and self.frame_stride % self.stride_phases == 0,
+               "data.stride_phases must be >= 1 and divide data.frame_stride")
         _check(self.chunk_frames >= 1, "data.chunk_frames must be >= 1")
         _check(self.stats_max_frames >= 0, "data.stats_max_frames must be >= 0")
         _check(self.horizon_frames >= 1, "data.horizon_frames must be >= 1")

@@ -1,8 +1,10 @@
 """The preprocessing plan: which input frames go to which shard and split. Pure, cheap (headers only).
 
-Frame numbering: after the frame stride, frame ``k`` of a source is its raw frame ``k * stride``; all
-frame ranges in the plan and the manifest use this strided numbering. Each source file is its own time
-series ("segment"): no shard, split range or window ever spans two sources.
+Frame numbering: after the frame stride, frame ``k`` of a source is its raw frame ``offset + k * stride``;
+all frame ranges in the plan and the manifest use this strided numbering. Each source is its own time
+series ("segment"): no shard, split range or window ever spans two sources. With ``data.stride_phases = P``
+every input file gives P sources, its subsamplings at offsets 0, stride/P, 2·stride/P, … (P times the
+long-stride windows one trajectory yields).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Source:
     n_frames: int  # after the stride
     n_atoms: int
     timestep_ps: float | None  # of the raw frames, from the file
+    frame_offset: int = 0  # raw frame of strided frame 0 (data.stride_phases)
 
 
 @dataclass
@@ -61,6 +64,10 @@ class Plan:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def raw_frame(self, source: int, frame: int) -> int:
+        """The input file's frame number of strided frame ``frame`` of source ``source``."""
+        return self.sources[source].frame_offset + frame * self.frame_stride
 
 
 def expand_inputs(patterns: list[str]) -> list[Path]:
@@ -125,12 +132,14 @@ def topology_numbers(path: str) -> np.ndarray:
         raise user_error(path, f"cannot read atomic numbers ({type(exc).__name__}: {exc})") from None
 
 
-def inspect_sources(paths: list[Path], stride: int, topology: str | None) -> tuple[list[Source], np.ndarray]:
-    """Open every input's header, check that they agree, and return them with the atomic numbers."""
+def inspect_sources(paths: list[Path], stride: int, topology: str | None,
+                    phases: int = 1) -> tuple[list[Source], np.ndarray]:
+    """Open every input's header, check that they agree, and return its ``phases`` subsamplings as
+    sources, with the atomic numbers."""
     sources: list[Source] = []
     numbers = topology_numbers(topology) if topology else None
     first: Path | None = None
-    for i, path in enumerate(paths):
+    for path in paths:
         with TrajectoryReader(path) as reader:
             if reader.n_frames == 0:
                 raise user_error(path, "empty trajectory (0 frames)")
@@ -146,9 +155,13 @@ def inspect_sources(paths: list[Path], stride: int, topology: str | None) -> tup
             if numbers is not None and len(numbers) != reader.n_atoms:
                 raise user_error(topology or path, f"{len(numbers)} atomic numbers for {reader.n_atoms} atoms")
             stat = path.stat()
-            sources.append(Source(i, str(path.resolve()), reader.format, stat.st_size, stat.st_mtime_ns,
-                                  reader.n_frames, -(-reader.n_frames // stride), reader.n_atoms,
-                                  reader.timestep_ps))
+            for offset in range(0, stride, stride // phases):
+                if offset >= reader.n_frames:
+                    raise user_error(path, f"{reader.n_frames} frames: too few for data.stride_phases={phases} "
+                                           f"(phase offset {offset} frames)")
+                sources.append(Source(len(sources), str(path.resolve()), reader.format, stat.st_size,
+                                      stat.st_mtime_ns, reader.n_frames, -(-(reader.n_frames - offset) // stride),
+                                      reader.n_atoms, reader.timestep_ps, offset))
             first = first or path
     if numbers is None:
         raise user_error(paths[0], "no atomic numbers in the input (no 'atomic_number' variable): "
@@ -197,7 +210,7 @@ def make_plan(inputs: list[str], cfg, topology: str | None = None) -> Plan:
     data = cfg.data
     paths = expand_inputs(inputs)
     stride = data.frame_stride
-    sources, numbers = inspect_sources(paths, stride, topology)
+    sources, numbers = inspect_sources(paths, stride, topology, data.stride_phases)
     atom_indices = parse_atom_selection(data.atom_selection, numbers, str(paths[0]))
     timestep_fs = dataset_timestep_fs(sources, stride, data.timestep_fs)
     history, horizon = cfg.model.history_frames, data.horizon_frames

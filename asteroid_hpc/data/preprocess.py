@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from ..dist.logs import get_logger
 from ..errors import UserError, user_error
 from .amber import AmberWriter
 from .manifest import FORMAT, MANIFEST, SCHEMA_VERSION, write_json_atomic
-from .plan import Plan, Shard, make_plan
+from .plan import Plan, Shard, Source, make_plan
 from .readers import TrajectoryReader
 from .stats import RunningMoments
 
@@ -116,13 +117,13 @@ def cleanup_failed(outdir: Path) -> None:
 class _Frames:
     """Selection, checks and centring applied to every chunk of input frames."""
 
-    def __init__(self, plan: Plan, center: bool, drop_nonfinite: bool, source_path: str) -> None:
+    def __init__(self, plan: Plan, center: bool, drop_nonfinite: bool, source: Source) -> None:
         self.atom_indices = None if plan.atom_indices == list(range(plan.sources[0].n_atoms)) \
             else np.asarray(plan.atom_indices)
         self.center = center
         self.drop_nonfinite = drop_nonfinite
-        self.path = source_path
-        self.stride = plan.frame_stride
+        self.path = source.path
+        self.raw_frame = partial(plan.raw_frame, source.index)  # strided frame -> the input file's frame
 
     def __call__(self, coords: np.ndarray, first_frame: int) -> tuple[np.ndarray, np.ndarray]:
         """(kept frames float32 [F', n, 3], their strided frame indices), in one pass for the checks
@@ -136,7 +137,7 @@ class _Frames:
         finite = np.isfinite(sums).all(axis=1)
         if not finite.all():
             if not self.drop_nonfinite:
-                bad = int(index[np.argmin(finite)]) * self.stride
+                bad = self.raw_frame(int(index[np.argmin(finite)]))
                 raise user_error(self.path, f"non-finite coordinates (NaN or Inf) in frame {bad}; pass "
                                             "--drop-nonfinite to skip such frames")
             x, sums, index = x[finite], sums[finite], index[finite]
@@ -178,7 +179,7 @@ def stats_every(plan: Plan, max_frames: int) -> int:
 def _previous_frame(reader: TrajectoryReader, frames: _Frames, frame: int) -> tuple[np.ndarray, int] | None:
     """The frame just before a shard (same source and split), for the displacement across the boundary,
     or None when it is non-finite (dropped or reported by the shard holding it)."""
-    coords = reader.read(frame * frames.stride, frame * frames.stride + 1).coordinates
+    coords = reader.read(frames.raw_frame(frame), frames.raw_frame(frame) + 1).coordinates
     selected = coords if frames.atom_indices is None else coords[:, frames.atom_indices]
     if not np.isfinite(selected).all():
         return None
@@ -192,7 +193,7 @@ def write_shard(reader: TrajectoryReader, plan: Plan, shard: Shard, cfg, outdir:
     ``every``: the statistics sample every ``every``-th frame (:func:`stats_every`)."""
     data = cfg.data
     source = plan.sources[shard.source]
-    frames = _Frames(plan, data.center, data.drop_nonfinite, source.path)
+    frames = _Frames(plan, data.center, data.drop_nonfinite, source)
     stride = plan.frame_stride
     raw_frame_bytes = source.n_atoms * 3 * 8 * (stride if stride <= 8 else 1)
     chunk_frames = max(1, min(data.chunk_frames, MAX_CHUNK_BYTES // raw_frame_bytes))
@@ -213,14 +214,14 @@ def write_shard(reader: TrajectoryReader, plan: Plan, shard: Shard, cfg, outdir:
     # One I/O thread makes every netCDF call of the loop, in order (the C library is not thread-safe):
     # it reads chunk k+1 and writes chunk k-1 while this thread checks and transforms chunk k.
     io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netcdf-io")
-    raw_stop = (shard.frame_stop - 1) * stride + 1
-    chunks = reader.iter_chunks(chunk_frames, shard.frame_start * stride, raw_stop, stride)
+    chunks = reader.iter_chunks(chunk_frames, frames.raw_frame(shard.frame_start),
+                                frames.raw_frame(shard.frame_stop - 1) + 1, stride)
     pending_write: Future | None = None
     try:
         next_chunk = io.submit(next, chunks, None)
         while (chunk := next_chunk.result()) is not None:
             next_chunk = io.submit(next, chunks, None)
-            first = chunk.start // stride
+            first = (chunk.start - source.frame_offset) // stride
             x, index = frames(chunk.coordinates, first)
             if len(index) < len(chunk.coordinates):
                 dropped.extend(sorted(set(range(first, first + len(chunk.coordinates))) - set(index.tolist())))
@@ -229,7 +230,7 @@ def write_shard(reader: TrajectoryReader, plan: Plan, shard: Shard, cfg, outdir:
                 check = np.concatenate([[last_time], t]) if last_time is not None else t
                 bad = np.flatnonzero(np.diff(check) <= 0)
                 if len(bad):
-                    raw = int(index[bad[0] + (0 if last_time is not None else 1)]) * stride
+                    raw = frames.raw_frame(int(index[bad[0] + (0 if last_time is not None else 1)]))
                     raise user_error(source.path, f"time is not increasing (non-monotonic time) at frame {raw}")
             else:
                 t = index * timestep_ps
@@ -303,13 +304,17 @@ def _process_my_shards(plan: Plan, cfg, outdir: Path, rank: int, size: int, prog
     mine = [s for s in plan.shards if s.index % size == rank]
     every = stats_every(plan, cfg.data.stats_max_frames)  # once: it sums over all shards
     previous = {s.index: p for p, s in zip(plan.shards, plan.shards[1:])}
-    readers: dict[int, TrajectoryReader] = {}
+    readers: dict[str, TrajectoryReader] = {}  # by input file
     futures: dict[int, Future] = {}
     records: dict[int, dict] = {}
     error: tuple[int, str] | None = None
     delay_s = float(os.environ.get(SHARD_DELAY_ENV, "0") or 0)
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checksum", initializer=_lower_priority)
-    source_hashes = {s.index: pool.submit(file_digest, s.path, "blake3") for s in plan.sources if s.index % size == rank}
+    first_source_of = {}  # input file -> its first source (phases of one file share the file)
+    for s in plan.sources:
+        first_source_of.setdefault(s.path, s.index)
+    source_hashes = {path: pool.submit(file_digest, path, "blake3")
+                     for path, index in first_source_of.items() if index % size == rank}
     bar = _progress_bar(len(mine), enabled=progress and rank == 0)
     reused = 0
     try:
@@ -319,12 +324,13 @@ def _process_my_shards(plan: Plan, cfg, outdir: Path, rank: int, size: int, prog
                 records[shard.index] = record
                 reused += 1
             else:
-                if shard.source not in readers:
-                    readers[shard.source] = TrajectoryReader(plan.sources[shard.source].path)
+                path = plan.sources[shard.source].path
+                if path not in readers:
+                    readers[path] = TrajectoryReader(path)
                 prev = previous.get(shard.index)
                 linked = prev is not None and (prev.source, prev.split, prev.frame_stop) == \
                     (shard.source, shard.split, shard.frame_start)
-                record = write_shard(readers[shard.source], plan, shard, cfg, outdir, linked, every)
+                record = write_shard(readers[path], plan, shard, cfg, outdir, linked, every)
                 futures[shard.index] = pool.submit(_seal_shard, outdir, shard, record, plan.key, rank)
                 if delay_s:
                     time.sleep(delay_s)
@@ -382,10 +388,10 @@ def _check_time_across_shards(plan: Plan, records: list[dict]) -> None:
             if a["time_last_ps"] is not None and b["time_first_ps"] is not None \
                     and b["time_first_ps"] <= a["time_last_ps"]:
                 raise user_error(plan.sources[source].path, "time is not increasing (non-monotonic time) at "
-                                                            f"frame {b['frame_start'] * plan.frame_stride}")
+                                                            f"frame {plan.raw_frame(source, b['frame_start'])}")
 
 
-def build_manifest(plan: Plan, cfg, records: list[dict], source_hashes: dict[int, str]) -> dict:
+def build_manifest(plan: Plan, cfg, records: list[dict], source_hashes: dict[str, str]) -> dict:
     from .. import __version__
     from ..config import to_dict
 
@@ -396,8 +402,9 @@ def build_manifest(plan: Plan, cfg, records: list[dict], source_hashes: dict[int
     keep = ("index", "file", "source", "split", "frame_start", "frame_stop", "n_frames", "dropped_frames",
             "time_first_ps", "time_last_ps", "size_bytes", "sha256")
     sources = [{"index": s.index, "path": s.path, "format": s.format, "size_bytes": s.size_bytes,
-                "blake3": source_hashes[s.index], "n_frames_raw": s.n_frames_raw, "n_frames": s.n_frames,
-                "n_atoms": s.n_atoms, "timestep_ps": s.timestep_ps} for s in plan.sources]
+                "blake3": source_hashes[s.path], "n_frames_raw": s.n_frames_raw, "n_frames": s.n_frames,
+                "frame_offset": s.frame_offset, "n_atoms": s.n_atoms, "timestep_ps": s.timestep_ps}
+               for s in plan.sources]
     return {
         "format": FORMAT,
         "schema_version": SCHEMA_VERSION,
