@@ -1,23 +1,35 @@
-"""Write a small file so that readers see either the old one or the whole new one, never a part."""
+"""Write files so that readers see either the old one or the whole new one, never a part."""
 
 from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
+    """Yield ``path.tmp-<pid><suffix>`` to write; rename it to ``path`` when the block completes, delete
+    it when the block raises. ``suffix`` keeps an extension some writers insist on (``np.savez``)."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``path`` through ``path.tmp-<pid>``, flushed to disk, then an atomic rename."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    return path
+    """Write ``path`` through :func:`atomic_output`, flushed to disk before the rename."""
+    with atomic_output(path) as tmp:
+        with open(tmp, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+    return Path(path)
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int = 1, sort_keys: bool = True) -> Path:

@@ -155,10 +155,9 @@ def main() -> None:
         print("domains:", report["domains"], flush=True)
     report["load_average_at_end"] = os.getloadavg()
     if args.out:
-        tmp = f"{args.out}.tmp-{os.getpid()}"
-        with open(tmp, "w") as handle:
-            json.dump(report, handle, indent=2)
-        os.replace(tmp, args.out)
+        from asteroid_hpc.atomic import write_json_atomic
+
+        write_json_atomic(args.out, report, indent=2, sort_keys=False)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,12 @@ for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # 
     os.environ[_name] = "1"
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
+    from asteroid_hpc.atomic import write_json_atomic
     from asteroid_hpc.dist import setup_logging
     from asteroid_hpc.errors import UserError
     from asteroid_hpc.evaluation.cost import measure_cost
@@ -49,10 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(report.markdown())
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_name(f"{args.output.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({**report.as_dict(), "command": " ".join(["python", "tools/cost_report.py", *sys.argv[1:]])},
-                              indent=2) + "\n")
-    os.replace(tmp, args.output)
+    command = " ".join(["python", "tools/cost_report.py", *sys.argv[1:]])
+    write_json_atomic(args.output, {**report.as_dict(), "command": command}, indent=2, sort_keys=False)
     print(f"wrote {args.output}")
     return 0
 

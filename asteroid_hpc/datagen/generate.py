@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_output, write_text_atomic
 from ..dist import get_logger
 from ..errors import user_error
 from .energy import check_conservation, measure_conservation
@@ -86,9 +87,8 @@ def _chunk_path(chunks: Path, index: int) -> Path:
 
 
 def _save_atomic_npz(path: Path, **arrays) -> None:
-    tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_output(path, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
 
 
 def _complete_chunks(chunks: Path, n_chunks: int) -> int:
@@ -122,9 +122,7 @@ def _check_spec(spec: XtbRunSpec, chunks: Path) -> None:
             raise user_error(chunks, f"unfinished run made with other settings ({', '.join(diff)}); "
                                       "delete it or rerun with the same settings")
         return
-    tmp = meta.with_name(f"spec.json.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(wanted, indent=1))
-    os.replace(tmp, meta)
+    write_text_atomic(meta, json.dumps(wanted, indent=1))
 
 
 class _Progress:
@@ -241,9 +239,7 @@ def _finish(spec: XtbRunSpec, chunks: Path, out_path: Path, mol, write_velocitie
     report = GenerationReport(spec=asdict(spec), output=str(out_path), n_atoms=mol.n_atoms, wall_seconds=seconds,
                               production_steps=steps, ms_per_step=ms_per_step, energy=energy.as_dict())
     report_path = out_path.with_name(out_path.name + ".json")
-    tmp = report_path.with_name(f"{report_path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(asdict(report), indent=1))
-    os.replace(tmp, report_path)
+    write_text_atomic(report_path, json.dumps(asdict(report), indent=1))
     shutil.rmtree(chunks)
     log.info("%s: wrote %d frames of %d atoms (%.2f ms/step)", out_path, spec.n_frames, mol.n_atoms, ms_per_step)
     return report

@@ -14,7 +14,6 @@ reference must have the forecast's frame spacing (every ``data.frame_stride``-th
 
 from __future__ import annotations
 
-import os
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..atomic import atomic_output
 from ..data.amber import NETCDF3_FORMAT, AmberReader, AmberWriter
 from ..errors import user_error
 from ..metrics.ensemble import crps_per_lead_time, ensemble_mean, ensemble_spread_per_atom, rmsd, rmsd_per_lead_time
@@ -51,6 +51,7 @@ def write_summary(outdir: Path, members: int, horizon_frames: int, chunk_frames:
     totals = {"spread_rms_sum": 0.0, "crps_sum": 0.0, "scored": 0}
     last = {}
     with ExitStack() as stack:
+        nc_tmp = stack.enter_context(atomic_output(outdir / "summary.nc"))  # exits last: renamed when all is closed
         readers = [stack.enter_context(AmberReader(member_path(outdir, m))) for m in range(members)]
         for m, reader in enumerate(readers):
             if reader.n_frames != horizon_frames or reader.n_atoms != n_atoms:
@@ -61,7 +62,6 @@ def write_summary(outdir: Path, members: int, horizon_frames: int, chunk_frames:
             raise user_error(reference.path, f"has {ref_reader.n_atoms} atoms, the ensemble has {n_atoms}")
         mean_writer = stack.enter_context(AmberWriter(outdir / "mean.nc", n_atoms, atomic_numbers,
                                                       timestep_ps=timestep_ps, title="asteroid-hpc ensemble mean"))
-        nc_tmp = outdir / f"summary.nc.tmp-{os.getpid()}"
         nc = stack.enter_context(netCDF4.Dataset(nc_tmp, "w", format=NETCDF3_FORMAT))
         variables = _create_summary_variables(nc, members, n_atoms, reference is not None)
         for first in range(0, horizon_frames, block):
@@ -81,7 +81,6 @@ def write_summary(outdir: Path, members: int, horizon_frames: int, chunk_frames:
             if ref_reader is not None:
                 _score_block(variables, coords, mean, ref_reader, reference.start_frame, first, stop, totals, last)
         nc.sync()
-    os.replace(nc_tmp, outdir / "summary.nc")
     summary = {
         "members": members, "horizon_frames": horizon_frames, "n_atoms": n_atoms, "timestep_ps": timestep_ps,
         "files": {"members": "members/member_NNNNN.nc", "mean": "mean.nc", "per_lead_time": "summary.nc"},

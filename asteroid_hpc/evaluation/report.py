@@ -5,12 +5,12 @@ Every file is written as ``<name>.tmp-<pid>`` and renamed when complete.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict
 from pathlib import Path
 
+from ..atomic import atomic_output, write_json_atomic, write_text_atomic
 from .run import MODEL_LABEL, ProtocolResult
 
 RESULTS_MD = "results.md"
@@ -76,15 +76,6 @@ def results_markdown(results: list[ProtocolResult], header: dict) -> str:
     return "\n".join(lines) + "\n" + "\n".join(protocol_markdown(r) for r in results)
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def plot_error_vs_lead_time(results: list[ProtocolResult], path: Path) -> None:
     import matplotlib
 
@@ -103,7 +94,8 @@ def plot_error_vs_lead_time(results: list[ProtocolResult], path: Path) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     try:
-        _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
     finally:
         plt.close(fig)
 
@@ -114,7 +106,7 @@ def write_outputs(results: list[ProtocolResult], out_dir: str | os.PathLike, hea
     out.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out / RESULTS_MD, "json": out / RESULTS_JSON, "plot": out / PLOT_PNG}
     record = {**header, "protocols": [asdict(r) for r in results]}
-    _atomic_write(paths["json"], lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
-    _atomic_write(paths["markdown"], lambda tmp: tmp.write_text(results_markdown(results, header)))
+    write_json_atomic(paths["json"], record, indent=2, sort_keys=False)
+    write_text_atomic(paths["markdown"], results_markdown(results, header))
     plot_error_vs_lead_time(results, paths["plot"])
     return paths

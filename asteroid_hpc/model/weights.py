@@ -7,6 +7,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+from ..atomic import atomic_output
 from ..config.schema import ModelConfig
 from ..errors import user_error
 from .asteroid import Asteroid
@@ -18,15 +19,10 @@ def save_weights(model: Asteroid, path: str | os.PathLike) -> Path:
     """Write ``model``'s parameters to ``path`` (written as ``path.tmp-<pid>``, then renamed)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    try:
+    with atomic_output(path) as tmp:
         save_file(state, str(tmp), metadata={CONFIG_KEY: json.dumps(asdict(model.cfg), sort_keys=True)})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def load_weights(path: str | os.PathLike, device: str = "cpu") -> Asteroid:

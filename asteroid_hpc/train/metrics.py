@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from ..atomic import write_text_atomic
 from ..dist.logs import get_logger
 
 log = get_logger(__name__)
@@ -39,9 +40,7 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     if not path.is_file():
         return
     kept = [r for r in read_metrics(path) if r.get("step", 0) <= last_step]
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 class MetricsWriter:
