@@ -288,3 +288,55 @@ def test_validation_indices_do_not_depend_on_world_size():
     assert len(two[0]) == len(two[1]) == 4
     assert sorted(one) == sorted(two[0] + two[1]) and one[0] == 0 and one[-1] == 99
     assert validation_indices(1, per_rank=4, rank=0, world_size=2) == []
+
+
+# ----------------------------------------------------------------------------------- forecast loss
+
+class _PlainEngine:
+    """The three calls the optimizer step makes of a DeepSpeed engine, on a plain module."""
+
+    def __init__(self, module) -> None:
+        self.module = module
+
+    def __call__(self, *args):
+        return self.module(*args)
+
+    def backward(self, loss) -> None:
+        loss.backward()
+
+    def step(self) -> None:
+        pass
+
+
+class _OneBatch:
+    def __init__(self, batch: dict) -> None:
+        self.batch = batch
+
+    def next(self) -> dict:
+        return self.batch
+
+
+@pytest.mark.parametrize("teacher_forcing", [True, False])
+def test_forecast_loss_scores_the_rollout_the_config_names(teacher_forcing):
+    """train.teacher_forcing=false puts the forecast loss on the model's own iterated forecast (what
+    validation and evaluation score); true on passes that see the true previous frames."""
+    import torch
+
+    from asteroid_hpc.config.schema import ModelConfig
+    from asteroid_hpc.model import build_model
+    from asteroid_hpc.train.trainer import LOSS_TERMS, _optimizer_step
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(history_frames=6, delay_length=3, hidden_size=16, num_heads=2, encoder_layers=1,
+                                    decoder_layers=1, attention="full", symmetry="equivariant")).double()
+    frames = torch.cumsum(torch.randn(2, 12, 5, 3, dtype=torch.float64) * 0.1, dim=1)
+    batch = {"history": frames[:, :6], "target": frames[:, 6:], "atomic_numbers": torch.tensor([6, 6, 8, 1, 1])}
+    with torch.no_grad():
+        free = model(batch["history"], batch["atomic_numbers"], 6).forecast
+        forced = model(batch["history"], batch["atomic_numbers"], 6, batch["target"]).forecast
+    expected = {mode: float((f - batch["target"]).pow(2).mean()) for mode, f in ((False, free), (True, forced))}
+    assert abs(expected[True] - expected[False]) > 1e-6 * expected[False]  # 6 frames = 3 passes: they differ
+    sums, _ = _optimizer_step(_PlainEngine(model), _OneBatch(batch), TrainConfig(teacher_forcing=teacher_forcing),
+                              "cpu", torch.float64, want_grad_norm=False)
+    assert float(sums[1 + LOSS_TERMS.index("forecast")]) == pytest.approx(expected[teacher_forcing], rel=1e-9)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

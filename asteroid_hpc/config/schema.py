@@ -142,6 +142,7 @@ class TrainConfig:
     early_stopping_patience: int = 0  # validations without improvement before stopping; 0 = off
     log_every: int = 10
     loss_weights: LossWeights = field(default_factory=LossWeights)
+    teacher_forcing: bool = True  # forecast loss on teacher-forced passes; false: on the free-running rollout
     deepspeed: dict[str, Any] = field(default_factory=dict)  # advanced keys passed to DeepSpeed as-is
 
     def __post_init__(self) -> None:

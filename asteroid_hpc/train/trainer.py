@@ -78,7 +78,8 @@ def _optimizer_step(engine, stream: BatchStream, t, device: str, dtype, want_gra
         batch = stream.next()
         history = batch["history"].to(device=device, dtype=dtype)
         target = batch["target"].to(device=device, dtype=dtype)
-        output = engine(history, batch["atomic_numbers"].to(device), target.shape[1], target)
+        teacher = target if t.teacher_forcing else None  # None: the loss sees the model's own rollout
+        output = engine(history, batch["atomic_numbers"].to(device), target.shape[1], teacher)
         total, parts = sti_losses(output, history, target, t.loss_weights)
         engine.backward(total)
         if want_grad_norm and micro == t.grad_accum_steps - 1:
