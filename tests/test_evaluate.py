@@ -8,7 +8,8 @@ import pytest
 
 from helpers import REPO, assert_user_error, run_cli
 from asteroid_hpc.errors import UserError
-from asteroid_hpc.evaluation import Trajectory, constant_velocity_forecast, history_mean_forecast, persistence_forecast, protocol_a, protocol_b, protocol_c, score_samples
+from asteroid_hpc.evaluation import (Trajectory, constant_velocity_forecast, history_mean_forecast, persistence_forecast,
+                                     protocol_a, protocol_b, protocol_c, score_samples)
 from asteroid_hpc.evaluation.protocols import (RandomStartPlan, chronological_bounds, protocol_a_offsets, random_start_plan,
                                                random_start_split, to_file_frames, window_starts)
 

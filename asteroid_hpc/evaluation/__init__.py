@@ -7,6 +7,6 @@ from .run import ProtocolResult, evaluate_samples, score_samples
 
 __all__ = [
     "BASELINES", "ProtocolResult", "ProtocolSamples", "Trajectory", "constant_velocity_forecast",
-    "evaluate_samples", "evaluate_to_directory", "history_mean_forecast", "persistence_forecast", "protocol_a", "protocol_b", "protocol_c",
-    "score_samples",
+    "evaluate_samples", "evaluate_to_directory", "history_mean_forecast", "persistence_forecast", "protocol_a",
+    "protocol_b", "protocol_c", "score_samples",
 ]
