@@ -8,11 +8,14 @@ import pytest
 
 from helpers import REPO, assert_user_error, run_cli
 from asteroid_hpc.errors import UserError
-from asteroid_hpc.evaluation import (Trajectory, constant_velocity_forecast, history_mean_forecast, persistence_forecast,
-                                     protocol_a, protocol_b, protocol_c, score_samples)
+from asteroid_hpc.evaluation import (Trajectory, aligned_history_mean_forecast, constant_velocity_forecast,
+                                     history_mean_forecast, persistence_forecast, protocol_a, protocol_b, protocol_c,
+                                     score_samples)
 from asteroid_hpc.evaluation.protocols import (RandomStartPlan, chronological_bounds, protocol_a_offsets, random_start_plan,
                                                random_start_split, to_file_frames, window_starts)
 
+
+BASELINE_NAMES = ("persistence", "constant velocity", "history mean", "aligned history mean")
 
 
 def _index_trajectory(n_frames: int, atomic_numbers=(6, 8, 1, 1)) -> Trajectory:
@@ -51,11 +54,69 @@ def test_history_mean_recovers_the_centre_of_an_oscillation_sampled_over_whole_p
     assert np.abs(forecast - history.mean(axis=1, keepdims=True)).max() < 1e-12
 
 
+def _tumbling_molecule(n_frames: int, wobble: float = 0.0):
+    """A rigid 6-atom body turning about a tilted axis at a constant rate and drifting; with ``wobble`` its
+    shape also oscillates (period 8 frames) about the rigid one. Returns frames [F, 6, 3] and the body."""
+    from scipy.spatial.transform import Rotation
+
+    rng = np.random.default_rng(3)
+    body = rng.normal(size=(6, 3))
+    body -= body.mean(0)
+    mode = rng.normal(size=(6, 3))
+    mode -= mode.mean(0)
+    frames = []
+    for f in range(n_frames):
+        shape = body + wobble * np.sin(2 * np.pi * f / 8) * mode
+        turn = Rotation.from_rotvec(0.07 * f * np.array([0.3, 0.8, 0.5]) / np.linalg.norm([0.3, 0.8, 0.5]))
+        frames.append(turn.apply(shape) + 0.01 * f)
+    return np.array(frames), body
+
+
+def test_aligned_history_mean_keeps_the_last_pose_and_averages_the_shape():
+    frames, body = _tumbling_molecule(16, wobble=0.1)
+    history, lead_steps = frames[None], np.array([1, 5])  # 16 frames: two whole periods of the wobble
+    aligned = aligned_history_mean_forecast(history, lead_steps)
+    assert aligned.shape == (1, 2, 6, 3)
+    last = history[0, -1]
+    # the forecast sits where the last frame is (same centroid, same orientation) with the mean shape
+    assert np.abs(aligned[0, 0].mean(0) - last.mean(0)).max() < 1e-9
+    from asteroid_hpc.metrics import kabsch_rmsd
+
+    shape_error = kabsch_rmsd(aligned[0, 0], body)
+    assert shape_error < 0.05 * kabsch_rmsd(last, body)
+    plain = history_mean_forecast(history, lead_steps)  # blurred by the turning: shrunk towards the axis
+    assert kabsch_rmsd(plain[0, 0], body) > 10 * shape_error
+    rigid, _ = _tumbling_molecule(10)  # no wobble: every history frame superposes exactly onto the last one
+    assert np.abs(aligned_history_mean_forecast(rigid[None], [1]) - rigid[-1]).max() < 1e-9
+
+
+def test_superposed_error_separates_rigid_motion_from_shape_error():
+    frames, _ = _tumbling_molecule(40, wobble=0.1)
+    history = frames[None, :16]
+    samples_target = frames[None, [16 + 7, 16 + 15]]  # lead 8 and 16: the wobble is back in phase
+    lead_steps = np.array([8, 16])
+    from asteroid_hpc.evaluation.protocols import ProtocolSamples
+
+    samples = ProtocolSamples("C", "test", history, samples_target, np.full(6, 6), np.arange(6), lead_steps, 1, 0.5,
+                              np.array([15]))
+    result = score_samples(samples, None)
+    # persistence's error here is all rotation and drift: superposed it vanishes
+    assert result.headline["persistence"]["MSE"] > 1e-2
+    assert result.superposed_headline["persistence"]["MSE"] < 1e-20
+    for name in BASELINE_NAMES:
+        assert result.superposed_headline[name]["MSE"] <= result.headline[name]["MSE"] + 1e-12
+        assert len(result.superposed_mse_per_lead_angstrom2[name]) == 2
+    from asteroid_hpc.evaluation.report import protocol_markdown
+
+    table = protocol_markdown(result)
+    assert "| persistence | 0.000 | 100 % |" in table
+
+
 def test_score_samples_puts_model_and_baselines_on_the_same_samples():
     samples = protocol_c(_index_trajectory(2000), split="test", history_frames=10)
     perfect = samples.target.copy()
     result = score_samples(samples, perfect, expected_history_frames=10)
-    assert set(result.headline) == {"ASTEROID", "persistence", "constant velocity", "history mean"}
+    assert set(result.headline) == {"ASTEROID", *BASELINE_NAMES}
     assert result.headline["ASTEROID"]["ADE"] == 0.0
     # positions grow linearly with the frame index: constant velocity is exact, persistence is not
     assert result.headline["constant velocity"]["FDE"] == pytest.approx(0.0, abs=1e-9)
@@ -290,7 +351,7 @@ def test_evaluate_window_protocol_on_a_preprocessed_dataset(tmp_path, tiny_model
     (result,) = json.loads((out / "results.json").read_text())["protocols"]
     assert result["protocol"] == "window" and result["n_samples"] == 5
     assert result["lead_time_fs"] == pytest.approx([5.0 * k for k in range(1, 7)])  # 2 frames of 2.5 fs
-    assert set(result["headline"]) == {"ASTEROID", "persistence", "constant velocity", "history mean"}
+    assert set(result["headline"]) == {"ASTEROID", *BASELINE_NAMES}
 
 
 def test_clean_prefix_is_outside_every_evaluation_window():
@@ -321,7 +382,7 @@ def test_baselines_only_run_on_a_constant_velocity_trajectory(tmp_path, capsys):
     proc = _run_in_process(capsys, "evaluate", "none", traj, "-o", tmp_path / "out", "--protocol", "C")
     assert proc.returncode == 0, proc.stderr
     (result,) = json.loads((tmp_path / "out" / "results.json").read_text())["protocols"]
-    assert set(result["headline"]) == {"persistence", "constant velocity", "history mean"} and result["history_frames"] == 10
+    assert set(result["headline"]) == set(BASELINE_NAMES) and result["history_frames"] == 10
     assert result["headline"]["constant velocity"]["FDE"] == pytest.approx(0.0, abs=1e-4)
     assert result["headline"]["persistence"]["FDE"] == pytest.approx(np.sqrt(3) * 0.2, rel=1e-3)  # 200 frames
     # the mean of history frames 0, 10, ..., 90 is frame 45, 245 frames before the last target

@@ -6,7 +6,8 @@ from scipy.spatial.transform import Rotation
 
 from asteroid_hpc.metrics import (ade_fde, crps_per_lead_time, displacement_per_lead_time, ensemble_mean,
                                   ensemble_spread_per_atom, kabsch_rmsd, kabsch_superpose, mse_per_lead_time,
-                                  mse_per_sample, rmsd, rmsd_per_lead_time)
+                                  mse_per_sample, rmsd, rmsd_per_lead_time,
+                                  superposed_mse_per_lead_time)
 
 
 def test_mse_and_displacement_by_hand():
@@ -55,6 +56,18 @@ def test_rmsd_with_and_without_superposition():
     assert rmsd(moved, reference) > 1.0
     assert kabsch_rmsd(moved, reference) == pytest.approx(0.0, abs=1e-9)
     assert kabsch_superpose(moved, reference) == pytest.approx(reference, abs=1e-9)
+
+
+def test_superposed_mse_ignores_rigid_motion_and_keeps_shape_error():
+    rng = np.random.default_rng(2)
+    reference = _chiral_points(rng)[None, None]  # [1, 1, 7, 3]
+    moved = Rotation.from_euler("xyz", [0.4, 0.2, -0.9]).apply(reference[0, 0]) + 3.0
+    assert mse_per_lead_time(moved[None, None], reference)[0] > 1.0
+    assert superposed_mse_per_lead_time(moved[None, None], reference)[0] == pytest.approx(0.0, abs=1e-18)
+    deformed = reference + rng.normal(scale=0.1, size=reference.shape)
+    expected = kabsch_rmsd(deformed[0, 0], reference[0, 0]) ** 2 / 3  # per coordinate
+    assert superposed_mse_per_lead_time(deformed, reference)[0] == pytest.approx(expected, rel=1e-9)
+    assert superposed_mse_per_lead_time(deformed, reference)[0] < mse_per_lead_time(deformed, reference)[0]
 
 
 def test_kabsch_matches_scipy_and_never_reflects():

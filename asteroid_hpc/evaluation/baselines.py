@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..metrics.superposition import kabsch_superpose
+
 
 def _check(history: np.ndarray, lead_steps) -> tuple[np.ndarray, np.ndarray]:
     history = np.asarray(history)
@@ -45,5 +47,15 @@ def history_mean_forecast(history, lead_steps) -> np.ndarray:
     return np.repeat(mean, steps.size, axis=1)
 
 
+def aligned_history_mean_forecast(history, lead_steps) -> np.ndarray:
+    """The history frames superposed onto the last one (Kabsch) and averaged, repeated at every lead time:
+    the mean shape, placed where the molecule was last seen. For an isolated molecule whose orientation
+    wanders unpredictably this is the history mean without the blur of the rotation."""
+    history, steps = _check(history, lead_steps)
+    last = history[:, -1:]
+    mean = kabsch_superpose(history, last).mean(axis=1, keepdims=True).astype(history.dtype)
+    return np.repeat(mean, steps.size, axis=1)
+
+
 BASELINES = {"persistence": persistence_forecast, "constant velocity": constant_velocity_forecast,
-             "history mean": history_mean_forecast}
+             "history mean": history_mean_forecast, "aligned history mean": aligned_history_mean_forecast}

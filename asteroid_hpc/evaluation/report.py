@@ -62,9 +62,32 @@ def protocol_markdown(result: ProtocolResult) -> str:
             value = metrics[name]
             cells += [f"{value:.4f}"] if name in ("ADE", "FDE") else [f"{value:.3e}", f"{value / result.mse_scale:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _superposed_table(result, scale)
     if result.notes:
         lines += [""] + [f"- {note}" for note in result.notes]
     return "\n".join(lines) + "\n"
+
+
+def _superposed_table(result: ProtocolResult, scale: str) -> list[str]:
+    """The shape error (each forecast frame superposed onto the true one) and the share of the raw MSE that
+    the superposition removes, i.e. that is rigid-body motion."""
+    if not result.superposed_headline:
+        return []
+    metric_names = list(next(iter(result.superposed_headline.values())))
+    header = ["method"]
+    for name in metric_names:
+        header += [f"{name} superposed ({scale} Å²)", f"{name}: rigid-body share"]
+    lines = ["", "After superposing each forecast frame onto the true frame (Kabsch): the error of the shape, and "
+                 "the share of the MSE above that is rigid-body motion (translation and rotation).", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, metrics in result.superposed_headline.items():
+        cells = [method]
+        for name in metric_names:
+            raw = result.headline[method][name]
+            share = 1.0 - metrics[name] / raw if raw > 0 else 0.0
+            cells += [f"{metrics[name] / result.mse_scale:.3f}", f"{100 * share:.0f} %"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def results_markdown(results: list[ProtocolResult], header: dict) -> str:
@@ -72,7 +95,8 @@ def results_markdown(results: list[ProtocolResult], header: dict) -> str:
              f"- command: `{header['command']}`", "- MSE: per-coordinate squared error (mean over atoms and x, y, z)",
              "- baselines, from the same history: persistence repeats the last frame; constant velocity is "
              "x_last + k·(x_last − x_previous), k counted in history spacings; history mean is the mean of the "
-             "history frames", ""]
+             "history frames; aligned history mean is that mean after superposing every history frame onto the "
+             "last one (Kabsch)", ""]
     return "\n".join(lines) + "\n" + "\n".join(protocol_markdown(r) for r in results)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..dist import get_logger
 from ..errors import UserError
-from ..metrics import ade_fde, mse_per_lead_time
+from ..metrics import ade_fde, mse_per_lead_time, superposed_mse_per_lead_time
 from .baselines import BASELINES
 from .protocols import PROTOCOL_HISTORY_FRAMES, ProtocolSamples
 
@@ -35,20 +35,30 @@ class ProtocolResult:
     mse_per_lead_angstrom2: dict[str, list[float]]  # method -> [H]
     headline: dict[str, dict[str, float]]  # method -> metric name -> value
     mse_scale: float
+    # the same after each forecast frame is superposed onto the true one: the error of the shape alone
+    superposed_mse_per_lead_angstrom2: dict[str, list[float]] = field(default_factory=dict)
+    superposed_headline: dict[str, dict[str, float]] = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     model_seconds: float = 0.0
 
 
-def headline_metrics(protocol: str, prediction: np.ndarray, target: np.ndarray) -> dict[str, float]:
-    """The numbers a protocol's table quotes, in Å² (MSE) and Å (ADE/FDE)."""
-    mse = mse_per_lead_time(prediction, target)
+def mse_headline(protocol: str, mse: np.ndarray) -> dict[str, float]:
+    """The MSE numbers a protocol's table quotes, from the MSE per lead time, in Å²."""
     if protocol == "A":
         return {"S2S MSE": float(mse[-1]), "S2T MSE": float(mse.mean())}
     if protocol == "B":
         return {"MSE": float(mse[0])}
+    return {"MSE": float(mse.mean())}
+
+
+def headline_metrics(protocol: str, prediction: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """The numbers a protocol's table quotes, in Å² (MSE) and Å (ADE/FDE)."""
+    mse = mse_headline(protocol, mse_per_lead_time(prediction, target))
+    if protocol in ("A", "B"):
+        return mse
     ade, fde = ade_fde(prediction, target)
-    return {"ADE": ade, "FDE": fde, "MSE": float(mse.mean())}
+    return {"ADE": ade, "FDE": fde, **mse}
 
 
 def score_samples(samples: ProtocolSamples, model_prediction: np.ndarray | None, model_seconds: float = 0.0,
@@ -59,18 +69,22 @@ def score_samples(samples: ProtocolSamples, model_prediction: np.ndarray | None,
     predictions = {} if model_prediction is None else {MODEL_LABEL: model_prediction}
     for name, baseline in BASELINES.items():
         predictions[name] = baseline(samples.history, samples.lead_steps)
-    per_lead, headline = {}, {}
+    per_lead, headline, superposed_per_lead, superposed_headline = {}, {}, {}, {}
     for name, prediction in predictions.items():
         prediction = prediction[:, :, atoms]
         per_lead[name] = mse_per_lead_time(prediction, target).tolist()
         headline[name] = headline_metrics(samples.protocol, prediction, target)
+        superposed = superposed_mse_per_lead_time(prediction, target)
+        superposed_per_lead[name] = superposed.tolist()
+        superposed_headline[name] = mse_headline(samples.protocol, superposed)
     notes = list(samples.notes)
     k = samples.history.shape[1]
     if expected_history_frames is not None and k != expected_history_frames:
         notes.append(f"deviation: the protocol gives {expected_history_frames} history frames, the model takes {k}")
     return ProtocolResult(samples.protocol, samples.split, len(target), len(atoms), k, samples.history_stride_frames,
                           samples.frame_fs, samples.lead_time_fs.tolist(), per_lead, headline,
-                          MSE_SCALE[samples.protocol], settings=dict(samples.settings), notes=notes,
+                          MSE_SCALE[samples.protocol], superposed_per_lead, superposed_headline,
+                          settings=dict(samples.settings), notes=notes,
                           model_seconds=model_seconds)
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .superposition import kabsch_rmsd, rmsd
+
 
 def _members(members, reference=None) -> tuple[np.ndarray, np.ndarray | None]:
     members = np.asarray(members, dtype=np.float64)
@@ -32,36 +34,6 @@ def ensemble_spread_per_atom(members) -> np.ndarray:
     members = _members(members)[0]
     deviation = members - members.mean(axis=0, keepdims=True)
     return np.sqrt((deviation ** 2).sum(axis=-1).mean(axis=0))
-
-
-def rmsd(coordinates, reference) -> np.ndarray:
-    """Root-mean-square deviation over atoms without superposition, in Å: [..., N, 3] -> [...]."""
-    coordinates = np.asarray(coordinates, dtype=np.float64)
-    reference = np.asarray(reference, dtype=np.float64)
-    return np.sqrt(((coordinates - reference) ** 2).sum(axis=-1).mean(axis=-1))
-
-
-def kabsch_superpose(coordinates, reference) -> np.ndarray:
-    """``coordinates`` [..., N, 3] moved onto ``reference`` [..., N, 3] by the translation and proper
-    rotation (det +1) that minimise the RMSD (Kabsch algorithm, batched over the leading axes)."""
-    coordinates = np.asarray(coordinates, dtype=np.float64)
-    reference = np.broadcast_to(np.asarray(reference, dtype=np.float64), coordinates.shape)
-    mobile_centre = coordinates.mean(axis=-2, keepdims=True)
-    target_centre = reference.mean(axis=-2, keepdims=True)
-    p, q = coordinates - mobile_centre, reference - target_centre
-    covariance = np.swapaxes(p, -1, -2) @ q  # [..., 3, 3]
-    u, _, vt = np.linalg.svd(covariance)
-    sign = np.where(np.linalg.det(u @ vt) < 0, -1.0, 1.0)
-    correction = np.ones(u.shape[:-2] + (3,))
-    correction[..., -1] = sign  # flip the weakest axis when the best orthogonal map is a reflection
-    rotation = (u * correction[..., None, :]) @ vt  # row-vector convention: p @ rotation ≈ q
-    return p @ rotation + target_centre
-
-
-def kabsch_rmsd(coordinates, reference) -> np.ndarray:
-    """RMSD in Å after optimal superposition (translation + rotation) of ``coordinates`` onto
-    ``reference``: [..., N, 3] -> [...]."""
-    return rmsd(kabsch_superpose(coordinates, reference), reference)
 
 
 def rmsd_per_lead_time(members, reference, *, superpose: bool) -> np.ndarray:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .superposition import kabsch_superpose
+
 
 def _pair(prediction, reference) -> tuple[np.ndarray, np.ndarray]:
     prediction = np.asarray(prediction, dtype=np.float64)
@@ -22,6 +24,14 @@ def mse_per_lead_time(prediction, reference) -> np.ndarray:
     """Per-coordinate squared error in Å², averaged over samples, atoms and x, y, z: shape [H]."""
     prediction, reference = _pair(prediction, reference)
     return ((prediction - reference) ** 2).mean(axis=(0, 2, 3))
+
+
+def superposed_mse_per_lead_time(prediction, reference) -> np.ndarray:
+    """Per-coordinate squared error in Å² after each predicted frame is superposed onto its true frame
+    (Kabsch: the best translation and rotation), averaged like :func:`mse_per_lead_time`: shape [H].
+    The error of the shape alone; the raw MSE minus this is the part a rigid-body motion would remove."""
+    prediction, reference = _pair(prediction, reference)
+    return ((kabsch_superpose(prediction, reference) - reference) ** 2).mean(axis=(0, 2, 3))
 
 
 def mse_per_sample(prediction, reference) -> np.ndarray:
