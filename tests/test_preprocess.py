@@ -139,6 +139,53 @@ def test_stride_phases_read_each_input_at_every_offset(tmp_path, capsys):
     assert "data.stride_phases must be >= 1 and divide data.frame_stride" in err
 
 
+def test_by_file_split_holds_out_whole_inputs(tmp_path, capsys):
+    """data.split=by_file: the named inputs (every phase of them) are wholly val or test, the rest train;
+    the statistics come from the training inputs only; windows never leave their file."""
+    from asteroid_hpc.data.windows import WindowDataset
+
+    walks = [random_walk(120, seed=s) for s in (11, 12, 13)]
+    paths = [write_traj(tmp_path / f"traj-{k}.nc", x) for k, x in enumerate(walks)]
+    out = tmp_path / "ds"
+    preprocess(*paths, "-o", out, "data.split=by_file", f"data.val_inputs=[{paths[1]}]",
+               f"data.test_inputs=[{tmp_path}/traj-2*.nc]", "data.frame_stride=2", "data.stride_phases=2",
+               "model.history_frames=3", "data.horizon_frames=2", "data.frames_per_shard=16", capsys=capsys)
+    m = read_manifest(out)
+    assert m["split"]["method"] == "by_file"
+    assert m["split"]["inputs"] == {name: [str(paths[k].resolve())] for name, k in (("train", 0), ("val", 1),
+                                                                                     ("test", 2))}
+    for shard in m["shards"]:
+        source = m["sources"][shard["source"]]
+        expected = {str(p.resolve()): name for p, name in zip(paths, ("train", "val", "test"))}[source["path"]]
+        assert shard["split"] == expected
+    by_split = {name: sum(s["frame_stop"] - s["frame_start"] for s in m["shards"] if s["split"] == name)
+                for name in ("train", "val", "test")}
+    assert by_split == {"train": 120, "val": 120, "test": 120}  # two phases of 60 frames per file: nothing lost
+    train = [centered(walks[0][offset::2]) for offset in (0, 1)]
+    coordinates = np.concatenate(train).reshape(-1, 3)
+    np.testing.assert_allclose(m["statistics"]["coordinate_std_angstrom"], coordinates.std(axis=0), rtol=1e-5)
+    assert m["statistics"]["frames"] == "train"
+    val = WindowDataset(out, "val", history_frames=3, horizon_frames=2)
+    assert len(val) == 2 * (60 - 5 + 1)  # every start of both phases of the one val file
+    sample = val[0]
+    np.testing.assert_allclose(sample["history"].numpy(), centered(walks[1][0:6:2]), atol=1e-5)
+
+
+def test_by_file_split_errors_name_the_cause(tmp_path, capsys):
+    paths = [write_traj(tmp_path / f"t{k}.nc", random_walk(60, seed=k)) for k in range(2)]
+    err = preprocess(*paths, "-o", tmp_path / "a", "data.split=by_file", expect=2, capsys=capsys)
+    assert "data.split=by_file needs data.val_inputs or data.test_inputs" in err
+    err = preprocess(*paths, "-o", tmp_path / "b", "data.split=by_file", f"data.val_inputs=[{tmp_path}/other.nc]",
+                     expect=2, capsys=capsys)
+    assert "other.nc" in err and "not one of the preprocess inputs" in err
+    err = preprocess(*paths, "-o", tmp_path / "c", "data.split=by_file", f"data.val_inputs=[{paths[0]}]",
+                     f"data.test_inputs=[{paths[1]}]", expect=2, capsys=capsys)
+    assert "none is left to train on" in err
+    err = preprocess(*paths, "-o", tmp_path / "d", f"data.val_inputs=[{paths[0]}]", expect=2, capsys=capsys)
+    assert "apply only to data.split=by_file" in err
+    assert not (tmp_path / "c" / "manifest.json").exists()
+
+
 def peers_protocol_a_split(n_frames: int, margin: int, counts: list[int]):
     """The GMN/EGNO MD17 split recipe, verbatim in spirit: x = R[:-1]; draws on x[margin:-margin]."""
     np.random.seed(100)

@@ -13,6 +13,7 @@ from .common import examples, load_cli_config
     "asteroid-hpc preprocess md17_aspirin.npz -o data/asp-A data.timestep_fs=0.5 data.split=random_start "
     "data.atom_selection=heavy",
     "asteroid-hpc preprocess amber.nc --topology system.pdb -o data/ds --config configs/aspirin.yaml",
+    "asteroid-hpc preprocess 'md/seed-*.nc' -o data/ds data.split=by_file 'data.val_inputs=[md/seed-4.nc]'",
     "mpiexec -n 4 asteroid-hpc preprocess 'runs/*.nc' -o data/ds --overwrite"))
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUTS... [KEY=VALUE]...")
 @click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
@@ -28,7 +29,8 @@ from .common import examples, load_cli_config
 def command(inputs, outdir, config, topology, drop_nonfinite, overwrite, no_progress) -> None:
     """Shard trajectories (AMBER NetCDF .nc/.ncdf, MD17 .npz, extended .xyz; files or quoted globs) into a
     dataset directory: NetCDF shards of data.frames_per_shard frames, split chronologically (with a gap of
-    history + horizon frames between splits) or by protocol A's random start frames, plus manifest.json
+    history + horizon frames between splits), by protocol A's random start frames, or by whole input files
+    (data.split=by_file with data.val_inputs / data.test_inputs), plus manifest.json
     with checksums and normalisation statistics. Arguments containing '=' are config overrides.
 
     Runs on every rank under mpiexec/srun (shards are dealt out across ranks); a re-run after an

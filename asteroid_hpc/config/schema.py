@@ -31,8 +31,10 @@ class DataConfig:
     stride_phases: int = 1  # read each input as this many subsamplings, offsets k·frame_stride/stride_phases
     atom_selection: str = "all"  # "all", "heavy", or "indices:0,1,5-9"
     center: bool = True  # subtract each frame's centroid when preprocessing
-    split: str = "chronological"  # "chronological" (gap between splits) or "random_start" (protocol A)
+    split: str = "chronological"  # "chronological" (gap between splits), "random_start" (protocol A) or "by_file"
     split_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    val_inputs: list[str] = field(default_factory=list)  # by_file: inputs (paths or globs) that are wholly val
+    test_inputs: list[str] = field(default_factory=list)  # by_file: inputs that are wholly test; the rest train
     split_seed: int = 100
     random_start_counts: list[int] = field(default_factory=lambda: [500, 2000, 2000])  # train/val/test starts
     random_start_margin_frames: int = 10000  # protocol A draws starts from frames [margin : -margin]
@@ -55,7 +57,11 @@ class DataConfig:
         _check(self.horizon_frames >= 1, "data.horizon_frames must be >= 1")
         _check(self.window_stride >= 1, "data.window_stride must be >= 1")
         _check(self.num_workers >= 0, "data.num_workers must be >= 0")
-        _one_of("data.split", self.split, ("chronological", "random_start"))
+        _one_of("data.split", self.split, ("chronological", "random_start", "by_file"))
+        _check(self.split != "by_file" or bool(self.val_inputs or self.test_inputs),
+               "data.split=by_file needs data.val_inputs or data.test_inputs (the held-out input files)")
+        _check(self.split == "by_file" or not (self.val_inputs or self.test_inputs),
+               "data.val_inputs and data.test_inputs apply only to data.split=by_file")
         _one_of("data.compression", self.compression, ("none", "zlib"))
         sel = self.atom_selection
         _check(sel in ("all", "heavy") or sel.startswith("indices:"),

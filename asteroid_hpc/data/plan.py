@@ -205,6 +205,18 @@ def chronological_ranges(n_frames: int, fractions: list[float], gap: int, where:
     return ranges
 
 
+def _matching_sources(patterns: list[str], sources: list[Source], option: str) -> set[str]:
+    """Absolute paths of the inputs that ``patterns`` (paths or globs) name; each pattern must name one."""
+    paths = {s.path for s in sources}
+    named = set()
+    for pattern in patterns:
+        matches = {os.path.realpath(m) for m in (glob.glob(pattern) if glob.has_magic(pattern) else [pattern])}
+        if not matches & paths:
+            raise user_error(pattern, f"{option}: not one of the preprocess inputs")
+        named |= matches & paths
+    return named
+
+
 def make_plan(inputs: list[str], cfg, topology: str | None = None) -> Plan:
     """Inspect the inputs and lay out shards and splits for ``cfg`` (an AsteroidConfig)."""
     data = cfg.data
@@ -231,6 +243,20 @@ def make_plan(inputs: list[str], cfg, topology: str | None = None) -> Plan:
             split["ranges"][str(source.index)] = ranges
             for name, (a, b) in ranges.items():
                 add_shards(source, name, a, b)
+    elif data.split == "by_file":
+        held_out = {name: _matching_sources(patterns, sources, f"data.{name}_inputs")
+                    for name, patterns in (("val", data.val_inputs), ("test", data.test_inputs))}
+        if held_out["val"] & held_out["test"]:
+            raise UserError("data.val_inputs and data.test_inputs name the same input file")
+        split = {"method": "by_file", "history_frames": history, "horizon_frames": horizon,
+                 "inputs": {name: [] for name in SPLITS}}
+        for source in sources:
+            name = next((n for n, paths in held_out.items() if source.path in paths), "train")
+            if source.path not in split["inputs"][name]:
+                split["inputs"][name].append(source.path)
+            add_shards(source, name, 0, source.n_frames)
+        if not split["inputs"]["train"]:
+            raise UserError("data.split=by_file: every input is held out (val/test); none is left to train on")
     else:
         split = {"method": "random_start", "seed": data.split_seed, "counts": list(data.random_start_counts),
                  "margin_frames": data.random_start_margin_frames, "history_frames": history,

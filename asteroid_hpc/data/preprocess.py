@@ -424,7 +424,7 @@ def build_manifest(plan: Plan, cfg, records: list[dict], source_hashes: dict[str
         "shards": [{k: r[k] for k in keep} for r in records],
         "dropped_nonfinite_frames": sum(len(r["dropped_frames"]) for r in records),
         "statistics": {
-            "frames": "train" if plan.split["method"] == "chronological" else "all",
+            "frames": "all" if plan.split["method"] == "random_start" else "train",
             "sampled_every_frames": stats_every(plan, cfg.data.stats_max_frames),
             "coordinate_mean_angstrom": coords.mean.tolist(),
             "coordinate_std_angstrom": coords.std.tolist(),

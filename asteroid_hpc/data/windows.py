@@ -2,7 +2,7 @@
 
 A *segment* is a run of consecutive frames of one source in one split (a dropped non-finite frame
 ends a segment). Windows may span shard boundaries inside a segment, never segments, sources or splits.
-Chronological splits: every window start in the split's segments, ``window_stride`` apart.
+Chronological and by-file splits: every window start in the split's segments, ``window_stride`` apart.
 Random-start splits (protocol A): one window per drawn start ``s`` (the last history frame), history
 ``s-m+1..s`` and targets ``s+1..s+H``; starts whose window meets a dropped frame are skipped.
 
@@ -102,9 +102,9 @@ class WindowDataset(Dataset):
         span = history_frames + horizon_frames
         method = self.manifest["split"]["method"]
         seg_ids, offsets = [], []
-        if method == "chronological":
+        if method in ("chronological", "by_file"):  # every window inside the split's segments
             gap = self.manifest["split"].get("gap_frames", 0)
-            if span > gap:
+            if method == "chronological" and span > gap:
                 log.warning("%s: windows of %d frames exceed the %d-frame gap between splits (set at preprocess "
                             "time from history + horizon): neighbouring splits may correlate", self.dataset_dir,
                             span, gap)
