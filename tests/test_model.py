@@ -214,3 +214,56 @@ def test_bad_inputs_raise_user_error():
     with pytest.raises(UserError, match="atoms"):
         model(history, z[:3], 2)
     assert torch.isfinite(model.forecast(history, z, 1)).all()
+
+
+# ----------------------------------------------------------------------------------------- reference structure
+
+def reference_model(symmetry: str = "equivariant") -> tuple[Asteroid, torch.Tensor]:
+    """A model whose reference structure is the molecule_window cloud's base shape."""
+    history, _ = molecule_window()
+    reference = history[0, 0] - history[0, 0].mean(dim=0)
+    return make_model(symmetry=symmetry, reference_structure="training_mean",
+                      reference_coordinates=reference.double().tolist()), reference
+
+
+def test_superpose_onto_matches_the_numpy_kabsch():
+    from asteroid_hpc.metrics import kabsch_superpose
+    from asteroid_hpc.model.symmetry import random_rotations, superpose_onto
+
+    history, _ = molecule_window()
+    reference = history[0, 0].double()
+    rotated = (reference @ random_rotations(1, dtype=torch.float64)[0].T + 2.0).unsqueeze(0)
+    targets = torch.cat([rotated, history[:, -1].double()])
+    expected = kabsch_superpose(reference.numpy()[None].repeat(len(targets), 0), targets.numpy())
+    assert torch.allclose(superpose_onto(reference, targets), torch.from_numpy(expected), atol=1e-12)
+    assert torch.allclose(superpose_onto(reference, rotated), rotated, atol=1e-12)  # a rigid copy lands exactly
+
+
+def test_reference_structure_model_stays_equivariant_and_takes_its_own_molecule_only(tmp_path):
+    model, _ = reference_model()
+    plain = make_model()
+    assert model.num_basis == plain.num_basis + 1  # r − x_last joins the per-atom vectors
+    history, z = molecule_window()
+    history = history - 3.0
+    assert rotation_equivariance_error(model, history, z, L, num_rotations=2) < 1e-5
+    model.train()
+    target, _ = molecule_window(frames=2 * L, seed=1)
+    loss, _ = sti_losses(model(history, z, 2 * L, target - 3.0), history, target - 3.0, LossWeights())
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    with pytest.raises(UserError, match="reference structure has 7 atoms, the input 6"):
+        model(history[:, :, :6], z[:6], L)
+    # the reference travels in the config metadata of the weights file, not as a tensor
+    loaded = load_weights(save_weights(model.eval(), tmp_path / "ref.safetensors"))
+    assert loaded.cfg.reference_coordinates == model.cfg.reference_coordinates
+    assert torch.equal(loaded.forecast(history, z, 5), model.forecast(history, z, 5))
+    assert model_summary(model)["n_atoms_probed"] == N
+
+
+def test_reference_structure_config_is_checked():
+    with pytest.raises(UserError, match="model.reference_structure"):
+        small_config(reference_structure="mean")
+    with pytest.raises(UserError, match="apply only with model.reference_structure=training_mean"):
+        small_config(reference_coordinates=[[0.0, 0.0, 0.0]])
+    with pytest.raises(UserError, match=r"list of \[x, y, z\] rows"):
+        small_config(reference_structure="training_mean", reference_coordinates=[[0.0, 0.0]])

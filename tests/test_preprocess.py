@@ -186,6 +186,31 @@ def test_by_file_split_errors_name_the_cause(tmp_path, capsys):
     assert not (tmp_path / "c" / "manifest.json").exists()
 
 
+def test_training_mean_structure_is_the_shape_without_the_tumbling(tmp_path, capsys):
+    """A body that turns by up to ~170° and vibrates: the reference is its mean shape (to the noise), taken
+    from the training split only, while the plain coordinate mean would be shrunk by the turning."""
+    from scipy.spatial.transform import Rotation
+
+    from asteroid_hpc.data.reference import training_mean_structure
+    from asteroid_hpc.metrics import kabsch_rmsd
+
+    rng = np.random.default_rng(7)
+    body = rng.normal(size=(8, 3)) * 1.5
+    body -= body.mean(0)
+    turns = Rotation.from_rotvec(np.linspace(0, 3.0, 400)[:, None] * np.array([[0.6, 0.0, 0.8]]))
+    frames = np.stack([turn.apply(body + rng.normal(scale=0.05, size=body.shape)) for turn in turns]) + 2.0
+    frames[300:] += 1.0  # the val/test frames are shifted in shape: they must not enter the mean
+    frames[300:, 0] += 3.0
+    path = write_traj(tmp_path / "tumble.nc", frames.astype(np.float32))
+    out = tmp_path / "ds"
+    preprocess(path, "-o", out, "data.split_fractions=[0.7,0.15,0.15]", "model.history_frames=2",
+               "data.horizon_frames=1", "data.frames_per_shard=50", capsys=capsys)
+    mean = training_mean_structure(out, max_frames=100)
+    assert mean.shape == (8, 3) and np.abs(mean.mean(axis=0)).max() < 1e-9
+    assert kabsch_rmsd(mean, body) < 0.02
+    assert kabsch_rmsd(centered(frames[:270]).mean(axis=0), body) > 0.2
+
+
 def peers_protocol_a_split(n_frames: int, margin: int, counts: list[int]):
     """The GMN/EGNO MD17 split recipe, verbatim in spirit: x = R[:-1]; draws on x[margin:-margin]."""
     np.random.seed(100)

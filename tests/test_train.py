@@ -73,6 +73,26 @@ def test_resume_with_a_different_model_shape_is_refused(straight, tiny_dataset, 
     assert_user_error(proc, "step_000006", "model.hidden_size 16 -> 32", "cannot resume")
 
 
+def test_reference_structure_is_filled_in_resumed_and_exported(tiny_dataset, tmp_path):
+    """model.reference_structure=training_mean: train puts the dataset's mean structure into the model config,
+    a resumed run computes the same (so the checkpoint check passes), and export carries it."""
+    from asteroid_hpc.data.reference import training_mean_structure
+    from asteroid_hpc.model import load_weights
+
+    run_dir = tmp_path / "run"
+    run_train(tiny_dataset, run_dir, "model.reference_structure=training_mean", "train.max_steps=3")
+    proc = run_train(tiny_dataset, run_dir, "model.reference_structure=training_mean")
+    assert "resume: from" in proc.stderr and "reference structure: the mean of the training frames" in proc.stderr
+    resolved = yaml.safe_load((run_dir / "config.resolved.yaml").read_text())
+    coordinates = np.array(resolved["model"]["reference_coordinates"])
+    assert coordinates.shape == (9, 3)  # ethanol, all atoms
+    np.testing.assert_allclose(coordinates, training_mean_structure(tiny_dataset), atol=1e-6)
+    assert run_cli("export", run_dir, tmp_path / "ref.safetensors").returncode == 0
+    model = load_weights(tmp_path / "ref.safetensors")
+    assert model.cfg.reference_structure == "training_mean"
+    assert model.cfg.reference_coordinates == resolved["model"]["reference_coordinates"]
+
+
 def test_stop_signal_checkpoints_and_exits_zero(tiny_dataset, tmp_path):
     """SIGUSR1 to a running training: a checkpoint at the next step boundary, exit 0, and `--resume auto`
     picks that checkpoint up."""

@@ -93,6 +93,10 @@ class ModelConfig:
     num_elements: int = 119  # atomic-number embedding size
     symmetry: str = "augment"  # "augment" (random rotations in training) or "equivariant" (by construction)
     dropout: float = 0.0
+    # "training_mean": the training frames' mean structure, superposed onto each window's last frame, joins
+    # the per-atom vectors (isolated molecules of a fixed atom order); "none": no reference
+    reference_structure: str = "none"
+    reference_coordinates: list[list[float]] = field(default_factory=list)  # [N][3] Å, filled in by train
 
     def __post_init__(self) -> None:
         _check(self.history_frames >= 2, "model.history_frames must be >= 2")
@@ -108,6 +112,11 @@ class ModelConfig:
         _check(self.num_global_tokens >= 0, "model.num_global_tokens must be >= 0")
         _check(self.num_rbf >= 1, "model.num_rbf must be >= 1")
         _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
+        _one_of("model.reference_structure", self.reference_structure, ("none", "training_mean"))
+        _check(all(isinstance(row, list) and len(row) == 3 for row in self.reference_coordinates),
+               "model.reference_coordinates must be a list of [x, y, z] rows")
+        _check(self.reference_structure != "none" or not self.reference_coordinates,
+               "model.reference_coordinates apply only with model.reference_structure=training_mean")
 
 
 @dataclass

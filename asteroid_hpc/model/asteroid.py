@@ -5,6 +5,8 @@ One *pass* over a history window of m frames:
 1. Features. Coordinates are centred on the window centroid c and expressed as displacements
    d_t = x_t − x_last from the last observed frame, so translations cancel exactly. Per atom, the
    "atom basis" is {d_0 … d_{m−2}, x_last − c}; a frame token t carries {d_t, v_t = x_t − x_{t−1}}.
+   With ``model.reference_structure``, the basis also holds r − x_last, r being the training frames'
+   mean structure superposed onto the last frame (Kabsch): where each atom would sit in the mean shape.
    In "equivariant" mode tokens see only inner products of these vectors; in "augment" mode their
    components (and training applies a random rotation per window, undone on the outputs).
 2. Encoder: ``encoder_layers`` × (spatial block within each frame → temporal self-attention per atom
@@ -35,7 +37,8 @@ from ..errors import UserError
 from .graph import NeighborGraph, radius_graph, spatial_order
 from .spatial import GlobalReduce, SpatialBlock, local_reduce
 from .sti import readoff
-from .symmetry import VectorHead, random_rotations, rotate_about, vector_feature_size, vector_features
+from .symmetry import (VectorHead, random_rotations, rotate_about, superpose_onto, vector_feature_size,
+                       vector_features)
 from .temporal import TemporalBlock
 
 WindowCentroid = Callable[[Tensor], Tensor]  # window [B, m, N, 3] -> centroid of the whole system [B, 1, 1, 3]
@@ -78,7 +81,7 @@ class _Window:
 
     last: Tensor  # x_last [B, 1, N, 3]
     centre: Tensor  # c [B, 1, 1, 3]
-    atom_basis: Tensor  # [B, N, m, 3]
+    atom_basis: Tensor  # [B, N, m (+1 with a reference structure), 3]
     elements: Tensor  # element embedding [B, N, D]
     graph: Optional[NeighborGraph]
     owned_mask: Optional[Tensor]  # [B, N] or None
@@ -95,8 +98,13 @@ class Asteroid(nn.Module):
         self.equivariant = cfg.symmetry == "equivariant"
         self.steps_per_pass = length - 1
         num_vectors = cfg.num_heads if self.equivariant else 0  # attention-weighted relative vectors
-        self.num_basis = m + TOKEN_VECTORS + num_vectors
-        feature_size = vector_feature_size(TOKEN_VECTORS, m, self.equivariant)
+        self.uses_reference = cfg.reference_structure != "none"
+        atom_vectors = m + int(self.uses_reference)
+        self.num_basis = atom_vectors + TOKEN_VECTORS + num_vectors
+        feature_size = vector_feature_size(TOKEN_VECTORS, atom_vectors, self.equivariant)
+        if self.uses_reference:  # carried by the config, so not part of the weights
+            self.register_buffer("reference", torch.tensor(cfg.reference_coordinates, dtype=torch.float32).view(-1, 3),
+                                 persistent=False)
 
         def spatial() -> SpatialBlock:
             return SpatialBlock(d, cfg.num_heads, cfg.num_rbf, cfg.cutoff_angstrom, cfg.num_global_tokens, cfg.dropout)
@@ -194,13 +202,16 @@ class Asteroid(nn.Module):
             raise UserError(f"atomic numbers must lie in [0, model.num_elements={self.cfg.num_elements})")
         if target is not None and (target.shape[1] < horizon or target.shape[2:] != history.shape[2:]):
             raise UserError(f"target must be [B, >= {horizon}, N, 3], got {list(target.shape)}")
+        if self.uses_reference and len(self.reference) != history.shape[2]:
+            raise UserError(f"the model's reference structure has {len(self.reference)} atoms, the input "
+                            f"{history.shape[2]} (a reference model forecasts the whole molecule it was trained on)")
 
     def _locality_order(self, history: Tensor, graph: Optional[NeighborGraph],
                         owned_mask: Optional[Tensor]) -> Optional[Tensor]:
         """Spatial order of the atoms for large local-attention systems; None to keep the caller's order
         (full attention, small systems, or a caller that indexes atoms itself: own graph or domains)."""
         if (self.cfg.attention == "full" or graph is not None or owned_mask is not None
-                or history.shape[2] < LOCALITY_SORT_MIN_ATOMS):
+                or history.shape[2] < LOCALITY_SORT_MIN_ATOMS or self.uses_reference):
             return None
         return spatial_order(history[0, -1])
 
@@ -209,7 +220,11 @@ class Asteroid(nn.Module):
         last = window[:, -1:]
         centre = centroid(window)
         displacements = (window[:, :-1] - last).permute(0, 2, 1, 3)  # [B, N, m-1, 3]
-        atom_basis = torch.cat([displacements, (last - centre).permute(0, 2, 1, 3)], dim=2)
+        parts = [displacements]
+        if self.uses_reference:
+            parts.append((superpose_onto(self.reference, last[:, 0]) - last[:, 0]).unsqueeze(2))
+        parts.append((last - centre).permute(0, 2, 1, 3))  # last: _basis scales it
+        atom_basis = torch.cat(parts, dim=2)
         if self.cfg.attention == "full":
             graph = None
         elif graph is None:

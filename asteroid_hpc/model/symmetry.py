@@ -36,6 +36,22 @@ def rotate_about(coords: Tensor, rotation: Tensor, centre: Tensor) -> Tensor:
     return (flat @ rotation.transpose(1, 2)).reshape(shape) + centre
 
 
+@torch.no_grad()
+def superpose_onto(reference: Tensor, target: Tensor) -> Tensor:
+    """``reference`` [N, 3] moved onto each ``target`` [B, N, 3] by the proper rotation and translation that
+    minimise the RMSD (Kabsch, float64): [B, N, 3]. Rotating a target rotates its result (equivariant)."""
+    points = target.double()
+    centre = points.mean(dim=1, keepdim=True)
+    body = reference.double() - reference.double().mean(dim=0)
+    covariance = torch.einsum("ni,bnj->bij", body, points - centre)
+    u, _, vt = torch.linalg.svd(covariance)
+    sign = torch.where(torch.linalg.det(u @ vt) < 0, -1.0, 1.0).to(u.dtype)
+    correction = torch.ones(u.shape[0], 3, dtype=u.dtype, device=u.device)
+    correction[:, -1] = sign  # a proper rotation: flip the weakest axis instead of reflecting
+    rotation = (u * correction[:, None, :]) @ vt  # row vectors: body @ rotation ≈ points − centre
+    return (body @ rotation + centre).to(target.dtype)
+
+
 def vector_features(query: Tensor, basis: Tensor, equivariant: bool) -> Tensor:
     """Scalar features of per-token vectors ``query`` [..., q, 3] against per-atom vectors ``basis`` [..., k, 3].
 

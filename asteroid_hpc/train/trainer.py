@@ -114,12 +114,29 @@ def _seed_all(seed: int) -> None:
 def _open_datasets(cfg: AsteroidConfig):
     from ..data import WindowDataset
 
-    if not cfg.data.dataset:
-        raise UserError("data.dataset is not set: point it at a `asteroid-hpc preprocess` output directory")
+    _require_dataset(cfg)
     m, horizon = cfg.model.history_frames, cfg.data.horizon_frames
     train_set = WindowDataset(cfg.data.dataset, "train", m, horizon, window_stride=cfg.data.window_stride)
     val_set = WindowDataset(cfg.data.dataset, "val", m, horizon, window_stride=cfg.data.window_stride)
     return train_set, val_set
+
+
+def _require_dataset(cfg: AsteroidConfig) -> None:
+    if not cfg.data.dataset:
+        raise UserError("data.dataset is not set: point it at a `asteroid-hpc preprocess` output directory")
+
+
+def _fill_reference_structure(cfg: AsteroidConfig) -> None:
+    """model.reference_structure=training_mean: the dataset's training mean structure into the model config
+    (deterministic, so a resumed run computes the same and the checkpoint check passes)."""
+    if cfg.model.reference_structure == "training_mean" and not cfg.model.reference_coordinates:
+        from ..data.reference import training_mean_structure
+
+        _require_dataset(cfg)
+        mean = training_mean_structure(cfg.data.dataset, cfg.data.stats_max_frames or 4096)
+        cfg.model.reference_coordinates = [[round(float(v), 6) for v in row] for row in mean]
+        log.info("reference structure: the mean of the training frames of %s (%d atoms)", cfg.data.dataset,
+                 len(mean))
 
 
 def _startup_summary(cfg: AsteroidConfig, sess, ds_config: dict, run_dir: Path, summary: dict,
@@ -174,6 +191,7 @@ def _run(cfg: AsteroidConfig, resume: str, sess):
     if resume_from is None and resume == "auto":
         log.warning("no complete checkpoint in %s: STARTING FROM SCRATCH", manager.directory)
     check_one_line(manager, resume_from)
+    _fill_reference_structure(cfg)
     if resume_from is not None:  # refuse before any expensive set-up
         check_compatible(resume_from, read_json(resume_from / CLIENT_STATE), to_dict(cfg.model),
                          sess.world_size, t.zero_stage)
