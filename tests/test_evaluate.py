@@ -90,6 +90,19 @@ def test_aligned_history_mean_keeps_the_last_pose_and_averages_the_shape():
     assert np.abs(aligned_history_mean_forecast(rigid[None], [1]) - rigid[-1]).max() < 1e-9
 
 
+def test_reference_structure_baseline_places_the_reference_on_the_last_frame():
+    from asteroid_hpc.evaluation.baselines import reference_structure_forecast
+
+    rigid, body = _tumbling_molecule(10)
+    forecast = reference_structure_forecast(rigid[None], [1, 3], body)
+    assert forecast.shape == (1, 2, 6, 3) and np.abs(forecast - rigid[-1]).max() < 1e-9
+    samples = protocol_c(_index_trajectory(2000, atomic_numbers=(6, 8, 1, 1)), split="test", history_frames=10)
+    result = score_samples(samples, None, reference=np.zeros((4, 3)))
+    assert set(result.headline) == {*BASELINE_NAMES, "training mean structure"}
+    with pytest.raises(ValueError, match="reference must be"):
+        reference_structure_forecast(rigid[None], [1], body[:5])
+
+
 def test_superposed_error_separates_rigid_motion_from_shape_error():
     frames, _ = _tumbling_molecule(40, wobble=0.1)
     history = frames[None, :16]

@@ -57,5 +57,18 @@ def aligned_history_mean_forecast(history, lead_steps) -> np.ndarray:
     return np.repeat(mean, steps.size, axis=1)
 
 
+def reference_structure_forecast(history, lead_steps, reference) -> np.ndarray:
+    """A fixed structure ``reference`` [N, 3] superposed onto the last observed frame (Kabsch), at every lead
+    time: with the training frames' mean structure, the climatology of an isolated molecule."""
+    history, steps = _check(history, lead_steps)
+    last = history[:, -1]
+    reference = np.asarray(reference, dtype=np.float64)
+    if reference.shape != last.shape[1:]:
+        raise ValueError(f"reference must be [{last.shape[1]}, 3], got {list(reference.shape)}")
+    placed = kabsch_superpose(np.broadcast_to(reference, last.shape), last).astype(history.dtype)
+    return np.repeat(placed[:, None], steps.size, axis=1)
+
+
+REFERENCE_BASELINE = "training mean structure"  # scored when the model carries a reference structure
 BASELINES = {"persistence": persistence_forecast, "constant velocity": constant_velocity_forecast,
              "history mean": history_mean_forecast, "aligned history mean": aligned_history_mean_forecast}

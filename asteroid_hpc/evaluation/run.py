@@ -10,7 +10,7 @@ import numpy as np
 from ..dist import get_logger
 from ..errors import UserError
 from ..metrics import ade_fde, mse_per_lead_time, superposed_mse_per_lead_time
-from .baselines import BASELINES
+from .baselines import BASELINES, REFERENCE_BASELINE, reference_structure_forecast
 from .protocols import PROTOCOL_HISTORY_FRAMES, ProtocolSamples
 
 log = get_logger(__name__)
@@ -62,13 +62,16 @@ def headline_metrics(protocol: str, prediction: np.ndarray, target: np.ndarray) 
 
 
 def score_samples(samples: ProtocolSamples, model_prediction: np.ndarray | None, model_seconds: float = 0.0,
-                  expected_history_frames: int | None = None) -> ProtocolResult:
-    """Scores of the model (when given) and of every baseline on ``samples``, on the scored atoms."""
+                  expected_history_frames: int | None = None, reference=None) -> ProtocolResult:
+    """Scores of the model (when given) and of every baseline on ``samples``, on the scored atoms; with the
+    model's ``reference`` structure [N, 3] also that structure placed on the last frame."""
     atoms = samples.scored_atoms
     target = samples.target[:, :, atoms]
     predictions = {} if model_prediction is None else {MODEL_LABEL: model_prediction}
     for name, baseline in BASELINES.items():
         predictions[name] = baseline(samples.history, samples.lead_steps)
+    if reference is not None and len(reference):
+        predictions[REFERENCE_BASELINE] = reference_structure_forecast(samples.history, samples.lead_steps, reference)
     per_lead, headline, superposed_per_lead, superposed_headline = {}, {}, {}, {}
     for name, prediction in predictions.items():
         prediction = prediction[:, :, atoms]
@@ -106,7 +109,8 @@ def evaluate_samples(model, samples: ProtocolSamples, *, batch_size: int = 64) -
         log.info("protocol %s: model forecast in %.1f s", samples.protocol, seconds)
     for note in samples.notes:
         log.warning("protocol %s: %s", samples.protocol, note)
-    return score_samples(samples, prediction, seconds, PROTOCOL_HISTORY_FRAMES.get(samples.protocol))
+    reference = None if model is None else model.cfg.reference_coordinates
+    return score_samples(samples, prediction, seconds, PROTOCOL_HISTORY_FRAMES.get(samples.protocol), reference)
 
 
 def build_samples(protocol: str, traj, *, split: str, history_frames: int, max_samples: int | None, seed: int,
