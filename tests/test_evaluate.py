@@ -401,3 +401,26 @@ def test_baselines_only_run_on_a_constant_velocity_trajectory(tmp_path, capsys):
     # the mean of history frames 0, 10, ..., 90 is frame 45, 245 frames before the last target
     assert result["headline"]["history mean"]["FDE"] == pytest.approx(np.sqrt(3) * 0.245, rel=1e-3)
     assert "the baselines are given 10 history frames" in proc.stdout
+
+
+def test_several_trajectories_are_pooled_and_also_scored_alone(tmp_path, capsys):
+    from asteroid_hpc.data.amber import AmberWriter
+
+    paths = []
+    for k, speed in enumerate((1e-3, 3e-3)):  # every atom moves `speed` Å per frame along (1, 1, 1)
+        paths.append(tmp_path / f"linear-{k}.nc")
+        with AmberWriter(paths[-1], n_atoms=4, atomic_numbers=[6, 8, 1, 1], timestep_ps=0.0005) as writer:
+            writer.append(_index_trajectory(2000).positions * speed)
+    proc = _run_in_process(capsys, "evaluate", "none", *paths, "-o", tmp_path / "out", "--protocol", "C")
+    assert proc.returncode == 0, proc.stderr
+    (pooled,) = json.loads((tmp_path / "out" / "results.json").read_text())["protocols"]
+    alone = [t["headline"]["persistence"]["MSE"] for t in pooled["per_trajectory"]]
+    assert [t["n_samples"] for t in pooled["per_trajectory"]] == [11, 11]
+    assert pooled["n_samples"] == 22 and alone[1] == pytest.approx(9 * alone[0], rel=1e-4)
+    assert pooled["headline"]["persistence"]["MSE"] == pytest.approx(np.mean(alone), rel=1e-6)
+    assert "Per trajectory" in proc.stdout and f"{paths[1]} (11)" in proc.stdout
+    other = tmp_path / "other.nc"
+    with AmberWriter(other, n_atoms=3, atomic_numbers=[6, 8, 1], timestep_ps=0.0005) as writer:
+        writer.append(_index_trajectory(2000, atomic_numbers=(6, 8, 1)).positions * 1e-3)
+    assert_user_error(_run_in_process(capsys, "evaluate", "none", paths[0], other, "-o", tmp_path / "bad",
+                                      "--protocol", "C"), "other.nc", "of one molecule")

@@ -17,9 +17,10 @@ TRAJECTORY_PROTOCOLS = ("A", "B", "C")
     "asteroid-hpc evaluate export/aspirin-a traj.nc -o eval/a --protocol A --protocol B --max-samples 500",
     "asteroid-hpc evaluate export/aspirin data/aspirin -o eval/win --protocol window --split val",
     "asteroid-hpc evaluate none data/xtb-md17/ethanol.nc -o eval/baselines   # baselines only",
+    "asteroid-hpc evaluate model.safetensors test/seed-*.nc -o eval/pooled --protocol A   # several trajectories",
 ))
 @click.argument("model", type=click.Path())
-@click.argument("dataset", type=click.Path())
+@click.argument("datasets", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output directory (results.md, results.json, error_vs_lead_time.png).")
 @click.option("--protocol", "protocols", multiple=True, type=click.Choice(["A", "B", "C", "window"], case_sensitive=False),
@@ -41,14 +42,14 @@ TRAJECTORY_PROTOCOLS = ("A", "B", "C")
 @click.option("--timestep-fs", type=click.FloatRange(min=0, min_open=True),
               help="Frame spacing of the trajectory when its file has no time axis (default: MD17's 0.5 fs).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
-def command(model, dataset, out_dir, protocols, split, history_frames, max_samples, seed, a_history_stride, a_input,
+def command(model, datasets, out_dir, protocols, split, history_frames, max_samples, seed, a_history_stride, a_input,
             horizon_frames, timestep_fs, batch_size) -> None:
-    """Evaluate MODEL (exported weights, or "none" for the baselines alone) on DATASET (a trajectory file
-    or a preprocessed dataset directory).
+    """Evaluate MODEL (exported weights, or "none" for the baselines alone) on DATASETS: one or more
+    trajectory files of one molecule (pooled, and each alone), or one preprocessed dataset directory.
 
-    Prints a markdown table per protocol (model, persistence, constant velocity and history mean on the very
-    same samples)
-    and writes it to OUT/results.md, with OUT/results.json and OUT/error_vs_lead_time.png.
+    Prints a markdown table per protocol (model, persistence, constant velocity and the history means on the
+    very same samples, and the error after superposition) and writes it to OUT/results.md, with
+    OUT/results.json and OUT/error_vs_lead_time.png.
     """
     from pathlib import Path
 
@@ -57,7 +58,12 @@ def command(model, dataset, out_dir, protocols, split, history_frames, max_sampl
     from ..evaluation import evaluate_to_directory
 
     setup_logging()
-    is_directory = Path(dataset).is_dir()
+    directories = [d for d in datasets if Path(d).is_dir()]
+    if directories and len(datasets) > 1:
+        raise user_error(directories[0], "a dataset directory is evaluated alone (protocol window); pass it "
+                                         "without other inputs")
+    dataset = datasets[0]
+    is_directory = bool(directories)
     chosen = [p.upper() if p.lower() != "window" else "window" for p in protocols]
     if not chosen:
         chosen = ["window"] if is_directory else list(TRAJECTORY_PROTOCOLS)
@@ -68,7 +74,7 @@ def command(model, dataset, out_dir, protocols, split, history_frames, max_sampl
         raise user_error(dataset, "protocol window needs a preprocessed dataset directory")
     command_line = "asteroid-hpc " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     results, paths, markdown = evaluate_to_directory(
-        model, dataset, out_dir, list(dict.fromkeys(chosen)), split=split, history_frames=history_frames,
+        model, list(datasets), out_dir, list(dict.fromkeys(chosen)), split=split, history_frames=history_frames,
         max_samples=max_samples, seed=seed, a_history_stride_frames=a_history_stride, a_heavy_input=a_input == "heavy",
         horizon_frames=horizon_frames, timestep_fs=timestep_fs, batch_size=batch_size, command_line=command_line)
     click.echo(markdown)

@@ -220,6 +220,28 @@ def protocol_c(traj: Trajectory, *, split: str, history_frames: int, max_samples
                            notes=notes)
 
 
+def pool_samples(parts: list[ProtocolSamples], sources: list[str]) -> ProtocolSamples:
+    """The samples of one protocol drawn from several trajectories of the same molecule, as one set (its
+    scores are the MSE over all samples); ``settings["samples_per_trajectory"]`` keeps the boundaries."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    for part, source in zip(parts[1:], sources[1:]):
+        if (part.protocol != first.protocol or not np.array_equal(part.lead_steps, first.lead_steps)
+                or part.history_stride_frames != first.history_stride_frames or part.frame_fs != first.frame_fs
+                or not np.array_equal(part.atomic_numbers, first.atomic_numbers)
+                or part.history.shape[1:] != first.history.shape[1:]):
+            raise UserError(f"{source}: not the same atoms, frame spacing or protocol {first.protocol} settings as "
+                            f"{sources[0]}; trajectories evaluated together must be of one molecule")
+    notes = list(dict.fromkeys(note for part in parts for note in part.notes))
+    settings = {**first.settings, "trajectories": list(sources),
+                "samples_per_trajectory": [len(part.history) for part in parts]}
+    return ProtocolSamples(first.protocol, first.split, np.concatenate([p.history for p in parts]),
+                           np.concatenate([p.target for p in parts]), first.atomic_numbers, first.scored_atoms,
+                           first.lead_steps, first.history_stride_frames, first.frame_fs,
+                           np.concatenate([p.start_frames for p in parts]), settings, notes)
+
+
 def _limit(indices: np.ndarray, max_samples: int | None, seed: int, notes: list[str]) -> np.ndarray:
     limited = subsample(indices, max_samples, seed)
     if len(limited) < len(indices):

@@ -63,6 +63,7 @@ def protocol_markdown(result: ProtocolResult) -> str:
             cells += [f"{value:.4f}"] if name in ("ADE", "FDE") else [f"{value:.3e}", f"{value / result.mse_scale:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += _superposed_table(result, scale)
+    lines += _per_trajectory_table(result, scale)
     if result.notes:
         lines += [""] + [f"- {note}" for note in result.notes]
     return "\n".join(lines) + "\n"
@@ -90,8 +91,25 @@ def _superposed_table(result: ProtocolResult, scale: str) -> list[str]:
     return lines
 
 
+def _per_trajectory_table(result: ProtocolResult, scale: str) -> list[str]:
+    """With several trajectories pooled: every method's MSE numbers on each trajectory alone."""
+    if not result.per_trajectory:
+        return []
+    names = [n for n in next(iter(result.headline.values())) if n not in ("ADE", "FDE")]
+    lines = ["", f"Per trajectory ({' / '.join(names)}, {scale} Å²; the tables above pool all "
+                 f"{result.n_samples} samples):", "",
+             "| method | " + " | ".join(f"{t['source']} ({t['n_samples']})" for t in result.per_trajectory) + " |",
+             "|---|" + "---|" * len(result.per_trajectory)]
+    for method in result.headline:
+        cells = [" / ".join(f"{t['headline'][method][n] / result.mse_scale:.3f}" for n in names)
+                 for t in result.per_trajectory]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def results_markdown(results: list[ProtocolResult], header: dict) -> str:
-    lines = ["# Evaluation", "", f"- model: `{header['model']}`", f"- data: `{header['data']}`",
+    data = header["data"] if isinstance(header["data"], str) else "`, `".join(header["data"])
+    lines = ["# Evaluation", "", f"- model: `{header['model']}`", f"- data: `{data}`",
              f"- command: `{header['command']}`", "- MSE: per-coordinate squared error (mean over atoms and x, y, z)",
              "- baselines, from the same history: persistence repeats the last frame; constant velocity is "
              "x_last + k·(x_last − x_previous), k counted in history spacings; history mean is the mean of the "

@@ -41,6 +41,8 @@ class ProtocolResult:
     settings: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     model_seconds: float = 0.0
+    # several trajectories pooled: each one's headline, {"source", "n_samples", "headline": method -> metrics}
+    per_trajectory: list[dict] = field(default_factory=list)
 
 
 def mse_headline(protocol: str, mse: np.ndarray) -> dict[str, float]:
@@ -80,6 +82,14 @@ def score_samples(samples: ProtocolSamples, model_prediction: np.ndarray | None,
         superposed = superposed_mse_per_lead_time(prediction, target)
         superposed_per_lead[name] = superposed.tolist()
         superposed_headline[name] = mse_headline(samples.protocol, superposed)
+    per_trajectory = []
+    counts = samples.settings.get("samples_per_trajectory", [])
+    if len(counts) > 1:
+        bounds = np.cumsum([0, *counts])
+        for source, lo, hi in zip(samples.settings["trajectories"], bounds[:-1], bounds[1:]):
+            per_trajectory.append({"source": source, "n_samples": int(hi - lo), "headline": {
+                name: headline_metrics(samples.protocol, prediction[lo:hi, :, atoms], target[lo:hi])
+                for name, prediction in predictions.items()}})
     notes = list(samples.notes)
     k = samples.history.shape[1]
     if expected_history_frames is not None and k != expected_history_frames:
@@ -88,7 +98,7 @@ def score_samples(samples: ProtocolSamples, model_prediction: np.ndarray | None,
                           samples.frame_fs, samples.lead_time_fs.tolist(), per_lead, headline,
                           MSE_SCALE[samples.protocol], superposed_per_lead, superposed_headline,
                           settings=dict(samples.settings), notes=notes,
-                          model_seconds=model_seconds)
+                          model_seconds=model_seconds, per_trajectory=per_trajectory)
 
 
 def evaluate_samples(model, samples: ProtocolSamples, *, batch_size: int = 64) -> ProtocolResult:
