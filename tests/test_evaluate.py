@@ -8,14 +8,15 @@ import pytest
 
 from helpers import REPO, assert_user_error, run_cli
 from asteroid_hpc.errors import UserError
-from asteroid_hpc.evaluation import (Trajectory, aligned_history_mean_forecast, constant_velocity_forecast,
+from asteroid_hpc.evaluation import (Trajectory, aligned_history_mean_forecast, constant_rotation_forecast,
+                                     constant_velocity_forecast,
                                      history_mean_forecast, persistence_forecast, protocol_a, protocol_b, protocol_c,
                                      score_samples)
 from asteroid_hpc.evaluation.protocols import (RandomStartPlan, chronological_bounds, protocol_a_offsets, random_start_plan,
                                                random_start_split, to_file_frames, window_starts)
 
 
-BASELINE_NAMES = ("persistence", "constant velocity", "history mean", "aligned history mean")
+BASELINE_NAMES = ("persistence", "constant velocity", "history mean", "aligned history mean", "constant rotation")
 
 
 def _index_trajectory(n_frames: int, atomic_numbers=(6, 8, 1, 1)) -> Trajectory:
@@ -88,6 +89,18 @@ def test_aligned_history_mean_keeps_the_last_pose_and_averages_the_shape():
     assert kabsch_rmsd(plain[0, 0], body) > 10 * shape_error
     rigid, _ = _tumbling_molecule(10)  # no wobble: every history frame superposes exactly onto the last one
     assert np.abs(aligned_history_mean_forecast(rigid[None], [1]) - rigid[-1]).max() < 1e-9
+
+
+def test_constant_rotation_continues_a_steady_tumble_exactly():
+    frames, _ = _tumbling_molecule(40)
+    frames -= 0.01 * np.arange(40)[:, None, None]  # turning in place: no drift
+    history, lead_steps = frames[None, 0:28:3], np.array([1, 2, 4])  # 10 frames, 3 apart; targets 30, 33, 39
+    forecast = constant_rotation_forecast(history, lead_steps)
+    assert forecast.shape == (1, 3, 6, 3)
+    assert np.abs(forecast[0] - frames[[30, 33, 39]]).max() < 1e-9
+    assert np.abs(persistence_forecast(history, lead_steps)[0] - frames[[30, 33, 39]]).max() > 0.1
+    still = np.repeat(frames[None, :1], 10, axis=1)  # no rotation: the last frame stays
+    assert np.abs(constant_rotation_forecast(still, [5]) - still[:, -1:]).max() < 1e-12
 
 
 def test_reference_structure_baseline_places_the_reference_on_the_last_frame():

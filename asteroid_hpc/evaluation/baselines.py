@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..metrics.superposition import kabsch_superpose
+from ..metrics.superposition import kabsch_rotation, kabsch_superpose
 
 
 def _check(history: np.ndarray, lead_steps) -> tuple[np.ndarray, np.ndarray]:
@@ -57,6 +57,24 @@ def aligned_history_mean_forecast(history, lead_steps) -> np.ndarray:
     return np.repeat(mean, steps.size, axis=1)
 
 
+def constant_rotation_forecast(history, lead_steps) -> np.ndarray:
+    """The last frame turned about its centroid at the history's mean angular rate, k steps of it at lead
+    time k: the rigid rotation from the first to the last history frame (Kabsch), spread evenly over the
+    m − 1 spacings. The rigid-body analogue of constant velocity, for a steadily tumbling molecule."""
+    from scipy.spatial.transform import Rotation
+
+    history, steps = _check(history, lead_steps)
+    if history.shape[1] < 2:
+        raise ValueError("constant rotation needs at least two history frames")
+    last = history[:, -1].astype(np.float64)
+    turn = kabsch_rotation(history[:, 0], last)  # row vectors: first @ turn ≈ last (centred)
+    rate = Rotation.from_matrix(np.swapaxes(turn, -1, -2)).as_rotvec() / (history.shape[1] - 1)
+    centre = last.mean(axis=1, keepdims=True)
+    frames = [(last - centre) @ Rotation.from_rotvec(rate * k).as_matrix().transpose(0, 2, 1) + centre
+              for k in steps]
+    return np.stack(frames, axis=1).astype(history.dtype)
+
+
 def reference_structure_forecast(history, lead_steps, reference) -> np.ndarray:
     """A fixed structure ``reference`` [N, 3] superposed onto the last observed frame (Kabsch), at every lead
     time: with the training frames' mean structure, the climatology of an isolated molecule."""
@@ -71,4 +89,5 @@ def reference_structure_forecast(history, lead_steps, reference) -> np.ndarray:
 
 REFERENCE_BASELINE = "training mean structure"  # scored when the model carries a reference structure
 BASELINES = {"persistence": persistence_forecast, "constant velocity": constant_velocity_forecast,
-             "history mean": history_mean_forecast, "aligned history mean": aligned_history_mean_forecast}
+             "history mean": history_mean_forecast, "aligned history mean": aligned_history_mean_forecast,
+             "constant rotation": constant_rotation_forecast}
