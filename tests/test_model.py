@@ -267,3 +267,27 @@ def test_reference_structure_config_is_checked():
         small_config(reference_coordinates=[[0.0, 0.0, 0.0]])
     with pytest.raises(UserError, match=r"list of \[x, y, z\] rows"):
         small_config(reference_structure="training_mean", reference_coordinates=[[0.0, 0.0]])
+
+
+def test_rotation_basis_is_the_windows_rotation_continued_and_keeps_every_symmetry():
+    from scipy.spatial.transform import Rotation
+
+    from asteroid_hpc.model.symmetry import rotation_step
+
+    history, z = molecule_window(batch=1)
+    body = history[0, 0].double() - history[0, 0].double().mean(dim=0)
+    turn = Rotation.from_rotvec([0.0, 0.0, 0.02])  # 0.02 rad per frame about z
+    frames = torch.stack([body @ torch.from_numpy(Rotation.from_rotvec([0, 0, 0.02 * k]).as_matrix().T)
+                          for k in range(M)]).unsqueeze(0)
+    step = rotation_step(frames)[0]
+    expected = frames[0, -1] @ torch.from_numpy(turn.as_matrix().T) - frames[0, -1]
+    assert (step - expected).norm() < 0.03 * expected.norm()  # small-angle: (R³ − I)/3 for one step R of 0.02 rad
+    model = make_model(rotation_basis=True)
+    assert model.num_basis == make_model().num_basis + 1
+    history = history - 3.0
+    assert rotation_equivariance_error(model, history, z, L, num_rotations=2) < 1e-5
+    order = torch.randperm(N, generator=torch.Generator().manual_seed(0))
+    permuted = model(history[:, :, order], z[order], L).forecast
+    assert torch.allclose(permuted, model(history, z, L).forecast[:, :, order], atol=1e-5)
+    with pytest.raises(UserError, match="cannot be split into spatial domains"):
+        model(history, z, L, owned_mask=torch.ones(N, dtype=torch.bool))

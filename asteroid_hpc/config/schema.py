@@ -97,6 +97,7 @@ class ModelConfig:
     # the per-atom vectors (isolated molecules of a fixed atom order); "none": no reference
     reference_structure: str = "none"
     reference_coordinates: list[list[float]] = field(default_factory=list)  # [N][3] Å, filled in by train
+    rotation_basis: bool = False  # the window's rigid rotation per frame, continued, joins the per-atom vectors
 
     def __post_init__(self) -> None:
         _check(self.history_frames >= 2, "model.history_frames must be >= 2")

@@ -7,6 +7,8 @@ One *pass* over a history window of m frames:
    "atom basis" is {d_0 … d_{m−2}, x_last − c}; a frame token t carries {d_t, v_t = x_t − x_{t−1}}.
    With ``model.reference_structure``, the basis also holds r − x_last, r being the training frames'
    mean structure superposed onto the last frame (Kabsch): where each atom would sit in the mean shape.
+   With ``model.rotation_basis``, it also holds the step each atom would make if the molecule kept turning
+   at the window's mean rigid rotation per frame (Kabsch from the first to the last frame).
    In "equivariant" mode tokens see only inner products of these vectors; in "augment" mode their
    components (and training applies a random rotation per window, undone on the outputs).
 2. Encoder: ``encoder_layers`` × (spatial block within each frame → temporal self-attention per atom
@@ -37,8 +39,8 @@ from ..errors import UserError
 from .graph import NeighborGraph, radius_graph, spatial_order
 from .spatial import GlobalReduce, SpatialBlock, local_reduce
 from .sti import readoff
-from .symmetry import (VectorHead, random_rotations, rotate_about, superpose_onto, vector_feature_size,
-                       vector_features)
+from .symmetry import (VectorHead, random_rotations, rotate_about, rotation_step, superpose_onto,
+                       vector_feature_size, vector_features)
 from .temporal import TemporalBlock
 
 WindowCentroid = Callable[[Tensor], Tensor]  # window [B, m, N, 3] -> centroid of the whole system [B, 1, 1, 3]
@@ -81,7 +83,7 @@ class _Window:
 
     last: Tensor  # x_last [B, 1, N, 3]
     centre: Tensor  # c [B, 1, 1, 3]
-    atom_basis: Tensor  # [B, N, m (+1 with a reference structure), 3]
+    atom_basis: Tensor  # [B, N, m (+1 per optional vector: reference, rotation), 3]
     elements: Tensor  # element embedding [B, N, D]
     graph: Optional[NeighborGraph]
     owned_mask: Optional[Tensor]  # [B, N] or None
@@ -99,7 +101,7 @@ class Asteroid(nn.Module):
         self.steps_per_pass = length - 1
         num_vectors = cfg.num_heads if self.equivariant else 0  # attention-weighted relative vectors
         self.uses_reference = cfg.reference_structure != "none"
-        atom_vectors = m + int(self.uses_reference)
+        atom_vectors = m + int(self.uses_reference) + int(cfg.rotation_basis)
         self.num_basis = atom_vectors + TOKEN_VECTORS + num_vectors
         feature_size = vector_feature_size(TOKEN_VECTORS, atom_vectors, self.equivariant)
         if self.uses_reference:  # carried by the config, so not part of the weights
@@ -143,6 +145,9 @@ class Asteroid(nn.Module):
         whose window holds only its owned and halo atoms, reduces it across domains).
         """
         self._check_inputs(history, atomic_numbers, horizon, target)
+        if owned_mask is not None and (self.uses_reference or self.cfg.rotation_basis):
+            raise UserError("model.reference_structure and model.rotation_basis are vectors of the whole molecule: "
+                            "they cannot be split into spatial domains (use one rank per member)")
         batch, m, n_atoms, _ = history.shape
         elements = atomic_numbers.expand(batch, n_atoms) if atomic_numbers.dim() == 1 else atomic_numbers
         if owned_mask is not None and owned_mask.dim() == 1:
@@ -223,6 +228,8 @@ class Asteroid(nn.Module):
         parts = [displacements]
         if self.uses_reference:
             parts.append((superpose_onto(self.reference, last[:, 0]) - last[:, 0]).unsqueeze(2))
+        if self.cfg.rotation_basis:
+            parts.append(rotation_step(window).unsqueeze(2))
         parts.append((last - centre).permute(0, 2, 1, 3))  # last: _basis scales it
         atom_basis = torch.cat(parts, dim=2)
         if self.cfg.attention == "full":

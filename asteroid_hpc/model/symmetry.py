@@ -37,19 +37,34 @@ def rotate_about(coords: Tensor, rotation: Tensor, centre: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def superpose_onto(reference: Tensor, target: Tensor) -> Tensor:
-    """``reference`` [N, 3] moved onto each ``target`` [B, N, 3] by the proper rotation and translation that
-    minimise the RMSD (Kabsch, float64): [B, N, 3]. Rotating a target rotates its result (equivariant)."""
-    points = target.double()
-    centre = points.mean(dim=1, keepdim=True)
-    body = reference.double() - reference.double().mean(dim=0)
-    covariance = torch.einsum("ni,bnj->bij", body, points - centre)
+def kabsch_rotation(mobile: Tensor, target: Tensor) -> Tensor:
+    """The proper rotation [B, 3, 3] (float64, row vectors) that best turns ``mobile`` [B, N, 3] onto
+    ``target`` [B, N, 3] about their centroids (Kabsch): (mobile − its centroid) @ R ≈ target − its centroid."""
+    mobile, target = mobile.double(), target.double()
+    covariance = (mobile - mobile.mean(dim=1, keepdim=True)).transpose(1, 2) @ (target - target.mean(dim=1, keepdim=True))
     u, _, vt = torch.linalg.svd(covariance)
     sign = torch.where(torch.linalg.det(u @ vt) < 0, -1.0, 1.0).to(u.dtype)
     correction = torch.ones(u.shape[0], 3, dtype=u.dtype, device=u.device)
     correction[:, -1] = sign  # a proper rotation: flip the weakest axis instead of reflecting
-    rotation = (u * correction[:, None, :]) @ vt  # row vectors: body @ rotation ≈ points − centre
-    return (body @ rotation + centre).to(target.dtype)
+    return (u * correction[:, None, :]) @ vt
+
+
+def superpose_onto(reference: Tensor, target: Tensor) -> Tensor:
+    """``reference`` [N, 3] moved onto each ``target`` [B, N, 3] by the proper rotation and translation that
+    minimise the RMSD (Kabsch, float64): [B, N, 3]. Rotating a target rotates its result (equivariant)."""
+    body = reference.double() - reference.double().mean(dim=0)
+    rotation = kabsch_rotation(body.expand(target.shape[0], -1, -1), target)
+    return (body @ rotation + target.double().mean(dim=1, keepdim=True)).to(target.dtype)
+
+
+def rotation_step(window: Tensor) -> Tensor:
+    """The displacement of every atom [B, N, 3] if the last frame of ``window`` [B, m, N, 3] turned on about
+    its centroid by the mean rigid rotation of one frame spacing: the rigid rotation from the first to the
+    last frame (Kabsch), applied once more, divided by the m − 1 spacings (small-angle). Rotating the window
+    rotates it; translating or permuting the atoms does not change it (but for the permutation)."""
+    rotation = kabsch_rotation(window[:, 0], window[:, -1])
+    arm = window[:, -1].double() - window[:, -1].double().mean(dim=1, keepdim=True)
+    return ((arm @ rotation - arm) / (window.shape[1] - 1)).to(window.dtype)
 
 
 def vector_features(query: Tensor, basis: Tensor, equivariant: bool) -> Tensor:
