@@ -47,8 +47,8 @@ def evaluate_to_directory(model_path: str | os.PathLike, data_paths, out_dir: st
 
         if len(data_paths) != 1:
             raise user_error(data_paths[1], "protocol window takes one dataset directory")
-        samples = window_samples(data_paths[0], split=split, history_frames=model_history, horizon_frames=horizon_frames,
-                                 max_samples=max_samples, seed=seed)
+        samples = window_samples(data_paths[0], split=split, history_frames=model_history,
+                                 horizon_frames=horizon_frames, max_samples=max_samples, seed=seed)
         results.append(evaluate_samples(model, samples, batch_size=batch_size))
     trajectory_protocols = [p for p in protocols if p != "window"]
     if trajectory_protocols:

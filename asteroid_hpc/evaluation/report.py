@@ -115,8 +115,8 @@ def results_markdown(results: list[ProtocolResult], header: dict) -> str:
              "x_last + k·(x_last − x_previous), k counted in history spacings; history mean is the mean of the "
              "history frames; aligned history mean is that mean after superposing every history frame onto the "
              "last one (Kabsch); constant rotation turns the last frame at the history's mean angular rate (the "
-             "rigid rotation from the first to the last history frame); training mean structure (models with a reference structure) is the model's "
-             "reference superposed onto the last frame", ""]
+             "rigid rotation from the first to the last history frame); training mean structure (models with a "
+             "reference structure) is the model's reference superposed onto the last frame", ""]
     return "\n".join(lines) + "\n" + "\n".join(protocol_markdown(r) for r in results)
 
 
