@@ -10,6 +10,8 @@ import numpy as np
 
 from .superposition import kabsch_superpose
 
+SUPERPOSE_SAMPLES = 64  # samples superposed at a time
+
 
 def _pair(prediction, reference) -> tuple[np.ndarray, np.ndarray]:
     prediction = np.asarray(prediction, dtype=np.float64)
@@ -31,7 +33,11 @@ def superposed_mse_per_lead_time(prediction, reference) -> np.ndarray:
     (Kabsch: the best translation and rotation), averaged like :func:`mse_per_lead_time`: shape [H].
     The error of the shape alone; the raw MSE minus this is the part a rigid-body motion would remove."""
     prediction, reference = _pair(prediction, reference)
-    return ((kabsch_superpose(prediction, reference) - reference) ** 2).mean(axis=(0, 2, 3))
+    total = np.zeros(prediction.shape[1])
+    for first in range(0, len(prediction), SUPERPOSE_SAMPLES):  # bounded temporaries for large systems
+        block = slice(first, first + SUPERPOSE_SAMPLES)
+        total += ((kabsch_superpose(prediction[block], reference[block]) - reference[block]) ** 2).sum(axis=(0, 2, 3))
+    return total / (len(prediction) * prediction.shape[2] * 3)
 
 
 def mse_per_sample(prediction, reference) -> np.ndarray:
