@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -122,6 +123,8 @@ def test_netcdf_read_by_mdanalysis_matches_in_memory(tmp_path):
     report = generate_xtb_netcdf(spec, out, write_velocities=True, progress=False)
     assert out.exists() and not (tmp_path / "ethanol.nc.chunks").exists()
     assert (tmp_path / "ethanol.nc.json").exists() and report.ms_per_step > 0
+    recorded = json.loads((tmp_path / "ethanol.nc.json").read_text())["versions"]
+    assert recorded["tblite"] != "not installed" and recorded["ase"] != "not installed"  # what made the file
     coords, z, attrs = read_nc(out)
     assert attrs["Conventions"] == "AMBER" and attrs["ConventionVersion"] == "1.0"
     assert z.tolist() == get_molecule("ethanol").atomic_numbers.tolist()

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..atomic import atomic_output, write_text_atomic
 from ..dist import get_logger
+from ..dist.versions import package_versions
 from ..errors import user_error
 from .energy import check_conservation, measure_conservation
 from .molecules import canonical_name, get_molecule
@@ -30,6 +31,7 @@ from .xtb import DEFAULT_FRICTION_PER_FS, XTB_METHOD, run_nve_chunk, set_state, 
 log = get_logger(__name__)
 
 PROGRESS_LOG_INTERVAL_S = 30.0
+GENERATOR_PACKAGES = ("asteroid-hpc", "tblite", "ase", "numpy", "scipy")  # recorded in each report
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,8 @@ class GenerationReport:
     production_steps: int
     ms_per_step: float
     energy: dict = field(default_factory=dict)
+    # MD is chaotic: another build of these can give another (equally valid) trajectory from the same seed
+    versions: dict = field(default_factory=dict)
 
 
 def chunk_dir(out_path: Path) -> Path:
@@ -237,7 +241,8 @@ def _finish(spec: XtbRunSpec, chunks: Path, out_path: Path, mol, write_velocitie
         writer.append(positions.astype(np.float32), time_ps,
                       velocities=velocities.astype(np.float32) if write_velocities else None)
     report = GenerationReport(spec=asdict(spec), output=str(out_path), n_atoms=mol.n_atoms, wall_seconds=seconds,
-                              production_steps=steps, ms_per_step=ms_per_step, energy=energy.as_dict())
+                              production_steps=steps, ms_per_step=ms_per_step, energy=energy.as_dict(),
+                              versions=package_versions(GENERATOR_PACKAGES))
     report_path = out_path.with_name(out_path.name + ".json")
     write_text_atomic(report_path, json.dumps(asdict(report), indent=1))
     shutil.rmtree(chunks)
