@@ -47,9 +47,9 @@ def command(model, datasets, out_dir, protocols, split, history_frames, max_samp
     """Evaluate MODEL (exported weights, or "none" for the baselines alone) on DATASETS: one or more
     trajectory files of one molecule (pooled, and each alone), or one preprocessed dataset directory.
 
-    Prints a markdown table per protocol (model, persistence, constant velocity and the history means on the
-    very same samples, and the error after superposition) and writes it to OUT/results.md, with
-    OUT/results.json and OUT/error_vs_lead_time.png.
+    Prints a markdown table per protocol (model, persistence, constant velocity and rotation, and the history
+    means on the very same samples, and the error after superposition) and writes it to OUT/results.md,
+    with OUT/results.json and OUT/error_vs_lead_time.png.
     """
     from pathlib import Path
 

@@ -19,6 +19,7 @@ from .manifest import inside, read_manifest
 from .preprocess import STATS_SPLITS
 
 READ_FRAMES = 64  # sampled frames read per call
+MAX_COORDINATES = 2 ** 24  # sampled coordinates held at once (134 MB as float64)
 SUPERPOSE_ITERATIONS = 4  # the mean stops changing (to float32 precision) after 2-3 on xTB-MD17 molecules
 
 
@@ -31,6 +32,7 @@ def training_mean_structure(dataset_dir: str | os.PathLike, max_frames: int = 40
     total = sum(s["frame_stop"] - s["frame_start"] for s in shards)
     if total == 0:
         raise user_error(directory, "no training frames to take a reference structure from")
+    max_frames = max(1, min(max_frames, MAX_COORDINATES // (3 * int(manifest["n_atoms"]))))  # large systems
     every = max(1, -(-total // max_frames))
     frames = []
     for shard in shards:
