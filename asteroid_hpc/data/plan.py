@@ -210,7 +210,7 @@ def _matching_sources(patterns: list[str], sources: list[Source], option: str) -
     paths = {s.path for s in sources}
     named = set()
     for pattern in patterns:
-        matches = {os.path.realpath(m) for m in (glob.glob(pattern) if glob.has_magic(pattern) else [pattern])}
+        matches = {os.path.realpath(m) for m in expand_inputs([pattern])}
         if not matches & paths:
             raise user_error(pattern, f"{option}: not one of the preprocess inputs")
         named |= matches & paths

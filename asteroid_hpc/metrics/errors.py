@@ -36,7 +36,8 @@ def superposed_mse_per_lead_time(prediction, reference) -> np.ndarray:
     total = np.zeros(prediction.shape[1])
     for first in range(0, len(prediction), SUPERPOSE_SAMPLES):  # bounded temporaries for large systems
         block = slice(first, first + SUPERPOSE_SAMPLES)
-        total += ((kabsch_superpose(prediction[block], reference[block]) - reference[block]) ** 2).sum(axis=(0, 2, 3))
+        squared = (kabsch_superpose(prediction[block], reference[block]) - reference[block]) ** 2
+        total += squared.sum(axis=(0, 2, 3))
     return total / (len(prediction) * prediction.shape[2] * 3)
 
 
