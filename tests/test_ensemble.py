@@ -132,7 +132,7 @@ def test_rollout_equals_the_models_own_iterative_forecast(files):
     import torch
 
     from asteroid_hpc.data.amber import AmberReader, read_frames
-    from asteroid_hpc.dist.mpi import SingleProcess
+    from asteroid_hpc.runtime.mpi import SingleProcess
     from asteroid_hpc.ensemble.rollout import MemberForecaster, float64_centroid
     from asteroid_hpc.model import load_weights
 

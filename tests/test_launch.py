@@ -2,8 +2,8 @@ import platform
 
 import pytest
 
-from asteroid_hpc.dist import choose_device, detect_launch, expand_nodelist, port_from_job_id
-from asteroid_hpc.dist.launch import LaunchInfo
+from asteroid_hpc.runtime import choose_device, detect_launch, expand_nodelist, port_from_job_id
+from asteroid_hpc.runtime.launch import LaunchInfo
 
 
 @pytest.mark.parametrize("nodelist, hosts", [
@@ -76,7 +76,7 @@ def test_device_choice(local_rank, gpus, device):
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_keep_freed_memory_is_accepted_by_glibc():
-    from asteroid_hpc.dist.allocator import keep_freed_memory
+    from asteroid_hpc.runtime.allocator import keep_freed_memory
 
     import numpy as np
     import psutil

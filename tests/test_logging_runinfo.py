@@ -3,9 +3,10 @@ import logging
 import yaml
 
 from asteroid_hpc.config import config_hash, load_config
-from asteroid_hpc.dist import get_logger, setup_logging
-from asteroid_hpc.dist.launch import LaunchInfo
-from asteroid_hpc.dist.runinfo import startup_summary, write_resolved_config
+from asteroid_hpc.config.resolved import write_resolved_config
+from asteroid_hpc.logs import get_logger, setup_logging
+from asteroid_hpc.runtime.launch import LaunchInfo
+from asteroid_hpc.provenance import startup_summary
 
 
 def info(rank, world=2):

@@ -193,7 +193,7 @@ def test_resume_refuses_a_different_model_shape(tmp_path):
 
 # ----------------------------------------------------------------------------------- signals
 def test_stop_signals_only_set_a_flag():
-    from asteroid_hpc.dist import signals
+    from asteroid_hpc.runtime import signals
 
     signals.clear_stop()
     previous = signals.install_stop_handlers()

@@ -22,7 +22,8 @@ from pathlib import Path  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     from asteroid_hpc.atomic import write_json_atomic
-    from asteroid_hpc.dist import setup_logging
+    from asteroid_hpc.logs import setup_logging
+    from asteroid_hpc.runtime.launch import detect_launch
     from asteroid_hpc.errors import UserError
     from asteroid_hpc.evaluation.cost import measure_cost
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--md-steps", type=int, default=200, help="GFN2-xTB steps timed (at least)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="JSON report")
     args = parser.parse_args(argv)
-    setup_logging()
+    setup_logging(detect_launch())
     try:
         if min(args.stride, args.frames, args.batch_size, args.repeats, args.md_steps) < 1 or args.timestep_fs <= 0:
             raise UserError("--stride, --frames, --batch-size, --repeats, --md-steps and --timestep-fs must be positive")

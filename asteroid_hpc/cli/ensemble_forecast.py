@@ -43,12 +43,13 @@ def command(model, initial, overrides, outdir, config, reference, reference_star
     """
     from pathlib import Path
 
-    from ..dist import setup_logging
-    from ..dist.mpi import abort_on_uncaught_exception, world
+    from ..logs import setup_logging
+    from ..runtime.launch import detect_launch
+    from ..runtime.mpi import abort_on_uncaught_exception, world
     from ..ensemble import Reference, parse_grid, run_ensemble
 
     cfg = load_cli_config(config, overrides)
-    setup_logging()
+    setup_logging(detect_launch())
     abort_on_uncaught_exception()
     domains = parse_grid(grid, world().size) if grid else None
     summary = run_ensemble(cfg, model, initial, outdir, domains=domains,

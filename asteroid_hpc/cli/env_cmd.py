@@ -15,14 +15,14 @@ from .common import examples
 @click.option("--mpi", is_flag=True, help="Also initialise MPI and report what every rank sees (rank 0 prints).")
 def command(as_json: bool, mpi: bool) -> None:
     """Print the detected launcher, rank, world size, rendezvous address, device and versions."""
-    from ..dist import choose_device, detect_launch, threads_per_rank
-    from ..dist.versions import package_versions
+    from ..runtime import choose_device, detect_launch, threads_per_rank
+    from ..provenance import package_versions
 
     info = detect_launch()
     report = {**info.to_dict(), "device": choose_device(info), "threads_per_rank": threads_per_rank(info),
               "versions": package_versions()}
     if mpi:
-        from ..dist.mpi import world
+        from ..runtime.mpi import world
 
         w = world()
         gathered = w.gather({"rank": w.rank, "host": info.hostname, "device": report["device"]})

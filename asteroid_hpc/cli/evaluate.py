@@ -53,11 +53,12 @@ def command(model, datasets, out_dir, protocols, split, history_frames, max_samp
     """
     from pathlib import Path
 
-    from ..dist import setup_logging
+    from ..logs import setup_logging
+    from ..runtime.launch import detect_launch
     from ..errors import user_error
     from ..evaluation import evaluate_to_directory
 
-    setup_logging()
+    setup_logging(detect_launch())
     directories = [d for d in datasets if Path(d).is_dir()]
     if directories and len(datasets) > 1:
         raise user_error(directories[0], "a dataset directory is evaluated alone (protocol window); pass it "

@@ -22,9 +22,10 @@ def command(checkpoint: str, output: str, best: bool) -> None:
     checkpoint). OUTPUT is a safetensors file holding the weights and the model config, loadable for
     inference on any number of ranks.
     """
-    from ..dist.logs import setup_logging
+    from ..logs import setup_logging
+    from ..runtime.launch import detect_launch
     from ..train.export import export_checkpoint
 
-    setup_logging()
+    setup_logging(detect_launch())
     path = export_checkpoint(checkpoint, output, best=best)
     click.echo(str(path))

@@ -61,13 +61,13 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _fail(message: str, code: int) -> None:
-    from ..dist.launch import detect_launch
+    from ..runtime.launch import detect_launch
 
     info = detect_launch()
     prefix = f"[rank {info.rank}/{info.world_size}] " if info.world_size > 1 else ""
     click.echo(f"{prefix}asteroid-hpc: error: {message}", err=True)
     if info.world_size > 1 and "mpi4py.MPI" in sys.modules:
-        from ..dist.mpi import world
+        from ..runtime.mpi import world
 
         world().abort(code)
     sys.exit(code)
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         if "mpi4py.MPI" in sys.modules:  # a bug on one rank must not leave the others hanging
             import traceback
 
-            from ..dist.mpi import world
+            from ..runtime.mpi import world
 
             traceback.print_exc()
             world().abort(1)

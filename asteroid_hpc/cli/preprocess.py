@@ -36,8 +36,9 @@ def command(inputs, outdir, config, topology, drop_nonfinite, overwrite, no_prog
     Runs on every rank under mpiexec/srun (shards are dealt out across ranks); a re-run after an
     interruption keeps the complete shards.
     """
-    from ..dist import setup_logging
-    from ..dist.mpi import abort_on_uncaught_exception
+    from ..logs import setup_logging
+    from ..runtime.launch import detect_launch
+    from ..runtime.mpi import abort_on_uncaught_exception
 
     paths = [a for a in inputs if "=" not in a]
     overrides = [a for a in inputs if "=" in a]
@@ -46,7 +47,7 @@ def command(inputs, outdir, config, topology, drop_nonfinite, overwrite, no_prog
     if not paths:
         raise click.UsageError("no input files given")
     cfg = load_cli_config(config, tuple(overrides))
-    setup_logging()
+    setup_logging(detect_launch())
     abort_on_uncaught_exception()
     from ..data.preprocess import run_preprocess
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dist.logs import get_logger
+from ..logs import get_logger
 from ..errors import UserError, user_error
 from .manifest import SCHEMA_VERSION
 from .random_starts import SPLITS, random_start_plan, random_start_split

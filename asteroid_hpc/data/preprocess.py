@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..checksum import file_digest
-from ..dist.logs import get_logger
+from ..logs import get_logger
 from ..errors import UserError, user_error
 from .amber import AmberWriter
 from .manifest import FORMAT, MANIFEST, SCHEMA_VERSION, write_json_atomic
@@ -440,7 +440,7 @@ def build_manifest(plan: Plan, cfg, records: list[dict], source_hashes: dict[str
 def run_preprocess(inputs: list[str], outdir: str | os.PathLike, cfg, *, overwrite: bool = False,
                    topology: str | None = None, progress: bool = True) -> dict:
     """Preprocess ``inputs`` into ``outdir`` on every rank of the MPI world; returns the manifest."""
-    from ..dist.mpi import world
+    from ..runtime.mpi import world
 
     w = world()
     outdir = Path(outdir)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..dist.logs import get_logger
+from ..logs import get_logger
 from ..errors import user_error
 from .manifest import read_manifest
 from .plan import SPLITS

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_output, write_text_atomic
-from ..dist import get_logger
-from ..dist.versions import package_versions
+from ..logs import get_logger
+from ..provenance import package_versions
 from ..errors import user_error
 from .energy import check_conservation, measure_conservation
 from .molecules import canonical_name, get_molecule

@@ -57,7 +57,7 @@ def parse_grid(text: str, world_size: int) -> int:
 
 def split_group(world, grid: ProcessGrid):
     """The communicator of this rank's member group (same interface as ``world()``)."""
-    from ..dist.mpi import MPIWorld, SingleProcess
+    from ..runtime.mpi import MPIWorld, SingleProcess
 
     if grid.domains == 1 or world.comm is None:
         return SingleProcess()

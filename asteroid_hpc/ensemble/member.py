@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.amber import AmberReader, AmberWriter, partial_path
-from ..dist.logs import get_logger
+from ..logs import get_logger
 from .perturb import InitialCondition, starting_window
 from .rollout import MemberForecaster
 from .store import is_finished, marker_path, member_path, write_json_atomic

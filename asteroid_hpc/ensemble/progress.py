@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ..dist.logs import get_logger
+from ..logs import get_logger
 
 log = get_logger(__name__)
 PROGRESS_TAG = 7301

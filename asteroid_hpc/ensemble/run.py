@@ -9,9 +9,9 @@ from typing import Optional
 
 from ..checksum import file_digest
 from ..config.schema import AsteroidConfig
-from ..dist.launch import detect_launch
-from ..dist.logs import get_logger
-from ..dist.mpi import world
+from ..runtime.launch import detect_launch
+from ..logs import get_logger
+from ..runtime.mpi import world
 from ..errors import user_error
 from .grid import ProcessGrid, split_group
 from .member import MemberJob, run_member
@@ -59,9 +59,9 @@ def run_ensemble(cfg: AsteroidConfig, model_path: str | os.PathLike, initial_pat
     import torch
 
     from ..config import config_hash
-    from ..dist.allocator import keep_freed_memory
-    from ..dist.device import setup_torch_threads
-    from ..dist.runinfo import startup_summary
+    from ..runtime.allocator import keep_freed_memory
+    from ..runtime.device import setup_torch_threads
+    from ..provenance import startup_summary
     from ..model import load_weights
 
     w, info = world(), detect_launch()

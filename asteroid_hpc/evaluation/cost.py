@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..dist import get_logger
+from ..logs import get_logger
 
 log = get_logger(__name__)
 

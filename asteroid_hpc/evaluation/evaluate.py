@@ -6,7 +6,7 @@ import datetime
 import os
 from pathlib import Path
 
-from ..dist import get_logger
+from ..logs import get_logger
 from ..errors import user_error
 from .report import results_markdown, write_outputs
 from .protocols import PROTOCOL_HISTORY_FRAMES

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..dist import get_logger
+from ..logs import get_logger
 from ..errors import UserError
 from ..metrics import ade_fde, mse_per_lead_time, superposed_mse_per_lead_time
 from .baselines import BASELINES, REFERENCE_BASELINE, reference_structure_forecast

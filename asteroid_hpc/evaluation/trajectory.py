@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dist import get_logger
+from ..logs import get_logger
 from ..errors import user_error
 from .protocols import MD17_FRAME_FS, Trajectory
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..atomic import write_json_atomic, write_text_atomic
-from ..dist.logs import get_logger
+from ..logs import get_logger
 from ..errors import UserError, user_error
 
 log = get_logger(__name__)

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from ..config.schema import ModelConfig
-from ..dist.logs import get_logger
+from ..logs import get_logger
 from ..errors import UserError, user_error
 from .checkpoint import (CLIENT_STATE, CheckpointManager, check_pickles_safe, read_json, resolve_resume,
                          safe_torch_load)

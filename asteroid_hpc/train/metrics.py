@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..atomic import write_text_atomic
-from ..dist.logs import get_logger
+from ..logs import get_logger
 
 log = get_logger(__name__)
 

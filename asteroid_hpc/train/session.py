@@ -1,7 +1,7 @@
 """One launch code path: from whatever launcher started us to an initialised torch.distributed, and back.
 
 single process, ``srun``, ``torchrun``, ``mpiexec`` and the ``deepspeed`` launcher all end up here:
-:func:`~asteroid_hpc.dist.detect_launch` reads the launcher's variables, :func:`export_torch_env` turns
+:func:`~asteroid_hpc.runtime.detect_launch` reads the launcher's variables, :func:`export_torch_env` turns
 them into torch's env:// rendezvous, and DeepSpeed initialises the process group without MPI discovery.
 """
 
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config.schema import TrainConfig
-from ..dist.device import choose_device, setup_torch_threads
-from ..dist.launch import LaunchInfo, detect_launch, export_torch_env
-from ..dist.logs import get_logger
+from ..runtime.device import choose_device, setup_torch_threads
+from ..runtime.launch import LaunchInfo, detect_launch, export_torch_env
+from ..logs import get_logger
 from .ds_config import resolve_backend, resolve_precision
 
 log = get_logger(__name__)
@@ -63,7 +63,7 @@ def _multi_node_master_addr(info: LaunchInfo) -> str | None:
         return None
     if info.local_world_size >= info.world_size:
         return None  # one node: the loopback default is right
-    from ..dist.mpi import world
+    from ..runtime.mpi import world
 
     return world().bcast(info.hostname)
 

@@ -14,9 +14,9 @@ from typing import Optional
 
 from .. import __version__
 from ..config import AsteroidConfig, config_hash, to_dict
-from ..dist import signals
-from ..dist.logs import get_logger, setup_logging
-from ..dist.runinfo import write_resolved_config
+from ..runtime import signals
+from ..logs import get_logger, setup_logging
+from ..config.resolved import write_resolved_config
 from ..errors import UserError
 from . import session as dist_session
 from .batches import BatchStream
@@ -141,7 +141,7 @@ def _fill_reference_structure(cfg: AsteroidConfig) -> None:
 
 def _startup_summary(cfg: AsteroidConfig, sess, ds_config: dict, run_dir: Path, summary: dict,
                      n_train: int, n_val: int, resume_from: Optional[Path]) -> None:
-    from ..dist.runinfo import startup_summary
+    from ..provenance import startup_summary
 
     t = cfg.train
     log.info("%s", startup_summary(sess.info, device=sess.device, config_hash=config_hash(cfg), run_dir=run_dir, extra={

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.mpi
 
 ALLREDUCE = """
 import json, numpy as np
-from asteroid_hpc.dist.mpi import world
+from asteroid_hpc.runtime.mpi import world
 w = world()
 total = w.allreduce(w.rank + 1)
 vec = w.allreduce(np.full(3, w.rank + 1.0))
@@ -36,7 +36,7 @@ def test_allreduce_through_project_helper(tmp_path):
 
 CRASH = """
 import sys, time
-from asteroid_hpc.dist.mpi import world, abort_on_uncaught_exception
+from asteroid_hpc.runtime.mpi import world, abort_on_uncaught_exception
 abort_on_uncaught_exception()
 w = world()
 if w.rank == 1:

@@ -6,14 +6,21 @@ import logging
 import os
 import sys
 from pathlib import Path
-
-from .launch import LaunchInfo, detect_launch
+from typing import Protocol
 
 _ROOT = "asteroid_hpc"
 
 
+class RankInfo(Protocol):
+    """What logging needs to know of the process (``runtime.LaunchInfo`` is one)."""
+
+    rank: int
+    world_size: int
+    hostname: str
+
+
 class _RankFilter(logging.Filter):
-    def __init__(self, info: LaunchInfo):
+    def __init__(self, info: RankInfo):
         super().__init__()
         self.prefix = f"[rank {info.rank}/{info.world_size} {info.hostname}]"
 
@@ -29,14 +36,13 @@ def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(name)
 
 
-def setup_logging(info: LaunchInfo | None = None, *, level: int = logging.INFO, all_ranks: bool = False,
+def setup_logging(info: RankInfo, *, level: int = logging.INFO, all_ranks: bool = False,
                   log_dir: str | Path | None = None) -> logging.Logger:
     """Configure the project's root logger for this rank.
 
     Rank 0 logs to stderr; other ranks only when ``all_ranks`` (or ASTEROID_LOG_ALL_RANKS=1) is set.
     With ``log_dir`` every rank also writes ``rank<r>.log`` there.
     """
-    info = info or detect_launch()
     root = logging.getLogger(_ROOT)
     root.setLevel(level)
     root.propagate = False

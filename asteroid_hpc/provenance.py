@@ -1,18 +1,32 @@
-"""What a run records about itself: the resolved config with provenance, and the start-up summary."""
+"""What a run records about itself: package versions, the project's commit, the start-up summary.
+
+Read from metadata and the environment without importing the packages (bottom layer: imports nothing
+of the project).
+"""
 
 from __future__ import annotations
 
 import subprocess
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .launch import LaunchInfo
-from .versions import package_versions
+PACKAGES = ("asteroid-hpc", "torch", "deepspeed", "mpi4py", "numpy", "netCDF4", "click")
+
+
+def package_versions(names=PACKAGES) -> dict[str, str]:
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
 
 
 def git_commit(repo: Path | None = None) -> str:
     """The checked-out commit of the project (with '-dirty' when modified), or 'unknown'."""
-    repo = repo or Path(__file__).resolve().parents[2]
+    repo = repo or Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
                                 text=True, timeout=5, check=True).stdout.strip()
@@ -23,7 +37,8 @@ def git_commit(repo: Path | None = None) -> str:
         return "unknown"
 
 
-def provenance(info: LaunchInfo) -> dict[str, Any]:
+def provenance(info) -> dict[str, Any]:
+    """Commit, versions and launch facts of this run (``info``: a ``runtime.LaunchInfo``)."""
     return {
         "git_commit": git_commit(),
         "versions": package_versions(),
@@ -34,20 +49,7 @@ def provenance(info: LaunchInfo) -> dict[str, Any]:
     }
 
 
-def write_resolved_config(cfg, run_dir: str | Path, info: LaunchInfo, name: str = "config.resolved.yaml") -> Path:
-    """Write the resolved config plus provenance into ``run_dir`` (atomically; call on rank 0)."""
-    import yaml
-
-    from ..atomic import write_text_atomic
-    from ..config import config_hash, to_dict
-
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    doc = {"config_hash": config_hash(cfg), "provenance": provenance(info), **to_dict(cfg)}
-    return write_text_atomic(run_dir / name, yaml.safe_dump(doc, sort_keys=False))
-
-
-def startup_summary(info: LaunchInfo, *, device: str, config_hash: str, run_dir: str | Path,
+def startup_summary(info, *, device: str, config_hash: str, run_dir: str | Path,
                     extra: dict[str, Any] | None = None) -> str:
     """One block of text, logged once by rank 0 when a command starts."""
     versions = ", ".join(f"{k} {v}" for k, v in package_versions().items())
