@@ -133,7 +133,8 @@ def test_rollout_equals_the_models_own_iterative_forecast(files):
 
     from asteroid_hpc.data.amber import AmberReader, read_frames
     from asteroid_hpc.runtime.mpi import SingleProcess
-    from asteroid_hpc.ensemble.rollout import MemberForecaster, float64_centroid
+    from asteroid_hpc.ensemble.domains import SingleDomain
+    from asteroid_hpc.ensemble.rollout import MemberForecaster
     from asteroid_hpc.model import load_weights
 
     model = load_weights(files["model"])
@@ -141,7 +142,7 @@ def test_rollout_equals_the_models_own_iterative_forecast(files):
     z = AmberReader(files["molecule"]).atomic_numbers
     frames = np.concatenate(list(MemberForecaster(model, z, SingleProcess()).rollout(window, 7)))
     with torch.no_grad():
-        reference = model(torch.from_numpy(window)[None], torch.as_tensor(z), 7, centroid=float64_centroid).forecast[0]
+        reference = model(torch.from_numpy(window)[None], torch.as_tensor(z), 7, domain=SingleDomain()).forecast[0]
     assert frames.shape == (7, 9, 3)
     assert np.array_equal(frames, reference.numpy())
 

@@ -289,5 +289,3 @@ def test_rotation_basis_is_the_windows_rotation_continued_and_keeps_every_symmet
     order = torch.randperm(N, generator=torch.Generator().manual_seed(0))
     permuted = model(history[:, :, order], z[order], L).forecast
     assert torch.allclose(permuted, model(history, z, L).forecast[:, :, order], atol=1e-5)
-    with pytest.raises(UserError, match="cannot be split into spatial domains"):
-        model(history, z, L, owned_mask=torch.ones(N, dtype=torch.bool))

@@ -7,27 +7,29 @@ activations) and runs the model on its *local* atoms only: the atoms it owns plu
 - Halo: every atom within the model's cutoff (along that axis, a superset of the cutoff sphere) of the
   slab. So each owned atom sees all of its neighbours, and its neighbour list (the ``max_neighbors``
   nearest within the cutoff, built by the model from the local atoms) equals the one of the whole system.
-- After every spatial block the halo atoms' features (and attention vectors) are replaced by those their
-  owners computed (``halo_exchange``, an all-to-all in the group). So every local atom is exact at every
-  layer however many spatial layers and decoder steps the model has: the halo needs one cutoff only.
+- After every spatial block (the model calls ``after_spatial_block``) the halo atoms' features (and
+  attention vectors) are replaced by those their owners computed (``halo_exchange``, an all-to-all in the
+  group). So every local atom is exact at every layer however many spatial layers and decoder steps the
+  model has: the halo needs one cutoff only.
 - The global tokens gather from owned atoms only (``owned_mask``) and the softmax statistics of all
   domains are merged (``global_reduce``); the window centroid is a sum over owned atoms, reduced in float64.
 - After the pass the owners' forecasts are all-gathered, so every rank again holds the whole window.
 
-Only open boundaries are supported, as in the model.
+:class:`DomainContext` is the model's :class:`~asteroid_hpc.model.domain.Domain` for one of several domains;
+:class:`SingleDomain` the one for a group of one rank. Only open boundaries are supported, as in the model.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..model.spatial import SpatialBlock, merge_softmax_partials
+from ..model.domain import WholeSystem
+from ..model.spatial import SoftmaxStats, merge_softmax_partials
 
 CUTOFF_MARGIN = 1.0 + 1e-6  # the halo errs on the side of including an atom at the cutoff
 
@@ -81,16 +83,24 @@ def decompose(positions: np.ndarray, domains: int, cutoff_angstrom: float) -> De
     return Decomposition(local, [len(o) for o in owned], send, recv)
 
 
-class DomainContext:
-    """The hooks that make the model's pass over this rank's local atoms exact (see the module doc)."""
+class SingleDomain(WholeSystem):
+    """The whole system on one rank, its centroid summed in float64 as :class:`DomainContext` sums it, so
+    that 1 and many domains agree to the last bit of the centroid rather than to float32 summation error."""
 
-    def __init__(self, group, decomposition: Decomposition, n_atoms_total: int):
+    def centroid(self, window: Tensor) -> Tensor:
+        return window.double().mean(dim=(1, 2), keepdim=True).to(window.dtype)
+
+
+class DomainContext:
+    """This rank's domain: the model's pass over its local atoms is exact (see the module doc)."""
+
+    def __init__(self, group, decomposition: Decomposition, n_atoms_total: int, device: str | torch.device = "cpu"):
         self.group = group
         self.parts = decomposition
         self.domain = group.rank
         self.n_atoms_total = n_atoms_total
         n_local = len(decomposition.local[self.domain])
-        self.owned_mask = torch.zeros(n_local, dtype=torch.bool)
+        self.owned_mask = torch.zeros(n_local, dtype=torch.bool, device=device)
         self.owned_mask[:decomposition.n_owned[self.domain]] = True
 
     def halo_exchange(self, x: Tensor) -> Tensor:
@@ -106,7 +116,7 @@ class DomainContext:
                 out[:, torch.from_numpy(rows)] = torch.from_numpy(incoming[s]).to(out.device)
         return out
 
-    def global_reduce(self, max_logit: Tensor, sum_exp: Tensor, weighted_sum: Tensor):
+    def global_reduce(self, max_logit: Tensor, sum_exp: Tensor, weighted_sum: Tensor) -> SoftmaxStats:
         return merge_softmax_partials(self.group.allgather((max_logit, sum_exp, weighted_sum)))
 
     def centroid(self, window: Tensor) -> Tensor:
@@ -117,17 +127,6 @@ class DomainContext:
         centre = torch.from_numpy(total / (frames * self.n_atoms_total)).to(window.dtype).to(window.device)
         return centre.view(window.shape[0], 1, 1, 3)
 
-    @contextmanager
-    def exchanging_halos(self, model: torch.nn.Module) -> Iterator[None]:
-        """Apply :meth:`halo_exchange` to the output of every spatial block of ``model``."""
-
-        def hook(module, args, output):
-            features, vectors = output
-            return self.halo_exchange(features), None if vectors is None else self.halo_exchange(vectors)
-
-        handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, SpatialBlock)]
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
+    def after_spatial_block(self, features: Tensor, vectors: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+        """The halo rows of a spatial block's outputs, replaced by their owners' rows."""
+        return self.halo_exchange(features), None if vectors is None else self.halo_exchange(vectors)

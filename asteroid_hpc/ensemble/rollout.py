@@ -14,13 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .domains import DomainContext, decompose
-
-
-def float64_centroid(window: torch.Tensor) -> torch.Tensor:
-    """The window centroid summed in float64 (as the domain-decomposed reduction does), so that 1 and many
-    domains agree to the last bit of the centroid rather than to float32 summation error."""
-    return window.double().mean(dim=(1, 2), keepdim=True).to(window.dtype)
+from .domains import DomainContext, SingleDomain, decompose
 
 
 class MemberForecaster:
@@ -55,18 +49,15 @@ class MemberForecaster:
     def one_pass(self, window: np.ndarray, steps: int) -> np.ndarray:
         if self.group.size == 1:
             history = torch.from_numpy(window).unsqueeze(0).to(self.device)
-            out = self.model(history, self.atomic_numbers.to(self.device), steps, centroid=float64_centroid).forecast[0]
+            out = self.model(history, self.atomic_numbers.to(self.device), steps, domain=SingleDomain()).forecast[0]
             return out.cpu().numpy()
         parts = decompose(window[-1], self.group.size, self.model.cfg.cutoff_angstrom)
-        context = DomainContext(self.group, parts, window.shape[1])
+        domain = DomainContext(self.group, parts, window.shape[1], self.device)
         local = parts.local[self.group.rank]
         history = torch.from_numpy(np.ascontiguousarray(window[:, local])).unsqueeze(0).to(self.device)
-        with context.exchanging_halos(self.model):
-            out = self.model(history, self.atomic_numbers[local].to(self.device), steps,
-                             owned_mask=context.owned_mask.to(self.device), global_reduce=context.global_reduce,
-                             centroid=context.centroid).forecast[0]
+        out = self.model(history, self.atomic_numbers[local].to(self.device), steps, domain=domain).forecast[0]
         owned_frames = out[:, :parts.n_owned[self.group.rank]].cpu().numpy()
         frames = np.empty((steps, window.shape[1], 3), dtype=np.float32)
-        for domain, piece in enumerate(self.group.allgather(owned_frames)):
-            frames[:, parts.owned(domain)] = piece
+        for rank, piece in enumerate(self.group.allgather(owned_frames)):
+            frames[:, parts.owned(rank)] = piece
         return frames

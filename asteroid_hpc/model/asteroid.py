@@ -29,27 +29,20 @@ per window from its last frame (atoms move little within a window) unless the ca
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
 
 from ..config.schema import AsteroidConfig, ModelConfig
 from ..errors import UserError
+from .domain import WHOLE_SYSTEM, Domain
 from .graph import NeighborGraph, radius_graph, spatial_order
-from .spatial import GlobalReduce, SpatialBlock, local_reduce
+from .spatial import SpatialBlock
 from .sti import readoff
 from .symmetry import (VectorHead, random_rotations, rotate_about, rotation_step, superpose_onto,
                        vector_feature_size, vector_features)
 from .temporal import TemporalBlock
-
-WindowCentroid = Callable[[Tensor], Tensor]  # window [B, m, N, 3] -> centroid of the whole system [B, 1, 1, 3]
-
-
-def mean_centroid(window: Tensor) -> Tensor:
-    """Default centroid: the mean over every frame and atom of the window (it holds the whole system)."""
-    return window.mean(dim=(1, 2), keepdim=True)
-
 
 # From this many atoms on, local attention runs on the atoms in spatial (k-d tree) order and restores the
 # caller's order on the outputs: the neighbour gathers then hit the cache. At 2·10^5 atoms this cut the
@@ -86,8 +79,7 @@ class _Window:
     atom_basis: Tensor  # [B, N, m (+1 per optional vector: reference, rotation), 3]
     elements: Tensor  # element embedding [B, N, D]
     graph: Optional[NeighborGraph]
-    owned_mask: Optional[Tensor]  # [B, N] or None
-    reduce: GlobalReduce
+    domain: Domain
 
 
 class Asteroid(nn.Module):
@@ -133,32 +125,28 @@ class Asteroid(nn.Module):
 
     # ----------------------------------------------------------------------------------- public API
     def forward(self, history: Tensor, atomic_numbers: Tensor, horizon: int, target: Optional[Tensor] = None, *,
-                graph: Optional[NeighborGraph] = None, owned_mask: Optional[Tensor] = None,
-                global_reduce: GlobalReduce = local_reduce, centroid: WindowCentroid = mean_centroid) -> AsteroidOutput:
+                graph: Optional[NeighborGraph] = None, domain: Optional[Domain] = None) -> AsteroidOutput:
         """Forecast ``horizon`` frames after ``history`` [B, m, N, 3] (raw Å).
 
         ``target`` [B, ≥horizon, N, 3] enables teacher forcing (the decoder and the rolled windows see the
-        true previous frames). ``graph`` overrides the neighbour list (used for every pass), ``owned_mask``
-        [N] or [B, N] excludes halo atoms from the global-token gather, and ``global_reduce`` combines
-        the gather's softmax statistics across domains (see :mod:`asteroid_hpc.model.spatial`).
-        ``centroid`` maps each window to the centroid of the whole system (a domain-decomposed caller,
-        whose window holds only its owned and halo atoms, reduces it across domains).
+        true previous frames). ``graph`` overrides the neighbour list (used for every pass). ``domain``
+        says which part of the system ``history`` holds and how it meets the rest
+        (:mod:`asteroid_hpc.model.domain`); the default is the whole system.
         """
         self._check_inputs(history, atomic_numbers, horizon, target)
-        if owned_mask is not None and (self.uses_reference or self.cfg.rotation_basis):
+        domain = WHOLE_SYSTEM if domain is None else domain
+        if domain.owned_mask is not None and (self.uses_reference or self.cfg.rotation_basis):
             raise UserError("model.reference_structure and model.rotation_basis are vectors of the whole molecule: "
                             "they cannot be split into spatial domains (use one rank per member)")
         batch, m, n_atoms, _ = history.shape
         elements = atomic_numbers.expand(batch, n_atoms) if atomic_numbers.dim() == 1 else atomic_numbers
-        if owned_mask is not None and owned_mask.dim() == 1:
-            owned_mask = owned_mask.expand(batch, n_atoms)
         rotation = None
         if self.training and not self.equivariant:  # "augment": a random rotation per window
             rotation = random_rotations(batch, dtype=history.dtype, device=history.device)
             centre = history.mean(dim=(1, 2), keepdim=True)
             history = rotate_about(history, rotation, centre)
             target = None if target is None else rotate_about(target, rotation, centre)
-        order = self._locality_order(history, graph, owned_mask)
+        order = self._locality_order(history, graph, domain.owned_mask)
         if order is not None:
             history, elements = history[:, :, order], elements[:, order]
             target = None if target is None else target[:, :, order]
@@ -167,7 +155,7 @@ class Asteroid(nn.Module):
         while produced < horizon:
             steps = min(self.steps_per_pass, horizon - produced)
             teacher = None if target is None else target[:, produced:produced + steps]
-            result = self._pass(window, elements, steps, teacher, graph, owned_mask, global_reduce, centroid)
+            result = self._pass(window, elements, steps, teacher, graph, domain)
             first = result if first is None else first
             forecasts.append(result.forecast)
             produced += steps
@@ -220,10 +208,9 @@ class Asteroid(nn.Module):
             return None
         return spatial_order(history[0, -1])
 
-    def _geometry(self, window: Tensor, elements: Tensor, graph: Optional[NeighborGraph],
-                  owned_mask: Optional[Tensor], reduce: GlobalReduce, centroid: WindowCentroid) -> _Window:
+    def _geometry(self, window: Tensor, elements: Tensor, graph: Optional[NeighborGraph], domain: Domain) -> _Window:
         last = window[:, -1:]
-        centre = centroid(window)
+        centre = domain.centroid(window)
         displacements = (window[:, :-1] - last).permute(0, 2, 1, 3)  # [B, N, m-1, 3]
         parts = [displacements]
         if self.uses_reference:
@@ -236,17 +223,20 @@ class Asteroid(nn.Module):
             graph = None
         elif graph is None:
             graph = radius_graph(window[:, -1], self.cfg.cutoff_angstrom, self.cfg.max_neighbors)
-        return _Window(last, centre, atom_basis, self.element_embedding(elements), graph, owned_mask, reduce)
+        return _Window(last, centre, atom_basis, self.element_embedding(elements), graph, domain)
 
     def _spatial(self, block: SpatialBlock, h: Tensor, positions: Tensor, geo: _Window,
                  want_vectors: bool) -> tuple[Tensor, Optional[Tensor]]:
-        """Run a spatial block on every frame of h [B, T, N, D]; vectors [B, T, N, H, 3] when wanted."""
+        """Run a spatial block on every frame of h [B, T, N, D], then the domain's step after it; vectors
+        [B, T, N, H, 3] when wanted."""
         batch, frames, n_atoms, d = h.shape
         graph = None if geo.graph is None else NeighborGraph(geo.graph.index.repeat_interleave(frames, dim=0),
                                                              geo.graph.mask.repeat_interleave(frames, dim=0))
-        owned = None if geo.owned_mask is None else geo.owned_mask.repeat_interleave(frames, dim=0)
+        domain = geo.domain
         out, vectors = block(h.reshape(batch * frames, n_atoms, d), positions.reshape(batch * frames, n_atoms, 3),
-                             graph, owned_mask=owned, reduce=geo.reduce, return_vectors=want_vectors)
+                             graph, owned_mask=domain.owned_mask, reduce=domain.global_reduce,
+                             return_vectors=want_vectors)
+        out, vectors = domain.after_spatial_block(out, vectors)
         vectors = None if vectors is None else vectors.view(batch, frames, n_atoms, -1, 3)
         return out.view(batch, frames, n_atoms, d), vectors
 
@@ -312,9 +302,8 @@ class Asteroid(nn.Module):
         return seeds + correction.squeeze(-2)
 
     def _pass(self, window: Tensor, elements: Tensor, steps: int, teacher: Optional[Tensor],
-              graph: Optional[NeighborGraph], owned_mask: Optional[Tensor], reduce: GlobalReduce,
-              centroid: WindowCentroid = mean_centroid) -> AsteroidOutput:
-        geo = self._geometry(window, elements, graph, owned_mask, reduce, centroid)
+              graph: Optional[NeighborGraph], domain: Domain) -> AsteroidOutput:
+        geo = self._geometry(window, elements, graph, domain)
         h, token_vectors, vectors = self._encode(window, geo)
         delay = self.primary_head(h, self._basis(token_vectors, geo, vectors))  # [B, m, N, L, 3]
         reconstruction = self._conjugate(delay, geo)

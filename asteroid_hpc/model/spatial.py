@@ -9,15 +9,15 @@ in one block. Cost per frame: O(N·K·D) local + O(N·G·D) global, linear in N 
 a cutoff larger than the system and ``max_neighbors >= N`` the local path is mathematically the full
 path. Periodic boxes are not supported (open boundaries only).
 
-Domain decomposition hook: the global-token gather is a softmax over *all* atoms of the system. It is
+Domain decomposition: the global-token gather is a softmax over *all* atoms of the system. It is
 computed from per-partition statistics - ``max_logit`` [S, G, H], ``sum_exp`` [S, G, H] (Σ exp(l - max))
 and ``weighted_sum`` [S, G, H, Dh] (Σ exp(l - max)·v) - which are passed to ``reduce(max_logit,
 sum_exp, weighted_sum) -> (max_logit, sum_exp, weighted_sum)``. The default is the identity (the
-partition is the whole system); a domain-decomposed caller passes a hook that combines the statistics
-of all ranks, e.g. ``lambda *s: merge_softmax_partials(world.allgather(s))``, and an ``owned_mask``
-so that halo atoms are not counted twice. The statistics are float64, so that 1 and D domains give the
-same gathered tokens to the last float32 bit (float32 partial sums differ by rounding, and a long
-iterative rollout amplifies such differences).
+partition is the whole system); the model passes its domain's ``global_reduce`` (which combines the
+statistics of all ranks, e.g. ``merge_softmax_partials(group.allgather(stats))``) and ``owned_mask``,
+so that halo atoms are not counted twice (:mod:`asteroid_hpc.model.domain`). The statistics are float64,
+so that 1 and D domains give the same gathered tokens to the last float32 bit (float32 partial sums
+differ by rounding, and a long iterative rollout amplifies such differences).
 """
 
 from __future__ import annotations
@@ -112,8 +112,8 @@ class SpatialBlock(nn.Module):
         tokens = self.global_tokens.unsqueeze(0).expand(frames, -1, -1)  # [S, G, D]
         query = self._heads(self.global_query(tokens))  # [S, G, H, Dh]
         logits = torch.einsum("sghd,snhd->sghn", query, keys) / math.sqrt(self.head_dim)
-        if owned_mask is not None:
-            logits = logits.masked_fill(~owned_mask.view(frames, 1, 1, -1), float("-inf"))
+        if owned_mask is not None:  # [N] (every frame) or [S, N]
+            logits = logits.masked_fill(~owned_mask.view(-1, 1, 1, owned_mask.shape[-1]), float("-inf"))
         max_logit = logits.amax(dim=-1).detach()
         max_logit = torch.where(torch.isfinite(max_logit), max_logit, torch.zeros_like(max_logit))
         # float64 sums: the same total whichever way the atoms are split into domains (then merged by reduce)
