@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import Optional
 
 from ..checksum import file_digest
-from ..config.schema import AsteroidConfig
+from ..config.schema import AsteroidConfig, EnsembleConfig, ModelConfig
 from ..runtime.launch import detect_launch
 from ..logs import get_logger
 from ..runtime.mpi import world
 from ..errors import user_error
 from .grid import ProcessGrid, split_group
 from .member import MemberJob, run_member
-from .perturb import inspect_initial
+from .perturb import InitialCondition, inspect_initial
 from .progress import POLL_SECONDS, Progress
 from .rollout import MemberForecaster
 from .store import COMPLETE_FILE, TRAJECTORY_KEYS, claim_run, write_json_atomic
@@ -77,14 +77,7 @@ def run_ensemble(cfg: AsteroidConfig, model_path: str | os.PathLike, initial_pat
     model = load_weights(weights, device=device).eval()
     m = model.cfg.history_frames
     initial = inspect_initial(initial_path, ens, m, cfg.data.frame_stride)
-    if int(initial.atomic_numbers.max()) >= model.cfg.num_elements or int(initial.atomic_numbers.min()) < 0:
-        raise user_error(initial.path, f"atomic numbers outside the model's [0, {model.cfg.num_elements})")
-    if reference is not None:
-        from ..data.amber import AmberReader
-
-        with AmberReader(reference.path) as ref:  # a bad reference fails now, not after the forecast
-            if ref.n_atoms != initial.n_atoms:
-                raise user_error(reference.path, f"has {ref.n_atoms} atoms, the initial condition {initial.n_atoms}")
+    _check_inputs(initial, model.cfg, reference)
     identity = {"model_sha256": file_digest(weights), "initial": str(initial.path.resolve()),
                 "initial_frames": initial.n_frames, "atoms": initial.n_atoms, "end_frame": initial.end_frame,
                 "frame_stride": initial.frame_stride,
@@ -94,27 +87,14 @@ def run_ensemble(cfg: AsteroidConfig, model_path: str | os.PathLike, initial_pat
     group = split_group(w, grid)
     forecaster = MemberForecaster(model, initial.atomic_numbers, group, device)
     if w.rank == 0:
-        log.info(startup_summary(info, device=device, config_hash=config_hash(cfg), run_dir=outdir, extra={
-            "ensemble": f"{ens.members} members x {ens.horizon_frames} frames, {ens.perturbation} perturbation "
-                        f"(noise {ens.noise_angstrom} A), seed {ens.seed}, {'continuing' if continuing else 'new run'}",
-            "process grid": f"{grid.groups} member groups x {grid.domains} domains, {threads} torch threads per rank",
-            "system": f"{initial.n_atoms} atoms, window of {m} frames {initial.frame_stride} apart ending at frame "
-                      f"{initial.end_frame} of {initial.path}",
-            "model": f"{weights} ({model.cfg.delay_length - 1} frames per pass, cutoff {model.cfg.cutoff_angstrom} A)"}))
+        log.info(startup_summary(info, device=device, config_hash=config_hash(cfg), run_dir=outdir,
+                                 extra=_startup_lines(ens, grid, threads, initial, weights, model.cfg, continuing)))
         if grid.groups > ens.members:
             log.warning("%d member groups for %d members: %d groups stay idle", grid.groups, ens.members,
                         grid.groups - ens.members)
-    progress = Progress(w, ens.members, ens.horizon_frames)
-    attributes = {"ensemble_seed": ens.seed, "perturbation": ens.perturbation, "noise_angstrom": ens.noise_angstrom,
-                  "initial_condition": str(initial.path), "initial_end_frame": initial.end_frame,
-                  "model_sha256": identity["model_sha256"]}
     started = time.monotonic()
     with torch.no_grad():
-        for member in grid.members_of(grid.group, ens.members):
-            job = MemberJob(outdir, member, ens.horizon_frames, ens.chunk_frames,
-                            {**attributes, "member": member})
-            run_member(job, forecaster, initial, ens, progress)
-    progress.wait_all()
+        _forecast_members(w, grid, forecaster, initial, ens, outdir, identity["model_sha256"])
     _quiet_barrier(w)
     if w.rank != 0:
         return None
@@ -127,4 +107,41 @@ def run_ensemble(cfg: AsteroidConfig, model_path: str | os.PathLike, initial_pat
     write_json_atomic(outdir / COMPLETE_FILE, {"members": ens.members, "horizon_frames": ens.horizon_frames})
     log.info("ensemble complete: %s (forecast %.1f s)", outdir, forecast_seconds)
     return summary
+
+
+def _check_inputs(initial: InitialCondition, model_cfg: ModelConfig, reference: Optional[Reference]) -> None:
+    """Fail now, not after the forecast: atomic numbers the model does not know, a reference of other atoms."""
+    if int(initial.atomic_numbers.max()) >= model_cfg.num_elements or int(initial.atomic_numbers.min()) < 0:
+        raise user_error(initial.path, f"atomic numbers outside the model's [0, {model_cfg.num_elements})")
+    if reference is not None:
+        from ..data.amber import AmberReader
+
+        with AmberReader(reference.path) as ref:
+            if ref.n_atoms != initial.n_atoms:
+                raise user_error(reference.path, f"has {ref.n_atoms} atoms, the initial condition {initial.n_atoms}")
+
+
+def _startup_lines(ens: EnsembleConfig, grid: ProcessGrid, threads: int, initial: InitialCondition, weights: Path,
+                   model_cfg: ModelConfig, continuing: bool) -> dict[str, str]:
+    """The ensemble's lines of the start-up summary."""
+    return {
+        "ensemble": f"{ens.members} members x {ens.horizon_frames} frames, {ens.perturbation} perturbation "
+                    f"(noise {ens.noise_angstrom} A), seed {ens.seed}, {'continuing' if continuing else 'new run'}",
+        "process grid": f"{grid.groups} member groups x {grid.domains} domains, {threads} torch threads per rank",
+        "system": f"{initial.n_atoms} atoms, window of {model_cfg.history_frames} frames {initial.frame_stride} "
+                  f"apart ending at frame {initial.end_frame} of {initial.path}",
+        "model": f"{weights} ({model_cfg.delay_length - 1} frames per pass, cutoff {model_cfg.cutoff_angstrom} A)"}
+
+
+def _forecast_members(w, grid: ProcessGrid, forecaster: MemberForecaster, initial: InitialCondition,
+                      ens: EnsembleConfig, outdir: Path, model_sha256: str) -> None:
+    """Run (or skip, or finish) this rank's members, then wait until every member of the job is done."""
+    progress = Progress(w, ens.members, ens.horizon_frames)
+    attributes = {"ensemble_seed": ens.seed, "perturbation": ens.perturbation, "noise_angstrom": ens.noise_angstrom,
+                  "initial_condition": str(initial.path), "initial_end_frame": initial.end_frame,
+                  "model_sha256": model_sha256}
+    for member in grid.members_of(grid.group, ens.members):
+        job = MemberJob(outdir, member, ens.horizon_frames, ens.chunk_frames, {**attributes, "member": member})
+        run_member(job, forecaster, initial, ens, progress)
+    progress.wait_all()
 
