@@ -12,8 +12,8 @@ from asteroid_hpc.evaluation import (Trajectory, aligned_history_mean_forecast, 
                                      constant_velocity_forecast,
                                      history_mean_forecast, persistence_forecast, protocol_a, protocol_b, protocol_c,
                                      score_samples)
-from asteroid_hpc.evaluation.protocols import (RandomStartPlan, chronological_bounds, protocol_a_offsets, random_start_plan,
-                                               random_start_split, to_file_frames, window_starts)
+from asteroid_hpc.evaluation.protocols import (chronological_bounds, protocol_a_offsets, random_start_plan,
+                                               to_file_frames, window_starts)
 
 
 BASELINE_NAMES = ("persistence", "constant velocity", "history mean", "aligned history mean", "constant rotation")
@@ -172,36 +172,6 @@ def test_protocol_a_with_a_finer_model_stride_scores_the_landing_frames():
     assert samples.lead_steps.tolist() == [3 * p for p in range(1, 9)] and samples.forecast_frames == 24
     with pytest.raises(UserError, match="does not divide"):
         protocol_a(_index_trajectory(25000), split="val", history_frames=3, history_stride_frames=100)
-
-
-def _peers_split(n_frames, sizes, margin=10000):
-    """The GMN/EGNO split code, as published (global seed, Python lists)."""
-    x = np.zeros(n_frames)[:-1]
-    np.random.seed(100)
-    _x = x[margin:-margin]
-    train_idx = np.random.choice(np.arange(_x.shape[0]), size=sizes[0], replace=False)
-    flag = np.zeros(_x.shape[0])
-    for i in train_idx:
-        flag[i] = 1
-    rest = [i for i in range(_x.shape[0]) if not flag[i]]
-    val_idx = np.random.choice(rest, size=sizes[1], replace=False)
-    for i in val_idx:
-        flag[i] = 1
-    rest = [i for i in range(_x.shape[0]) if not flag[i]]
-    test_idx = np.random.choice(rest, size=sizes[2], replace=False)
-    return train_idx + margin, val_idx + margin, test_idx + margin
-
-
-def test_random_start_split_reproduces_the_peers_draw():
-    n_frames = 26000
-    plan = random_start_plan(n_frames, before_frames=3375, after_frames=3000)
-    assert plan == RandomStartPlan(10000, (500, 2000, 2000), False)
-    ours = random_start_split(n_frames, plan)
-    for mine, theirs in zip((ours["train"], ours["val"], ours["test"]), _peers_split(n_frames, plan.sizes)):
-        assert np.array_equal(mine, theirs)
-    everything = np.concatenate(list(ours.values()))
-    assert len(np.unique(everything)) == 4500
-    assert everything.min() >= 10000 and everything.max() < n_frames - 1 - 10000
 
 
 def test_short_trajectories_scale_down_and_say_so():

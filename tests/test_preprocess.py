@@ -212,18 +212,19 @@ def test_training_mean_structure_is_the_shape_without_the_tumbling(tmp_path, cap
 
 
 def peers_protocol_a_split(n_frames: int, margin: int, counts: list[int]):
-    """The GMN/EGNO MD17 split recipe, verbatim in spirit: x = R[:-1]; draws on x[margin:-margin]."""
+    """The GMN/EGNO MD17 split recipe, verbatim in spirit: x = R[:-1]; 10/5/5 % of x[margin:-margin] drawn
+    one after another, then the first ``counts`` of each kept."""
     np.random.seed(100)
     n = n_frames - 1 - 2 * margin
-    train = np.random.choice(np.arange(n), size=counts[0], replace=False)
+    train = np.random.choice(np.arange(n), size=int(0.1 * n), replace=False)
     flag = np.zeros(n)
     flag[train] = 1
     rest = [i for i in range(n) if not flag[i]]
-    val = np.random.choice(rest, size=counts[1], replace=False)
+    val = np.random.choice(rest, size=int(0.05 * n), replace=False)
     flag[val] = 1
     rest = [i for i in range(n) if not flag[i]]
-    test = np.random.choice(rest, size=counts[2], replace=False)
-    return [(idx + margin).tolist() for idx in (train, val, test)]
+    test = np.random.choice(rest, size=int(0.05 * n), replace=False)
+    return [(idx[:keep] + margin).tolist() for idx, keep in zip((train, val, test), counts)]
 
 
 def test_random_start_split_reproduces_protocol_a(tmp_path, capsys):
