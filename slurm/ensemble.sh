@@ -15,7 +15,8 @@
 #   sbatch --dependency=afterok:"${jobid}" slurm/evaluate.sh model.safetensors traj.nc eval/run1 --protocol C
 #
 # Parameters:
-#   MODEL             exported weights (.safetensors file or directory) or a training checkpoint folder
+#   MODEL             as in every command: exported weights (a .safetensors file or its folder), a training
+#                     checkpoint folder, or a run folder (its best checkpoint, else its newest)
 #   INITIAL           AMBER NetCDF trajectory; the window ends at ensemble.start_frame (default: last frame)
 #   OUTDIR            output directory; re-submitting the same command continues an interrupted run
 #   KEY=VALUE ...     config overrides (ensemble.members, horizon_frames, perturbation, noise_angstrom,

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Evaluate an exported model under Slurm (one task), typically as a job that depends on a forecast or
+# Evaluate a model under Slurm (one task), typically as a job that depends on a forecast or
 # a training job:
 #   jobid=$(sbatch --parsable slurm/ensemble.sh model.safetensors traj.nc ens/run1)
 #   sbatch --dependency=afterok:"${jobid}" slurm/evaluate.sh model.safetensors traj.nc eval/run1 --protocol C
 #
-# Usage: sbatch slurm/evaluate.sh MODEL DATASET OUTDIR [evaluate options ...]
+# Usage: sbatch slurm/evaluate.sh MODEL DATASET OUTDIR [evaluate options and KEY=VALUE overrides ...]
+#   MODEL             as in every command (see `asteroid-hpc evaluate --help`), or none for the baselines
 #   ASTEROID_VENV     the virtual environment to activate (default: .venv of this repository)
 #
 #SBATCH --job-name=asteroid-evaluate

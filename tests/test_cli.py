@@ -63,3 +63,13 @@ def test_env_reports_single_process():
     report = json.loads(proc.stdout)
     assert report["launcher"] == "single" and report["world_size"] == 1 and report["device"] == "cpu"
     assert report["versions"]["torch"] != "not installed"
+
+
+@pytest.mark.parametrize("command", ["evaluate", "ensemble-forecast"])
+def test_model_means_the_same_in_every_command(command):
+    from asteroid_hpc.cli.common import MODEL_HELP
+
+    proc = run_cli(command, "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert " ".join(MODEL_HELP.split()) in " ".join(proc.stdout.split())
+    assert "run folder" in MODEL_HELP and "checkpoint" in MODEL_HELP and ".safetensors" in MODEL_HELP

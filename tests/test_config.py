@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -79,12 +80,30 @@ def test_round_trip_through_dict():
 def test_schema_covers_every_field():
     schema = json_schema()
     props = schema["properties"]
-    assert set(props) == {"data", "model", "train", "ensemble"}
+    assert set(props) == {"data", "model", "train", "ensemble", "evaluate"}
     defaults = to_dict(load_config(None))
     for section, values in defaults.items():
         assert set(props[section]["properties"]) == set(values), section
     assert props["train"]["properties"]["loss_weights"]["properties"]["primary"]["type"] == "number"
     assert props["model"]["properties"]["hidden_size"]["type"] == "integer"
+    assert props["evaluate"]["properties"]["max_samples"]["anyOf"] == [{"type": "integer"}, {"type": "null"}]
+    assert props["evaluate"]["properties"]["baseline_history_frames"]["default"] == 10
+
+
+def test_evaluate_section_is_typed_and_validated(tmp_path):
+    path = tmp_path / "eval.yaml"
+    path.write_text("evaluate:\n  protocols: [A, C]\n  max_samples: 50\n  timestep_fs: 2\n")
+    cfg = load_config(path, ["evaluate.split=val", "evaluate.max_samples=null"])
+    assert cfg.evaluate.protocols == ["A", "C"] and cfg.evaluate.split == "val"
+    assert cfg.evaluate.max_samples is None and cfg.evaluate.timestep_fs == 2.0
+    assert load_config(None).evaluate.baseline_history_frames == 10
+    for override, message in [("evaluate.protocols=[D]", "evaluate.protocols must be one of A, B, C, window"),
+                              ("evaluate.split=dev", "evaluate.split"), ("evaluate.max_samples=0", "evaluate.max_samples"),
+                              ("evaluate.a_input=light", "evaluate.a_input"), ("evaluate.batch_size=0", "evaluate.batch_size"),
+                              ("evaluate.baseline_history_frames=1", "evaluate.baseline_history_frames"),
+                              ("evaluate.history_frames=4", "unknown key 'history_frames'")]:
+        with pytest.raises(UserError, match=re.escape(message)):
+            load_config(None, [override])
 
 
 @pytest.mark.parametrize("path", sorted(p.relative_to(REPO) for p in (REPO / "configs").rglob("*.yaml")))

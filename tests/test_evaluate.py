@@ -271,7 +271,10 @@ def test_cli_bad_inputs_are_one_line_exit_2(tmp_path, tiny_model, capsys):
     check([tiny_model, tmp_path / "none.nc", "-o", out, "--protocol", "C"], "none.nc")
     check([tiny_model, traj, "-o", out, "--protocol", "window"], "dataset directory")
     check([tiny_model, tmp_path, "-o", out, "--protocol", "A"], "trajectory file")
-    check([tiny_model, traj, "-o", out, "--history-frames", "7"], "tiny.safetensors", "4 history frames")
+    check([tiny_model, traj, "-o", out, "--history-frames", "7"], "No such option")  # the model's own history
+    check([tmp_path, traj, "-o", out], str(tmp_path), "no model here")
+    check([tiny_model, traj, "-o", out, "evaluate.max_samples=0"], "evaluate.max_samples must be >= 1")
+    check([tiny_model, traj, "-o", out, "--batch-size", "0"], "evaluate.batch_size must be >= 1")
     check([tiny_model, traj, "-o", out, "--protocol", "Z"], "--protocol")
     check([tiny_model, traj, "-o", out, "--protocol", "C"], "short.nc", "fewer than one window")
     not_weights = tmp_path / "junk.safetensors"
@@ -384,6 +387,37 @@ def test_baselines_only_run_on_a_constant_velocity_trajectory(tmp_path, capsys):
     # the mean of history frames 0, 10, ..., 90 is frame 45, 245 frames before the last target
     assert result["headline"]["history mean"]["FDE"] == pytest.approx(np.sqrt(3) * 0.245, rel=1e-3)
     assert "the baselines are given 10 history frames" in proc.stdout
+
+
+def test_settings_come_from_the_evaluate_section_with_overrides_and_options_on_top(tmp_path, tiny_model, capsys):
+    import yaml
+
+    from asteroid_hpc.data.amber import AmberWriter
+
+    traj = tmp_path / "linear.nc"
+    with AmberWriter(traj, n_atoms=4, atomic_numbers=[6, 8, 1, 1], timestep_ps=0.0005) as writer:
+        writer.append(_index_trajectory(2000).positions * 1e-3)
+    config = tmp_path / "eval.yaml"
+    config.write_text("evaluate:\n  protocols: [C]\n  max_samples: 3\n  split: val\n  batch_size: 2\n")
+    out = tmp_path / "out"
+    proc = _run_in_process(capsys, "evaluate", tiny_model, traj, "-o", out, "--config", config,
+                           "evaluate.max_samples=4", "evaluate.seed=7", "--max-samples", "5")
+    assert proc.returncode == 0, proc.stderr
+    (result,) = json.loads((out / "results.json").read_text())["protocols"]
+    # protocol and split from the file, max_samples from the option over the override over the file
+    assert (result["protocol"], result["split"], result["n_samples"]) == ("C", "val", 5)
+    assert result["history_frames"] == 4  # the model's own
+    resolved = yaml.safe_load((out / "config.resolved.yaml").read_text())
+    assert resolved["evaluate"] == {**resolved["evaluate"], "protocols": ["C"], "split": "val", "max_samples": 5,
+                                    "seed": 7, "batch_size": 2}
+    assert resolved["provenance"]["versions"]["asteroid-hpc"] and resolved["config_hash"]
+    assert "config.resolved.yaml" in proc.stdout.splitlines()[-1]
+    # MODEL none: the baselines' history is a config key
+    proc = _run_in_process(capsys, "evaluate", "none", traj, "-o", tmp_path / "none", "--protocol", "c",
+                           "evaluate.baseline_history_frames=4")
+    assert proc.returncode == 0, proc.stderr
+    (result,) = json.loads((tmp_path / "none" / "results.json").read_text())["protocols"]
+    assert result["history_frames"] == 4 and "ASTEROID" not in result["headline"]
 
 
 def test_several_trajectories_are_pooled_and_also_scored_alone(tmp_path, capsys):

@@ -22,13 +22,14 @@ from pathlib import Path  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     from asteroid_hpc.atomic import write_json_atomic
+    from asteroid_hpc.cli.common import MODEL_HELP
     from asteroid_hpc.logs import setup_logging
     from asteroid_hpc.runtime.launch import detect_launch
     from asteroid_hpc.errors import UserError
     from asteroid_hpc.evaluation.cost import measure_cost
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="exported weights (.safetensors)")
+    parser.add_argument("model", help=MODEL_HELP)
     parser.add_argument("molecule", help="an MD17 molecule name (aspirin, ethanol, ...)")
     parser.add_argument("--stride", type=int, required=True, help="MD steps per forecast frame (the model's frame stride)")
     parser.add_argument("--timestep-fs", type=float, default=0.5)

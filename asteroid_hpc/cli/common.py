@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import inspect
+
 import click
+
+# what MODEL means, the same in every command and tool (asteroid_hpc.train.model_files.open_model)
+MODEL_HELP = ("MODEL is exported weights (a .safetensors file, or a folder holding one: see `asteroid-hpc export`), "
+              "a complete training checkpoint folder (step_NNNNNN) or a run folder (its best-validation "
+              "checkpoint, else its newest).")
 
 config_argument = click.argument("config", required=False, type=click.Path(dir_okay=False))
 overrides_argument = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+
+
+def model_argument(**kwargs):
+    """The MODEL argument; MODEL_HELP becomes the last paragraph of the command's help (put it under
+    ``@click.command``, which reads the docstring)."""
+    def decorate(function):
+        function.__doc__ = inspect.cleandoc(function.__doc__ or "") + "\n\n" + MODEL_HELP
+        return click.argument("model", **kwargs)(function)
+    return decorate
 
 
 def split_config_and_overrides(config: str | None, overrides: tuple[str, ...]) -> tuple[str | None, list[str]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import examples, load_cli_config
+from .common import examples, load_cli_config, model_argument
 
 
 @click.command("ensemble-forecast", epilog=examples(
@@ -14,7 +14,7 @@ from .common import examples, load_cli_config
     "mpiexec -n 4 asteroid-hpc ensemble-forecast model.safetensors traj.nc -o ens/run2 ensemble.members=8",
     "mpiexec -n 4 asteroid-hpc ensemble-forecast model.safetensors box.nc -o ens/big --grid 2x2   # 2 ranks per member",
     "srun asteroid-hpc ensemble-forecast runs/aspirin traj.nc -o ens/run3 --config configs/aspirin.yaml"))
-@click.argument("model", type=click.Path(exists=True))
+@model_argument(type=click.Path(exists=True))
 @click.argument("initial", type=click.Path())
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @click.option("-o", "--out", "outdir", required=True, type=click.Path(file_okay=False),
@@ -32,8 +32,7 @@ from .common import examples, load_cli_config
 def command(model, initial, overrides, outdir, config, reference, reference_start, grid) -> None:
     """Roll out an ensemble of perturbed ASTEROID forecasts from the end of INITIAL (an AMBER NetCDF trajectory).
 
-    MODEL is exported weights (a .safetensors file or its directory, see `asteroid-hpc export`) or a training
-    checkpoint folder. Settings: ensemble.members, horizon_frames (any length: iterative forecasting),
+    Settings: ensemble.members, horizon_frames (any length: iterative forecasting),
     perturbation (gaussian | frames), noise_angstrom, frame_spacing, start_frame (-1 = last frame), seed,
     domains (ranks per member), chunk_frames (frames per flush). Each member's random stream depends only on
     the seed and the member index, so results do not depend on the number of ranks.

@@ -208,6 +208,35 @@ class EnsembleConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """`asteroid-hpc evaluate` (docs/method.md §3). The model's history frames come from the model itself."""
+
+    protocols: list[str] = field(default_factory=list)  # "A", "B", "C", "window"; empty: A, B, C for trajectory
+    # files, window for a preprocessed dataset directory
+    split: str = "test"
+    max_samples: Optional[int] = None  # score a seeded random subset of at most this many samples; null: all
+    seed: int = 0  # seed of the max_samples subset
+    a_history_stride_frames: int = 375  # protocol A: MD17 frames between history (and forecast) frames; divides 375
+    a_input: str = "heavy"  # protocol A: atoms the model sees, "heavy" or "all" (heavy atoms are scored either way)
+    horizon_frames: int = 10  # protocol window: frames forecast per window
+    timestep_fs: Optional[float] = None  # frame spacing of trajectories without a time axis; null: MD17's 0.5 fs
+    batch_size: int = 64  # samples forecast at a time
+    baseline_history_frames: int = 10  # MODEL none only: history frames given to the baselines
+
+    def __post_init__(self) -> None:
+        for protocol in self.protocols:
+            _one_of("evaluate.protocols", protocol, ("A", "B", "C", "window"))
+        _one_of("evaluate.split", self.split, ("train", "val", "test"))
+        _check(self.max_samples is None or self.max_samples >= 1, "evaluate.max_samples must be >= 1 (or null: all)")
+        _check(self.a_history_stride_frames >= 1, "evaluate.a_history_stride_frames must be >= 1")
+        _one_of("evaluate.a_input", self.a_input, ("heavy", "all"))
+        _check(self.horizon_frames >= 1, "evaluate.horizon_frames must be >= 1")
+        _check(self.timestep_fs is None or self.timestep_fs > 0, "evaluate.timestep_fs must be > 0")
+        _check(self.batch_size >= 1, "evaluate.batch_size must be >= 1")
+        _check(self.baseline_history_frames >= 2, "evaluate.baseline_history_frames must be >= 2")
+
+
+@dataclass
 class AsteroidConfig:
     """The whole configuration of a run."""
 
@@ -215,6 +244,7 @@ class AsteroidConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def __post_init__(self) -> None:
         _check(self.train.warmup_steps < self.train.max_steps,

@@ -25,21 +25,21 @@ log = get_logger(__name__)
 
 
 def resolve_model(model_path: str | os.PathLike, outdir: Path, w) -> Path:
-    """The weights file: an exported file or directory, or (exported once, by rank 0, into OUTDIR) a
-    training checkpoint folder."""
-    from ..evaluation.model_io import resolve_weights
+    """The weights file of MODEL (:func:`~asteroid_hpc.train.model_files.locate_model`); a training
+    checkpoint is exported once, by rank 0, into OUTDIR (the file's digest identifies the run)."""
+    from ..train.model_files import locate_model
 
-    path = Path(model_path)
-    if path.is_dir() and not any(path.glob("*.safetensors")):
+    found = locate_model(model_path)
+    if found.is_checkpoint:
         exported = outdir / "model.safetensors"
         if w.rank == 0:
             from ..train.export import export_checkpoint
 
             outdir.mkdir(parents=True, exist_ok=True)
-            export_checkpoint(path, exported)
+            export_checkpoint(found.path, exported)
         w.barrier()
         return exported
-    return resolve_weights(path)
+    return found.path
 
 
 def _quiet_barrier(w) -> None:
@@ -62,7 +62,7 @@ def run_ensemble(cfg: AsteroidConfig, model_path: str | os.PathLike, initial_pat
     from ..runtime.allocator import keep_freed_memory
     from ..runtime.device import setup_torch_threads
     from ..provenance import startup_summary
-    from ..model import load_weights
+    from ..train.model_files import open_model
 
     w, info = world(), detect_launch()
     ens = cfg.ensemble
@@ -74,7 +74,7 @@ def run_ensemble(cfg: AsteroidConfig, model_path: str | os.PathLike, initial_pat
     if cfg.ensemble.keep_freed_memory:  # every pass reallocates the same large activations
         keep_freed_memory()
     weights = resolve_model(model_path, outdir, w)
-    model = load_weights(weights, device=device).eval()
+    model = open_model(weights, device=device)
     m = model.cfg.history_frames
     initial = inspect_initial(initial_path, ens, m, cfg.data.frame_stride)
     _check_inputs(initial, model.cfg, reference)

@@ -79,10 +79,10 @@ def measure_cost(model_path: str | os.PathLike, molecule: str, *, stride_steps: 
     from ..datagen.molecules import get_molecule
     from ..datagen.threads import set_single_thread_env, single_threaded
     from ..datagen.xtb import run_nve_chunk, start_state
-    from .model_io import load_model
+    from ..train.model_files import open_model
 
     set_single_thread_env()
-    model = load_model(model_path)
+    model = open_model(model_path)
     history_frames = model.cfg.history_frames
     mol = get_molecule(molecule)
     with single_threaded():

@@ -6,50 +6,66 @@ import datetime
 import os
 from pathlib import Path
 
+from ..config.schema import AsteroidConfig
 from ..logs import get_logger
 from ..errors import user_error
 from .report import results_markdown, write_outputs
-from .protocols import PROTOCOL_HISTORY_FRAMES
 from .run import ProtocolResult, build_samples, evaluate_samples
 
 NO_MODEL = "none"  # MODEL argument that scores the baselines alone
+TRAJECTORY_PROTOCOLS = ("A", "B", "C")  # read a trajectory file and make their own splits
 
 log = get_logger(__name__)
 
 
-def evaluate_to_directory(model_path: str | os.PathLike, data_paths, out_dir: str | os.PathLike,
-                          protocols: list[str], *, split: str = "test", history_frames: int | None = None,
-                          max_samples: int | None = None, seed: int = 0, a_history_stride_frames: int = 375,
-                          a_heavy_input: bool = True, horizon_frames: int = 10, timestep_fs: float | None = None,
-                          batch_size: int = 64, command_line: str = "") -> tuple[list[ProtocolResult], dict, str]:
-    """Evaluate the exported model at ``model_path`` on ``data_paths`` (one path, or a list) with each
-    protocol; write results.md, results.json and error_vs_lead_time.png into ``out_dir``. Returns the
-    results, the output paths and the markdown text. ``model_path="none"`` scores the baselines alone
-    (history: ``history_frames``, else the protocol's own count). Several trajectory files (of one
-    molecule) are scored together: each protocol's samples of every file, pooled, plus each file alone."""
-    from .model_io import load_model, resolve_weights
+def choose_protocols(requested: list[str], data_paths: list[Path]) -> list[str]:
+    """The protocols to run: ``requested`` (checked against the inputs), else A, B and C for trajectory files
+    and window for a preprocessed dataset directory."""
+    directories = [path for path in data_paths if path.is_dir()]
+    if directories and len(data_paths) > 1:
+        raise user_error(directories[0], "a dataset directory is evaluated alone (protocol window); pass it "
+                                         "without other inputs")
+    chosen = list(dict.fromkeys(requested)) or (["window"] if directories else list(TRAJECTORY_PROTOCOLS))
+    if directories and any(p in TRAJECTORY_PROTOCOLS for p in chosen):
+        raise user_error(data_paths[0], "protocols A, B and C make their own splits: pass the trajectory file, not a "
+                                        "dataset directory")
+    if not directories and "window" in chosen:
+        raise user_error(data_paths[0], "protocol window needs a preprocessed dataset directory")
+    return chosen
 
+
+def evaluate_to_directory(model_path: str | os.PathLike, data_paths, out_dir: str | os.PathLike,
+                          cfg: AsteroidConfig | None = None, *,
+                          command_line: str = "") -> tuple[list[ProtocolResult], dict, str]:
+    """Evaluate MODEL ``model_path`` (see :func:`asteroid_hpc.train.model_files.open_model`) on ``data_paths``
+    (one path, or a list) with the protocols and settings of ``cfg.evaluate``; write results.md, results.json,
+    error_vs_lead_time.png and config.resolved.yaml into ``out_dir``. Returns the results, the output paths
+    and the markdown text. The model is given its own number of history frames; ``model_path="none"`` scores
+    the baselines alone, given ``cfg.evaluate.baseline_history_frames``. Several trajectory files (of one
+    molecule) are scored together: each protocol's samples of every file, pooled, plus each file alone."""
+    from ..config.resolved import write_resolved_config
+    from ..runtime.launch import detect_launch
+    from ..train.model_files import open_model
+
+    cfg = cfg or AsteroidConfig()
+    settings = cfg.evaluate
+    data_paths = [data_paths] if isinstance(data_paths, (str, os.PathLike)) else list(data_paths)
+    protocols = choose_protocols(settings.protocols, [Path(p) for p in data_paths])
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise user_error(out, "output path exists and is not a directory")
-    model = None if str(model_path) == NO_MODEL else load_model(model_path)
-    if model is None:
-        model_history = history_frames or PROTOCOL_HISTORY_FRAMES["C"]
-    else:
-        model_history = model.cfg.history_frames
-    if model is not None and history_frames is not None and history_frames != model_history:
-        raise user_error(resolve_weights(model_path), f"the model takes {model_history} history frames, "
-                                                      f"--history-frames asked for {history_frames}")
-    data_paths = [data_paths] if isinstance(data_paths, (str, os.PathLike)) else list(data_paths)
+    model = None if str(model_path) == NO_MODEL else open_model(model_path)
+    history_frames = settings.baseline_history_frames if model is None else model.cfg.history_frames
+    sampling = dict(split=settings.split, history_frames=history_frames, max_samples=settings.max_samples,
+                    seed=settings.seed)
     results = []
     if "window" in protocols:
         from .windows import window_samples
 
         if len(data_paths) != 1:
             raise user_error(data_paths[1], "protocol window takes one dataset directory")
-        samples = window_samples(data_paths[0], split=split, history_frames=model_history,
-                                 horizon_frames=horizon_frames, max_samples=max_samples, seed=seed)
-        results.append(evaluate_samples(model, samples, batch_size=batch_size))
+        samples = window_samples(data_paths[0], horizon_frames=settings.horizon_frames, **sampling)
+        results.append(evaluate_samples(model, samples, batch_size=settings.batch_size))
     trajectory_protocols = [p for p in protocols if p != "window"]
     if trajectory_protocols:
         from .protocols import pool_samples
@@ -57,21 +73,22 @@ def evaluate_to_directory(model_path: str | os.PathLike, data_paths, out_dir: st
 
         per_file: dict[str, list] = {protocol: [] for protocol in trajectory_protocols}
         for data_path in data_paths:
-            traj = load_trajectory(data_path, timestep_fs)
+            traj = load_trajectory(data_path, settings.timestep_fs)
             log.info("%s: %d frames of %d atoms, %g fs apart", data_path, len(traj.positions),
                      traj.positions.shape[1], traj.frame_fs)
             for protocol in trajectory_protocols:
                 per_file[protocol].append(build_samples(
-                    protocol, traj, split=split, history_frames=model_history, max_samples=max_samples, seed=seed,
-                    a_history_stride_frames=a_history_stride_frames, a_heavy_input=a_heavy_input))
+                    protocol, traj, a_history_stride_frames=settings.a_history_stride_frames,
+                    a_heavy_input=settings.a_input == "heavy", **sampling))
         for protocol, parts in per_file.items():
             samples = pool_samples(parts, [str(p) for p in data_paths])
-            results.append(evaluate_samples(model, samples, batch_size=batch_size))
+            results.append(evaluate_samples(model, samples, batch_size=settings.batch_size))
     data = str(data_paths[0]) if len(data_paths) == 1 else [str(p) for p in data_paths]
     header = {"model": str(model_path), "data": data, "command": command_line,
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "model_config": None if model is None else _model_config(model)}
     paths = write_outputs(results, out, header)
+    paths["config"] = write_resolved_config(cfg, out, detect_launch())
     return results, paths, results_markdown(results, header)
 
 

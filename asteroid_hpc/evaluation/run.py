@@ -104,8 +104,6 @@ def score_samples(samples: ProtocolSamples, model_prediction: np.ndarray | None,
 def evaluate_samples(model, samples: ProtocolSamples, *, batch_size: int = 64) -> ProtocolResult:
     """Run the model on ``samples`` (timed) and score it beside the baselines (the baselines alone when
     ``model`` is None)."""
-    from .model_io import model_forecast
-
     if len(samples.history) == 0:
         raise UserError(f"protocol {samples.protocol}: no {samples.split} samples")
     log.info("protocol %s: %d %s samples, %d history frames %d frames apart, %d forecast frames",
@@ -137,3 +135,17 @@ def build_samples(protocol: str, traj, *, split: str, history_frames: int, max_s
     if protocol == "C":
         return protocol_c(traj, split=split, history_frames=history_frames, max_samples=max_samples, seed=seed)
     raise ValueError(f"unknown trajectory protocol {protocol!r}")
+
+
+def model_forecast(model, samples: ProtocolSamples, batch_size: int = 64, device: str = "cpu") -> np.ndarray:
+    """The model's forecast at the samples' lead times, ``batch_size`` samples at a time: [S, H, N, 3] float64 Å."""
+    import torch
+
+    atomic_numbers = torch.as_tensor(np.asarray(samples.atomic_numbers), dtype=torch.long, device=device)
+    pick = samples.lead_steps - 1
+    outputs = []
+    for first in range(0, len(samples.history), batch_size):
+        history = torch.as_tensor(samples.history[first:first + batch_size], dtype=torch.float32, device=device)
+        frames = model.forecast(history, atomic_numbers, samples.forecast_frames)
+        outputs.append(frames[:, pick].double().cpu().numpy())
+    return np.concatenate(outputs)

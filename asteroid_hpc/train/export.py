@@ -56,7 +56,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
 
     With ``best``, ``checkpoint`` is a run (or checkpoints) folder and its best-validation checkpoint is used.
     """
-    from ..model import build_model, save_weights
+    from ..model import save_weights
 
     if best:
         path = best_checkpoint(checkpoint)
@@ -64,6 +64,21 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
         path = resolve_resume(str(checkpoint), CheckpointManager(Path(checkpoint), keep_last=2))
     if path is None:  # unreachable for a path argument, kept for type checkers
         raise user_error(checkpoint, "no complete checkpoint found")
+    model, client_state = checkpoint_model(path)
+    output = Path(output)
+    if output.is_dir():
+        raise user_error(output, "is a directory; give the output weights file name, e.g. model.safetensors")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(model, output)
+    log.info("exported %s (step %s) to %s", path, client_state.get("step"), output)
+    return output
+
+
+def checkpoint_model(path: Path):
+    """The fp32 model of complete checkpoint folder ``path`` (its config from the client state), on CPU,
+    with the client state."""
+    from ..model import build_model
+
     client_state = read_json(path / CLIENT_STATE)
     try:
         model_cfg = ModelConfig(**client_state["config"]["model"])
@@ -75,10 +90,4 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
     if missing or unexpected:
         raise UserError(f"{path}: the checkpoint's weights do not match its model config "
                         f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
-    output = Path(output)
-    if output.is_dir():
-        raise user_error(output, "is a directory; give the output weights file name, e.g. model.safetensors")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    save_weights(model, output)
-    log.info("exported %s (step %s) to %s", path, client_state.get("step"), output)
-    return output
+    return model, client_state
