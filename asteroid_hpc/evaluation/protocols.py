@@ -169,7 +169,7 @@ def protocol_a(traj: Trajectory, *, split: str, history_frames: int, history_str
     return ProtocolSamples("A", split, history, target, traj.atomic_numbers[atoms], scored, offsets // stride,
                            stride, traj.frame_fs, starts,
                            settings={"delta_t_frames": int(offsets[-1]), "targets": A_TARGETS,
-                                     "margin_frames": plan.margin_frames, "split_sizes": list(plan.sizes),
+                                     "margin_frames": plan.margin_frames, "split_sizes": list(plan.kept_sizes),
                                      "split_seed": A_SEED, "atoms": "heavy" if heavy_input else "all (heavy scored)",
                                      "history_frames": history_frames, "history_stride_frames": stride},
                            notes=notes)
@@ -188,7 +188,7 @@ def protocol_b(traj: Trajectory, *, split: str, history_frames: int, a_history_s
     target = gather(traj.positions, starts, np.array([stride]))[:, :, heavy]
     return ProtocolSamples("B", split, history, target, traj.atomic_numbers[heavy], np.arange(len(heavy)),
                            np.array([1]), stride, traj.frame_fs, starts,
-                           settings={"margin_frames": plan.margin_frames, "split_sizes": list(plan.sizes),
+                           settings={"margin_frames": plan.margin_frames, "split_sizes": list(plan.kept_sizes),
                                      "split_seed": A_SEED, "atoms": "heavy", "history_frames": history_frames,
                                      "history_stride_frames": stride},
                            notes=notes)
