@@ -31,7 +31,6 @@ from tests.support.tiny import tiny_model_file
 from tests.support.train import trained_run
 
 
-
 # ----------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def good_dataset(tmp_path_factory) -> Path:
