@@ -1,4 +1,4 @@
-"""Fixtures shared by all tests (plain helpers live in helpers.py)."""
+"""Fixtures shared by all tests (plain helpers live in tests/support/)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO
+from tests.support.cli import REPO
 
 
 @pytest.fixture

@@ -25,12 +25,10 @@ import netCDF4
 import numpy as np
 import pytest
 
-from helpers import assert_user_error, run_cli
-from data_support import ATOMIC_NUMBERS, preprocess_walk_dataset, random_walk, write_traj
-
-TINY_MODEL = dict(history_frames=4, delay_length=3, hidden_size=16, num_heads=2, encoder_layers=1, decoder_layers=1,
-                  attention="full", num_global_tokens=2, num_rbf=8, symmetry="equivariant")
-
+from tests.support.cli import assert_user_error, run_cli
+from tests.support.data import ATOMIC_NUMBERS, preprocess_walk_dataset, random_walk, write_traj
+from tests.support.tiny import tiny_model_file
+from tests.support.train import trained_run
 
 
 # ----------------------------------------------------------------------------------------------- fixtures
@@ -43,24 +41,7 @@ def good_dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory) -> Path:
     """An untrained tiny ASTEROID saved with save_weights (enough to get past model loading)."""
-    from asteroid_hpc.config.schema import ModelConfig
-    from asteroid_hpc.model import build_model, save_weights
-
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    return save_weights(build_model(ModelConfig(**TINY_MODEL)), path)
-
-
-def trained_run(basetemp: Path) -> tuple[Path, Path]:
-    """(dataset, run_dir) of a real 3-step tiny training run (one checkpoint, step_000003); cached per session."""
-    from train_support import make_tiny_dataset, run_train
-
-    dataset = make_tiny_dataset(basetemp / "train-data")
-    run_dir = basetemp / "reliability-run" / "run"
-    if not (run_dir / "checkpoints" / "step_000003" / "COMPLETE").is_file():
-        shutil.rmtree(run_dir, ignore_errors=True)
-        run_dir.parent.mkdir(parents=True, exist_ok=True)
-        run_train(dataset, run_dir, "train.max_steps=3", "train.checkpoint_every=3", "train.val_every=3")
-    return dataset, run_dir
+    return tiny_model_file(tmp_path_factory.mktemp("weights") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -497,7 +478,7 @@ def _(ctx):
 
 
 def _train(ctx: Ctx, run_dir: Path, *extra: str) -> list:
-    from train_support import TINY_CONFIG
+    from tests.support.train import TINY_CONFIG
 
     dataset, _ = ctx.fixture("trained")
     return ["train", TINY_CONFIG, f"data.dataset={dataset}", f"train.run_dir={run_dir}", "train.max_steps=4",

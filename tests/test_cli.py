@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from helpers import assert_user_error, run_cli
+from tests.support.cli import assert_user_error, run_cli
 
 HEAVY = ("torch", "deepspeed", "mpi4py.MPI", "netCDF4")
 COMMANDS = ["preprocess", "train", "evaluate", "ensemble-forecast", "export", "config", "env"]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_support import centered, random_walk, write_traj
+from tests.support.data import centered, random_walk, write_traj
 
 from asteroid_hpc.cli.main import main
 from asteroid_hpc.data import DistributedWindowSampler, WindowDataset, read_manifest

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ensemble_support import lj_like_box, molecule_trajectory, tiny_model_file
-from helpers import assert_user_error, cli_env, run_cli
+from tests.support.ensemble import ensemble_model_file, lj_like_box, molecule_trajectory
+from tests.support.cli import assert_user_error, cli_env, run_cli
 
 SINGLE_THREAD = cli_env(OMP_NUM_THREADS="1")
 
@@ -22,7 +22,7 @@ SINGLE_THREAD = cli_env(OMP_NUM_THREADS="1")
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ensemble")
-    return {"model": tiny_model_file(root / "tiny.safetensors"),
+    return {"model": ensemble_model_file(root / "tiny.safetensors"),
             "molecule": molecule_trajectory(root / "molecule.nc", n_frames=40),
             "box": lj_like_box(root / "box.nc", n_atoms=400)}
 

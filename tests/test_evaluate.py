@@ -6,7 +6,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from helpers import REPO, assert_user_error, run_cli
+from tests.support.cli import REPO, assert_user_error, run_cli
+from tests.support.tiny import tiny_model_file
 from asteroid_hpc.errors import UserError
 from asteroid_hpc.evaluation import (Trajectory, aligned_history_mean_forecast, constant_rotation_forecast,
                                      constant_velocity_forecast,
@@ -236,15 +237,8 @@ def xtb_ethanol(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    import torch
-
-    from asteroid_hpc.config.schema import ModelConfig
-    from asteroid_hpc.model import Asteroid, save_weights
-
-    torch.manual_seed(0)
-    cfg = ModelConfig(history_frames=4, delay_length=3, hidden_size=16, num_heads=2, encoder_layers=1,
-                      decoder_layers=1, num_rbf=4, num_global_tokens=1, cutoff_angstrom=4.0)
-    return save_weights(Asteroid(cfg), tmp_path_factory.mktemp("model") / "tiny.safetensors")
+    return tiny_model_file(tmp_path_factory.mktemp("model") / "tiny.safetensors", attention="local_global", num_rbf=4,
+                           num_global_tokens=1, cutoff_angstrom=4.0, symmetry="augment")
 
 
 def _run_in_process(capsys, *args) -> subprocess.CompletedProcess:
@@ -327,7 +321,7 @@ def test_cost_report_measures_real_xtb_and_model(tmp_path, tiny_model):
     import subprocess
     import sys
 
-    from helpers import cli_env
+    from tests.support.cli import cli_env
 
     out = tmp_path / "cost.json"
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "cost_report.py"), str(tiny_model), "ethanol",

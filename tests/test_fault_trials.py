@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from helpers import REPO
+from tests.support.cli import REPO
 
 TRIALS = 2
 

@@ -15,8 +15,8 @@ from blake3 import blake3
 import numpy as np
 import pytest
 
-from helpers import cli_env, run_cli
-from data_support import ATOMIC_NUMBERS, centered, dataset_fingerprint, random_walk, write_traj
+from tests.support.cli import cli_env, run_cli
+from tests.support.data import ATOMIC_NUMBERS, centered, dataset_fingerprint, random_walk, write_traj
 
 from asteroid_hpc.cli.main import main
 from asteroid_hpc.data.amber import AmberReader

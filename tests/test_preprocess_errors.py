@@ -7,8 +7,8 @@ import netCDF4
 import numpy as np
 import pytest
 
-from helpers import assert_user_error, run_cli
-from data_support import random_walk, write_traj
+from tests.support.cli import assert_user_error, run_cli
+from tests.support.data import random_walk, write_traj
 
 from asteroid_hpc.cli.main import main
 

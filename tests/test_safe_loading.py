@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import REPO, assert_user_error, run_cli
-from test_bad_inputs import TINY_MODEL, trained_run
-from data_support import ATOMIC_NUMBERS, preprocess_walk_dataset, random_walk, write_traj
+from tests.support.cli import REPO, assert_user_error, run_cli
+from tests.support.data import ATOMIC_NUMBERS, preprocess_walk_dataset, random_walk, write_traj
+from tests.support.tiny import tiny_model_file
+from tests.support.train import trained_run
 
 from asteroid_hpc.errors import UserError
 
@@ -136,7 +137,7 @@ def test_export_refuses_a_planted_model_states_pickle(trained, tmp_path, marker,
 
 @pytest.mark.slow
 def test_train_resume_refuses_a_planted_model_states_pickle(trained, tmp_path, marker):
-    from train_support import TINY_CONFIG
+    from tests.support.train import TINY_CONFIG
 
     run = _evil_checkpoint(trained, tmp_path, marker)
     proc = run_cli("train", TINY_CONFIG, f"data.dataset={trained[0]}", f"train.run_dir={run}", "train.max_steps=4",
@@ -162,10 +163,7 @@ def dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
-    from asteroid_hpc.config.schema import ModelConfig
-    from asteroid_hpc.model import build_model, save_weights
-
-    return save_weights(build_model(ModelConfig(**TINY_MODEL)), tmp_path_factory.mktemp("w") / "tiny.safetensors")
+    return tiny_model_file(tmp_path_factory.mktemp("w") / "tiny.safetensors")
 
 
 def _evaluate(capsys, weights: Path, ds: Path, out: Path) -> subprocess.CompletedProcess:
@@ -277,10 +275,10 @@ def test_every_shell_script_passes_shellcheck_with_quoting_enforced():
 # ----------------------------------------------------------------------------------------------- ensemble state
 @pytest.fixture(scope="module")
 def ensemble_inputs(tmp_path_factory):
-    from ensemble_support import molecule_trajectory, tiny_model_file
+    from tests.support.ensemble import ensemble_model_file, molecule_trajectory
 
     root = tmp_path_factory.mktemp("ens")
-    return tiny_model_file(root / "tiny.safetensors"), molecule_trajectory(root / "ic.nc", n_frames=8)
+    return ensemble_model_file(root / "tiny.safetensors"), molecule_trajectory(root / "ic.nc", n_frames=8)
 
 
 def _ensemble(capsys, model, initial, out) -> subprocess.CompletedProcess:

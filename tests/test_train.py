@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import assert_user_error, run_cli
-from train_support import (  # noqa: F401 (tiny_dataset is a fixture)
+from tests.support.cli import assert_user_error, run_cli
+from tests.support.train import (  # noqa: F401 (tiny_dataset is a fixture)
     TINY_CONFIG, assert_same_losses, run_train, tiny_dataset, train_command, train_env, train_losses, wait_for_steps,
 )
 
@@ -114,7 +114,7 @@ def test_stop_signal_checkpoints_and_exits_zero(tiny_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_bf16_on_cpu_trains_close_to_fp32_and_exports(straight, tiny_dataset, tmp_path):
-    from helpers import run_cli
+    from tests.support.cli import run_cli
 
     run_dir = tmp_path / "run"
     proc = run_train(tiny_dataset, run_dir, "train.precision=bf16")
@@ -192,7 +192,7 @@ def test_export_zero3_from_two_processes_loads_in_one(two_process_runs, tiny_dat
     from asteroid_hpc.data import WindowDataset
     from asteroid_hpc.model import load_weights
     from asteroid_hpc.train.validate import validation_indices
-    from helpers import run_cli
+    from tests.support.cli import run_cli
 
     run_dir, _ = two_process_runs(3)
     zero_files = list((run_dir / "checkpoints" / "step_000006").glob("*zero_pp_rank_*"))

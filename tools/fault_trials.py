@@ -44,7 +44,11 @@ from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_CONFIG = REPO / "configs" / "tiny" / "train.yaml"
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # for the test suite's tiny model and dataset (tests/support/)
+from tests.support.ensemble import ensemble_model_file, molecule_trajectory  # noqa: E402
+from tests.support.tiny import TINY_CONFIG, make_tiny_dataset  # noqa: E402
+
 SUBJECTS = ("preprocess", "train", "ensemble")
 
 
@@ -229,7 +233,7 @@ class TrainSubject(Subject):
 
     def setup(self, root: Path) -> None:
         self.root = root
-        self.dataset = make_training_dataset(root / "data")
+        self.dataset = make_tiny_dataset(root / "data")
         self.reference = root / "reference"
         began = time.monotonic()
         # every checkpoint kept, so that any checkpoint a trial leaves can be compared with the same step
@@ -300,25 +304,9 @@ class EnsembleSubject(Subject):
     MEMBERS, HORIZON, CHUNK = 6, 120, 8
 
     def setup(self, root: Path) -> None:
-        import numpy as np
-        import torch
-
-        from asteroid_hpc.config.schema import ModelConfig
-        from asteroid_hpc.data.amber import AmberWriter
-        from asteroid_hpc.model import Asteroid, save_weights
-
         self.root = root
-        torch.manual_seed(0)
-        self.model = save_weights(Asteroid(ModelConfig(
-            history_frames=4, delay_length=3, hidden_size=16, num_heads=2, encoder_layers=1, decoder_layers=1,
-            attention="local_global", cutoff_angstrom=5.0, max_neighbors=16, num_global_tokens=2, num_rbf=8,
-            symmetry="equivariant")), root / "model.safetensors")
-        rng = np.random.default_rng(0)
-        base = rng.normal(scale=1.5, size=(9, 3))
-        frames = base + 0.05 * np.sin(0.7 * np.arange(12)[:, None, None] + rng.uniform(0, 6.3, size=(9, 3)))
-        self.initial = root / "initial.nc"
-        with AmberWriter(self.initial, 9, rng.choice([1, 6, 8], 9), timestep_ps=0.01) as writer:
-            writer.append(frames.astype(np.float32))
+        self.model = ensemble_model_file(root / "model.safetensors")
+        self.initial = molecule_trajectory(root / "initial.nc", n_atoms=9, n_frames=12)
         self.reference = root / "reference"
         began = time.monotonic()
         run_to_end(self.command(self.reference), root)
@@ -381,18 +369,6 @@ class EnsembleSubject(Subject):
 
 
 # ----------------------------------------------------------------------------------------------- training data
-def make_training_dataset(root: Path) -> Path:
-    """A 240-frame GFN2-xTB ethanol trajectory, preprocessed with the tiny config (cached in ``root``)."""
-    dataset = root / "ethanol-tiny"
-    if (dataset / "manifest.json").is_file():
-        return dataset
-    from asteroid_hpc.datagen.generate import small_ethanol_trajectory
-
-    trajectory = small_ethanol_trajectory(root / "ethanol.nc")
-    run_to_end(_cli("preprocess", trajectory, "-o", dataset, "--config", TINY_CONFIG, "--no-progress"), root)
-    return dataset
-
-
 def train_losses(run_dir: Path) -> dict[int, float]:
     from asteroid_hpc.train import read_metrics
 

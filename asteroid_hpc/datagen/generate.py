@@ -249,13 +249,3 @@ def _finish(spec: XtbRunSpec, chunks: Path, out_path: Path, mol, write_velocitie
     log.info("%s: wrote %d frames of %d atoms (%.2f ms/step)", out_path, spec.n_frames, mol.n_atoms, ms_per_step)
     return report
 
-
-def small_ethanol_trajectory(path: str | os.PathLike) -> Path:
-    """A 240-frame GFN2-xTB ethanol trajectory (seed 1, 1 fs per frame), generated once into ``path``
-    (a few seconds): the small real trajectory of the test suite and the fault trials."""
-    path = Path(path)
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        spec = XtbRunSpec("ethanol", 240, seed=1, thermalize_steps=200, stride=2, chunk_frames=240)
-        generate_xtb_netcdf(spec, path, progress=False)
-    return path

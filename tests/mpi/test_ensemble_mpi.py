@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ensemble_support import lj_like_box, molecule_trajectory, tiny_model_file
-from helpers import cli_env, run_cli, run_mpi
+from tests.support.ensemble import ensemble_model_file, lj_like_box, molecule_trajectory
+from tests.support.cli import cli_env, run_cli, run_mpi
 
 pytestmark = pytest.mark.mpi
 ENV = cli_env(OMP_NUM_THREADS="1")  # the same torch thread count in every run
@@ -20,7 +20,7 @@ ENV = cli_env(OMP_NUM_THREADS="1")  # the same torch thread count in every run
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ensemble-mpi")
-    return {"model": tiny_model_file(root / "tiny.safetensors"),
+    return {"model": ensemble_model_file(root / "tiny.safetensors"),
             "molecule": molecule_trajectory(root / "molecule.nc", n_frames=12),
             "box": lj_like_box(root / "box.nc", n_atoms=400)}
 

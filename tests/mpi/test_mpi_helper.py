@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from helpers import json_objects, run_mpi
+from tests.support.cli import json_objects, run_mpi
 
 pytestmark = pytest.mark.mpi
 

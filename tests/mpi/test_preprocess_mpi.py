@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from helpers import run_cli, run_mpi
-from data_support import dataset_fingerprint, random_walk, write_traj
+from tests.support.cli import run_cli, run_mpi
+from tests.support.data import dataset_fingerprint, random_walk, write_traj
 
 pytestmark = pytest.mark.mpi
 

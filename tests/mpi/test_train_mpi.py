@@ -10,7 +10,7 @@ import subprocess
 import psutil
 import pytest
 
-from train_support import (  # noqa: F401 (tiny_dataset is a fixture)
+from tests.support.train import (  # noqa: F401 (tiny_dataset is a fixture)
     TINY_CONFIG, assert_same_losses, run_train, tiny_dataset, train_command, train_env, train_losses, wait_for_steps,
 )
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.cli import REPO
+
 SCRIPT = REPO / "tools" / "slurm_local.sh"
 UP_TIMEOUT_S = 900  # includes apt-get update + install on a fresh machine
 DOWN_TIMEOUT_S = 120

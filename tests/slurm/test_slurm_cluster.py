@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import json_objects
+from tests.support.cli import json_objects
 
 pytestmark = pytest.mark.slurm
 

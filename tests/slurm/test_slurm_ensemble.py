@@ -4,21 +4,17 @@ both nodes (one task per node, members dealt out over the tasks)."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: ensemble_support
-
-from ensemble_support import molecule_trajectory, tiny_model_file  # noqa: E402
+from tests.support.cli import REPO
+from tests.support.ensemble import ensemble_model_file, molecule_trajectory
 
 pytestmark = pytest.mark.slurm
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_ensemble_array_job_across_two_nodes(slurm_cluster, tmp_path):
-    model = tiny_model_file(tmp_path / "tiny.safetensors")
+    model = ensemble_model_file(tmp_path / "tiny.safetensors")
     for task in (0, 1):
         molecule_trajectory(tmp_path / f"ic_{task}.nc", n_frames=8, seed=task)
     job = slurm_cluster.submit(

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: shared helpers
-
-from helpers import REPO  # noqa: E402
-from data_support import dataset_fingerprint, random_walk, write_traj  # noqa: E402
+from tests.support.cli import REPO
+from tests.support.data import dataset_fingerprint, random_walk, write_traj
+from tests.support.train import tiny_dataset  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slurm
 
@@ -112,10 +111,10 @@ def _assert_prompt_failure(job, submitted_at: float) -> None:
 
 @pytest.fixture(scope="module")
 def ensemble_inputs(tmp_path_factory):
-    from ensemble_support import molecule_trajectory, tiny_model_file
+    from tests.support.ensemble import ensemble_model_file, molecule_trajectory
 
     root = tmp_path_factory.mktemp("ens-inputs")
-    return tiny_model_file(root / "tiny.safetensors"), molecule_trajectory(root / "ic.nc", n_frames=8)
+    return ensemble_model_file(root / "tiny.safetensors"), molecule_trajectory(root / "ic.nc", n_frames=8)
 
 
 def _template_case(name: str, tmp_path: Path, request) -> tuple[str, list[str], list[str], str]:
@@ -131,13 +130,6 @@ def _template_case(name: str, tmp_path: Path, request) -> tuple[str, list[str], 
     return "ensemble.sh", [str(model), str(initial), str(tmp_path / "ens"), "ensemble.members=4",
                            "ensemble.horizon_frames=40", "ensemble.chunk_frames=2"], ["--gpus-per-node=0"], \
         "asteroid_hpc.ensemble.run:run_member"
-
-
-@pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory):
-    from train_support import make_tiny_dataset
-
-    return make_tiny_dataset(tmp_path_factory.getbasetemp() / "train-data")
 
 
 @pytest.mark.parametrize("kind", ["exception", "crash"])

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO
-from train_support import TINY_CONFIG, assert_same_losses, run_train, tiny_dataset, train_losses  # noqa: F401
+from tests.support.cli import REPO
+from tests.support.train import TINY_CONFIG, assert_same_losses, run_train, tiny_dataset, train_losses  # noqa: F401
 
 pytestmark = pytest.mark.slurm
 

@@ -1,5 +1,5 @@
-"""Helpers for the training tests: a real tiny dataset (GFN2-xTB ethanol, preprocessed by the CLI) and
-runners for `asteroid-hpc train` alone, under torchrun, mpiexec and the deepspeed launcher."""
+"""Helpers for the training tests: the tiny dataset as a session fixture, runners for `asteroid-hpc train` alone,
+under torchrun, mpiexec and the deepspeed launcher, and a shared short training run."""
 
 from __future__ import annotations
 
@@ -12,30 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, cli_env
-
-TINY_CONFIG = REPO / "configs" / "tiny" / "train.yaml"
+from tests.support.cli import cli_env
+from tests.support.tiny import TINY_CONFIG, make_tiny_dataset
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def make_tiny_dataset(root: Path) -> Path:
-    """A 240-frame GFN2-xTB ethanol trajectory (AMBER NetCDF), preprocessed with the tiny config. Cached in ``root``."""
-    dataset = root / "ethanol-tiny"
-    if (dataset / "manifest.json").is_file():
-        return dataset
-    from asteroid_hpc.datagen.generate import small_ethanol_trajectory
-
-    trajectory = small_ethanol_trajectory(root / "ethanol.nc")
-    proc = subprocess.run([sys.executable, "-m", "asteroid_hpc", "preprocess", str(trajectory), "-o", str(dataset),
-                           "--config", str(TINY_CONFIG), "--no-progress"], capture_output=True, text=True,
-                          env=cli_env(), timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    return dataset
 
 
 @pytest.fixture(scope="session")
@@ -100,6 +84,17 @@ def train_losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl", kind="train")}
 
 
+def trained_run(basetemp: Path) -> tuple[Path, Path]:
+    """(dataset, run_dir) of a real 3-step tiny training run (one checkpoint, step_000003); cached per session."""
+    dataset = make_tiny_dataset(basetemp / "train-data")
+    run_dir = basetemp / "reliability-run" / "run"
+    if not (run_dir / "checkpoints" / "step_000003" / "COMPLETE").is_file():
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        run_train(dataset, run_dir, "train.max_steps=3", "train.checkpoint_every=3", "train.val_every=3")
+    return dataset, run_dir
+
+
 def assert_same_losses(got: dict[int, float], expected: dict[int, float], *, abs_tol: float) -> None:
     assert sorted(got) == sorted(expected), (sorted(got), sorted(expected))
     for step in expected:
@@ -107,4 +102,4 @@ def assert_same_losses(got: dict[int, float], expected: dict[int, float], *, abs
 
 
 __all__ = ["TINY_CONFIG", "assert_same_losses", "free_port", "make_tiny_dataset", "run_train", "tiny_dataset",
-           "train_command", "train_env", "train_losses", "wait_for_steps"]
+           "trained_run", "train_command", "train_env", "train_losses", "wait_for_steps"]

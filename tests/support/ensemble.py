@@ -1,4 +1,4 @@
-"""Tiny models and synthetic initial conditions for the ensemble tests (import as ``from ensemble_support import ...``)."""
+"""Tiny models and synthetic initial conditions for the ensemble tests."""
 
 from __future__ import annotations
 
@@ -6,21 +6,16 @@ from pathlib import Path
 
 import numpy as np
 
-TINY_MODEL = dict(history_frames=4, delay_length=3, hidden_size=16, num_heads=2, encoder_layers=1, decoder_layers=1,
-                  attention="local_global", cutoff_angstrom=5.0, max_neighbors=16, num_global_tokens=2, num_rbf=8,
-                  symmetry="equivariant")
+from tests.support.tiny import tiny_model_file
+
+# the tiny model with local-global attention (domain decomposition needs it) and a short neighbour list
+ENSEMBLE_MODEL = dict(attention="local_global", max_neighbors=16)
 LIQUID_DENSITY_PER_A3 = 0.021
 
 
-def tiny_model_file(path: Path, seed: int = 0, **overrides) -> Path:
-    """An untrained tiny ASTEROID (fixed torch seed) saved with save_weights."""
-    import torch
-
-    from asteroid_hpc.config.schema import ModelConfig
-    from asteroid_hpc.model import Asteroid, save_weights
-
-    torch.manual_seed(seed)
-    return save_weights(Asteroid(ModelConfig(**{**TINY_MODEL, **overrides})), path)
+def ensemble_model_file(path: Path, seed: int = 0, **changes) -> Path:
+    """The tiny ASTEROID of the ensemble tests, untrained (torch seeded with ``seed``), saved with save_weights."""
+    return tiny_model_file(path, seed, **{**ENSEMBLE_MODEL, **changes})
 
 
 def write_trajectory(path: Path, frames: np.ndarray, atomic_numbers, timestep_ps: float | None = 0.01) -> Path:

@@ -1,7 +1,4 @@
-"""Helpers shared by the tests: the repository root, CLI and mpiexec runners, the user-error check.
-
-Import them as ``from helpers import ...`` (``conftest`` is ambiguous: tests/slurm has its own).
-"""
+"""The repository root, CLI and mpiexec runners, the user-error check (no pytest needed to import)."""
 
 from __future__ import annotations
 
@@ -12,9 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def cli_env(**extra: str) -> dict[str, str]:
@@ -38,6 +33,8 @@ def mpiexec_cmd(n: int, *args: str, mpi4py_runner: bool = True) -> list[str]:
     """``mpiexec -n N python [-m mpi4py] ARGS`` (mpi4py's runner aborts all ranks on an uncaught exception)."""
     mpiexec = shutil.which("mpiexec")
     if mpiexec is None:
+        import pytest
+
         pytest.fail("mpiexec not found: run the tests through tools/test.sh, which installs Open MPI")
     runner = ["-m", "mpi4py"] if mpi4py_runner else []
     return [mpiexec, "-n", str(n), sys.executable, *runner, *map(str, args)]

@@ -1,0 +1,1 @@
+"""The test suite; shared helpers live in tests/support/ (import them as ``from tests.support.X import ...``)."""

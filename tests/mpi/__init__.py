@@ -1,0 +1,1 @@
+"""Tests under real MPI ranks (mpiexec -n 2)."""

@@ -1,0 +1,1 @@
+"""Tests against a real local Slurm cluster (tools/slurm_local.sh)."""
