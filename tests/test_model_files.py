@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from helpers import assert_user_error, run_cli
+from tests.support.cli import assert_user_error, run_cli
 from asteroid_hpc.errors import UserError
 from asteroid_hpc.train.model_files import locate_model, open_model
 
@@ -73,7 +73,8 @@ def test_every_form_of_one_model_forecasts_identically(tmp_path_factory):
     """A real 4-step training run (~15 s with its tiny dataset)."""
     import torch
 
-    from train_support import make_tiny_dataset, run_train
+    from tests.support.tiny import make_tiny_dataset
+    from tests.support.train import run_train
     from asteroid_hpc.train.export import export_checkpoint
 
     root = tmp_path_factory.mktemp("open-model")
