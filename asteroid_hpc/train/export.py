@@ -9,9 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..config.schema import ModelConfig
 from ..logs import get_logger
-from ..errors import UserError, user_error
+from ..errors import user_error
 from .checkpoint import (CLIENT_STATE, CheckpointManager, check_pickles_safe, read_json, resolve_resume,
                          safe_torch_load)
 
@@ -56,7 +55,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
 
     With ``best``, ``checkpoint`` is a run (or checkpoints) folder and its best-validation checkpoint is used.
     """
-    from ..model import build_model, save_weights
+    from ..model import save_weights
 
     if best:
         path = best_checkpoint(checkpoint)
@@ -64,17 +63,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
         path = resolve_resume(str(checkpoint), CheckpointManager(Path(checkpoint), keep_last=2))
     if path is None:  # unreachable for a path argument, kept for type checkers
         raise user_error(checkpoint, "no complete checkpoint found")
-    client_state = read_json(path / CLIENT_STATE)
-    try:
-        model_cfg = ModelConfig(**client_state["config"]["model"])
-    except (KeyError, TypeError) as exc:
-        raise user_error(path / CLIENT_STATE, f"no usable model config ({exc})") from None
-    model = build_model(model_cfg)
-    state = _fp32_state_dict(path)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UserError(f"{path}: the checkpoint's weights do not match its model config "
-                        f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    model, client_state = checkpoint_model(path)
     output = Path(output)
     if output.is_dir():
         raise user_error(output, "is a directory; give the output weights file name, e.g. model.safetensors")
@@ -82,3 +71,16 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
     save_weights(model, output)
     log.info("exported %s (step %s) to %s", path, client_state.get("step"), output)
     return output
+
+
+def checkpoint_model(path: Path):
+    """(the fp32 model on CPU, the client state) of complete checkpoint folder ``path``."""
+    from ..model.weights import model_config_of, model_from_state
+
+    client_state = read_json(path / CLIENT_STATE)
+    try:
+        model_config = client_state["config"]["model"]
+        model_config_of(model_config)
+    except (KeyError, TypeError) as exc:
+        raise user_error(path / CLIENT_STATE, f"no usable model config ({exc})") from None
+    return model_from_state(model_config, _fp32_state_dict(path), path), client_state
