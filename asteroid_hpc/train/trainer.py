@@ -25,12 +25,10 @@ from .batches import BatchStream
 from .checkpoint import CLIENT_STATE, CheckpointManager, check_compatible, check_one_line, read_json, resolve_resume
 from .ds_config import build_deepspeed_config
 from .metrics import MetricsWriter, Progress
+from .step import LOSS_TERMS, lr_lambda, memory_mb, optimizer_step, seed_all
 from .validate import per_lead_mse, validation_indices
 
 log = get_logger(__name__)
-
-LOSS_TERMS = ("primary", "conjugate", "consistency", "forecast")
-
 
 @dataclass
 class TrainResult:
@@ -40,77 +38,6 @@ class TrainResult:
     checkpoint: Optional[Path]
     best_val_mse: Optional[float] = None
     losses: list[float] = field(default_factory=list)  # total loss of each step run in this process
-
-
-def _lr_lambda(warmup_steps: int, decay_steps: int):
-    """Linear warm-up, then cosine decay to 10 % of the peak at ``decay_steps`` (constant after)."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        progress = min(1.0, (step - warmup_steps) / max(1, decay_steps - warmup_steps))
-        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def _memory_mb(device: str) -> dict:
-    import psutil
-    import torch
-
-    out = {"rss_mb": psutil.Process().memory_info().rss / 2**20}
-    if device.startswith("cuda"):
-        out["cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return out
-
-
-def _optimizer_step(engine, stream: BatchStream, t, device: str, dtype, want_grad_norm: bool):
-    """One optimizer step over ``t.grad_accum_steps`` micro-batches.
-
-    Returns this rank's mean [total, *LOSS_TERMS] (float64, CPU) and, when asked and DeepSpeed does not
-    record it, the gradient norm before clipping.
-    """
-    import torch
-
-    from ..model import sti_losses
-
-    sums = torch.zeros(len(LOSS_TERMS) + 1, dtype=torch.float64)
-    own_norm = None
-    for micro in range(t.grad_accum_steps):
-        batch = stream.next()
-        history = batch["history"].to(device=device, dtype=dtype)
-        target = batch["target"].to(device=device, dtype=dtype)
-        teacher = target if t.teacher_forcing else None  # None: the loss sees the model's own rollout
-        output = engine(history, batch["atomic_numbers"].to(device), target.shape[1], teacher)
-        total, parts = sti_losses(output, history, target, t.loss_weights)
-        engine.backward(total)
-        if want_grad_norm and micro == t.grad_accum_steps - 1:
-            own_norm = _plain_grad_norm(engine)
-        engine.step()
-        sums += torch.tensor([float(total.detach())] + [float(parts[k]) for k in LOSS_TERMS], dtype=torch.float64)
-    return sums / t.grad_accum_steps, own_norm
-
-
-def _plain_grad_norm(engine) -> Optional[float]:
-    """Global gradient 2-norm before clipping, for ZeRO-0 in fp32 (where DeepSpeed does not record it):
-    its gradients are whole and already averaged over ranks after the boundary ``backward``."""
-    import torch
-
-    if engine.zero_optimization_stage() != 0:
-        return None
-    grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
-    return float(torch.nn.utils.get_total_norm(grads)) if grads else None
-
-
-def _seed_all(seed: int) -> None:
-    import random
-
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _open_datasets(cfg: AsteroidConfig):
@@ -237,14 +164,14 @@ class Trainer:
         from ..model import build_model, model_summary
 
         t, sess = self.t, self.sess
-        _seed_all(t.seed)  # the same initial weights on every rank
+        seed_all(t.seed)  # the same initial weights on every rank
         model = build_model(self.cfg.model, self.reference)
         summary = model_summary(model)
-        _seed_all(t.seed + 1000 * sess.rank)  # per-rank streams (rotation augmentation)
+        seed_all(t.seed + 1000 * sess.rank)  # per-rank streams (rotation augmentation)
         self.ds_config = build_deepspeed_config(t, sess.world_size, sess.precision)
         optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
-                                                      _lr_lambda(t.warmup_steps, t.lr_decay_steps or t.max_steps))
+                                                      lr_lambda(t.warmup_steps, t.lr_decay_steps or t.max_steps))
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                     config=self.ds_config, dist_init_required=False)
         self.device = sess.device
@@ -329,7 +256,7 @@ class Trainer:
 
         t = self.t
         log_now = (self.step + 1) % t.log_every == 0 or self.step + 1 == t.max_steps
-        sums, own_norm = _optimizer_step(self.engine, self.stream, t, self.device, self.dtype,
+        sums, own_norm = optimizer_step(self.engine, self.stream, t, self.device, self.dtype,
                                          want_grad_norm=log_now)
         self.step += 1
         self._window_steps += 1
@@ -353,7 +280,7 @@ class Trainer:
                             **{k: v for k, v in zip(LOSS_TERMS, reduced[1:])},
                             "lr": self.engine.get_lr()[0],
                             "grad_norm": None if grad_norm is None else float(grad_norm),
-                            "samples_per_s": samples_per_s, "epoch": self.stream.epoch, **_memory_mb(self.device)})
+                            "samples_per_s": samples_per_s, "epoch": self.stream.epoch, **memory_mb(self.device)})
         self.progress.update(self.step, reduced[0], samples_per_s)
         self._window_start, self._window_steps = time.perf_counter(), 0
 
