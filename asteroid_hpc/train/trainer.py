@@ -30,6 +30,7 @@ from .validate import per_lead_mse, validation_indices
 
 log = get_logger(__name__)
 
+
 @dataclass
 class TrainResult:
     run_dir: Path
