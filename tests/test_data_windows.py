@@ -187,3 +187,43 @@ def test_read_manifest_rejects_symlinks_out_and_non_json(dataset, tmp_path):
     with pytest.raises(UserError, match="unknown split"):
         WindowDataset(out, "training", M, H)
     assert os.path.exists(out / "manifest.json")
+
+
+# ------------------------------------------------------------------------------------------ window contract
+def test_the_manifest_records_the_windows_and_refuses_other_ones(dataset):
+    from asteroid_hpc.data.manifest import window_contract
+
+    out, _ = dataset
+    contract = window_contract(read_manifest(out), out)
+    assert (contract.history_frames, contract.horizon_frames, contract.frame_stride, contract.split) == \
+        (M, H, 1, "chronological")
+    contract.check(M, H, 1, "chronological")
+    for asked, message in (((M + 1, H, 1, "chronological"), f"model.history_frames={M} but the config asks for "
+                                                             f"model.history_frames={M + 1}"),
+                           ((M, H - 1, 1, "chronological"), f"data.horizon_frames={H} but the config asks for "
+                                                             f"data.horizon_frames={H - 1}"),
+                           ((M, H, 2, "chronological"), "data.frame_stride=1 but the config asks for "
+                                                        "data.frame_stride=2"),
+                           ((M, H, 1, "random_start"), "data.split=chronological but the config asks for "
+                                                       "data.split=random_start")):
+        with pytest.raises(UserError) as error:
+            contract.check(*asked)
+        assert str(error.value).startswith(f"{out / 'manifest.json'}: the dataset was preprocessed with ")
+        assert message in str(error.value) and "\n" not in str(error.value)
+    # the dataset's own windows by default
+    default, explicit = WindowDataset(out, "train"), WindowDataset(out, "train", M, H)
+    assert (default.history_frames, default.horizon_frames, len(default)) == (M, H, len(explicit))
+
+
+def test_a_manifest_without_window_sizes_leaves_them_to_the_config(dataset, tmp_path, caplog):
+    from asteroid_hpc.data.manifest import window_contract
+
+    out, _ = dataset
+    bare = _manifest_with(out, tmp_path, lambda m, d: [m["split"].pop(k) for k in ("history_frames", "horizon_frames")])
+    contract = window_contract(read_manifest(bare), bare)
+    assert contract.history_frames is None and contract.horizon_frames is None
+    contract.check(M + 2, H + 2, 1, "chronological")  # nothing recorded: nothing to disagree with
+    assert "records no model.history_frames" in caplog.text
+    with pytest.raises(UserError, match="records no window sizes"):
+        WindowDataset(bare, "train")
+    assert len(WindowDataset(bare, "train", M + 2, H + 2)) > 0

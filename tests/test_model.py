@@ -222,8 +222,9 @@ def reference_model(symmetry: str = "equivariant") -> tuple[Asteroid, torch.Tens
     """A model whose reference structure is the molecule_window cloud's base shape."""
     history, _ = molecule_window()
     reference = history[0, 0] - history[0, 0].mean(dim=0)
-    return make_model(symmetry=symmetry, reference_structure="training_mean",
-                      reference_coordinates=reference.double().tolist()), reference
+    torch.manual_seed(0)
+    cfg = small_config(symmetry=symmetry, reference_structure="training_mean")
+    return build_model(cfg, reference.double().tolist()).eval(), reference
 
 
 def test_superpose_onto_matches_the_numpy_kabsch():
@@ -253,20 +254,23 @@ def test_reference_structure_model_stays_equivariant_and_takes_its_own_molecule_
     assert all(p.grad is not None for p in model.parameters())
     with pytest.raises(UserError, match="reference structure has 7 atoms, the input 6"):
         model(history[:, :, :6], z[:6], L)
-    # the reference travels in the config metadata of the weights file, not as a tensor
+    # the reference travels in the weights' state (a float32 tensor), never in the config
     loaded = load_weights(save_weights(model.eval(), tmp_path / "ref.safetensors"))
-    assert loaded.cfg.reference_coordinates == model.cfg.reference_coordinates
+    assert "reference" in loaded.state_dict() and loaded.reference.dtype == torch.float32
+    assert torch.equal(loaded.reference, model.reference) and loaded.cfg == model.cfg
     assert torch.equal(loaded.forecast(history, z, 5), model.forecast(history, z, 5))
     assert model_summary(model)["n_atoms_probed"] == N
 
 
-def test_reference_structure_config_is_checked():
+def test_reference_structure_config_and_coordinates_are_checked():
     with pytest.raises(UserError, match="model.reference_structure"):
         small_config(reference_structure="mean")
+    with pytest.raises(UserError, match="needs the reference coordinates"):
+        build_model(small_config(reference_structure="training_mean"))
     with pytest.raises(UserError, match="apply only with model.reference_structure=training_mean"):
-        small_config(reference_coordinates=[[0.0, 0.0, 0.0]])
-    with pytest.raises(UserError, match=r"list of \[x, y, z\] rows"):
-        small_config(reference_structure="training_mean", reference_coordinates=[[0.0, 0.0]])
+        build_model(small_config(), [[0.0, 0.0, 0.0]])
+    with pytest.raises(UserError, match=r"must be \[N, 3\], got \[1, 2\]"):
+        build_model(small_config(reference_structure="training_mean"), [[0.0, 0.0]])
 
 
 def test_rotation_basis_is_the_windows_rotation_continued_and_keeps_every_symmetry():

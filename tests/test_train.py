@@ -73,24 +73,81 @@ def test_resume_with_a_different_model_shape_is_refused(straight, tiny_dataset, 
     assert_user_error(proc, "step_000006", "model.hidden_size 16 -> 32", "cannot resume")
 
 
-def test_reference_structure_is_filled_in_resumed_and_exported(tiny_dataset, tmp_path):
-    """model.reference_structure=training_mean: train puts the dataset's mean structure into the model config,
-    a resumed run computes the same (so the checkpoint check passes), and export carries it."""
+def _reference_hash(tiny_dataset, run_dir, *overrides: str) -> str:
+    """The hash of the config as given (before any training)."""
+    from asteroid_hpc.config import config_hash, load_config
+
+    return config_hash(load_config(TINY_CONFIG, [f"data.dataset={tiny_dataset}", f"train.run_dir={run_dir}",
+                                                 "model.reference_structure=training_mean", *overrides]))
+
+
+def _as_older_checkpoint(step_dir, coordinates) -> None:
+    """Rewrite a checkpoint as the code before the reference moved into the state wrote it: the coordinates
+    in the config's model section, no ``reference`` in the module state."""
+    import torch
+
+    from asteroid_hpc.train.checkpoint import safe_torch_load
+
+    states = step_dir / "mp_rank_00_model_states.pt"
+    saved = safe_torch_load(states)
+    del saved["module"]["reference"]
+    torch.save(saved, states.with_suffix(".new"))
+    states.with_suffix(".new").replace(states)  # a new file: the loaded tensors may map the old one
+    client = json.loads((step_dir / "client_state.json").read_text())
+    client["config"]["model"]["reference_coordinates"] = coordinates
+    (step_dir / "client_state.json").write_text(json.dumps(client))
+
+
+def test_reference_structure_goes_into_the_model_state_and_the_config_hash_never_changes(tiny_dataset, tmp_path):
+    """model.reference_structure=training_mean: train puts the dataset's mean structure into the model's state,
+    never into the config (the hash of the resolved config is the same before and after); a resumed run computes
+    the same; export carries it; a checkpoint written before the change resumes and exports alike."""
+    import shutil
+
+    import torch
+
     from asteroid_hpc.data.reference import training_mean_structure
     from asteroid_hpc.model import load_weights
 
     run_dir = tmp_path / "run"
+    expected_hash = {3: _reference_hash(tiny_dataset, run_dir, "train.max_steps=3"),
+                     6: _reference_hash(tiny_dataset, run_dir)}
     run_train(tiny_dataset, run_dir, "model.reference_structure=training_mean", "train.max_steps=3")
+    older = tmp_path / "older" / "run"
+    shutil.copytree(run_dir, older)
     proc = run_train(tiny_dataset, run_dir, "model.reference_structure=training_mean")
     assert "resume: from" in proc.stderr and "reference structure: the mean of the training frames" in proc.stderr
+    assert f"config hash: {expected_hash[6]}" in proc.stderr
     resolved = yaml.safe_load((run_dir / "config.resolved.yaml").read_text())
-    coordinates = np.array(resolved["model"]["reference_coordinates"])
-    assert coordinates.shape == (9, 3)  # ethanol, all atoms
-    np.testing.assert_allclose(coordinates, training_mean_structure(tiny_dataset), atol=1e-6)
+    assert "reference_coordinates" not in resolved["model"]
+    for step in (3, 6):
+        state = json.loads((run_dir / "checkpoints" / f"step_{step:06d}" / "client_state.json").read_text())
+        assert state["config_hash"] == expected_hash[step] and "reference_coordinates" not in state["config"]["model"]
     assert run_cli("export", run_dir, tmp_path / "ref.safetensors").returncode == 0
     model = load_weights(tmp_path / "ref.safetensors")
-    assert model.cfg.reference_structure == "training_mean"
-    assert model.cfg.reference_coordinates == resolved["model"]["reference_coordinates"]
+    assert model.cfg.reference_structure == "training_mean" and model.reference.shape == (9, 3)  # ethanol
+    np.testing.assert_allclose(model.reference.numpy(), training_mean_structure(tiny_dataset), atol=1e-6)
+
+    # the older format: coordinates in the checkpoint's config, none in its module state
+    computed = [[round(float(v), 6) for v in row] for row in training_mean_structure(tiny_dataset)]
+    other = tmp_path / "other" / "run"
+    shutil.copytree(older, other)
+    _as_older_checkpoint(older / "checkpoints" / "step_000003", computed)
+    _as_older_checkpoint(other / "checkpoints" / "step_000003", [[v + 0.1 for v in row] for row in computed])
+    refused = run_train(tiny_dataset, other, "model.reference_structure=training_mean", check=False)
+    assert_user_error(refused, "step_000003", "reference structure differs from the training mean")
+    exported = run_cli("export", older / "checkpoints" / "step_000003", tmp_path / "older.safetensors")
+    assert exported.returncode == 0, exported.stderr
+    assert torch.equal(load_weights(tmp_path / "older.safetensors").reference, model.reference)
+    run_train(tiny_dataset, older, "model.reference_structure=training_mean")
+    assert_same_losses(train_losses(older), train_losses(run_dir), abs_tol=LOSS_TOL)
+
+
+def test_training_with_other_windows_than_the_dataset_was_cut_for_is_refused(tiny_dataset, tmp_path):
+    proc = run_train(tiny_dataset, tmp_path / "run", "model.history_frames=5", check=False)
+    assert_user_error(proc, str(tiny_dataset / "manifest.json"), "preprocessed with model.history_frames=4",
+                      "the config asks for model.history_frames=5")
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_stop_signal_checkpoints_and_exits_zero(tiny_dataset, tmp_path):

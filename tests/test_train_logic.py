@@ -324,7 +324,7 @@ def test_forecast_loss_scores_the_rollout_the_config_names(teacher_forcing):
 
     from asteroid_hpc.config.schema import ModelConfig
     from asteroid_hpc.model import build_model
-    from asteroid_hpc.train.trainer import LOSS_TERMS, _optimizer_step
+    from asteroid_hpc.train.step import LOSS_TERMS, optimizer_step
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(history_frames=6, delay_length=3, hidden_size=16, num_heads=2, encoder_layers=1,
@@ -336,7 +336,7 @@ def test_forecast_loss_scores_the_rollout_the_config_names(teacher_forcing):
         forced = model(batch["history"], batch["atomic_numbers"], 6, batch["target"]).forecast
     expected = {mode: float((f - batch["target"]).pow(2).mean()) for mode, f in ((False, free), (True, forced))}
     assert abs(expected[True] - expected[False]) > 1e-6 * expected[False]  # 6 frames = 3 passes: they differ
-    sums, _ = _optimizer_step(_PlainEngine(model), _OneBatch(batch), TrainConfig(teacher_forcing=teacher_forcing),
+    sums, _ = optimizer_step(_PlainEngine(model), _OneBatch(batch), TrainConfig(teacher_forcing=teacher_forcing),
                               "cpu", torch.float64, want_grad_norm=False)
     assert float(sums[1 + LOSS_TERMS.index("forecast")]) == pytest.approx(expected[teacher_forcing], rel=1e-9)
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

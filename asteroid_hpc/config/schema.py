@@ -75,6 +75,11 @@ class DataConfig:
         _check(self.random_start_margin_frames >= 0, "data.random_start_margin_frames must be >= 0")
 
 
+# A retired ModelConfig key: older weights files and checkpoints carry the reference structure under it
+# (asteroid_hpc.model.weights moves it into the model's state).
+LEGACY_REFERENCE_KEY = "reference_coordinates"
+
+
 @dataclass
 class ModelConfig:
     """ASTEROID sizes (see docs/method.md §2)."""
@@ -94,9 +99,9 @@ class ModelConfig:
     symmetry: str = "augment"  # "augment" (random rotations in training) or "equivariant" (by construction)
     dropout: float = 0.0
     # "training_mean": the training frames' mean structure, superposed onto each window's last frame, joins
-    # the per-atom vectors (isolated molecules of a fixed atom order); "none": no reference
+    # the per-atom vectors (isolated molecules of a fixed atom order); "none": no reference. The structure
+    # itself is derived data: train computes it, the model's state (weights, checkpoints) carries it.
     reference_structure: str = "none"
-    reference_coordinates: list[list[float]] = field(default_factory=list)  # [N][3] Å, filled in by train
     rotation_basis: bool = False  # the window's rigid rotation per frame, continued, joins the per-atom vectors
 
     def __post_init__(self) -> None:
@@ -114,10 +119,6 @@ class ModelConfig:
         _check(self.num_rbf >= 1, "model.num_rbf must be >= 1")
         _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
         _one_of("model.reference_structure", self.reference_structure, ("none", "training_mean"))
-        _check(all(isinstance(row, list) and len(row) == 3 for row in self.reference_coordinates),
-               "model.reference_coordinates must be a list of [x, y, z] rows")
-        _check(self.reference_structure != "none" or not self.reference_coordinates,
-               "model.reference_coordinates apply only with model.reference_structure=training_mean")
 
 
 @dataclass

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import atomic
 from ..errors import UserError, user_error
+from ..logs import get_logger
+
+log = get_logger(__name__)
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 2  # 2: sources carry blake3 (was sha256); statistics.sampled_every_frames
@@ -81,3 +85,44 @@ def read_manifest(dataset_dir: str | os.PathLike) -> dict:
     if len(manifest["atomic_numbers"]) != manifest["n_atoms"]:
         raise UserError(f"{path}: {len(manifest['atomic_numbers'])} atomic numbers for {manifest['n_atoms']} atoms")
     return manifest
+
+
+@dataclass(frozen=True)
+class WindowContract:
+    """The windows a dataset was cut for, as its manifest records them (the one source of these facts).
+
+    A chronological split leaves history + horizon frames between splits, and random-start draws keep
+    ``history_frames - 1`` frames before and ``horizon_frames`` after each start: windows of other sizes
+    would cross splits or shift off the drawn starts.
+    """
+
+    history_frames: int | None  # None: not recorded (a manifest not written by preprocess)
+    horizon_frames: int | None
+    frame_stride: int
+    split: str  # "chronological", "random_start" or "by_file"
+    path: Path  # the manifest file, for messages
+
+    def check(self, history_frames: int, horizon_frames: int, frame_stride: int, split: str) -> None:
+        """Refuse a config that asks for other windows than the dataset was cut for (one line)."""
+        for key, asked, recorded in (("model.history_frames", history_frames, self.history_frames),
+                                     ("data.horizon_frames", horizon_frames, self.horizon_frames),
+                                     ("data.frame_stride", frame_stride, self.frame_stride),
+                                     ("data.split", split, self.split)):
+            if recorded is None:
+                log.warning("%s records no %s: taking the config's %s", self.path, key, asked)
+            elif asked != recorded:
+                raise user_error(self.path, f"the dataset was preprocessed with {key}={recorded} but the config "
+                                            f"asks for {key}={asked}; set {key}={recorded} or re-run preprocess "
+                                            "with this config")
+
+
+def window_contract(manifest: dict, dataset_dir: str | os.PathLike) -> WindowContract:
+    """The window contract of a manifest read by :func:`read_manifest` from ``dataset_dir``.
+
+    Preprocess records the sizes in the ``split`` section (``frame_stride`` beside it) of every schema-2
+    manifest; one without them (not written by preprocess) leaves them to the config.
+    """
+    split = manifest["split"]
+    history, horizon = split.get("history_frames"), split.get("horizon_frames")
+    return WindowContract(None if history is None else int(history), None if horizon is None else int(horizon),
+                          int(manifest["frame_stride"]), str(split.get("method")), Path(dataset_dir) / MANIFEST)

@@ -6,6 +6,9 @@ Chronological and by-file splits: every window start in the split's segments, ``
 Random-start splits (protocol A): one window per drawn start ``s`` (the last history frame), history
 ``s-m+1..s`` and targets ``s+1..s+H``; starts whose window meets a dropped frame are skipped.
 
+The window sizes default to the ones the manifest records (:class:`~.manifest.WindowContract`); training
+takes exactly those, evaluation may ask for its model's history and its own horizon.
+
 NetCDF files are opened lazily, per process: no open handle is pickled into DataLoader workers.
 """
 
@@ -21,7 +24,7 @@ from torch.utils.data import Dataset
 
 from ..logs import get_logger
 from ..errors import user_error
-from .manifest import read_manifest
+from .manifest import read_manifest, window_contract
 from .plan import SPLITS
 
 log = get_logger(__name__)
@@ -84,14 +87,19 @@ class WindowDataset(Dataset):
     """``dataset[i]`` → ``{"history": float32 [m, N, 3], "target": float32 [H, N, 3],
     "atomic_numbers": int64 [N], "index": i}`` (torch tensors) for the windows of one split."""
 
-    def __init__(self, dataset_dir: str | os.PathLike, split: str, history_frames: int, horizon_frames: int,
-                 window_stride: int = 1) -> None:
+    def __init__(self, dataset_dir: str | os.PathLike, split: str, history_frames: int | None = None,
+                 horizon_frames: int | None = None, window_stride: int = 1) -> None:
         self.dataset_dir = Path(dataset_dir)
         if split not in SPLITS:
             raise user_error(self.dataset_dir, f"unknown split {split!r} (expected one of {', '.join(SPLITS)})")
+        self.manifest = read_manifest(self.dataset_dir)
+        contract = window_contract(self.manifest, self.dataset_dir)
+        history_frames = contract.history_frames if history_frames is None else history_frames
+        horizon_frames = contract.horizon_frames if horizon_frames is None else horizon_frames
+        if history_frames is None or horizon_frames is None:
+            raise user_error(contract.path, "records no window sizes: give history_frames and horizon_frames")
         if history_frames < 1 or horizon_frames < 1 or window_stride < 1:
             raise ValueError("history_frames, horizon_frames and window_stride must be >= 1")
-        self.manifest = read_manifest(self.dataset_dir)
         self.split = split
         self.history_frames, self.horizon_frames, self.window_stride = history_frames, horizon_frames, window_stride
         self.atomic_numbers_np = np.asarray(self.manifest["atomic_numbers"], dtype=np.int64)

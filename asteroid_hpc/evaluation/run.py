@@ -117,7 +117,7 @@ def evaluate_samples(model, samples: ProtocolSamples, *, batch_size: int = 64) -
         log.info("protocol %s: model forecast in %.1f s", samples.protocol, seconds)
     for note in samples.notes:
         log.warning("protocol %s: %s", samples.protocol, note)
-    reference = None if model is None else model.cfg.reference_coordinates
+    reference = model.reference.cpu().numpy() if model is not None and model.uses_reference else None
     return score_samples(samples, prediction, seconds, PROTOCOL_HISTORY_FRAMES.get(samples.protocol), reference)
 
 

@@ -85,7 +85,9 @@ class _Window:
 class Asteroid(nn.Module):
     """The ASTEROID forecaster; all sizes come from :class:`ModelConfig`."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, reference_coordinates=None):
+        """``reference_coordinates`` [N, 3] Å (array-like): the reference structure, required by and only by
+        ``model.reference_structure=training_mean`` (train computes it; saved weights carry it)."""
         super().__init__()
         self.cfg = cfg
         d, m, length = cfg.hidden_size, cfg.history_frames, cfg.delay_length
@@ -96,9 +98,16 @@ class Asteroid(nn.Module):
         atom_vectors = m + int(self.uses_reference) + int(cfg.rotation_basis)
         self.num_basis = atom_vectors + TOKEN_VECTORS + num_vectors
         feature_size = vector_feature_size(TOKEN_VECTORS, atom_vectors, self.equivariant)
-        if self.uses_reference:  # carried by the config, so not part of the weights
-            self.register_buffer("reference", torch.tensor(cfg.reference_coordinates, dtype=torch.float32).view(-1, 3),
-                                 persistent=False)
+        if self.uses_reference and reference_coordinates is None:
+            raise UserError("model.reference_structure=training_mean needs the reference coordinates [N, 3] "
+                            "(train takes them from the dataset; saved weights carry them)")
+        if not self.uses_reference and reference_coordinates is not None:
+            raise UserError("reference coordinates apply only with model.reference_structure=training_mean")
+        if self.uses_reference:  # derived from the training data: part of the state, never of the config
+            reference = torch.as_tensor(reference_coordinates, dtype=torch.float32).detach().cpu().clone()
+            if reference.dim() != 2 or reference.shape[1] != 3 or len(reference) == 0:
+                raise UserError(f"the reference coordinates must be [N, 3], got {list(reference.shape)}")
+            self.register_buffer("reference", reference)
 
         def spatial() -> SpatialBlock:
             return SpatialBlock(d, cfg.num_heads, cfg.num_rbf, cfg.cutoff_angstrom, cfg.num_global_tokens, cfg.dropout)
@@ -324,6 +333,7 @@ class Asteroid(nn.Module):
         return AsteroidOutput(forecast + last, hankel + last.unsqueeze(1), reconstruction + last, seeds + last)
 
 
-def build_model(cfg: ModelConfig | AsteroidConfig) -> Asteroid:
-    """An :class:`Asteroid` for the ``model`` section of a config (or a whole :class:`AsteroidConfig`)."""
-    return Asteroid(cfg.model if isinstance(cfg, AsteroidConfig) else cfg)
+def build_model(cfg: ModelConfig | AsteroidConfig, reference_coordinates=None) -> Asteroid:
+    """An :class:`Asteroid` for the ``model`` section of a config (or a whole :class:`AsteroidConfig`);
+    ``reference_coordinates`` [N, 3] Å with ``model.reference_structure=training_mean``."""
+    return Asteroid(cfg.model if isinstance(cfg, AsteroidConfig) else cfg, reference_coordinates)

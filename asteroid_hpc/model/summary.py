@@ -30,8 +30,8 @@ def model_summary(model: Asteroid, n_atoms: int = 64) -> dict[str, float]:
     at fixed neighbour density they scale linearly with N.
     """
     cfg = model.cfg
-    if cfg.reference_coordinates:  # a reference model takes its own molecule's atom count
-        n_atoms = len(cfg.reference_coordinates)
+    if model.uses_reference:  # a reference model takes its own molecule's atom count
+        n_atoms = len(model.reference)
     history, elements = probe_system(n_atoms, cfg.history_frames)
     history = history.to(next(model.parameters()).device)
     elements = elements.to(history.device)

@@ -1,4 +1,8 @@
-"""Model weights as safetensors (no pickle), with the ModelConfig stored as JSON metadata."""
+"""Model weights as safetensors (no pickle), with the ModelConfig stored as JSON metadata.
+
+Everything train derives from data (the reference structure) is part of the state, beside the weights;
+the metadata holds only the user's model config.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,10 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
 from ..atomic import atomic_output
-from ..config.schema import ModelConfig
+from ..config.schema import LEGACY_REFERENCE_KEY, ModelConfig
 from ..errors import user_error
 from .asteroid import Asteroid
 
@@ -23,6 +29,46 @@ def save_weights(model: Asteroid, path: str | os.PathLike) -> Path:
     with atomic_output(path) as tmp:
         save_file(state, str(tmp), metadata={CONFIG_KEY: json.dumps(asdict(model.cfg), sort_keys=True)})
     return Path(path)
+
+
+def model_config_of(stored: dict) -> tuple[ModelConfig, list | None]:
+    """A stored model config dict → (ModelConfig, the reference coordinates of an older dict or None).
+
+    Raises TypeError/ValueError for what is not a model config (callers name the file).
+    """
+    if not isinstance(stored, dict):
+        raise TypeError(f"expected a mapping, got {type(stored).__name__}")
+    stored = dict(stored)
+    legacy = stored.pop(LEGACY_REFERENCE_KEY, None)
+    return ModelConfig(**stored), legacy or None  # [] (a model without reference) counts as none
+
+
+def model_from_state(stored_config: dict, state: dict, where: str | os.PathLike) -> Asteroid:
+    """Build the model of a stored model config dict and load ``state`` into it.
+
+    The reference structure comes from the state's ``reference`` tensor, or from an older config's
+    coordinates. A mismatch is a one-line user error naming ``where``.
+    """
+    try:
+        cfg, legacy_reference = model_config_of(stored_config)
+    except (TypeError, ValueError) as exc:
+        raise user_error(where, f"invalid model config ({exc})") from None
+    state = dict(state)
+    if legacy_reference is not None and "reference" not in state:
+        state["reference"] = torch.tensor(legacy_reference, dtype=torch.float32)
+    reference = state.get("reference") if cfg.reference_structure == "training_mean" else None
+    if cfg.reference_structure == "training_mean" and reference is None:
+        raise user_error(where, "model.reference_structure=training_mean but the state holds no reference structure")
+    model = Asteroid(cfg, reference)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches raise even with strict=False
+        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        raise user_error(where, f"weights do not match the stored config ({first})") from None
+    if missing or unexpected:
+        raise user_error(where, f"weights do not match the stored config (missing {sorted(missing)[:3]}, "
+                                f"unexpected {sorted(unexpected)[:3]})")
+    return model
 
 
 def load_weights(path: str | os.PathLike, device: str = "cpu") -> Asteroid:
@@ -41,16 +87,7 @@ def load_weights(path: str | os.PathLike, device: str = "cpu") -> Asteroid:
     if CONFIG_KEY not in metadata:
         raise user_error(path, f"no {CONFIG_KEY} metadata: not written by asteroid-hpc save_weights")
     try:
-        cfg = ModelConfig(**json.loads(metadata[CONFIG_KEY]))
-    except (TypeError, json.JSONDecodeError) as exc:
+        stored = json.loads(metadata[CONFIG_KEY])
+    except json.JSONDecodeError as exc:
         raise user_error(path, f"invalid model config metadata ({exc})") from exc
-    model = Asteroid(cfg)
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches raise even with strict=False
-        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
-        raise user_error(path, f"weights do not match the stored config ({first})") from None
-    if missing or unexpected:
-        raise user_error(path, f"weights do not match the stored config (missing {sorted(missing)[:3]}, "
-                               f"unexpected {sorted(unexpected)[:3]})")
-    return model.to(device)
+    return model_from_state(stored, state, path).to(device)

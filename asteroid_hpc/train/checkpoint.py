@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..atomic import write_json_atomic, write_text_atomic
+from ..config.schema import LEGACY_REFERENCE_KEY
 from ..logs import get_logger
 from ..errors import UserError, user_error
 
@@ -253,12 +254,14 @@ class CheckpointManager:
                 remove_checkpoint(p)
 
     # -- load
-    def load(self, engine, path: Path) -> dict:
-        """Load ``path`` into ``engine`` (all ranks), restore this rank's RNG; returns the client state."""
+    def load(self, engine, path: Path, strict: bool = True) -> dict:
+        """Load ``path`` into ``engine`` (all ranks), restore this rank's RNG; returns the client state.
+
+        ``strict=False`` accepts a module state without some of the module's entries (older checkpoints)."""
         path = Path(path)
         client_state = read_json(path / CLIENT_STATE)
         check_pickles_safe(path)  # DeepSpeed itself unpickles without restrictions
-        loaded, _ = engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=True)
+        loaded, _ = engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=strict)
         if loaded is None:
             raise user_error(path, "DeepSpeed could not load this checkpoint")
         rng_file = path / f"rng_rank{self.rank}.json"
@@ -311,7 +314,8 @@ def check_one_line(manager: CheckpointManager, resume_from: Optional[Path]) -> N
 
 def check_compatible(path: Path, client_state: dict, model_config: dict, world_size: int, zero_stage: int) -> None:
     """Refuse a checkpoint whose model shape (or ZeRO partitioning) differs from this run's."""
-    saved = client_state.get("config", {}).get("model", {})
+    saved = dict(client_state.get("config", {}).get("model", {}))
+    saved.pop(LEGACY_REFERENCE_KEY, None)  # older checkpoints: derived data, checked by the trainer
     differing = sorted(key for key in set(saved) | set(model_config) if saved.get(key) != model_config.get(key))
     if differing:
         changes = ", ".join(f"model.{k} {saved.get(k)!r} -> {model_config.get(k)!r}" for k in differing)

@@ -9,9 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..config.schema import ModelConfig
 from ..logs import get_logger
-from ..errors import UserError, user_error
+from ..errors import user_error
 from .checkpoint import (CLIENT_STATE, CheckpointManager, check_pickles_safe, read_json, resolve_resume,
                          safe_torch_load)
 
@@ -75,19 +74,13 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
 
 
 def checkpoint_model(path: Path):
-    """The fp32 model of complete checkpoint folder ``path`` (its config from the client state), on CPU,
-    with the client state."""
-    from ..model import build_model
+    """(the fp32 model on CPU, the client state) of complete checkpoint folder ``path``."""
+    from ..model.weights import model_config_of, model_from_state
 
     client_state = read_json(path / CLIENT_STATE)
     try:
-        model_cfg = ModelConfig(**client_state["config"]["model"])
+        model_config = client_state["config"]["model"]
+        model_config_of(model_config)
     except (KeyError, TypeError) as exc:
         raise user_error(path / CLIENT_STATE, f"no usable model config ({exc})") from None
-    model = build_model(model_cfg)
-    state = _fp32_state_dict(path)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UserError(f"{path}: the checkpoint's weights do not match its model config "
-                        f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
-    return model, client_state
+    return model_from_state(model_config, _fp32_state_dict(path), path), client_state

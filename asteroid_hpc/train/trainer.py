@@ -1,6 +1,7 @@
 """The training loop: DeepSpeed engine, STI losses, validation, checkpoints, stop signals.
 
-One function, :func:`train`, does the whole run the same way on 1 or many ranks, whatever the launcher.
+One function, :func:`train`, does the whole run the same way on 1 or many ranks, whatever the launcher,
+through a :class:`Trainer` (set-up, step, validation, checkpoint).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Optional
 
 from .. import __version__
 from ..config import AsteroidConfig, config_hash, to_dict
+from ..config.schema import LEGACY_REFERENCE_KEY
 from ..runtime import signals
 from ..logs import get_logger, setup_logging
 from ..config.resolved import write_resolved_config
@@ -23,11 +25,10 @@ from .batches import BatchStream
 from .checkpoint import CLIENT_STATE, CheckpointManager, check_compatible, check_one_line, read_json, resolve_resume
 from .ds_config import build_deepspeed_config
 from .metrics import MetricsWriter, Progress
+from .step import LOSS_TERMS, lr_lambda, memory_mb, optimizer_step, seed_all
 from .validate import per_lead_mse, validation_indices
 
 log = get_logger(__name__)
-
-LOSS_TERMS = ("primary", "conjugate", "consistency", "forecast")
 
 
 @dataclass
@@ -40,103 +41,35 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)  # total loss of each step run in this process
 
 
-def _lr_lambda(warmup_steps: int, decay_steps: int):
-    """Linear warm-up, then cosine decay to 10 % of the peak at ``decay_steps`` (constant after)."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        progress = min(1.0, (step - warmup_steps) / max(1, decay_steps - warmup_steps))
-        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def _memory_mb(device: str) -> dict:
-    import psutil
-    import torch
-
-    out = {"rss_mb": psutil.Process().memory_info().rss / 2**20}
-    if device.startswith("cuda"):
-        out["cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return out
-
-
-def _optimizer_step(engine, stream: BatchStream, t, device: str, dtype, want_grad_norm: bool):
-    """One optimizer step over ``t.grad_accum_steps`` micro-batches.
-
-    Returns this rank's mean [total, *LOSS_TERMS] (float64, CPU) and, when asked and DeepSpeed does not
-    record it, the gradient norm before clipping.
-    """
-    import torch
-
-    from ..model import sti_losses
-
-    sums = torch.zeros(len(LOSS_TERMS) + 1, dtype=torch.float64)
-    own_norm = None
-    for micro in range(t.grad_accum_steps):
-        batch = stream.next()
-        history = batch["history"].to(device=device, dtype=dtype)
-        target = batch["target"].to(device=device, dtype=dtype)
-        teacher = target if t.teacher_forcing else None  # None: the loss sees the model's own rollout
-        output = engine(history, batch["atomic_numbers"].to(device), target.shape[1], teacher)
-        total, parts = sti_losses(output, history, target, t.loss_weights)
-        engine.backward(total)
-        if want_grad_norm and micro == t.grad_accum_steps - 1:
-            own_norm = _plain_grad_norm(engine)
-        engine.step()
-        sums += torch.tensor([float(total.detach())] + [float(parts[k]) for k in LOSS_TERMS], dtype=torch.float64)
-    return sums / t.grad_accum_steps, own_norm
-
-
-def _plain_grad_norm(engine) -> Optional[float]:
-    """Global gradient 2-norm before clipping, for ZeRO-0 in fp32 (where DeepSpeed does not record it):
-    its gradients are whole and already averaged over ranks after the boundary ``backward``."""
-    import torch
-
-    if engine.zero_optimization_stage() != 0:
-        return None
-    grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
-    return float(torch.nn.utils.get_total_norm(grads)) if grads else None
-
-
-def _seed_all(seed: int) -> None:
-    import random
-
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def _open_datasets(cfg: AsteroidConfig):
     from ..data import WindowDataset
 
-    _require_dataset(cfg)
     m, horizon = cfg.model.history_frames, cfg.data.horizon_frames
     train_set = WindowDataset(cfg.data.dataset, "train", m, horizon, window_stride=cfg.data.window_stride)
     val_set = WindowDataset(cfg.data.dataset, "val", m, horizon, window_stride=cfg.data.window_stride)
     return train_set, val_set
 
 
-def _require_dataset(cfg: AsteroidConfig) -> None:
+def _check_windows(cfg: AsteroidConfig) -> None:
+    """The windows are the dataset's (its manifest records them): a config asking for others is refused."""
+    from ..data.manifest import read_manifest, window_contract
+
     if not cfg.data.dataset:
         raise UserError("data.dataset is not set: point it at a `asteroid-hpc preprocess` output directory")
+    contract = window_contract(read_manifest(cfg.data.dataset), cfg.data.dataset)
+    contract.check(cfg.model.history_frames, cfg.data.horizon_frames, cfg.data.frame_stride, cfg.data.split)
 
 
-def _fill_reference_structure(cfg: AsteroidConfig) -> None:
-    """model.reference_structure=training_mean: the dataset's training mean structure into the model config
-    (deterministic, so a resumed run computes the same and the checkpoint check passes)."""
-    if cfg.model.reference_structure == "training_mean" and not cfg.model.reference_coordinates:
-        from ..data.reference import training_mean_structure
+def _reference_structure(cfg: AsteroidConfig) -> Optional[list[list[float]]]:
+    """model.reference_structure=training_mean: the dataset's training mean structure [N][3] Å, for the model's
+    state (deterministic, so a resumed run computes the same); None without a reference."""
+    if cfg.model.reference_structure != "training_mean":
+        return None
+    from ..data.reference import training_mean_structure
 
-        _require_dataset(cfg)
-        mean = training_mean_structure(cfg.data.dataset, cfg.data.stats_max_frames or 4096)
-        cfg.model.reference_coordinates = [[round(float(v), 6) for v in row] for row in mean]
-        log.info("reference structure: the mean of the training frames of %s (%d atoms)", cfg.data.dataset,
-                 len(mean))
+    mean = training_mean_structure(cfg.data.dataset, cfg.data.stats_max_frames or 4096)
+    log.info("reference structure: the mean of the training frames of %s (%d atoms)", cfg.data.dataset, len(mean))
+    return [[round(float(v), 6) for v in row] for row in mean]  # rounded as when it lived in the config
 
 
 def _startup_summary(cfg: AsteroidConfig, sess, ds_config: dict, run_dir: Path, summary: dict,
@@ -159,154 +92,229 @@ def _startup_summary(cfg: AsteroidConfig, sess, ds_config: dict, run_dir: Path, 
 def train(cfg: AsteroidConfig, resume: str = "auto") -> TrainResult:
     """Train ASTEROID with DeepSpeed as configured; ``resume`` is ``auto``, ``never`` or a checkpoint path."""
     sess = dist_session.start(cfg.train)
-    engine = None
+    trainer = Trainer(cfg, sess)
     clean = False
     previous_handlers = signals.install_stop_handlers()
     try:
-        result, engine = _run(cfg, resume, sess)
+        trainer.set_up(resume)
+        result = trainer.run()
         clean = True
         return result
     finally:
         signals.restore_handlers(previous_handlers)
-        dist_session.teardown(engine, clean=clean)
+        # after an error the engine is not destroyed (the other ranks may be gone): only the process group
+        dist_session.teardown(trainer.engine if clean else None, clean=clean)
 
 
-def _run(cfg: AsteroidConfig, resume: str, sess):
-    import deepspeed
-    import torch
-    import torch.distributed as dist
+class Trainer:
+    """One training run in this process, the same on 1 or many ranks: :meth:`set_up` once, then
+    :meth:`train_step`, :meth:`validate` and :meth:`save_checkpoint` until a stop (:meth:`run`).
 
-    from ..data import DistributedWindowSampler
-    from ..model import build_model, model_summary
+    The config is never changed: what train derives from the data (the reference structure) goes
+    into the model's state, so the config hash is the same before, during and after training.
+    """
 
-    t = cfg.train
-    run_dir = Path(t.run_dir)
-    setup_logging(sess.info, log_dir=run_dir / "logs")
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    if sess.rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, cfg: AsteroidConfig, sess) -> None:
+        self.cfg, self.sess, self.t = cfg, sess, cfg.train
+        self.run_dir = Path(cfg.train.run_dir)
+        self.engine = None
+        self.step, self.best_val, self.bad_validations = 0, math.inf, 0
+        self.stopped_by, self.last_saved, self.losses = "max_steps", None, []
 
-    manager = CheckpointManager(run_dir / "checkpoints", t.keep_last, sess.rank, barrier=dist.barrier)
-    resume_from = resolve_resume(resume, manager)
-    if resume_from is None and resume == "auto":
-        log.warning("no complete checkpoint in %s: STARTING FROM SCRATCH", manager.directory)
-    check_one_line(manager, resume_from)
-    _fill_reference_structure(cfg)
-    if resume_from is not None:  # refuse before any expensive set-up
-        check_compatible(resume_from, read_json(resume_from / CLIENT_STATE), to_dict(cfg.model),
-                         sess.world_size, t.zero_stage)
+    # ------------------------------------------------------------------------------------------- set-up
+    def set_up(self, resume: str) -> None:
+        """Everything before the first step; refuses a bad resume or dataset before the expensive parts."""
+        import torch.distributed as dist
 
-    train_set, val_set = _open_datasets(cfg)
-    _seed_all(t.seed)  # the same initial weights on every rank
-    model = build_model(cfg.model)
-    summary = model_summary(model)
-    _seed_all(t.seed + 1000 * sess.rank)  # per-rank streams (rotation augmentation)
+        setup_logging(self.sess.info, log_dir=self.run_dir / "logs")
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        if self.sess.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.manager = CheckpointManager(self.run_dir / "checkpoints", self.t.keep_last, self.sess.rank,
+                                         barrier=dist.barrier)
+        resume_from = resolve_resume(resume, self.manager)
+        if resume_from is None and resume == "auto":
+            log.warning("no complete checkpoint in %s: STARTING FROM SCRATCH", self.manager.directory)
+        check_one_line(self.manager, resume_from)
+        saved_state = None
+        if resume_from is not None:
+            saved_state = read_json(resume_from / CLIENT_STATE)
+            check_compatible(resume_from, saved_state, to_dict(self.cfg.model), self.sess.world_size,
+                             self.t.zero_stage)
+        _check_windows(self.cfg)
+        self.reference = _reference_structure(self.cfg)
+        self.train_set, self.val_set = _open_datasets(self.cfg)
+        summary = self._build_engine()
+        self._open_streams()
+        if resume_from is not None:
+            self._restore(resume_from, saved_state)
+        if self.sess.rank == 0:
+            _startup_summary(self.cfg, self.sess, self.ds_config, self.run_dir, summary, len(self.train_set),
+                             len(self.val_set), resume_from)
+            write_resolved_config(self.cfg, self.run_dir, self.sess.info)
+        self.metrics = MetricsWriter(self.run_dir, enabled=self.sess.rank == 0,
+                                     resume_step=self.step if resume_from else None)
+        self.progress = Progress(self.t.max_steps, self.step, enabled=self.sess.rank == 0, every=self.t.log_every)
 
-    ds_config = build_deepspeed_config(t, sess.world_size, sess.precision)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(t.warmup_steps, t.lr_decay_steps or t.max_steps))
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=ds_config, dist_init_required=False)
-    device = sess.device
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[sess.precision]
+    def _build_engine(self) -> dict:
+        """The model (the same initial weights on every rank), optimizer, schedule and DeepSpeed engine;
+        returns the model summary."""
+        import deepspeed
+        import torch
 
-    sampler = DistributedWindowSampler(train_set, rank=sess.rank, world_size=sess.world_size, seed=t.seed,
-                                       shuffle=True, drop_last=True)
-    stream = BatchStream(train_set, sampler, t.micro_batch_size, cfg.data.num_workers, where=cfg.data.dataset)
-    val_indices = validation_indices(len(val_set), t.val_batches * t.micro_batch_size, sess.rank,
-                                     sess.world_size)
-    if not val_indices:
-        log.warning("the validation split of %s is empty or smaller than the world size: no validation",
-                    cfg.data.dataset)
+        from ..model import build_model, model_summary
 
-    step, best_val, bad_validations = 0, math.inf, 0
-    if resume_from is not None:
-        state = manager.load(engine, resume_from)
-        step = int(state["step"])
-        stream.load_state_dict(state["sampler"])
-        best_val = state.get("best_val_mse") if state.get("best_val_mse") is not None else math.inf
-        bad_validations = int(state.get("bad_validations", 0))
-        if state.get("config_hash") != config_hash(cfg):
+        t, sess = self.t, self.sess
+        seed_all(t.seed)  # the same initial weights on every rank
+        model = build_model(self.cfg.model, self.reference)
+        summary = model_summary(model)
+        seed_all(t.seed + 1000 * sess.rank)  # per-rank streams (rotation augmentation)
+        self.ds_config = build_deepspeed_config(t, sess.world_size, sess.precision)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                                      lr_lambda(t.warmup_steps, t.lr_decay_steps or t.max_steps))
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                                    config=self.ds_config, dist_init_required=False)
+        self.device = sess.device
+        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[sess.precision]
+        return summary
+
+    def _open_streams(self) -> None:
+        """This rank's training batches and validation windows."""
+        from ..data import DistributedWindowSampler
+
+        t, sess, dataset = self.t, self.sess, self.cfg.data.dataset
+        sampler = DistributedWindowSampler(self.train_set, rank=sess.rank, world_size=sess.world_size, seed=t.seed,
+                                           shuffle=True, drop_last=True)
+        self.stream = BatchStream(self.train_set, sampler, t.micro_batch_size, self.cfg.data.num_workers,
+                                  where=dataset)
+        self.val_indices = validation_indices(len(self.val_set), t.val_batches * t.micro_batch_size, sess.rank,
+                                              sess.world_size)
+        if not self.val_indices:
+            log.warning("the validation split of %s is empty or smaller than the world size: no validation", dataset)
+
+    def _restore(self, resume_from: Path, saved_state: dict) -> None:
+        """Weights, optimizer, sampler and RNG from a checkpoint; its reference structure must be the data's."""
+        legacy_reference = saved_state.get("config", {}).get("model", {}).get(LEGACY_REFERENCE_KEY) or None
+        state = self.manager.load(self.engine, resume_from, strict=legacy_reference is None)
+        self._check_resumed_reference(resume_from, legacy_reference)
+        self.step = int(state["step"])
+        self.stream.load_state_dict(state["sampler"])
+        self.best_val = state.get("best_val_mse") if state.get("best_val_mse") is not None else math.inf
+        self.bad_validations = int(state.get("bad_validations", 0))
+        if state.get("config_hash") != config_hash(self.cfg):
             log.info("resuming with a changed config (hash %s -> %s); the model's shape is unchanged",
-                     state.get("config_hash"), config_hash(cfg))
+                     state.get("config_hash"), config_hash(self.cfg))
 
-    if sess.rank == 0:
-        _startup_summary(cfg, sess, ds_config, run_dir, summary, len(train_set), len(val_set), resume_from)
-        write_resolved_config(cfg, run_dir, sess.info)
-    metrics = MetricsWriter(run_dir, enabled=sess.rank == 0, resume_step=step if resume_from else None)
-    progress = Progress(t.max_steps, step, enabled=sess.rank == 0, every=t.log_every)
+    def _check_resumed_reference(self, resume_from: Path, legacy_reference: Optional[list]) -> None:
+        """The checkpoint's reference structure (in its module state; in the config of an older checkpoint,
+        whose module state lacks it) must equal the one computed from the dataset now."""
+        import torch
 
-    def client_state() -> dict:
-        return {"epoch": stream.epoch, "sampler": stream.state_dict(), "config": to_dict(cfg),
-                "config_hash": config_hash(cfg), "package_version": __version__, "world_size": sess.world_size,
-                "zero_stage": t.zero_stage, "best_val_mse": None if math.isinf(best_val) else best_val,
-                "bad_validations": bad_validations}
+        if self.reference is None:
+            return
+        if legacy_reference is not None:
+            same = legacy_reference == self.reference
+        else:
+            loaded = self.engine.module.reference
+            same = torch.equal(loaded.cpu(), torch.tensor(self.reference, dtype=torch.float32).to(loaded.dtype))
+        if not same:
+            raise UserError(f"{resume_from}: cannot resume, the checkpoint's reference structure differs from the "
+                            f"training mean of {self.cfg.data.dataset}; use --resume never or a new train.run_dir")
 
-    samples_per_step = ds_config["train_batch_size"]
-    stopped_by, last_saved, losses = "max_steps", None, []
-    window_start, window_steps = time.perf_counter(), 0
-    engine.train()
-    try:
-        while step < t.max_steps:
-            log_now = (step + 1) % t.log_every == 0 or step + 1 == t.max_steps
-            sums, own_norm = _optimizer_step(engine, stream, t, device, dtype, want_grad_norm=log_now)
-            step += 1
-            window_steps += 1
+    # --------------------------------------------------------------------------------------------- loop
+    def run(self) -> TrainResult:
+        """Steps until train.max_steps, a stop signal or early stopping; checkpoints as configured."""
+        t = self.t
+        self._window_start, self._window_steps = time.perf_counter(), 0
+        self.engine.train()
+        try:
+            while self.step < t.max_steps:
+                stop = self.train_step()
+                improved = self.validate() if self.step % t.val_every == 0 and self.val_indices else False
+                early = self.stopped_by == "early_stopping"
+                if stop or early or improved or self.step % t.checkpoint_every == 0 or self.step == t.max_steps:
+                    self.save_checkpoint(improved)
+                if stop:
+                    self.stopped_by = "signal"
+                    log.warning("stop signal (%s) received: checkpointed at step %d, exiting",
+                                ", ".join(signals.received_signals()) or "on another rank", self.step)
+                    break
+                if early:
+                    break
+        finally:
+            self.progress.close()
+            self.metrics.close()
+        log.info("training finished at step %d (%s)", self.step, self.stopped_by)
+        return TrainResult(self.run_dir, self.step, self.stopped_by, self.last_saved,
+                           None if math.isinf(self.best_val) else self.best_val, self.losses)
 
-            # one collective per step: the loss terms (summed, then averaged) and the stop flag (any rank)
-            flag = torch.tensor([float(signals.stop_requested())], dtype=torch.float64)
-            reduced = torch.cat([sums, flag]).to(device)
-            dist.all_reduce(reduced)
-            stop = bool(reduced[-1].item() > 0)
-            reduced = (reduced[:-1] / sess.world_size).cpu().tolist()
-            losses.append(reduced[0])
+    def train_step(self) -> bool:
+        """One optimizer step and its all-reduced losses (logged as configured); True when any rank was
+        asked to stop."""
+        import torch
+        import torch.distributed as dist
 
-            if log_now or stop:
-                elapsed = time.perf_counter() - window_start
-                samples_per_s = window_steps * samples_per_step / max(elapsed, 1e-9)
-                grad_norm = engine.get_global_grad_norm()
-                grad_norm = own_norm if grad_norm is None else grad_norm
-                metrics.write({"kind": "train", "step": step, "loss": reduced[0],
-                               **{k: v for k, v in zip(LOSS_TERMS, reduced[1:])},
-                               "lr": engine.get_lr()[0],
-                               "grad_norm": None if grad_norm is None else float(grad_norm),
-                               "samples_per_s": samples_per_s, "epoch": stream.epoch, **_memory_mb(device)})
-                progress.update(step, reduced[0], samples_per_s)
-                window_start, window_steps = time.perf_counter(), 0
+        t = self.t
+        log_now = (self.step + 1) % t.log_every == 0 or self.step + 1 == t.max_steps
+        sums, own_norm = optimizer_step(self.engine, self.stream, t, self.device, self.dtype,
+                                         want_grad_norm=log_now)
+        self.step += 1
+        self._window_steps += 1
+        # one collective per step: the loss terms (summed, then averaged) and the stop flag (any rank)
+        flag = torch.tensor([float(signals.stop_requested())], dtype=torch.float64)
+        reduced = torch.cat([sums, flag]).to(self.device)
+        dist.all_reduce(reduced)
+        stop = bool(reduced[-1].item() > 0)
+        reduced = (reduced[:-1] / self.sess.world_size).cpu().tolist()
+        self.losses.append(reduced[0])
+        if log_now or stop:
+            self._log_step(reduced, own_norm)
+        return stop
 
-            save_now = step % t.checkpoint_every == 0 or step == t.max_steps or stop
-            improved = False
-            if step % t.val_every == 0 and val_indices:
-                mse = per_lead_mse(engine, val_set, val_indices, t.micro_batch_size, cfg.data.horizon_frames,
-                                   device, dtype)
-                mean_mse = float(mse.mean())
-                improved = mean_mse < best_val
-                if improved:
-                    best_val, bad_validations = mean_mse, 0
-                else:
-                    bad_validations += 1
-                metrics.write({"kind": "val", "step": step, "mse_angstrom2": mean_mse,
-                               "mse_per_lead_angstrom2": mse.tolist(), "best_mse_angstrom2": best_val})
-                log.info("step %d validation MSE %.5g Å² (best %.5g)%s", step, mean_mse, best_val,
-                         "" if improved else f", {bad_validations} without improvement")
-                if t.early_stopping_patience and bad_validations >= t.early_stopping_patience:
-                    stopped_by, save_now = "early_stopping", True
-                    log.info("early stopping: %d validations without improvement", bad_validations)
-            if save_now or improved:
-                last_saved = manager.save(engine, step, client_state())
-            if improved:
-                manager.set_best(step, best_val)
-            if stop:
-                stopped_by = "signal"
-                log.warning("stop signal (%s) received: checkpointed at step %d, exiting",
-                            ", ".join(signals.received_signals()) or "on another rank", step)
-                break
-            if stopped_by == "early_stopping":
-                break
-    finally:
-        progress.close()
-        metrics.close()
-    result = TrainResult(run_dir, step, stopped_by, last_saved,
-                         None if math.isinf(best_val) else best_val, losses)
-    log.info("training finished at step %d (%s)", step, stopped_by)
-    return result, engine
+    def _log_step(self, reduced: list[float], own_norm: Optional[float]) -> None:
+        elapsed = time.perf_counter() - self._window_start
+        samples_per_s = self._window_steps * self.ds_config["train_batch_size"] / max(elapsed, 1e-9)
+        grad_norm = self.engine.get_global_grad_norm()
+        grad_norm = own_norm if grad_norm is None else grad_norm
+        self.metrics.write({"kind": "train", "step": self.step, "loss": reduced[0],
+                            **{k: v for k, v in zip(LOSS_TERMS, reduced[1:])},
+                            "lr": self.engine.get_lr()[0],
+                            "grad_norm": None if grad_norm is None else float(grad_norm),
+                            "samples_per_s": samples_per_s, "epoch": self.stream.epoch, **memory_mb(self.device)})
+        self.progress.update(self.step, reduced[0], samples_per_s)
+        self._window_start, self._window_steps = time.perf_counter(), 0
+
+    def validate(self) -> bool:
+        """Validation MSE (collective); True when it improved on the best. Sets early stopping."""
+        mse = per_lead_mse(self.engine, self.val_set, self.val_indices, self.t.micro_batch_size,
+                           self.cfg.data.horizon_frames, self.device, self.dtype)
+        mean_mse = float(mse.mean())
+        improved = mean_mse < self.best_val
+        if improved:
+            self.best_val, self.bad_validations = mean_mse, 0
+        else:
+            self.bad_validations += 1
+        self.metrics.write({"kind": "val", "step": self.step, "mse_angstrom2": mean_mse,
+                            "mse_per_lead_angstrom2": mse.tolist(), "best_mse_angstrom2": self.best_val})
+        log.info("step %d validation MSE %.5g Å² (best %.5g)%s", self.step, mean_mse, self.best_val,
+                 "" if improved else f", {self.bad_validations} without improvement")
+        patience = self.t.early_stopping_patience
+        if patience and self.bad_validations >= patience:
+            self.stopped_by = "early_stopping"
+            log.info("early stopping: %d validations without improvement", self.bad_validations)
+        return improved
+
+    # --------------------------------------------------------------------------------------- checkpoint
+    def save_checkpoint(self, improved: bool) -> None:
+        """A checkpoint of this step (collective); marked best when validation ``improved``."""
+        self.last_saved = self.manager.save(self.engine, self.step, self.client_state())
+        if improved:
+            self.manager.set_best(self.step, self.best_val)
+
+    def client_state(self) -> dict:
+        return {"epoch": self.stream.epoch, "sampler": self.stream.state_dict(), "config": to_dict(self.cfg),
+                "config_hash": config_hash(self.cfg), "package_version": __version__,
+                "world_size": self.sess.world_size, "zero_stage": self.t.zero_stage,
+                "best_val_mse": None if math.isinf(self.best_val) else self.best_val,
+                "bad_validations": self.bad_validations}

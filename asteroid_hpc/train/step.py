@@ -1,0 +1,84 @@
+"""One optimizer step (micro-batches, STI losses, gradient norm) and what the training loop needs around it:
+the learning-rate schedule, seeding, memory use."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from .batches import BatchStream
+
+LOSS_TERMS = ("primary", "conjugate", "consistency", "forecast")
+
+
+def lr_lambda(warmup_steps: int, decay_steps: int):
+    """Linear warm-up, then cosine decay to 10 % of the peak at ``decay_steps`` (constant after)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = min(1.0, (step - warmup_steps) / max(1, decay_steps - warmup_steps))
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def memory_mb(device: str) -> dict:
+    """This process's resident memory (and the CUDA peak on a GPU), MB."""
+    import psutil
+    import torch
+
+    out = {"rss_mb": psutil.Process().memory_info().rss / 2**20}
+    if device.startswith("cuda"):
+        out["cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+def optimizer_step(engine, stream: BatchStream, t, device: str, dtype, want_grad_norm: bool):
+    """One optimizer step over ``t.grad_accum_steps`` micro-batches.
+
+    Returns this rank's mean [total, *LOSS_TERMS] (float64, CPU) and, when asked and DeepSpeed does not
+    record it, the gradient norm before clipping.
+    """
+    import torch
+
+    from ..model import sti_losses
+
+    sums = torch.zeros(len(LOSS_TERMS) + 1, dtype=torch.float64)
+    own_norm = None
+    for micro in range(t.grad_accum_steps):
+        batch = stream.next()
+        history = batch["history"].to(device=device, dtype=dtype)
+        target = batch["target"].to(device=device, dtype=dtype)
+        teacher = target if t.teacher_forcing else None  # None: the loss sees the model's own rollout
+        output = engine(history, batch["atomic_numbers"].to(device), target.shape[1], teacher)
+        total, parts = sti_losses(output, history, target, t.loss_weights)
+        engine.backward(total)
+        if want_grad_norm and micro == t.grad_accum_steps - 1:
+            own_norm = _plain_grad_norm(engine)
+        engine.step()
+        sums += torch.tensor([float(total.detach())] + [float(parts[k]) for k in LOSS_TERMS], dtype=torch.float64)
+    return sums / t.grad_accum_steps, own_norm
+
+
+def _plain_grad_norm(engine) -> Optional[float]:
+    """Global gradient 2-norm before clipping, for ZeRO-0 in fp32 (where DeepSpeed does not record it):
+    its gradients are whole and already averaged over ranks after the boundary ``backward``."""
+    import torch
+
+    if engine.zero_optimization_stage() != 0:
+        return None
+    grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else None
+
+
+def seed_all(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
