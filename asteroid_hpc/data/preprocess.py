@@ -29,11 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_json_atomic
 from ..checksum import file_digest
 from ..logs import get_logger
 from ..errors import UserError, user_error
 from .amber import AmberWriter
-from .manifest import FORMAT, MANIFEST, SCHEMA_VERSION, write_json_atomic
+from .manifest import FORMAT, MANIFEST, SCHEMA_VERSION
 from .plan import Plan, Shard, Source, make_plan
 from .readers import TrajectoryReader
 from .stats import RunningMoments
@@ -99,7 +100,7 @@ def prepare_outdir(outdir: Path, plan: Plan, overwrite: bool) -> str:
     if status == "resume":  # leftovers of the killed run: half-written sidecars (shards are rewritten)
         for leftover in (outdir / "shards").glob("*.json.tmp-*"):
             leftover.unlink(missing_ok=True)
-    write_json_atomic(plan_file, {"plan_key": plan.key, "plan": plan.to_dict()})
+    write_json_atomic(plan_file, {"plan_key": plan.key, "plan": plan.to_dict()}, sort_keys=False)
     return status
 
 
@@ -270,7 +271,8 @@ def _seal_shard(outdir: Path, shard: Shard, record: dict, plan_key: str, rank: i
     """Checksum the finished shard and write its sidecar (runs in the background thread)."""
     path = outdir / shard.file
     record = dict(record, size_bytes=path.stat().st_size, sha256=file_digest(path))
-    write_json_atomic(_sidecar(outdir, shard), {"plan_key": plan_key, "written_by_rank": rank, "record": record})
+    write_json_atomic(_sidecar(outdir, shard), {"plan_key": plan_key, "written_by_rank": rank, "record": record},
+                      sort_keys=False)
     return record
 
 
@@ -484,7 +486,7 @@ def run_preprocess(inputs: list[str], outdir: str | os.PathLike, cfg, *, overwri
             ordered = [all_records[s.index] for s in plan.shards]
             _check_time_across_shards(plan, ordered)
             manifest = build_manifest(plan, cfg, ordered, all_hashes)
-            write_json_atomic(outdir / MANIFEST, manifest)
+            write_json_atomic(outdir / MANIFEST, manifest, sort_keys=False)
             outcome = ("ok", manifest)
         except UserError as exc:
             cleanup_failed(outdir)
