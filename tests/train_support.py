@@ -4,7 +4,6 @@ runners for `asteroid-hpc train` alone, under torchrun, mpiexec and the deepspee
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -12,15 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from asteroid_hpc.runtime.launch import free_port
 from helpers import REPO, cli_env
 
 TINY_CONFIG = REPO / "configs" / "tiny" / "train.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_tiny_dataset(root: Path) -> Path:
