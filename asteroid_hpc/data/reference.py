@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import user_error
-from ..metrics.superposition import kabsch_superpose
+from ..geometry import kabsch_superpose
 from .amber import AmberReader
 from .manifest import inside, read_manifest
 from .preprocess import STATS_SPLITS

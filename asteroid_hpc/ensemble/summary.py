@@ -25,7 +25,7 @@ from ..atomic import atomic_output, write_json_atomic
 from ..data.amber import NETCDF3_FORMAT, AmberReader, AmberWriter
 from ..errors import user_error
 from ..metrics.ensemble import crps_per_lead_time, ensemble_mean, ensemble_spread_per_atom, rmsd_per_lead_time
-from ..metrics.superposition import rmsd
+from ..geometry import rmsd
 from ..metrics.errors import mse_per_lead_time
 from .store import member_path
 

@@ -36,11 +36,12 @@ from torch import Tensor, nn
 
 from ..config.schema import AsteroidConfig, ModelConfig
 from ..errors import UserError
+from ..geometry import superpose_onto
 from .graph import NeighborGraph, radius_graph, spatial_order
 from .spatial import GlobalReduce, SpatialBlock, local_reduce
 from .sti import readoff
-from .symmetry import (VectorHead, random_rotations, rotate_about, rotation_step, superpose_onto,
-                       vector_feature_size, vector_features)
+from .symmetry import (VectorHead, random_rotations, rotate_about, rotation_step, vector_feature_size,
+                       vector_features)
 from .temporal import TemporalBlock
 
 WindowCentroid = Callable[[Tensor], Tensor]  # window [B, m, N, 3] -> centroid of the whole system [B, 1, 1, 3]
