@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,6 +31,7 @@ import numpy as np
 from ..atomic import write_json_atomic
 from ..checksum import file_digest
 from ..logs import get_logger
+from ..progress import Progress
 from ..errors import UserError, user_error
 from .amber import AmberWriter
 from .manifest import FORMAT, MANIFEST, SCHEMA_VERSION
@@ -317,10 +317,11 @@ def _process_my_shards(plan: Plan, cfg, outdir: Path, rank: int, size: int, prog
         first_source_of.setdefault(s.path, s.index)
     source_hashes = {path: pool.submit(file_digest, path, "blake3")
                      for path, index in first_source_of.items() if index % size == rank}
-    bar = _progress_bar(len(mine), enabled=progress and rank == 0)
+    bar = Progress("preprocess (rank 0)", len(mine), unit="shard", enabled=progress and rank == 0,
+                   every=max(1, len(mine) // 10))  # log lines: about every 10 %
     reused = 0
     try:
-        for shard in mine:
+        for done, shard in enumerate(mine, 1):
             record = completed_shard(outdir, shard, plan.key)
             if record is not None:
                 records[shard.index] = record
@@ -336,7 +337,7 @@ def _process_my_shards(plan: Plan, cfg, outdir: Path, rank: int, size: int, prog
                 futures[shard.index] = pool.submit(_seal_shard, outdir, shard, record, plan.key, rank)
                 if delay_s:
                     time.sleep(delay_s)
-            bar.update(1)
+            bar.update(done, f"shards on rank 0: {done}/{len(mine)}")
     except UserError as exc:
         error = (shard.index, str(exc))
     finally:
@@ -347,37 +348,6 @@ def _process_my_shards(plan: Plan, cfg, outdir: Path, rank: int, size: int, prog
         hashes = {i: f.result() for i, f in source_hashes.items()}
         pool.shutdown()
     return records, hashes, error, reused
-
-
-class _LogProgress:
-    """Progress as log lines (about every 10%) when stderr is not a terminal."""
-
-    def __init__(self, total: int) -> None:
-        self.total, self.done, self.next_report = total, 0, max(1, total // 10)
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if self.done >= self.next_report or self.done == self.total:
-            log.info("shards on rank 0: %d/%d", self.done, self.total)
-            self.next_report = self.done + max(1, self.total // 10)
-
-    def close(self) -> None:
-        pass
-
-
-class _NoProgress(_LogProgress):
-    def update(self, n: int) -> None:
-        pass
-
-
-def _progress_bar(total: int, enabled: bool):
-    if not enabled:
-        return _NoProgress(total)
-    if sys.stderr.isatty():
-        from tqdm import tqdm
-
-        return tqdm(total=total, unit="shard", desc="preprocess (rank 0)", file=sys.stderr)
-    return _LogProgress(total)
 
 
 def _check_time_across_shards(plan: Plan, records: list[dict]) -> None:
