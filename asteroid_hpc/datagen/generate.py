@@ -158,8 +158,8 @@ def generate_xtb_netcdf(spec: XtbRunSpec, out_path: str | os.PathLike, *, write_
                 set_state(atoms, last["final_positions"], last["final_momenta"])
             log.info("%s: resuming after chunk %d/%d", out_path.name, done, spec.n_chunks)
 
-        bar = Progress(out_path.name, spec.n_frames, unit="frame", initial=min(done * spec.chunk_frames, spec.n_frames),
-                       bar=progress, every_s=PROGRESS_LOG_INTERVAL_S)
+        bar = Progress(out_path.name, spec.n_frames, unit="frame", bar=progress, every_s=PROGRESS_LOG_INTERVAL_S,
+                       initial=min(done * spec.chunk_frames, spec.n_frames))
         try:
             for index in range(done, spec.n_chunks):
                 if max_chunks is not None and index - done >= max_chunks:

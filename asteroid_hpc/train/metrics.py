@@ -15,7 +15,6 @@ from typing import Optional
 from ..atomic import write_text_atomic
 from ..progress import Progress as Reporter
 
-
 METRICS_FILE = "metrics.jsonl"
 
 
