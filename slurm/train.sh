@@ -51,14 +51,11 @@ if [ "$#" -gt 0 ]; then
 fi
 resume="${ASTEROID_RESUME:-auto}"
 
-# Rendezvous for torch.distributed: the first node of the allocation, a port derived from the job id.
-MASTER_ADDR="$(scontrol show hostnames "${SLURM_JOB_NODELIST}" | head -n1)"
-MASTER_PORT="$((15000 + SLURM_JOB_ID % 10000))"
-export MASTER_ADDR MASTER_PORT
+# The rendezvous for torch.distributed (the step's first node, a port derived from the job id) is
+# derived by every task from its SLURM_* variables; the start-up summary logs it (master=HOST:PORT).
 export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-${repo}/.cache/torch_extensions}"
 
 cd "${repo}"
-echo "slurm/train.sh: job ${SLURM_JOB_ID} on ${SLURM_JOB_NODELIST}, ${SLURM_NTASKS} tasks," \
-     "rendezvous ${MASTER_ADDR}:${MASTER_PORT}, config ${config}" >&2
+echo "slurm/train.sh: job ${SLURM_JOB_ID} on ${SLURM_JOB_NODELIST}, ${SLURM_NTASKS} tasks, config ${config}" >&2
 srun --kill-on-bad-exit=1 asteroid-hpc train "${config}" "$@" --resume "${resume}"

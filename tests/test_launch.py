@@ -2,7 +2,7 @@ import platform
 
 import pytest
 
-from asteroid_hpc.runtime import choose_device, detect_launch, expand_nodelist, port_from_job_id
+from asteroid_hpc.runtime import choose_device, detect_launch, expand_nodelist, free_port, port_from_job_id
 from asteroid_hpc.runtime.launch import LaunchInfo
 
 
@@ -41,6 +41,21 @@ def test_slurm_step():
     assert info.master_addr == "gpu003"
     assert info.master_port == port_from_job_id("123456")
     assert info.job_id == "123456"
+
+
+@pytest.mark.parametrize("job_id, port", [("0", 15000), ("9", 15009), ("123456", 18456), ("20000", 15000),
+                                          ("9999", 24999), ("4242_7", 15000 + 42427 % 10000)])
+def test_port_from_job_id_is_the_one_formula(job_id, port):
+    assert port_from_job_id(job_id) == port  # 15000 + job id mod 10000: slurm/train.sh sets no port itself
+
+
+def test_free_port_can_be_bound():
+    import socket
+
+    port = free_port()
+    assert 0 < port < 65536
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
 
 
 def test_slurm_batch_script_is_not_a_step():

@@ -83,6 +83,30 @@ def test_kabsch_matches_scipy_and_never_reflects():
     assert kabsch_rmsd(mirror, reference) > 0.1  # a mirror image of a chiral set cannot be rotated onto it
 
 
+def test_numpy_and_torch_kabsch_rotations_agree_including_reflections():
+    import torch
+
+    from asteroid_hpc.geometry import kabsch_rotation, kabsch_rotation_torch
+
+    rng = np.random.default_rng(3)
+    reference = np.stack([_chiral_points(rng) for _ in range(4)])
+    mobile = reference + rng.normal(scale=0.3, size=reference.shape)
+    mobile[1] *= np.array([-1.0, 1.0, 1.0])  # a mirror image: both must still return a proper rotation
+    expected = kabsch_rotation(mobile, reference)
+    got = kabsch_rotation_torch(torch.from_numpy(mobile).float(), torch.from_numpy(reference).float()).numpy()
+    assert np.allclose(got, expected, atol=1e-5)
+    assert np.allclose(np.linalg.det(got), 1.0)
+
+
+def test_metrics_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, asteroid_hpc.metrics, asteroid_hpc.geometry; print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "False"
+
+
 def test_rmsd_per_lead_time_shapes():
     rng = np.random.default_rng(2)
     reference = rng.normal(size=(3, 5, 3))

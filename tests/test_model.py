@@ -229,7 +229,8 @@ def reference_model(symmetry: str = "equivariant") -> tuple[Asteroid, torch.Tens
 
 def test_superpose_onto_matches_the_numpy_kabsch():
     from asteroid_hpc.metrics import kabsch_superpose
-    from asteroid_hpc.model.symmetry import random_rotations, superpose_onto
+    from asteroid_hpc.geometry import superpose_onto
+    from asteroid_hpc.model.symmetry import random_rotations
 
     history, _ = molecule_window()
     reference = history[0, 0].double()

@@ -8,13 +8,13 @@ import json
 import os
 import random
 import signal
-import socket
 
 import numpy as np
 import pytest
 
 from asteroid_hpc.config import TrainConfig
 from asteroid_hpc.errors import UserError
+from asteroid_hpc.runtime.launch import free_port
 from asteroid_hpc.train.batches import BatchStream
 from asteroid_hpc.train.checkpoint import (
     COMPLETE, CheckpointManager, capture_rng_state, check_compatible, check_one_line, resolve_resume, restore_rng_state,
@@ -75,12 +75,6 @@ def test_rng_state_round_trips_through_json():
 
 
 # ----------------------------------------------------------------------------------- checkpoints
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def single_process_group():
     """torch.distributed with one gloo rank, as `asteroid-hpc train` sets it up (once per module:
@@ -92,7 +86,7 @@ def single_process_group():
             if key.startswith(("OMPI_", "PMI_", "SLURM_")):
                 monkeypatch.delenv(key)
         for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
-                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}.items():
+                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}.items():
             monkeypatch.setenv(key, value)
         sess = session.start(TrainConfig())
         yield sess

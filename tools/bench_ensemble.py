@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench_harness import add_out_argument, write_report
+
 BENCH_MODEL = dict(history_frames=4, delay_length=3, hidden_size=16, num_heads=2, encoder_layers=1, decoder_layers=1,
                    attention="local_global", cutoff_angstrom=5.0, max_neighbors=16, num_global_tokens=4, num_rbf=8,
                    symmetry="equivariant")
@@ -96,14 +98,13 @@ def main() -> None:
     parser.add_argument("--domain-atoms", type=int, default=100000)
     parser.add_argument("--skip-domains", action="store_true")
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/asteroid-bench-ensemble"))
-    parser.add_argument("--out", default=None, help="JSON file for the results (written via a temp name)")
+    add_out_argument(parser)
     args = parser.parse_args()
     args.data_dir.mkdir(parents=True, exist_ok=True)
     runs = args.data_dir / "runs"
     model = ensure_model(args.data_dir)
     frames = BENCH_MODEL["history_frames"]
-    report: dict = {"command": " ".join(["python", "tools/bench_ensemble.py", *sys.argv[1:]]),
-                    "load_average_at_start": os.getloadavg(), "model": BENCH_MODEL, "cpus": os.cpu_count()}
+    report: dict = {"load_average_at_start": os.getloadavg(), "model": BENCH_MODEL, "cpus": os.cpu_count()}
 
     scaling = []
     for round_index in range(args.repeats):  # sizes in turn, round after round: load changes hit every size
@@ -154,10 +155,7 @@ def main() -> None:
                              "peak_rss_mb_two_domains_max_rank": split["peak_rss_mb_max_rank"]}
         print("domains:", report["domains"], flush=True)
     report["load_average_at_end"] = os.getloadavg()
-    if args.out:
-        from asteroid_hpc.atomic import write_json_atomic
-
-        write_json_atomic(args.out, report, indent=2, sort_keys=False)
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

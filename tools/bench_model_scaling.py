@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
-import time
+
+from bench_harness import add_out_argument, peak_rss_mb, time_call, write_report
 
 DEFAULT_SIZES = [1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000]
 
@@ -47,21 +47,19 @@ def measure(n_atoms: int, args: argparse.Namespace) -> dict:
     times, cpu_times, graph_times = [], [], []
     with torch.no_grad():
         for _ in range(args.repeats):
-            start = time.perf_counter()
-            radius_graph(history[:, -1], cfg.cutoff_angstrom, cfg.max_neighbors)
-            graph_times.append(time.perf_counter() - start)
-            start, start_cpu = time.perf_counter(), time.process_time()
-            model(history, elements, steps)
-            times.append(time.perf_counter() - start)
-            cpu_times.append(time.process_time() - start_cpu)
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            graph_times.append(time_call(lambda: radius_graph(history[:, -1], cfg.cutoff_angstrom,
+                                                              cfg.max_neighbors))[0])
+            wall, cpu = time_call(lambda: model(history, elements, steps))
+            times.append(wall)
+            cpu_times.append(cpu)
+    peak_rss = peak_rss_mb()
     return {
         "n_atoms": n_atoms,
         "forward_s": statistics.median(times),
         "forward_cpu_s": statistics.median(cpu_times),
         "neighbor_search_s": statistics.median(graph_times),
-        "peak_rss_increase_MB": (peak_rss - baseline_rss) / 2**20,
-        "peak_rss_MB": peak_rss / 2**20,
+        "peak_rss_increase_MB": peak_rss - baseline_rss / 2**20,
+        "peak_rss_MB": peak_rss,
         "mean_neighbors": mean_neighbors,
         "forecast_frames": steps,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -82,7 +80,7 @@ def main() -> None:
     parser.add_argument("--symmetry", default="equivariant", choices=["equivariant", "augment"])
     parser.add_argument("--threads", type=int, default=1, help="torch threads per measurement")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default=None, help="JSON file for the results (written via a temp name)")
+    add_out_argument(parser)
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -108,13 +106,8 @@ def main() -> None:
               for n in sorted(by_size) if 2 * n in by_size}
     for pair, ratio in ratios.items():
         print(f"time(2N)/time(N) for N {pair}: wall {ratio['forward_s']:.2f}, CPU {ratio['forward_cpu_s']:.2f}")
-    report = {"command": " ".join(["python", "tools/bench_model_scaling.py", *sys.argv[1:]]),
-              "settings": {k: v for k, v in vars(args).items() if k not in ("child", "out")},
-              "results": results, "doubling_ratios": ratios}
-    if args.out:
-        from asteroid_hpc.atomic import write_json_atomic
-
-        write_json_atomic(args.out, report, indent=2, sort_keys=False)
+    write_report({"settings": {k: v for k, v in vars(args).items() if k not in ("child", "out")},
+                  "results": results, "doubling_ratios": ratios}, args.out)
 
 
 if __name__ == "__main__":

@@ -17,17 +17,16 @@ optionally the same run with data.compression=zlib (time and size). Files are de
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from bench_harness import add_out_argument, peak_rss_mb, run_timed, write_report
 
 PLAIN_COPY = """
 import sys, netCDF4
@@ -46,7 +45,6 @@ with netCDF4.Dataset(src) as a, netCDF4.Dataset(dst, "w", format="NETCDF3_64BIT_
 
 
 def make_trajectory(path: Path, n_frames: int, n_atoms: int, chunk: int = 2000) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from asteroid_hpc.data.amber import AmberWriter
 
     rng = np.random.default_rng(0)
@@ -57,20 +55,6 @@ def make_trajectory(path: Path, n_frames: int, n_atoms: int, chunk: int = 2000) 
             frames = position + np.cumsum(steps, axis=0)
             position = frames[-1]
             writer.append(frames)
-
-
-def _cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of the child: user + system, all threads)."""
-    start, cpu = time.perf_counter(), _cpu_s()
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd[:4])} ...\n{proc.stderr}")
-    return time.perf_counter() - start, _cpu_s() - cpu
 
 
 def dir_bytes(path: Path) -> int:
@@ -86,6 +70,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--zlib", action="store_true", help="also time data.compression=zlib")
     parser.add_argument("--workdir", default=None, help="directory for the files (default: a new one in /tmp)")
+    add_out_argument(parser)
     args = parser.parse_args()
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-preprocess-"))
@@ -104,17 +89,16 @@ def main() -> None:
                       f"data.frames_per_shard={args.frames_per_shard}"]
         plain, pre = [], []
         # untimed warm-up: the first copy after writing the input runs up to 2x slower (CPU time too)
-        timed([sys.executable, "-c", PLAIN_COPY, str(source), str(work / "plain.nc"), str(args.chunk_frames)], env)
+        run_timed([sys.executable, "-c", PLAIN_COPY, str(source), str(work / "plain.nc"), str(args.chunk_frames)], env)
         (work / "plain.nc").unlink()
         load_before = os.getloadavg()[0]
         for _ in range(args.repeats):
-            plain.append(timed([sys.executable, "-c", PLAIN_COPY, str(source), str(work / "plain.nc"),
+            plain.append(run_timed([sys.executable, "-c", PLAIN_COPY, str(source), str(work / "plain.nc"),
                                 str(args.chunk_frames)], env))
             (work / "plain.nc").unlink()
-            pre.append(timed(preprocess + ["-o", str(work / "ds")], env))
+            pre.append(run_timed(preprocess + ["-o", str(work / "ds")], env))
             out_bytes = dir_bytes(work / "ds")
             shutil.rmtree(work / "ds")
-        peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         plain_s, pre_s = [w for w, _ in plain], [w for w, _ in pre]
         result = {
             "frames": args.frames, "atoms": args.atoms, "input_gb": size / 1e9,
@@ -126,14 +110,14 @@ def main() -> None:
             "throughput_ratio_best": min(plain_s) / min(pre_s),
             "throughput_ratio_median": float(np.median(np.array(plain_s) / np.array(pre_s))),
             "cpu_time_ratio_best": min(c for _, c in plain) / min(c for _, c in pre),
-            "peak_rss_mb_max_over_children": peak_rss_mb, "output_gb": out_bytes / 1e9,
+            "peak_rss_mb_max_over_children": peak_rss_mb(children=True), "output_gb": out_bytes / 1e9,
         }
         if args.zlib:
-            zlib_s, _ = timed(preprocess + ["-o", str(work / "dsz"), "data.compression=zlib"], env)
+            zlib_s, _ = run_timed(preprocess + ["-o", str(work / "dsz"), "data.compression=zlib"], env)
             result.update(zlib_s=zlib_s, zlib_output_gb=dir_bytes(work / "dsz") / 1e9,
                           zlib_size_ratio=out_bytes / dir_bytes(work / "dsz"))
             shutil.rmtree(work / "dsz")
-        print(json.dumps(result, indent=1))
+        write_report(result, args.out)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -16,10 +16,9 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from bench_harness import add_out_argument, summary, time_calls, write_report
 
 
 def _load(config: str, overrides: list[str]):
@@ -40,17 +39,6 @@ def _batch(cfg, micro_batch_size: int, rank: int = 0):
     start = rank * micro_batch_size
     batch = default_collate([dataset[i] for i in range(start, start + micro_batch_size)])
     return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
-
-
-def _time_steps(step_fn, steps: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        step_fn()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step_fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def _torch_step(model, optimizer, batch, weights, grad_clip):
@@ -94,11 +82,6 @@ def _deepspeed_step(engine, batch, weights):
     return step
 
 
-def _summary(times: list[float]) -> dict:
-    return {"median_s": statistics.median(times), "mean_s": statistics.fmean(times), "min_s": min(times),
-            "steps": len(times)}
-
-
 def measure(cfg, steps: int, warmup: int, rounds: int) -> dict:
     """One process: torch loop and DeepSpeed ZeRO-1 on copies of one model, one step of each in turn."""
     import torch
@@ -121,12 +104,12 @@ def measure(cfg, steps: int, warmup: int, rounds: int) -> dict:
         ds_step()
     torch_times, ds_times = [], []
     for _ in range(steps * rounds):  # strictly alternating steps: the machine's load hits both alike
-        torch_times += _time_steps(plain_step, 1, 0)
-        ds_times += _time_steps(ds_step, 1, 0)
+        torch_times += time_calls(plain_step, 1, 0)
+        ds_times += time_calls(ds_step, 1, 0)
     session.teardown(engine)
     torch_s, ds_s = statistics.median(torch_times), statistics.median(ds_times)
     pair_ratio = statistics.median(d / p for d, p in zip(ds_times, torch_times))
-    return {"torch": _summary(torch_times), "deepspeed_zero1": _summary(ds_times), "ratio": ds_s / torch_s,
+    return {"torch": summary(torch_times), "deepspeed_zero1": summary(ds_times), "ratio": ds_s / torch_s,
             "median_pair_ratio": pair_ratio,
             "threads": sess.threads, "micro_batch_size": cfg.train.micro_batch_size,
             "samples_per_s_1proc": cfg.train.micro_batch_size / ds_s}
@@ -144,7 +127,7 @@ def worker(cfg, steps: int, warmup: int, out: str) -> None:
     torch.manual_seed(cfg.train.seed)
     engine = _deepspeed_engine(cfg, build_model(cfg.model), sess.world_size)
     step = _deepspeed_step(engine, _batch(cfg, cfg.train.micro_batch_size, sess.rank), cfg.train.loss_weights)
-    times = torch.tensor(_time_steps(step, steps, warmup), dtype=torch.float64)
+    times = torch.tensor(time_calls(step, steps, warmup), dtype=torch.float64)
     dist.all_reduce(times, op=dist.ReduceOp.MAX)  # a step ends when the slowest rank ends it
     if sess.rank == 0:
         median = float(times.median())
@@ -164,6 +147,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads per process (OMP_NUM_THREADS); 1 makes 1 and 2 processes comparable")
     parser.add_argument("--markdown", action="store_true", help="also print BENCHMARKS.md lines")
+    add_out_argument(parser)
     parser.add_argument("--worker-output", help=argparse.SUPPRESS)
     args = parser.parse_args()
     overrides = [*args.overrides, "train.zero_stage=1", "train.precision=fp32"]
@@ -185,8 +169,7 @@ def main() -> None:
         subprocess.run(cmd, check=True, env={**env, "ASTEROID_NO_MPI": "1"})
         two = json.loads(out.read_text())
     one = measure(cfg, args.steps, args.warmup, args.rounds)
-    report = {"config": args.config, "overrides": args.overrides, **one, "two_processes": two}
-    print(json.dumps(report, indent=1))
+    write_report({"config": args.config, "overrides": args.overrides, **one, "two_processes": two}, args.out)
     if args.markdown:
         print(f"| DeepSpeed ZeRO-1 / torch step time (1 process, {one['threads']} threads, micro-batch "
               f"{one['micro_batch_size']}) | {one['deepspeed_zero1']['median_s'] * 1e3:.1f} ms / "

@@ -19,9 +19,10 @@ import argparse  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from bench_harness import write_report  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> int:
-    from asteroid_hpc.atomic import write_json_atomic
     from asteroid_hpc.cli.common import MODEL_HELP
     from asteroid_hpc.logs import setup_logging
     from asteroid_hpc.runtime.launch import detect_launch
@@ -51,9 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(report.markdown())
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    command = " ".join(["python", "tools/cost_report.py", *sys.argv[1:]])
-    write_json_atomic(args.output, {**report.as_dict(), "command": command}, indent=2, sort_keys=False)
-    print(f"wrote {args.output}")
+    write_report(report.as_dict(), args.output)
     return 0
 
 

@@ -40,6 +40,54 @@ def partial_path(path: str | os.PathLike) -> Path:
 
 # --------------------------------------------------------------------------------------------- writer
 
+def _write_header(ds, program: str, program_version: str, title: str, timestep_ps: float | None,
+                  attributes: dict) -> None:
+    """The global attributes of a new AMBER trajectory."""
+    ds.Conventions = "AMBER"
+    ds.ConventionVersion = "1.0"
+    ds.program = program
+    ds.programVersion = program_version
+    if title:
+        ds.title = title
+    if timestep_ps is not None:
+        ds.timestep_ps = float(timestep_ps)  # project extension: the uniform frame spacing
+    for key, value in attributes.items():
+        ds.setncattr(key, value)
+
+
+def _create_variables(ds, n_atoms: int, atomic_numbers, packed: dict, *, velocities: bool, forces: bool) -> None:
+    """Dimensions frame/spatial/atom, time, coordinates (and velocities, forces, atomic numbers) with their
+    units; ``packed``: the compression options of the per-frame arrays."""
+    ds.createDimension("frame", None)
+    ds.createDimension("spatial", 3)
+    ds.createDimension("atom", n_atoms)
+    ds.createVariable("spatial", "S1", ("spatial",))[:] = np.array(list("xyz"), dtype="S1")
+    ds.createVariable("time", "f4", ("frame",)).units = "picosecond"
+    ds.createVariable("coordinates", "f4", ("frame", "atom", "spatial"), **packed).units = "angstrom"
+    if atomic_numbers is not None:
+        z = ds.createVariable("atomic_number", "i4", ("atom",))
+        z.long_name = "atomic number (asteroid-hpc extension of the AMBER convention)"
+        z[:] = np.asarray(atomic_numbers, dtype=np.int32)
+    if velocities:
+        ds.createVariable("velocities", "f4", ("frame", "atom", "spatial"), **packed).units = \
+            "angstrom/picosecond"
+    if forces:
+        ds.createVariable("forces", "f4", ("frame", "atom", "spatial"), **packed).units = \
+            "kilocalorie/mole/angstrom"
+
+
+def _create_cell_variables(ds) -> None:
+    """The periodic cell per frame: lengths (Å) and angles (degrees), with the AMBER label variables."""
+    ds.createDimension("cell_spatial", 3)
+    ds.createDimension("cell_angular", 3)
+    ds.createDimension("label", 5)
+    ds.createVariable("cell_spatial", "S1", ("cell_spatial",))[:] = np.array(list("abc"), dtype="S1")
+    ds.createVariable("cell_angular", "S1", ("cell_angular", "label"))[:] = \
+        np.array([list(s) for s in CELL_ANGLE_LABELS], dtype="S1")
+    ds.createVariable("cell_lengths", "f8", ("frame", "cell_spatial")).units = "angstrom"
+    ds.createVariable("cell_angles", "f8", ("frame", "cell_angular")).units = "degree"
+
+
 class AmberWriter:
     """Append frames to an AMBER NetCDF trajectory; the file appears under ``path`` only on :meth:`close`.
 
@@ -83,45 +131,14 @@ class AmberWriter:
         # No pre-filling of new records with fill values (every record is written whole by append, and
         # the record count on disk only grows at the sync that ends an append): writes each byte once.
         ds.set_fill_off()
-        ds.Conventions = "AMBER"
-        ds.ConventionVersion = "1.0"
-        ds.program = program
-        ds.programVersion = program_version
-        if title:
-            ds.title = title
-        if timestep_ps is not None:
-            ds.timestep_ps = float(timestep_ps)  # project extension: the uniform frame spacing
-        for key, value in (attributes or {}).items():
-            ds.setncattr(key, value)
-        ds.createDimension("frame", None)
-        ds.createDimension("spatial", 3)
-        ds.createDimension("atom", self.n_atoms)
-        ds.createVariable("spatial", "S1", ("spatial",))[:] = np.array(list("xyz"), dtype="S1")
+        _write_header(ds, program, program_version, title, timestep_ps, attributes or {})
         packed = {}
         if compression == "zlib":
             packed = dict(zlib=True, complevel=1, shuffle=True,
                           chunksizes=(max(1, min(chunk_frames, 1 << 20)), self.n_atoms, 3))
-        ds.createVariable("time", "f4", ("frame",)).units = "picosecond"
-        ds.createVariable("coordinates", "f4", ("frame", "atom", "spatial"), **packed).units = "angstrom"
-        if atomic_numbers is not None:
-            z = ds.createVariable("atomic_number", "i4", ("atom",))
-            z.long_name = "atomic number (asteroid-hpc extension of the AMBER convention)"
-            z[:] = np.asarray(atomic_numbers, dtype=np.int32)
-        if velocities:
-            ds.createVariable("velocities", "f4", ("frame", "atom", "spatial"), **packed).units = \
-                "angstrom/picosecond"
-        if forces:
-            ds.createVariable("forces", "f4", ("frame", "atom", "spatial"), **packed).units = \
-                "kilocalorie/mole/angstrom"
+        _create_variables(ds, self.n_atoms, atomic_numbers, packed, velocities=velocities, forces=forces)
         if cell:
-            ds.createDimension("cell_spatial", 3)
-            ds.createDimension("cell_angular", 3)
-            ds.createDimension("label", 5)
-            ds.createVariable("cell_spatial", "S1", ("cell_spatial",))[:] = np.array(list("abc"), dtype="S1")
-            ds.createVariable("cell_angular", "S1", ("cell_angular", "label"))[:] = \
-                np.array([list(s) for s in CELL_ANGLE_LABELS], dtype="S1")
-            ds.createVariable("cell_lengths", "f8", ("frame", "cell_spatial")).units = "angstrom"
-            ds.createVariable("cell_angles", "f8", ("frame", "cell_angular")).units = "degree"
+            _create_cell_variables(ds)
         ds.sync()
 
     @classmethod

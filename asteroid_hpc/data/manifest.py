@@ -11,7 +11,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import atomic
 from ..errors import UserError, user_error
 from ..logs import get_logger
 
@@ -22,11 +21,6 @@ SCHEMA_VERSION = 2  # 2: sources carry blake3 (was sha256); statistics.sampled_e
 FORMAT = "asteroid-hpc-dataset"
 _REQUIRED = ("schema_version", "n_atoms", "atomic_numbers", "timestep_fs", "frame_stride", "shards", "split",
              "sources", "statistics")
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """The dataset's JSON files keep the key order they are built in."""
-    atomic.write_json_atomic(path, data, sort_keys=False)
 
 
 def inside(directory: Path, relative: str, where: Path) -> Path:

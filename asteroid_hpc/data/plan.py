@@ -217,6 +217,76 @@ def _matching_sources(patterns: list[str], sources: list[Source], option: str) -
     return named
 
 
+Part = tuple[Source, str, int, int]  # (source, split name, first frame, stop frame), strided frames
+
+
+def _chronological(sources: list[Source], data, history: int, horizon: int) -> tuple[dict, list[Part]]:
+    gap = history + horizon
+    split = {"method": "chronological", "fractions": list(data.split_fractions), "gap_frames": gap,
+             "history_frames": history, "horizon_frames": horizon, "ranges": {}}
+    parts = []
+    for source in sources:
+        ranges = chronological_ranges(source.n_frames, data.split_fractions, gap, source.path)
+        split["ranges"][str(source.index)] = ranges
+        parts.extend((source, name, a, b) for name, (a, b) in ranges.items())
+    return split, parts
+
+
+def _by_file(sources: list[Source], data, history: int, horizon: int) -> tuple[dict, list[Part]]:
+    held_out = {name: _matching_sources(patterns, sources, f"data.{name}_inputs")
+                for name, patterns in (("val", data.val_inputs), ("test", data.test_inputs))}
+    if held_out["val"] & held_out["test"]:
+        raise UserError("data.val_inputs and data.test_inputs name the same input file")
+    split = {"method": "by_file", "history_frames": history, "horizon_frames": horizon,
+             "inputs": {name: [] for name in SPLITS}}
+    parts = []
+    for source in sources:
+        name = next((n for n, paths in held_out.items() if source.path in paths), "train")
+        if source.path not in split["inputs"][name]:
+            split["inputs"][name].append(source.path)
+        parts.append((source, name, 0, source.n_frames))
+    if not split["inputs"]["train"]:
+        raise UserError("data.split=by_file: every input is held out (val/test); none is left to train on")
+    return split, parts
+
+
+def _random_start(sources: list[Source], data, history: int, horizon: int) -> tuple[dict, list[Part]]:
+    split = {"method": "random_start", "seed": data.split_seed, "counts": list(data.random_start_counts),
+             "margin_frames": data.random_start_margin_frames, "history_frames": history,
+             "horizon_frames": horizon, "starts": {name: [] for name in SPLITS}}
+    parts = []
+    for source in sources:
+        try:
+            starts = random_start_plan(source.n_frames, before_frames=history - 1, after_frames=horizon,
+                                       margin_frames=data.random_start_margin_frames,
+                                       sizes=tuple(data.random_start_counts))
+        except UserError as exc:
+            raise user_error(source.path, str(exc)) from None
+        if starts.scaled:
+            split.setdefault("scaled", {})[str(source.index)] = starts.describe()
+            log.warning("%s: too short for the requested random starts; using %s", source.path,
+                        starts.describe())
+        # source k draws with seed + k, so a single input reproduces numpy.random.seed(seed) exactly
+        draws = random_start_split(source.n_frames, starts, data.split_seed + source.index)
+        for name in SPLITS:
+            split["starts"][name].extend([source.index, int(s)] for s in draws[name])
+        parts.append((source, "all", 0, source.n_frames))
+    return split, parts
+
+
+def _plan_key(sources: list[Source], data, topology: str | None, history: int) -> str:
+    """What decides the dataset's content, hashed: a re-run with the same key resumes or reuses it."""
+    identity = {
+        "schema_version": SCHEMA_VERSION,
+        "inputs": [(s.path, s.size_bytes, s.mtime_ns) for s in sources],
+        "topology": topology and str(Path(topology).resolve()),
+        "data": {k: v for k, v in vars(data).items() if k not in ("dataset", "num_workers", "window_stride",
+                                                                    "chunk_frames")},
+        "history_frames": history,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def make_plan(inputs: list[str], cfg, topology: str | None = None) -> Plan:
     """Inspect the inputs and lay out shards and splits for ``cfg`` (an AsteroidConfig)."""
     data = cfg.data
@@ -226,66 +296,13 @@ def make_plan(inputs: list[str], cfg, topology: str | None = None) -> Plan:
     atom_indices = parse_atom_selection(data.atom_selection, numbers, str(paths[0]))
     timestep_fs = dataset_timestep_fs(sources, stride, data.timestep_fs)
     history, horizon = cfg.model.history_frames, data.horizon_frames
+    make_split = {"chronological": _chronological, "by_file": _by_file}.get(data.split, _random_start)
+    split, parts = make_split(sources, data, history, horizon)
     shards: list[Shard] = []
-
-    def add_shards(source: Source, split: str, start: int, stop: int) -> None:
+    for source, name, start, stop in parts:  # blocks of data.frames_per_shard frames, numbered in order
         for a in range(start, stop, data.frames_per_shard):
-            b = min(stop, a + data.frames_per_shard)
             idx = len(shards)
-            shards.append(Shard(idx, f"shards/shard-{idx:05d}.nc", source.index, split, a, b))
-
-    if data.split == "chronological":
-        gap = history + horizon
-        split = {"method": "chronological", "fractions": list(data.split_fractions), "gap_frames": gap,
-                 "history_frames": history, "horizon_frames": horizon, "ranges": {}}
-        for source in sources:
-            ranges = chronological_ranges(source.n_frames, data.split_fractions, gap, source.path)
-            split["ranges"][str(source.index)] = ranges
-            for name, (a, b) in ranges.items():
-                add_shards(source, name, a, b)
-    elif data.split == "by_file":
-        held_out = {name: _matching_sources(patterns, sources, f"data.{name}_inputs")
-                    for name, patterns in (("val", data.val_inputs), ("test", data.test_inputs))}
-        if held_out["val"] & held_out["test"]:
-            raise UserError("data.val_inputs and data.test_inputs name the same input file")
-        split = {"method": "by_file", "history_frames": history, "horizon_frames": horizon,
-                 "inputs": {name: [] for name in SPLITS}}
-        for source in sources:
-            name = next((n for n, paths in held_out.items() if source.path in paths), "train")
-            if source.path not in split["inputs"][name]:
-                split["inputs"][name].append(source.path)
-            add_shards(source, name, 0, source.n_frames)
-        if not split["inputs"]["train"]:
-            raise UserError("data.split=by_file: every input is held out (val/test); none is left to train on")
-    else:
-        split = {"method": "random_start", "seed": data.split_seed, "counts": list(data.random_start_counts),
-                 "margin_frames": data.random_start_margin_frames, "history_frames": history,
-                 "horizon_frames": horizon, "starts": {name: [] for name in SPLITS}}
-        for source in sources:
-            try:
-                starts = random_start_plan(source.n_frames, before_frames=history - 1, after_frames=horizon,
-                                           margin_frames=data.random_start_margin_frames,
-                                           sizes=tuple(data.random_start_counts))
-            except UserError as exc:
-                raise user_error(source.path, str(exc)) from None
-            if starts.scaled:
-                split.setdefault("scaled", {})[str(source.index)] = starts.describe()
-                log.warning("%s: too short for the requested random starts; using %s", source.path,
-                            starts.describe())
-            # source k draws with seed + k, so a single input reproduces numpy.random.seed(seed) exactly
-            draws = random_start_split(source.n_frames, starts, data.split_seed + source.index)
-            for name in SPLITS:
-                split["starts"][name].extend([source.index, int(s)] for s in draws[name])
-            add_shards(source, "all", 0, source.n_frames)
-
-    identity = {
-        "schema_version": SCHEMA_VERSION,
-        "inputs": [(s.path, s.size_bytes, s.mtime_ns) for s in sources],
-        "topology": topology and str(Path(topology).resolve()),
-        "data": {k: v for k, v in vars(data).items() if k not in ("dataset", "num_workers", "window_stride",
-                                                                    "chunk_frames")},
-        "history_frames": history,
-    }
-    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    return Plan(key, sources, shards, atom_indices, [int(numbers[i]) for i in atom_indices], stride,
-                timestep_fs, split)
+            shards.append(Shard(idx, f"shards/shard-{idx:05d}.nc", source.index, name, a,
+                                min(stop, a + data.frames_per_shard)))
+    return Plan(_plan_key(sources, data, topology, history), sources, shards, atom_indices,
+                [int(numbers[i]) for i in atom_indices], stride, timestep_fs, split)

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import user_error
-from ..metrics.superposition import kabsch_superpose
+from ..geometry import kabsch_superpose
 from .amber import AmberReader
 from .manifest import inside, read_manifest
-from .preprocess import STATS_SPLITS
+from .shards import STATS_SPLITS
 
 READ_FRAMES = 64  # sampled frames read per call
 MAX_COORDINATES = 2 ** 24  # sampled coordinates held at once (134 MB as float64)

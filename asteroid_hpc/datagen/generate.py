@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 
 from ..atomic import atomic_output, write_text_atomic
 from ..logs import get_logger
+from ..progress import Progress
 from ..provenance import package_versions
 from ..errors import user_error
 from .energy import check_conservation, measure_conservation
@@ -129,34 +129,6 @@ def _check_spec(spec: XtbRunSpec, chunks: Path) -> None:
     write_text_atomic(meta, json.dumps(wanted, indent=1))
 
 
-class _Progress:
-    """tqdm on a terminal, otherwise a log line every PROGRESS_LOG_INTERVAL_S seconds."""
-
-    def __init__(self, label: str, total: int, initial: int, enabled: bool | None):
-        self.label, self.total, self.done = label, total, initial
-        self.bar = None
-        if enabled is None:
-            enabled = sys.stderr.isatty()
-        if enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, desc=label, unit="frame", dynamic_ncols=True)
-        self.last_log = time.monotonic()
-
-    def update(self, frames: int, ms_per_step: float) -> None:
-        self.done += frames
-        if self.bar is not None:
-            self.bar.update(frames)
-        elif time.monotonic() - self.last_log >= PROGRESS_LOG_INTERVAL_S or self.done == self.total:
-            self.last_log = time.monotonic()
-            log.info("%s: %d/%d frames (%.0f%%), %.2f ms/step", self.label, self.done, self.total,
-                     100.0 * self.done / self.total, ms_per_step)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def generate_xtb_netcdf(spec: XtbRunSpec, out_path: str | os.PathLike, *, write_velocities: bool = False,
                         max_chunks: int | None = None, progress: bool | None = None,
                         max_drift_meV_per_ps_per_atom: float = 1.0,
@@ -186,7 +158,8 @@ def generate_xtb_netcdf(spec: XtbRunSpec, out_path: str | os.PathLike, *, write_
                 set_state(atoms, last["final_positions"], last["final_momenta"])
             log.info("%s: resuming after chunk %d/%d", out_path.name, done, spec.n_chunks)
 
-        bar = _Progress(out_path.name, spec.n_frames, min(done * spec.chunk_frames, spec.n_frames), progress)
+        bar = Progress(out_path.name, spec.n_frames, unit="frame", bar=progress, every_s=PROGRESS_LOG_INTERVAL_S,
+                       initial=min(done * spec.chunk_frames, spec.n_frames))
         try:
             for index in range(done, spec.n_chunks):
                 if max_chunks is not None and index - done >= max_chunks:
@@ -200,7 +173,9 @@ def generate_xtb_netcdf(spec: XtbRunSpec, out_path: str | os.PathLike, *, write_
                                  velocities=chunk.velocities, potential_eV=chunk.potential_eV,
                                  kinetic_eV=chunk.kinetic_eV, final_positions=chunk.final_positions,
                                  final_momenta=chunk.final_momenta, steps=chunk.steps, seconds=seconds)
-                bar.update(stop - first, 1000.0 * seconds / max(chunk.steps, 1))
+                ms_per_step = 1000.0 * seconds / max(chunk.steps, 1)
+                bar.update(stop, f"{out_path.name}: {stop}/{spec.n_frames} frames "
+                                 f"({100.0 * stop / spec.n_frames:.0f}%), {ms_per_step:.2f} ms/step")
         finally:
             bar.close()
         return _finish(spec, chunks, out_path, mol, write_velocities, max_drift_meV_per_ps_per_atom,

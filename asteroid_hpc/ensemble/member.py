@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_json_atomic
 from ..data.amber import AmberReader, AmberWriter, partial_path
 from ..logs import get_logger
 from .perturb import InitialCondition, starting_window
 from .rollout import MemberForecaster
-from .store import is_finished, marker_path, member_path, write_json_atomic
+from .store import is_finished, marker_path, member_path
 
 log = get_logger(__name__)
 
@@ -93,7 +94,7 @@ def run_member(job: MemberJob, forecaster: MemberForecaster, initial: InitialCon
     if is_root:  # the file is complete and renamed; only now does the member count as finished
         write_json_atomic(marker_path(job.outdir, job.member), {
             "member": job.member, "frames": frames_done, "resumed_from_frame": resumed_from,
-            "seconds_this_run": round(time.monotonic() - began, 3)})
+            "seconds_this_run": round(time.monotonic() - began, 3)}, indent=2)
         progress.report(job.member, frames_done, resumed_from, True)
 
 

@@ -1,5 +1,6 @@
-"""Progress across ranks: group roots send (member, frames done) to rank 0, which logs members done / total
-and an ETA. Messages are point-to-point and non-blocking, so groups never wait for each other."""
+"""Progress across ranks: group roots send (member, frames done) to rank 0, which reports members done / total
+and an ETA through the shared reporter (a log line every LOG_EVERY_SECONDS and when a member finishes, or a
+bar on a terminal). Messages are point-to-point and non-blocking, so groups never wait for each other."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..logs import get_logger
+from ..progress import Progress as Reporter
 
 log = get_logger(__name__)
 PROGRESS_TAG = 7301
@@ -22,7 +24,6 @@ class ProgressState:
     frames: dict[int, int] = field(default_factory=dict)  # member -> frames on disk
     resumed: dict[int, int] = field(default_factory=dict)  # member -> frames it had when this run began
     done: set[int] = field(default_factory=set)
-    last_log: float = 0.0
 
     def update(self, member: int, frames: int, resumed: int, finished: bool) -> None:
         self.frames[member] = frames
@@ -51,6 +52,8 @@ class Progress:
     def __init__(self, world, members: int, horizon_frames: int):
         self.world = world
         self.state = ProgressState(members, horizon_frames) if world.rank == 0 else None
+        self._reporter = Reporter("ensemble", members * horizon_frames, unit="frame", enabled=world.rank == 0,
+                                  every_s=LOG_EVERY_SECONDS)
         self._requests = []
 
     def report(self, member: int, frames: int, resumed: int, finished: bool) -> None:
@@ -77,12 +80,11 @@ class Progress:
         while len(self.state.done) < self.state.members and self.world.comm is not None:
             self.poll()
             time.sleep(POLL_SECONDS)
+        self._reporter.close()
         log.info("ensemble: %s", self.state.line())
 
     def _receive(self, message) -> None:
         member, frames, resumed, finished = message
         self.state.update(member, frames, resumed, finished)
-        now = time.monotonic()
-        if finished or now - self.state.last_log >= LOG_EVERY_SECONDS:
-            self.state.last_log = now
-            log.info("ensemble: %s", self.state.line())
+        self._reporter.update(sum(self.state.frames.values()), f"ensemble: {self.state.line()}", force=finished,
+                              members=f"{len(self.state.done)}/{self.state.members}")

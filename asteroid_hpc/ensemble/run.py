@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from ..atomic import write_json_atomic
 from ..checksum import file_digest
 from ..config.schema import AsteroidConfig, EnsembleConfig, ModelConfig
 from ..runtime.launch import detect_launch
@@ -18,7 +19,7 @@ from .member import MemberJob, run_member
 from .perturb import InitialCondition, inspect_initial
 from .progress import POLL_SECONDS, Progress
 from .rollout import MemberForecaster
-from .store import COMPLETE_FILE, TRAJECTORY_KEYS, claim_run, write_json_atomic
+from .store import COMPLETE_FILE, TRAJECTORY_KEYS, claim_run
 from .summary import Reference, write_summary
 
 log = get_logger(__name__)
@@ -104,7 +105,8 @@ def run_ensemble(cfg: AsteroidConfig, model_path: str | os.PathLike, initial_pat
                                 "world_size": w.size, "process_grid": [grid.groups, grid.domains],
                                 "forecast_wall_seconds": round(forecast_seconds, 3),
                                 "run": identity})
-    write_json_atomic(outdir / COMPLETE_FILE, {"members": ens.members, "horizon_frames": ens.horizon_frames})
+    write_json_atomic(outdir / COMPLETE_FILE, {"members": ens.members, "horizon_frames": ens.horizon_frames},
+                      indent=2)
     log.info("ensemble complete: %s (forecast %.1f s)", outdir, forecast_seconds)
     return summary
 

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .. import atomic
+from ..atomic import write_json_atomic
 from ..errors import user_error
 
 RUN_FILE = "run.json"
@@ -39,17 +39,13 @@ def is_finished(outdir: Path, member: int) -> bool:
     return marker_path(outdir, member).is_file() and member_path(outdir, member).is_file()
 
 
-def write_json_atomic(path: Path, document: Any) -> Path:
-    return atomic.write_json_atomic(path, document, indent=2)
-
-
 def claim_run(outdir: Path, identity: dict[str, Any]) -> bool:
     """Write run.json, or check that the one there describes the same run. True when continuing."""
     outdir.mkdir(parents=True, exist_ok=True)
     (outdir / "members").mkdir(exist_ok=True)
     path = outdir / RUN_FILE
     if not path.exists():
-        write_json_atomic(path, identity)
+        write_json_atomic(path, identity, indent=2)
         return False
     try:
         previous = json.loads(path.read_text())

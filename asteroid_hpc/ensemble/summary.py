@@ -21,13 +21,13 @@ from typing import Optional
 
 import numpy as np
 
-from ..atomic import atomic_output
+from ..atomic import atomic_output, write_json_atomic
 from ..data.amber import NETCDF3_FORMAT, AmberReader, AmberWriter
 from ..errors import user_error
 from ..metrics.ensemble import crps_per_lead_time, ensemble_mean, ensemble_spread_per_atom, rmsd_per_lead_time
-from ..metrics.superposition import rmsd
+from ..geometry import rmsd
 from ..metrics.errors import mse_per_lead_time
-from .store import member_path, write_json_atomic
+from .store import member_path
 
 SUMMARY_MEMORY_BYTES = 1 << 29  # float64 working copies of one block of lead times of all members
 
@@ -97,7 +97,7 @@ def write_summary(outdir: Path, members: int, horizon_frames: int, chunk_frames:
             summary.update({"crps_angstrom_mean_over_scored_lead_times": totals["crps_sum"] / totals["scored"],
                             "rmsd_ensemble_mean_angstrom_last_scored": last["rmsd_ensemble_mean"],
                             "mse_members_angstrom2_last_scored": last["mse_members"]})
-    write_json_atomic(outdir / "summary.json", summary)
+    write_json_atomic(outdir / "summary.json", summary, indent=2)
     return summary
 
 

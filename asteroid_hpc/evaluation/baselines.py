@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..metrics.superposition import kabsch_rotation, kabsch_superpose
+from ..geometry import kabsch_rotation, kabsch_superpose
 
 
 def _check(history: np.ndarray, lead_steps) -> tuple[np.ndarray, np.ndarray]:

@@ -4,7 +4,7 @@
 from .ensemble import crps_per_lead_time, ensemble_mean, ensemble_spread_per_atom, rmsd_per_lead_time
 from .errors import (ade_fde, displacement_per_lead_time, mse_per_lead_time, mse_per_sample,
                      superposed_mse_per_lead_time)
-from .superposition import kabsch_rmsd, kabsch_superpose, rmsd
+from ..geometry import kabsch_rmsd, kabsch_superpose, rmsd
 
 __all__ = [
     "ade_fde", "crps_per_lead_time", "displacement_per_lead_time", "ensemble_mean", "ensemble_spread_per_atom",

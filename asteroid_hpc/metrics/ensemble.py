@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .superposition import kabsch_rmsd, rmsd
+from ..geometry import kabsch_rmsd, rmsd
 
 
 def _members(members, reference=None) -> tuple[np.ndarray, np.ndarray | None]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .superposition import kabsch_superpose
+from ..geometry import kabsch_superpose
 
 SUPERPOSE_SAMPLES = 64  # samples superposed at a time
 

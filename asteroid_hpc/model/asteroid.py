@@ -36,12 +36,13 @@ from torch import Tensor, nn
 
 from ..config.schema import AsteroidConfig, ModelConfig
 from ..errors import UserError
+from ..geometry import superpose_onto
 from .domain import WHOLE_SYSTEM, Domain
 from .graph import NeighborGraph, radius_graph, spatial_order
 from .spatial import SpatialBlock
 from .sti import readoff
-from .symmetry import (VectorHead, random_rotations, rotate_about, rotation_step, superpose_onto,
-                       vector_feature_size, vector_features)
+from .symmetry import (VectorHead, random_rotations, rotate_about, rotation_step, vector_feature_size,
+                       vector_features)
 from .temporal import TemporalBlock
 
 # From this many atoms on, local attention runs on the atoms in spatial (k-d tree) order and restores the

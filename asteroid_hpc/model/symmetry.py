@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Optional
 import torch
 from torch import Tensor, nn
 
+from ..geometry import kabsch_rotation_torch
+
 if TYPE_CHECKING:  # pragma: no cover
     from .asteroid import Asteroid
 
@@ -36,33 +38,12 @@ def rotate_about(coords: Tensor, rotation: Tensor, centre: Tensor) -> Tensor:
     return (flat @ rotation.transpose(1, 2)).reshape(shape) + centre
 
 
-@torch.no_grad()
-def kabsch_rotation(mobile: Tensor, target: Tensor) -> Tensor:
-    """The proper rotation [B, 3, 3] (float64, row vectors) that best turns ``mobile`` [B, N, 3] onto
-    ``target`` [B, N, 3] about their centroids (Kabsch): (mobile − its centroid) @ R ≈ target − its centroid."""
-    mobile = mobile.double() - mobile.double().mean(dim=1, keepdim=True)
-    target = target.double() - target.double().mean(dim=1, keepdim=True)
-    u, _, vt = torch.linalg.svd(mobile.transpose(1, 2) @ target)  # of the 3 x 3 covariance
-    sign = torch.where(torch.linalg.det(u @ vt) < 0, -1.0, 1.0).to(u.dtype)
-    correction = torch.ones(u.shape[0], 3, dtype=u.dtype, device=u.device)
-    correction[:, -1] = sign  # a proper rotation: flip the weakest axis instead of reflecting
-    return (u * correction[:, None, :]) @ vt
-
-
-def superpose_onto(reference: Tensor, target: Tensor) -> Tensor:
-    """``reference`` [N, 3] moved onto each ``target`` [B, N, 3] by the proper rotation and translation that
-    minimise the RMSD (Kabsch, float64): [B, N, 3]. Rotating a target rotates its result (equivariant)."""
-    body = reference.double() - reference.double().mean(dim=0)
-    rotation = kabsch_rotation(body.expand(target.shape[0], -1, -1), target)
-    return (body @ rotation + target.double().mean(dim=1, keepdim=True)).to(target.dtype)
-
-
 def rotation_step(window: Tensor) -> Tensor:
     """The displacement of every atom [B, N, 3] if the last frame of ``window`` [B, m, N, 3] turned on about
     its centroid by the mean rigid rotation of one frame spacing: the rigid rotation from the first to the
     last frame (Kabsch), applied once more, divided by the m − 1 spacings (small-angle). Rotating the window
     rotates it, translating it leaves it unchanged, permuting the atoms permutes it."""
-    rotation = kabsch_rotation(window[:, 0], window[:, -1])
+    rotation = kabsch_rotation_torch(window[:, 0], window[:, -1])
     arm = window[:, -1].double() - window[:, -1].double().mean(dim=1, keepdim=True)
     return ((arm @ rotation - arm) / (window.shape[1] - 1)).to(window.dtype)
 

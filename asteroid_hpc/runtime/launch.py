@@ -65,9 +65,17 @@ def _expand_host(pattern: str) -> list[str]:
 
 
 def port_from_job_id(job_id: str) -> int:
-    """A rendezvous port derived from the job id, so concurrent jobs on a node do not collide."""
+    """The rendezvous port of a Slurm job, 15000 + job id mod 10000, so concurrent jobs on a node do not
+    collide (the sbatch templates rely on it: they set no MASTER_PORT)."""
     digits = re.sub(r"\D", "", job_id) or "0"
-    return 15000 + int(digits[-4:]) % 20000
+    return 15000 + int(digits) % 10000
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that is free now (for a rendezvous of this host alone)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _int(env: Mapping[str, str], *names: str, default: int | None = None) -> int | None:

@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import time
 from pathlib import Path
 from typing import Optional
 
 from ..atomic import write_text_atomic
-from ..logs import get_logger
-
-log = get_logger(__name__)
+from ..progress import Progress as Reporter
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -93,31 +89,16 @@ class MetricsWriter:
 
 
 class Progress:
-    """A tqdm bar on rank 0 when stderr is a terminal; otherwise a one-line status every ``every`` steps."""
+    """Training progress through the shared reporter (a bar on a terminal, else a status line every
+    ``every`` steps), on the ranks where ``enabled`` (rank 0)."""
 
     def __init__(self, total: int, initial: int, enabled: bool, every: int):
-        self.total, self.every = total, every
-        self.enabled = enabled
-        self._bar = None
-        self._last_time, self._last_step = time.perf_counter(), initial
-        if enabled and sys.stderr.isatty():
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                tqdm = None
-            if tqdm is not None:
-                self._bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+        self.total = total
+        self._reporter = Reporter("train", total, unit="step", initial=initial, enabled=enabled, every=every)
 
     def update(self, step: int, loss: float, samples_per_s: float) -> None:
-        if not self.enabled:
-            return
-        if self._bar is not None:
-            self._bar.update(step - self._bar.n)
-            self._bar.set_postfix(loss=f"{loss:.4g}", samples_s=f"{samples_per_s:.1f}", refresh=False)
-        elif step % self.every == 0 or step == self.total:
-            log.info("step %d/%d loss %.5g %.1f samples/s", step, self.total, loss, samples_per_s)
+        self._reporter.update(step, f"step {step}/{self.total} loss {loss:.5g} {samples_per_s:.1f} samples/s",
+                              loss=f"{loss:.4g}", samples_s=f"{samples_per_s:.1f}")
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        self._reporter.close()

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import gc
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config.schema import TrainConfig
 from ..runtime.device import choose_device, setup_torch_threads
-from ..runtime.launch import LaunchInfo, detect_launch, export_torch_env
+from ..runtime.launch import LaunchInfo, detect_launch, export_torch_env, free_port
 from ..logs import get_logger
 from .ds_config import resolve_backend, resolve_precision
 
@@ -51,12 +50,6 @@ def default_extensions_dir() -> str:
     return str(Path.home() / ".cache" / "asteroid-hpc" / "torch_extensions")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _multi_node_master_addr(info: LaunchInfo) -> str | None:
     """Under an MPI launcher spanning nodes with no MASTER_ADDR, rank 0's host name (one MPI broadcast)."""
     if os.environ.get("MASTER_ADDR") or info.launcher not in ("openmpi", "pmi"):
@@ -76,7 +69,7 @@ def start(train: TrainConfig) -> Session:
     if master is not None:
         os.environ["MASTER_ADDR"] = master
     if info.world_size == 1 and not os.environ.get("MASTER_PORT"):
-        os.environ["MASTER_PORT"] = str(_free_port())  # alone: never collide with another run's rendezvous
+        os.environ["MASTER_PORT"] = str(free_port())  # alone: never collide with another run's rendezvous
     export_torch_env(info)
     device = choose_device(info)
     device_type = device.split(":")[0]

@@ -27,7 +27,8 @@ def test_train_script_across_two_nodes(slurm_cluster, tiny_dataset, tmp_path):
     assert job.returncode == 0 and job.state == "COMPLETED", job.describe()
     log = job.stderr()
     assert "launcher=slurm world_size=2" in log, job.describe()
-    assert f"rendezvous {slurm_cluster.nodes[0]}:" in log, log  # MASTER_ADDR: the allocation's first node
+    # the rendezvous the tasks derived themselves: the allocation's first node, 15000 + job id mod 10000
+    assert f"master={slurm_cluster.nodes[0]}:{15000 + job.job_id % 10000}" in log, log
     assert (run_dir / "checkpoints" / "latest").read_text() == "step_000006"
     reference = tmp_path / "reference"  # one process, micro-batch 2
     run_train(tiny_dataset, reference, "train.max_steps=6")

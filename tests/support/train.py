@@ -4,7 +4,6 @@ under torchrun, mpiexec and the deepspeed launcher, and a shared short training 
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -12,14 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from asteroid_hpc.runtime.launch import free_port
 from tests.support.cli import cli_env
 from tests.support.tiny import TINY_CONFIG, make_tiny_dataset
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,20 @@
-"""Optimal rigid superposition (Kabsch) and RMSD of atom sets ``[..., N, 3]`` in Å, batched over the leading
-axes; results are NumPy float64."""
+"""Optimal rigid superposition (Kabsch) of atom sets [..., N, 3] in Å: NumPy versions for the metrics and
+torch versions for the model, side by side. Row-vector convention throughout: (x − centroid) @ R.
+
+NumPy results are float64; torch is imported only by the torch functions, so the metrics stay torch-free.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
+
+
+# ----------------------------------------------------------------------------------- NumPy
 
 def rmsd(coordinates, reference) -> np.ndarray:
     """Root-mean-square deviation over atoms without superposition, in Å: [..., N, 3] -> [...]."""
@@ -42,3 +52,28 @@ def kabsch_rmsd(coordinates, reference) -> np.ndarray:
     """RMSD in Å after optimal superposition (translation + rotation) of ``coordinates`` onto
     ``reference``: [..., N, 3] -> [...]."""
     return rmsd(kabsch_superpose(coordinates, reference), reference)
+
+
+# ----------------------------------------------------------------------------------- torch
+
+def kabsch_rotation_torch(mobile: Tensor, target: Tensor) -> Tensor:
+    """:func:`kabsch_rotation` in torch, without gradient: the proper rotation [B, 3, 3] (float64) that best
+    turns ``mobile`` [B, N, 3] onto ``target`` [B, N, 3] about their centroids."""
+    import torch
+
+    with torch.no_grad():
+        mobile = mobile.double() - mobile.double().mean(dim=1, keepdim=True)
+        target = target.double() - target.double().mean(dim=1, keepdim=True)
+        u, _, vt = torch.linalg.svd(mobile.transpose(1, 2) @ target)  # of the 3 x 3 covariance
+        sign = torch.where(torch.linalg.det(u @ vt) < 0, -1.0, 1.0).to(u.dtype)
+        correction = torch.ones(u.shape[0], 3, dtype=u.dtype, device=u.device)
+        correction[:, -1] = sign  # a proper rotation: flip the weakest axis instead of reflecting
+        return (u * correction[:, None, :]) @ vt
+
+
+def superpose_onto(reference: Tensor, target: Tensor) -> Tensor:
+    """``reference`` [N, 3] moved onto each ``target`` [B, N, 3] by the proper rotation and translation that
+    minimise the RMSD (Kabsch, float64): [B, N, 3]. Rotating a target rotates its result (equivariant)."""
+    body = reference.double() - reference.double().mean(dim=0)
+    rotation = kabsch_rotation_torch(body.expand(target.shape[0], -1, -1), target)
+    return (body @ rotation + target.double().mean(dim=1, keepdim=True)).to(target.dtype)

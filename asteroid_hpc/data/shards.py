@@ -1,0 +1,231 @@
+"""One shard of a dataset: the frames of one (source, split, block) streamed from the input trajectory into
+an AMBER NetCDF file (selected, checked, centred), with their statistics, and the sidecar that lets a re-run
+keep a finished shard (plan key, size and sha256)."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..atomic import write_json_atomic
+from ..checksum import file_digest
+from ..errors import user_error
+from ..logs import get_logger
+from .amber import AmberWriter
+from .plan import Plan, Shard, Source
+from .readers import TrajectoryReader
+from .stats import RunningMoments
+
+log = get_logger(__name__)
+
+MAX_CHUNK_BYTES = 32 << 20
+STATS_SPLITS = ("train", "all")  # statistics come from the training frames only (all for random starts)
+
+
+class _Frames:
+    """Selection, checks and centring applied to every chunk of input frames."""
+
+    def __init__(self, plan: Plan, center: bool, drop_nonfinite: bool, source: Source) -> None:
+        self.atom_indices = None if plan.atom_indices == list(range(plan.sources[0].n_atoms)) \
+            else np.asarray(plan.atom_indices)
+        self.center = center
+        self.drop_nonfinite = drop_nonfinite
+        self.path = source.path
+        self.raw_frame = partial(plan.raw_frame, source.index)  # strided frame -> the input file's frame
+
+    def __call__(self, coords: np.ndarray, first_frame: int) -> tuple[np.ndarray, np.ndarray]:
+        """(kept frames float32 [F', n, 3], their strided frame indices), in one pass for the checks
+        and the centroid (a matrix product with ones) and one in place for the centring."""
+        x = coords if self.atom_indices is None else coords[:, self.atom_indices]
+        x = np.ascontiguousarray(x, dtype=np.float32)  # readers return fresh arrays: no copy when float32
+        if not x.flags.writeable:  # e.g. np.frombuffer over the bytes of an .npz member
+            x = x.copy()
+        index = first_frame + np.arange(len(x))
+        sums = np.matmul(np.ones(x.shape[1], dtype=np.float32), x)  # [F, 3]; NaN/Inf in a frame spreads to its sum
+        finite = np.isfinite(sums).all(axis=1)
+        if not finite.all():
+            if not self.drop_nonfinite:
+                bad = self.raw_frame(int(index[np.argmin(finite)]))
+                raise user_error(self.path, f"non-finite coordinates (NaN or Inf) in frame {bad}; pass "
+                                            "--drop-nonfinite to skip such frames")
+            x, sums, index = x[finite], sums[finite], index[finite]
+        if self.center and len(x):
+            centroid = sums / np.float32(x.shape[1])
+            for k in range(3):  # per component: a strided pass, faster than broadcasting over [F, n, 3]
+                x[:, :, k] -= centroid[:, k, None]
+        return x, index
+
+
+class _ShardStatistics:
+    """Coordinate and displacement moments of every ``every``-th frame (displacement: from the frame
+    before it), accumulated chunk by chunk; ``last`` is the frame before the current chunk."""
+
+    def __init__(self, every: int, last: tuple[np.ndarray, int] | None) -> None:
+        self.every = every
+        self.last = last
+        self.coordinates, self.displacements = RunningMoments(), RunningMoments()
+
+    def update(self, x: np.ndarray, index: np.ndarray) -> None:
+        picked = np.flatnonzero(index % self.every == 0)
+        if len(picked):
+            self.coordinates.update_vectors(x[picked])
+            inner = picked[picked > 0]
+            inner = inner[index[inner - 1] == index[inner] - 1]
+            self.displacements.update_vectors(x[inner] - x[inner - 1])
+            if picked[0] == 0 and self.last is not None and self.last[1] == index[0] - 1:
+                self.displacements.update_vectors((x[0] - self.last[0])[None])
+        self.last = (x[-1].copy(), int(index[-1]))
+
+
+def stats_every(plan: Plan, max_frames: int) -> int:
+    """q: the statistics use frames whose (strided) index is a multiple of q, so that at most about
+    ``max_frames`` frames of the statistics splits are read for them (0: every frame)."""
+    n_frames = sum(s.frame_stop - s.frame_start for s in plan.shards if s.split in STATS_SPLITS)
+    return max(1, -(-n_frames // max_frames)) if max_frames > 0 else 1
+
+
+def _previous_frame(reader: TrajectoryReader, frames: _Frames, frame: int) -> tuple[np.ndarray, int] | None:
+    """The frame just before a shard (same source and split), for the displacement across the boundary,
+    or None when it is non-finite (dropped or reported by the shard holding it)."""
+    coords = reader.read(frames.raw_frame(frame), frames.raw_frame(frame) + 1).coordinates
+    selected = coords if frames.atom_indices is None else coords[:, frames.atom_indices]
+    if not np.isfinite(selected).all():
+        return None
+    x, _ = frames(coords, frame)
+    return x[0], frame
+
+
+def _chunk_frames(n_atoms: int, stride: int, wanted: int) -> int:
+    """Frames per read: ``data.chunk_frames``, capped so that one chunk of raw (float64) frames stays
+    within MAX_CHUNK_BYTES (a strided read of up to 8 frames per kept frame reads them all)."""
+    raw_frame_bytes = n_atoms * 3 * 8 * (stride if stride <= 8 else 1)
+    return max(1, min(wanted, MAX_CHUNK_BYTES // raw_frame_bytes))
+
+
+class _Clock:
+    """The times of the kept frames: the file's own, checked to increase across chunks, else index × timestep."""
+
+    def __init__(self, frames: _Frames, timestep_ps: float) -> None:
+        self.frames, self.timestep_ps = frames, timestep_ps
+        self.first: float | None = None
+        self.last: float | None = None
+
+    def __call__(self, time_ps: np.ndarray | None, index: np.ndarray, first: int) -> np.ndarray:
+        if time_ps is None:
+            return index * self.timestep_ps
+        t = time_ps[index - first]
+        check = np.concatenate([[self.last], t]) if self.last is not None else t
+        bad = np.flatnonzero(np.diff(check) <= 0)
+        if len(bad):
+            raw = self.frames.raw_frame(int(index[bad[0] + (0 if self.last is not None else 1)]))
+            raise user_error(self.frames.path, f"time is not increasing (non-monotonic time) at frame {raw}")
+        return t
+
+    def written(self, t: np.ndarray) -> None:
+        self.first = float(t[0]) if self.first is None else self.first
+        self.last = float(t[-1])
+
+
+def _stream(chunks: Iterator, writer: AmberWriter, frames: _Frames, clock: _Clock, stats: _ShardStatistics | None,
+            frame_offset: int, stride: int) -> tuple[int, list[int]]:
+    """Check, transform and append every chunk; (frames written, strided indices of the dropped frames).
+
+    One I/O thread makes every netCDF call, in order (the C library is not thread-safe): it reads chunk
+    k+1 and writes chunk k-1 while this thread checks and transforms chunk k."""
+    io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netcdf-io")
+    dropped: list[int] = []
+    n_written = 0
+    pending_write: Future | None = None
+    try:
+        next_chunk = io.submit(next, chunks, None)
+        while (chunk := next_chunk.result()) is not None:
+            next_chunk = io.submit(next, chunks, None)
+            first = (chunk.start - frame_offset) // stride
+            x, index = frames(chunk.coordinates, first)
+            if len(index) < len(chunk.coordinates):
+                dropped.extend(sorted(set(range(first, first + len(chunk.coordinates))) - set(index.tolist())))
+            t = clock(chunk.time_ps, index, first)
+            if not len(x):
+                continue
+            if stats is not None:
+                stats.update(x, index)
+            if pending_write is not None:
+                pending_write.result()
+            pending_write = io.submit(writer.append, x, time_ps=t)
+            clock.written(t)
+            n_written += len(x)
+        if pending_write is not None:
+            pending_write.result()
+    finally:
+        io.shutdown(wait=True)
+    return n_written, dropped
+
+
+def write_shard(reader: TrajectoryReader, plan: Plan, shard: Shard, cfg, outdir: Path,
+                linked_to_previous: bool, every: int) -> dict:
+    """Stream the shard's frames into its NetCDF file; return its record (without size and checksum).
+    ``every``: the statistics sample every ``every``-th frame (:func:`stats_every`)."""
+    data = cfg.data
+    source = plan.sources[shard.source]
+    frames = _Frames(plan, data.center, data.drop_nonfinite, source)
+    chunk_frames = _chunk_frames(source.n_atoms, plan.frame_stride, data.chunk_frames)
+    clock = _Clock(frames, plan.timestep_fs / 1000.0)
+    stats = None
+    if shard.split in STATS_SPLITS:
+        before = _previous_frame(reader, frames, shard.frame_start - 1) \
+            if linked_to_previous and shard.frame_start % every == 0 else None
+        stats = _ShardStatistics(every, before)
+    writer = AmberWriter(outdir / shard.file, len(plan.atom_indices), plan.atomic_numbers,
+                         timestep_ps=clock.timestep_ps, program="asteroid-hpc preprocess",
+                         compression=data.compression, chunk_frames=min(chunk_frames, 256),
+                         attributes={"source_index": shard.source, "source_frame_start": shard.frame_start})
+    chunks = reader.iter_chunks(chunk_frames, frames.raw_frame(shard.frame_start),
+                                frames.raw_frame(shard.frame_stop - 1) + 1, plan.frame_stride)
+    try:
+        n_written, dropped = _stream(chunks, writer, frames, clock, stats, source.frame_offset, plan.frame_stride)
+        if n_written == 0:
+            raise user_error(source.path, f"every frame of {shard.frame_start}..{shard.frame_stop - 1} (strided) "
+                                          "is non-finite")
+    except BaseException:
+        writer.discard()
+        raise
+    writer.close()
+    return {"index": shard.index, "file": shard.file, "source": shard.source, "split": shard.split,
+            "frame_start": shard.frame_start, "frame_stop": shard.frame_stop, "n_frames": n_written,
+            "dropped_frames": dropped, "time_first_ps": clock.first, "time_last_ps": clock.last,
+            "coordinate_moments": (stats.coordinates if stats else RunningMoments()).to_dict(),
+            "displacement_moments": (stats.displacements if stats else RunningMoments()).to_dict()}
+
+
+def _sidecar(outdir: Path, shard: Shard) -> Path:
+    return (outdir / shard.file).with_suffix(".json")
+
+
+def seal_shard(outdir: Path, shard: Shard, record: dict, plan_key: str, rank: int) -> dict:
+    """Checksum the finished shard and write its sidecar (runs in the background thread)."""
+    path = outdir / shard.file
+    record = dict(record, size_bytes=path.stat().st_size, sha256=file_digest(path))
+    write_json_atomic(_sidecar(outdir, shard), {"plan_key": plan_key, "written_by_rank": rank, "record": record},
+                      sort_keys=False)
+    return record
+
+
+def completed_shard(outdir: Path, shard: Shard, plan_key: str) -> dict | None:
+    """The record of a shard finished by an earlier run of the same plan, verified by size and sha256."""
+    sidecar, path = _sidecar(outdir, shard), outdir / shard.file
+    try:
+        saved = json.loads(sidecar.read_text())
+        record = saved["record"]
+        if saved.get("plan_key") != plan_key or record["file"] != shard.file:
+            return None
+        if path.stat().st_size != record["size_bytes"] or file_digest(path) != record["sha256"]:
+            log.warning("%s: does not match its sidecar; writing it again", path)
+            return None
+        return record
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
