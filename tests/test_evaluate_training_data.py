@@ -237,3 +237,50 @@ def test_evaluate_reports_how_close_the_test_starts_lie_to_the_training_windows(
         else:
             assert {"independent": "independent trajectory (no shared frames", "unknown": "unknown (the model "
                     "records no training windows"}[status] in markdown
+
+
+# ------------------------------------------------------------------------------ like for like: the peers' 500 starts
+
+def test_the_like_for_like_recipe_trains_on_exactly_the_peers_500_starts(tmp_path):
+    """README's recipe (data.split=random_start, one phase, the peers' counts, margin and seed): one training
+    window per peers' train start, ending on it, and protocol A's test starts are the peers' test starts."""
+    from asteroid_hpc.data import WindowDataset
+    from asteroid_hpc.evaluation.trajectory import load_trajectory
+
+    n_frames = 60000
+    traj = write_traj(tmp_path / "md.nc", random_walk(n_frames, n_atoms=2, seed=5), atomic_numbers=[6, 8])
+    _preprocess(tmp_path / "ds", traj, "data.split=random_start", "data.frame_stride=1", "data.stride_phases=1",
+                "data.random_start_counts=[500,2000,2000]", "data.random_start_margin_frames=10000",
+                "data.split_seed=100", "data.frames_per_shard=20000", "model.history_frames=4",
+                "data.horizon_frames=3")
+    peers = dict(zip(("train", "val", "test"), peers_split(n_frames)))
+    for split in ("train", "val", "test"):
+        windows = WindowDataset(tmp_path / "ds", split)
+        last_history = [windows.window_location(i)[1] + 3 for i in range(len(windows))]
+        assert last_history == peers[split].tolist(), split
+    assert len(peers["train"]) == 500
+    record = describe_training_windows(WindowDataset(tmp_path / "ds", "train"))
+    assert record["n_windows"] == 500 and _expand(record["inputs"][0]["start_runs"]) == sorted(peers["train"])
+    samples = protocol_a(load_trajectory(traj), split="test", history_frames=4)
+    assert samples.start_frames.tolist() == peers["test"].tolist()
+    report = distance_to_training(record, file_digest(traj, "blake3"), samples.start_frames)
+    assert report["status"] == "shared" and report["to_start_frames"]["min"] >= 1  # drawn without replacement
+    assert report["to_start_frames"]["median"] > report["to_window_frames"]["median"]
+
+
+@pytest.mark.slow  # a real 3-step training run (shared with other tests), then export
+def test_training_records_its_windows_in_checkpoints_and_exported_weights(tmp_path_factory, tmp_path):
+    from asteroid_hpc.data import WindowDataset
+    from asteroid_hpc.model import load_weights
+    from asteroid_hpc.train.export import export_checkpoint
+    from asteroid_hpc.train.model_files import open_model
+    from tests.support.train import trained_run
+
+    dataset, run_dir = trained_run(tmp_path_factory.getbasetemp())
+    stored = json.loads((run_dir / "checkpoints" / "step_000003" / "client_state.json").read_text())["training_data"]
+    assert stored == describe_training_windows(WindowDataset(dataset, "train"))
+    (entry,) = stored["inputs"]
+    assert entry["blake3"] == file_digest(entry["path"], "blake3") and entry["n_windows"] > 0
+    assert open_model(run_dir).training_data == stored
+    exported = export_checkpoint(run_dir / "checkpoints" / "step_000003", tmp_path / "model.safetensors")
+    assert load_weights(exported).training_data == stored
