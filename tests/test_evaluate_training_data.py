@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 
-from tests.support.cli import assert_user_error
 from tests.support.data import random_walk, write_traj
 from tests.support.tiny import tiny_model_file
 from tests.test_random_starts import peers_split
@@ -45,12 +44,14 @@ def _expand(runs) -> list[int]:
 
 def test_one_frame_velocity_uses_the_input_frame_before_the_start():
     """x(f) = (f/1000)²: the two constant velocities differ, each by its own closed form."""
-    traj = _trajectory(lambda f: (f / 1000) ** 2, 25000)
+    def x(f):
+        return (f / 1000) ** 2
+
+    traj = _trajectory(x, 25000)
     samples = protocol_a(traj, split="test", history_frames=4, history_stride_frames=75, max_samples=30)
     t = samples.start_frames.astype(np.float64)[:, None]
     lead = (samples.lead_steps * samples.history_stride_frames)[None, :].astype(np.float64)  # input frames
     assert lead[0].tolist() == [375 * p for p in range(1, 9)]
-    x = lambda f: (f / 1000) ** 2  # noqa: E731
     one_frame = one_frame_velocity_forecast(samples.history, samples.previous_frame, lead[0])
     np.testing.assert_allclose(one_frame[:, :, 0, 0], x(t) + lead * (x(t) - x(t - 1)), rtol=1e-12)
     result = score_samples(samples, None)
