@@ -24,6 +24,7 @@ OPTION_KEYS = {"protocols": "protocols", "split": "split", "max_samples": "max_s
     "asteroid-hpc evaluate none data/xtb-md17/ethanol.nc -o eval/baselines   # baselines only, 10 history frames",
     "asteroid-hpc evaluate none traj.nc -o eval/b4 evaluate.baseline_history_frames=4",
     "asteroid-hpc evaluate model.safetensors test/seed-*.nc -o eval/pooled --protocol A   # several trajectories",
+    "asteroid-hpc evaluate model.safetensors traj.nc -o eval/late --protocol A 'evaluate.a_frames=[36000,60000]'",
 ))
 @model_argument(type=click.Path())
 @click.argument("inputs", nargs=-1, required=True, metavar="DATASETS... [KEY=VALUE]...")

@@ -219,6 +219,9 @@ class EvaluateConfig:
     seed: int = 0  # seed of the max_samples subset
     a_history_stride_frames: int = 375  # protocol A: MD17 frames between history (and forecast) frames; divides 375
     a_input: str = "heavy"  # protocol A: atoms the model sees, "heavy" or "all" (heavy atoms are scored either way)
+    # protocols A and B: keep only the starts whose whole window (history and targets) lies in input frames
+    # [start, stop) of each trajectory, e.g. [36000, 60000] (the draw is the whole file's); null: all starts
+    a_frames: Optional[list[int]] = None
     horizon_frames: int = 10  # protocol window: frames forecast per window
     timestep_fs: Optional[float] = None  # frame spacing of trajectories without a time axis; null: MD17's 0.5 fs
     batch_size: int = 64  # samples forecast at a time
@@ -231,6 +234,9 @@ class EvaluateConfig:
         _check(self.max_samples is None or self.max_samples >= 1, "evaluate.max_samples must be >= 1 (or null: all)")
         _check(self.a_history_stride_frames >= 1, "evaluate.a_history_stride_frames must be >= 1")
         _one_of("evaluate.a_input", self.a_input, ("heavy", "all"))
+        _check(self.a_frames is None or (len(self.a_frames) == 2 and all(isinstance(f, int) for f in self.a_frames)
+                                         and 0 <= self.a_frames[0] < self.a_frames[1]),
+               "evaluate.a_frames must be [start, stop) input frames, 0 <= start < stop (or null: all starts)")
         _check(self.horizon_frames >= 1, "evaluate.horizon_frames must be >= 1")
         _check(self.timestep_fs is None or self.timestep_fs > 0, "evaluate.timestep_fs must be > 0")
         _check(self.batch_size >= 1, "evaluate.batch_size must be >= 1")

@@ -72,17 +72,22 @@ def evaluate_to_directory(model_path: str | os.PathLike, data_paths, out_dir: st
         from .trajectory import load_trajectory
 
         per_file: dict[str, list] = {protocol: [] for protocol in trajectory_protocols}
+        fingerprints = []
         for data_path in data_paths:
             traj = load_trajectory(data_path, settings.timestep_fs)
             log.info("%s: %d frames of %d atoms, %g fs apart", data_path, len(traj.positions),
                      traj.positions.shape[1], traj.frame_fs)
+            fingerprints.append(_fingerprint(model, data_path))
             for protocol in trajectory_protocols:
                 per_file[protocol].append(build_samples(
                     protocol, traj, a_history_stride_frames=settings.a_history_stride_frames,
-                    a_heavy_input=settings.a_input == "heavy", **sampling))
+                    a_heavy_input=settings.a_input == "heavy",
+                    a_frames=None if settings.a_frames is None else tuple(settings.a_frames), **sampling))
         for protocol, parts in per_file.items():
             samples = pool_samples(parts, [str(p) for p in data_paths])
             results.append(evaluate_samples(model, samples, batch_size=settings.batch_size))
+            if model is not None:
+                results[-1].training_overlap = _training_overlap(model, data_paths, fingerprints, parts)
     data = str(data_paths[0]) if len(data_paths) == 1 else [str(p) for p in data_paths]
     header = {"model": str(model_path), "data": data, "command": command_line,
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -90,6 +95,24 @@ def evaluate_to_directory(model_path: str | os.PathLike, data_paths, out_dir: st
     paths = write_outputs(results, out, header)
     paths["config"] = write_resolved_config(cfg, out, detect_launch())
     return results, paths, results_markdown(results, header)
+
+
+def _fingerprint(model, data_path) -> str | None:
+    """The blake3 of ``data_path`` when the model records the inputs it was trained on, else None."""
+    if model is None or not getattr(model, "training_data", None):
+        return None
+    from ..checksum import file_digest
+
+    return file_digest(data_path, "blake3")
+
+
+def _training_overlap(model, data_paths, fingerprints, parts) -> list[dict]:
+    """Per trajectory: how close its starts lie to the model's training windows (data.coverage)."""
+    from ..data.coverage import distance_to_training
+
+    return [{"source": str(path), **distance_to_training(getattr(model, "training_data", None), fingerprint,
+                                                         samples.start_frames)}
+            for path, fingerprint, samples in zip(data_paths, fingerprints, parts)]
 
 
 def _model_config(model) -> dict:
