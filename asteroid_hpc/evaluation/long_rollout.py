@@ -31,9 +31,9 @@ from .protocols import ProtocolSamples, Trajectory
 
 log = get_logger(__name__)
 
-PAIR_DISTANCE_LEADS = 200  # lead times at which the pair-distance distance is computed (evenly spaced)
-MD_PAIR_FRAMES = 500  # reference frames pooled for MD's pair-distance distribution
-MD_PAIR_DRAWS = 200  # random single MD frames that give the pair-distance range
+PAIR_DISTANCE_LEADS = 100  # lead times at which the pair-distance distance is computed (evenly spaced)
+MD_PAIR_FRAMES = 100  # reference frames pooled for MD's pair-distance distribution
+MD_PAIR_DRAWS = 100  # random single MD frames that give the pair-distance range
 MIN_MD_ENERGY_FRAMES = 64
 BROKEN_BOND_FACTOR = 2.0  # a frame with a bond beyond this times its MD mean length is broken: no xTB energy
 OBSERVABLES = ("bond lengths", "bond angles", "radius of gyration", "clashes", "largest displacement",
