@@ -237,7 +237,7 @@ class EvaluateConfig:
     long_rollout_stride_fs: float = 5.0  # the model's frame spacing (protocol C's: 10 MD17 frames)
     clash_angstrom: float = 0.8  # protocol L: non-bonded pairs closer than this are clashes
     bond_tolerance_angstrom: float = 0.45  # protocol L: bonded when closer than r_i + r_j + this (covalent radii)
-    energy_samples: int = 16  # protocol L: frames per rollout given a GFN2-xTB energy (known molecules); 0: none
+    energy_samples: int = 16  # protocol L: log-spaced frames per rollout given a GFN2-xTB energy (known molecules)
 
     def __post_init__(self) -> None:
         for protocol in self.protocols:

@@ -31,7 +31,7 @@ from .protocols import ProtocolSamples, Trajectory
 
 log = get_logger(__name__)
 
-PAIR_DISTANCE_LEADS = 100  # lead times at which the pair-distance distance is computed (evenly spaced)
+PAIR_DISTANCE_LEADS = 100  # lead times at which the pair-distance distance is computed (log-spaced)
 MD_PAIR_FRAMES = 100  # reference frames pooled for MD's pair-distance distribution
 MD_PAIR_DRAWS = 100  # random single MD frames that give the pair-distance range
 MIN_MD_ENERGY_FRAMES = 64
@@ -66,6 +66,12 @@ class LongRolloutResult:
     @property
     def lead_time_fs(self) -> np.ndarray:
         return np.arange(1, self.rollout_frames + 1) * self.frame_fs
+
+
+def sampled_leads(n_frames: int, count: int) -> np.ndarray:
+    """At most ``count`` lead-time indices (0-based) spaced evenly in log time from the first to the last, as
+    the plots are: early leads, where a forecast usually leaves MD, are sampled densely."""
+    return np.unique(np.geomspace(1, n_frames, min(count, n_frames)).round().astype(np.int64)) - 1
 
 
 def stride_frames(stride_fs: float, frame_fs: float, source: str) -> int:
@@ -199,7 +205,7 @@ def score_long_rollout(forecast: np.ndarray, last_history: np.ndarray, reference
              for i in rng.choice(len(md_frames), min(MD_PAIR_DRAWS, len(md_frames)), replace=False)]
     md["pair distances"] = {"mean": float(np.mean(md_w1)), "low": 0.0,
                             "high": float(np.percentile(md_w1, physics.RANGE_PERCENTILES[1]))}
-    pair_leads = np.unique(np.linspace(0, n_frames - 1, min(PAIR_DISTANCE_LEADS, n_frames)).astype(np.int64))
+    pair_leads = sampled_leads(n_frames, PAIR_DISTANCE_LEADS)
     pair_w1 = np.array([physics.distribution_distance(physics.pair_distances(forecast[:, j]), md_pairs)
                         ["wasserstein_angstrom"] for j in pair_leads])
 
@@ -304,7 +310,7 @@ def _first_exit_fs(values: np.ndarray, low: float, high: float, lead_fs: np.ndar
 
 def _energies(forecast: np.ndarray, broken: np.ndarray, md_frames: np.ndarray, atomic_numbers: np.ndarray, samples: int,
               molecule: str | None, frame_fs: float, notes: list[str]) -> dict | None:
-    """GFN2-xTB energies of ``samples`` evenly spaced lead times of every rollout (NaN where the frame is
+    """GFN2-xTB energies of ``samples`` log-spaced lead times of every rollout (NaN where the frame is
     ``broken`` [S, H]: an SCF on a molecule in pieces is slow and meaningless) and of MD frames."""
     if samples == 0:
         notes.append("potential energy: not computed (evaluate.energy_samples = 0)")
@@ -317,7 +323,7 @@ def _energies(forecast: np.ndarray, broken: np.ndarray, md_frames: np.ndarray, a
 
     began = time.perf_counter()
     n_rollouts, n_frames = forecast.shape[:2]
-    lead_index = np.unique(np.linspace(0, n_frames - 1, min(samples, n_frames)).round().astype(np.int64))
+    lead_index = sampled_leads(n_frames, samples)
     sampled = forecast[:, lead_index].reshape(-1, *forecast.shape[2:])
     whole = ~broken[:, lead_index].reshape(-1)
     forecast_eV = np.full(len(sampled), np.nan)

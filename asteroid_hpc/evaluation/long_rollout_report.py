@@ -64,8 +64,9 @@ def long_rollout_markdown(result: LongRolloutResult) -> str:
         lines.append(f"| {name} | {_md_range(result, name)} | {_horizon(result.horizon_fs.get(name))} |")
     md = result.md
     has_energy = "potential energy" in md
-    lines += ["", "By lead time (rollouts pooled within each block; bond deviations from MD's mean bond length, "
-                  "width: the bond's standard deviation along each rollout (RMS over rollouts) over MD's, median over bonds):", "",
+    lines += ["", "By lead time (rollouts pooled within each block; bond deviations from MD's mean bond length; "
+                  "width: a bond's standard deviation along each rollout (RMS over rollouts) over MD's, median over "
+                  "bonds; energy: of the sampled frames that are whole (— when none)):", "",
               "| lead time (fs) | bond mean dev. max (Å) | bond dev. max (Å) | bond width / MD | angle mean dev. max "
               "(°) | Rg (Å) | clashes / frame | largest displacement (Å) | T (K) | pair-dist. W1 (Å)"
               + (" | E − ⟨E_MD⟩ (eV)" if has_energy else "") + " |",
@@ -185,12 +186,15 @@ def plot_long_rollout(result: LongRolloutResult, path: Path) -> None:
             ax_e.plot(at, row, "o", color="tab:green", ms=2, alpha=0.5)
         ax_e.plot(at, _column_mean(values), color="tab:green", lw=1.4, label="forecast: rollouts, mean")
         ax_e.set_ylabel("GFN2-xTB potential energy (eV)")
+        ax_e.text(0.02, 0.98, "frames with a bond beyond 2× its MD length:\nno energy", ha="left", va="top",
+                  fontsize=7, transform=ax_e.transAxes)
         ax_e.legend(fontsize=7)
     else:
         ax_e.text(0.5, 0.5, "potential energy: not computed", ha="center", va="center", transform=ax_e.transAxes)
     ax_e.set_title("potential energy", fontsize=9)
     for ax in (ax_bond, ax_rg, ax_t, ax_e):
         ax.set_xscale("log")
+        ax.set_xlim(lead_ps[0], lead_ps[-1])
         ax.set_xlabel("lead time (ps)")
         ax.grid(alpha=0.3)
 
