@@ -123,7 +123,7 @@ def _per_trajectory_table(result: ProtocolResult, scale: str) -> list[str]:
     return lines
 
 
-def results_markdown(results: list[ProtocolResult], header: dict) -> str:
+def results_markdown(results: list[ProtocolResult], header: dict, long_rollout=None) -> str:
     data = header["data"] if isinstance(header["data"], str) else "`, `".join(header["data"])
     lines = ["# Evaluation", "", f"- model: `{header['model']}`", f"- data: `{data}`",
              f"- command: `{header['command']}`", "- MSE: per-coordinate squared error (mean over atoms and x, y, z)",
@@ -135,7 +135,12 @@ def results_markdown(results: list[ProtocolResult], header: dict) -> str:
              "last one (Kabsch); constant rotation turns the last frame at the history's mean angular rate (the "
              "rigid rotation from the first to the last history frame); training mean structure (models with a "
              "reference structure) is the model's reference superposed onto the last frame", ""]
-    return "\n".join(lines) + "\n" + "\n".join(protocol_markdown(r) for r in results)
+    sections = [protocol_markdown(r) for r in results]
+    if long_rollout is not None:
+        from .long_rollout_report import long_rollout_markdown
+
+        sections.append(long_rollout_markdown(long_rollout))
+    return "\n".join(lines) + "\n" + "\n".join(sections)
 
 
 def plot_error_vs_lead_time(results: list[ProtocolResult], path: Path) -> None:
@@ -162,13 +167,23 @@ def plot_error_vs_lead_time(results: list[ProtocolResult], path: Path) -> None:
         plt.close(fig)
 
 
-def write_outputs(results: list[ProtocolResult], out_dir: str | os.PathLike, header: dict) -> dict[str, Path]:
-    """Write results.md, results.json and error_vs_lead_time.png into ``out_dir``; return their paths."""
+def write_outputs(results: list[ProtocolResult], out_dir: str | os.PathLike, header: dict,
+                  long_rollout=None) -> dict[str, Path]:
+    """Write results.md, results.json and error_vs_lead_time.png (with protocol L: its section, record and
+    long_rollout.png) into ``out_dir``; return their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"markdown": out / RESULTS_MD, "json": out / RESULTS_JSON, "plot": out / PLOT_PNG}
+    paths = {"markdown": out / RESULTS_MD, "json": out / RESULTS_JSON}
     record = {**header, "protocols": [asdict(r) for r in results]}
+    if long_rollout is not None:
+        from .long_rollout_report import LONG_ROLLOUT_PNG, long_rollout_record, plot_long_rollout
+
+        record["long_rollout"] = long_rollout_record(long_rollout)
+        paths["long_rollout_plot"] = out / LONG_ROLLOUT_PNG
+        plot_long_rollout(long_rollout, paths["long_rollout_plot"])
     write_json_atomic(paths["json"], record, indent=2, sort_keys=False)
-    write_text_atomic(paths["markdown"], results_markdown(results, header))
-    plot_error_vs_lead_time(results, paths["plot"])
+    write_text_atomic(paths["markdown"], results_markdown(results, header, long_rollout))
+    if results:
+        paths["plot"] = out / PLOT_PNG
+        plot_error_vs_lead_time(results, paths["plot"])
     return paths
