@@ -89,7 +89,8 @@ def test_held_out_frames_of_one_input_reach_neither_statistics_nor_reference(tmp
     stats = read_manifest(shifted)["statistics"]
     _assert_statistics(stats, _expected_statistics(x, train))
     assert max(stats["coordinate_std_angstrom"]) < 5.0  # the moved frames' std is ~10× larger
-    assert stats["count"] == train.sum() and stats["frames"] == ("train windows" if split == "random_start" else "train")
+    assert stats["count"] == train.sum()
+    assert stats["frames"] == ("train windows" if split == "random_start" else "train")
     recorded = np.zeros(len(x), dtype=bool)
     for a, b in stats["ranges"]["0"]:
         recorded[a:b] = True
@@ -163,6 +164,23 @@ def test_reference_of_a_dataset_made_before_the_training_ranges_were_recorded(tm
         else:
             with pytest.raises(UserError, match="re-run `asteroid-hpc preprocess`"):
                 training_mean_structure(out)
+
+
+def test_reference_skips_dropped_frames(tmp_path, capsys):
+    """A dropped non-finite training frame: the reference is the mean of the other training frames, the
+    same as from a file without that frame (the shard's rows shift past it)."""
+    x = random_walk(300, seed=12)
+    holed = x.copy()
+    holed[40] = np.nan
+    options = [*WINDOW, "data.frames_per_shard=64", "data.split_fractions=[0.5,0.25,0.25]"]
+    preprocess(write_traj(tmp_path / "holed.nc", holed), "-o", tmp_path / "holed", *options, "--drop-nonfinite",
+               capsys=capsys)
+    train = read_manifest(tmp_path / "holed")["statistics"]["ranges"]["0"][0]
+    kept = np.delete(x[: train[1]], 40, axis=0)  # the training frames but frame 40, as one file
+    preprocess(write_traj(tmp_path / "kept.nc", kept), "-o", tmp_path / "kept", *WINDOW,
+               "data.split_fractions=[1,0,0]", capsys=capsys)
+    np.testing.assert_allclose(training_mean_structure(tmp_path / "holed"), training_mean_structure(tmp_path / "kept"),
+                               atol=1e-6)
 
 
 # ----------------------------------------------------------------------------------- data.frames

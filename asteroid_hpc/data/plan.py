@@ -8,7 +8,7 @@ long-stride windows one trajectory yields). With ``data.frames = [start, stop]``
 ``start..stop-1`` of each input are read: strided frame 0 is raw frame ``start`` (+ the phase offset).
 
 Training frames: every statistic or structure that training derives from the data (normalisation
-statistics, the reference structure) comes from the plan's ``training_ranges`` only, per source: the train
+statistics, the reference structure) comes from the plan's ``training`` ranges only, per source: the train
 range (chronological), whole train inputs (by_file), or the frames of the kept train starts' windows
 (random_start). Validation and test frames never enter them.
 """
@@ -308,7 +308,7 @@ def _random_start(sources: list[Source], data, history: int, horizon: int) -> Sp
              "margin_frames": data.random_start_margin_frames, "history_frames": history,
              "horizon_frames": horizon, "starts": {name: [] for name in SPLITS}}
     parts, training = [], {}
-    scaled: dict[tuple[str, str], list[int]] = {}  # (input, what is used) -> its phases (said once)
+    scaled: dict[tuple[str, str], list[str]] = {}  # (input, what is used) -> its phases: said once
     for source in sources:
         try:
             starts = random_start_plan(source.n_frames, before_frames=history - 1, after_frames=horizon,
@@ -318,7 +318,8 @@ def _random_start(sources: list[Source], data, history: int, horizon: int) -> Sp
             raise user_error(source.path, str(exc)) from None
         if starts.scaled:
             split.setdefault("scaled", {})[str(source.index)] = starts.describe()
-            scaled.setdefault((source.path, starts.describe()), []).append(source.index)
+            phase = (source.frame_offset - source.frames_raw[0]) * data.stride_phases // data.frame_stride
+            scaled.setdefault((source.path, starts.describe()), []).append(str(phase))
         # source k draws with seed + k, so a single input reproduces numpy.random.seed(seed) exactly
         draws = random_start_split(source.n_frames, starts, data.split_seed + source.index)
         for name in SPLITS:
@@ -328,14 +329,10 @@ def _random_start(sources: list[Source], data, history: int, horizon: int) -> Sp
         if windows:
             training[str(source.index)] = windows
         parts.append((source, "all", 0, source.n_frames))
-    first_source = {}
-    for source in sources:
-        first_source.setdefault(source.path, source.index)
-    for (path, used), indices in scaled.items():
-        phases = "" if data.stride_phases == 1 else \
-            f" (data.stride_phases: phase{'s' if len(indices) > 1 else ''} " \
-            f"{', '.join(str(i - first_source[path]) for i in indices)})"
-        log.warning("%s%s: too short for the requested random starts; using %s", path, phases, used)
+    for (path, used), phases in scaled.items():
+        which = f" (data.stride_phases: phase{'s' * (len(phases) > 1)} {', '.join(phases)})" \
+            if data.stride_phases > 1 else ""
+        log.warning("%s%s: too short for the requested random starts; using %s", path, which, used)
     return split, parts, training
 
 

@@ -27,8 +27,9 @@ def _sampled_rows(shard: dict, ranges: list[list[int]], every: int) -> np.ndarra
     """Rows of the shard file holding training frames, every ``every``-th of them (the file keeps only the
     frames not dropped)."""
     dropped = set(shard.get("dropped_frames", ()))
-    kept = np.asarray([f for f in range(shard["frame_start"], shard["frame_stop"]) if f not in dropped], np.int64) \
-        if dropped else np.arange(shard["frame_start"], shard["frame_stop"])
+    kept = np.arange(shard["frame_start"], shard["frame_stop"])
+    if dropped:
+        kept = kept[~np.isin(kept, list(dropped))]
     return np.flatnonzero(in_ranges(ranges, kept))[::every]
 
 
