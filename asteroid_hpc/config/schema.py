@@ -28,6 +28,9 @@ class DataConfig:
     dataset: str = ""  # preprocessed dataset directory (output of `preprocess`, input of train/evaluate)
     frames_per_shard: int = 4096
     frame_stride: int = 1  # keep every k-th input frame
+    # [start, stop): read only these frames of every input (its own numbering, before the stride; stop null:
+    # to the end); the rest of the file is never read, e.g. a chronological hold-out inside one file
+    frames: Optional[list[Optional[int]]] = None
     stride_phases: int = 1  # read each input as this many subsamplings, offsets k·frame_stride/stride_phases
     atom_selection: str = "all"  # "all", "heavy", or "indices:0,1,5-9"
     center: bool = True  # subtract each frame's centroid when preprocessing
@@ -52,6 +55,9 @@ class DataConfig:
         _check(self.frame_stride >= 1, "data.frame_stride must be >= 1")
         _check(self.stride_phases >= 1 and self.frame_stride % self.stride_phases == 0,
                "data.stride_phases must be >= 1 and divide data.frame_stride")
+        _check(self.frames is None or (len(self.frames) == 2 and self.frames[0] is not None and self.frames[0] >= 0
+                                       and (self.frames[1] is None or self.frames[1] > self.frames[0])),
+               f"data.frames must be [start, stop] with 0 <= start < stop (stop null: to the end), got {self.frames}")
         _check(self.chunk_frames >= 1, "data.chunk_frames must be >= 1")
         _check(self.stats_max_frames >= 0, "data.stats_max_frames must be >= 0")
         _check(self.horizon_frames >= 1, "data.horizon_frames must be >= 1")
