@@ -42,8 +42,9 @@ def _expand(runs) -> list[int]:
 
 # ------------------------------------------------------------------------------ the peers' constant velocity
 
-def test_one_frame_velocity_uses_the_input_frame_before_the_start():
-    """x(f) = (f/1000)²: the two constant velocities differ, each by its own closed form."""
+def test_one_frame_velocity_is_the_peers_forward_difference():
+    """x(f) = (f/1000)²: the two constant velocities differ, each by its own closed form; the peers' is
+    the forward difference x(t+1) − x(t) (their loaders' v = x[1:] − x[:-1]), not the backward one."""
     def x(f):
         return (f / 1000) ** 2
 
@@ -52,13 +53,14 @@ def test_one_frame_velocity_uses_the_input_frame_before_the_start():
     t = samples.start_frames.astype(np.float64)[:, None]
     lead = (samples.lead_steps * samples.history_stride_frames)[None, :].astype(np.float64)  # input frames
     assert lead[0].tolist() == [375 * p for p in range(1, 9)]
-    one_frame = one_frame_velocity_forecast(samples.history, samples.previous_frame, lead[0])
-    np.testing.assert_allclose(one_frame[:, :, 0, 0], x(t) + lead * (x(t) - x(t - 1)), rtol=1e-12)
+    one_frame = one_frame_velocity_forecast(samples.history, samples.next_frame, lead[0])
+    np.testing.assert_allclose(one_frame[:, :, 0, 0], x(t) + lead * (x(t + 1) - x(t)), rtol=1e-12)
+    assert np.abs(one_frame[:, :, 0, 0] - (x(t) + lead * (x(t) - x(t - 1)))).min() > 1e-7  # not backward
     result = score_samples(samples, None)
     history_spacing = x(t) + (lead / 75) * (x(t) - x(t - 75))
     expected = ((history_spacing - samples.target[:, :, 0, 0]) ** 2).mean(axis=0)
     np.testing.assert_allclose(result.mse_per_lead_angstrom2[HISTORY_SPACING], expected, rtol=1e-9)
-    expected = ((x(t) + lead * (x(t) - x(t - 1)) - samples.target[:, :, 0, 0]) ** 2).mean(axis=0)
+    expected = ((x(t) + lead * (x(t + 1) - x(t)) - samples.target[:, :, 0, 0]) ** 2).mean(axis=0)
     np.testing.assert_allclose(result.mse_per_lead_angstrom2[ONE_FRAME], expected, rtol=1e-9)
     assert list(result.headline)[1:3] == [HISTORY_SPACING, ONE_FRAME]  # side by side in the table
 
@@ -70,16 +72,16 @@ def test_one_frame_velocity_is_exact_on_a_linear_trajectory(protocol):
             "B": lambda: protocol_b(traj, split="test", history_frames=4, max_samples=20),
             "C": lambda: protocol_c(traj, split="test", history_frames=4, max_samples=20)}[protocol]
     samples = make()
-    assert np.array_equal(samples.previous_frame, traj.positions[samples.start_frames - 1][:, samples.scored_atoms])
+    assert np.array_equal(samples.next_frame, traj.positions[samples.start_frames + 1][:, samples.scored_atoms])
     result = score_samples(samples, None)
     assert max(result.mse_per_lead_angstrom2[ONE_FRAME]) < 1e-20
     assert result.headline["persistence"][next(iter(result.headline["persistence"]))] > 1e-6
     pooled = pool_samples([samples, samples], ["a", "b"])
-    assert np.array_equal(pooled.previous_frame, np.concatenate([samples.previous_frame] * 2))
+    assert np.array_equal(pooled.next_frame, np.concatenate([samples.next_frame] * 2))
 
 
 def test_one_frame_velocity_checks_its_shapes():
-    with pytest.raises(ValueError, match="previous_frame must be"):
+    with pytest.raises(ValueError, match="next_frame must be"):
         one_frame_velocity_forecast(np.zeros((2, 3, 4, 3)), np.zeros((2, 5, 3)), [1])
 
 

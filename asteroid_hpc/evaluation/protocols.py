@@ -60,9 +60,9 @@ class ProtocolSamples:
     start_frames: np.ndarray  # [S] trajectory index of the last history frame
     settings: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    # [S, N, 3]: the input's frame just before each start (one frame of the file, whatever the history
-    # spacing), for the peers' one-frame velocity; None where the protocol does not have it (window)
-    previous_frame: np.ndarray | None = None
+    # [S, N, 3]: the input's frame just after each start (one frame of the file, whatever the history
+    # spacing), for the peers' one-frame input velocity; None where the protocol does not have it (window)
+    next_frame: np.ndarray | None = None
 
     @property
     def lead_time_fs(self) -> np.ndarray:
@@ -191,7 +191,7 @@ def protocol_a(traj: Trajectory, *, split: str, history_frames: int, history_str
                                      "split_seed": A_SEED, "atoms": "heavy" if heavy_input else "all (heavy scored)",
                                      "history_frames": history_frames, "history_stride_frames": stride,
                                      **_range_setting(frame_range)},
-                           notes=notes, previous_frame=traj.positions[starts - 1][:, atoms])
+                           notes=notes, next_frame=traj.positions[starts + 1][:, atoms])
 
 
 def protocol_b(traj: Trajectory, *, split: str, history_frames: int, a_history_stride_frames: int = 375,
@@ -213,7 +213,7 @@ def protocol_b(traj: Trajectory, *, split: str, history_frames: int, a_history_s
                            settings={"margin_frames": plan.margin_frames, "split_sizes": list(plan.kept_sizes),
                                      "split_seed": A_SEED, "atoms": "heavy", "history_frames": history_frames,
                                      "history_stride_frames": stride, **_range_setting(frame_range)},
-                           notes=notes, previous_frame=traj.positions[starts - 1][:, heavy])
+                           notes=notes, next_frame=traj.positions[starts + 1][:, heavy])
 
 
 def protocol_c(traj: Trajectory, *, split: str, history_frames: int, max_samples: int | None = None,
@@ -239,7 +239,7 @@ def protocol_c(traj: Trajectory, *, split: str, history_frames: int, max_samples
                                      "split_bounds_downsampled": [lo, hi], "window_stride_downsampled": 1,
                                      "atoms": "all", "history_frames": history_frames,
                                      "predicted_frames": C_PREDICTED_FRAMES, "history_stride_frames": stride},
-                           notes=notes, previous_frame=traj.positions[last_history - 1])
+                           notes=notes, next_frame=traj.positions[last_history + 1])
 
 
 def pool_samples(parts: list[ProtocolSamples], sources: list[str]) -> ProtocolSamples:
@@ -258,12 +258,12 @@ def pool_samples(parts: list[ProtocolSamples], sources: list[str]) -> ProtocolSa
     notes = list(dict.fromkeys(note for part in parts for note in part.notes))
     settings = {**first.settings, "trajectories": list(sources),
                 "samples_per_trajectory": [len(part.history) for part in parts]}
-    previous = None if any(p.previous_frame is None for p in parts) else np.concatenate(
-        [p.previous_frame for p in parts])
+    following = None if any(p.next_frame is None for p in parts) else np.concatenate(
+        [p.next_frame for p in parts])
     return ProtocolSamples(first.protocol, first.split, np.concatenate([p.history for p in parts]),
                            np.concatenate([p.target for p in parts]), first.atomic_numbers, first.scored_atoms,
                            first.lead_steps, first.history_stride_frames, first.frame_fs,
-                           np.concatenate([p.start_frames for p in parts]), settings, notes, previous)
+                           np.concatenate([p.start_frames for p in parts]), settings, notes, following)
 
 
 def _range_setting(frame_range: tuple[int, int] | None) -> dict:

@@ -129,8 +129,9 @@ def results_markdown(results: list[ProtocolResult], header: dict, long_rollout=N
              f"- command: `{header['command']}`", "- MSE: per-coordinate squared error (mean over atoms and x, y, z)",
              "- baselines, from the same history: persistence repeats the last frame; constant velocity (history "
              "spacing) is x_last + k·(x_last − x_previous), k counted in history spacings; constant velocity "
-             "(1-frame) is the peers' (GMN/EGNO): x_t + Δ·(x_t − x_{t−1}), x_{t−1} the input file's frame "
-             "just before the last observed one, Δ the lead time in input frames; history mean is the mean of the "
+             "(1-frame) is the peers' (GMN/EGNO): x_t + Δ·(x_{t+1} − x_t), their input velocity, x_{t+1} the "
+             "input file's frame just after the last observed one (it sees that one frame ahead, as the peers' "
+             "models do), Δ the lead time in input frames; history mean is the mean of the "
              "history frames; aligned history mean is that mean after superposing every history frame onto the "
              "last one (Kabsch); constant rotation turns the last frame at the history's mean angular rate (the "
              "rigid rotation from the first to the last history frame); training mean structure (models with a "

@@ -75,9 +75,9 @@ def score_samples(samples: ProtocolSamples, model_prediction: np.ndarray | None,
     predictions = {} if model_prediction is None else {MODEL_LABEL: model_prediction}
     for name, baseline in BASELINES.items():
         predictions[name] = baseline(samples.history, samples.lead_steps)
-        if name == CONSTANT_VELOCITY and samples.previous_frame is not None:
+        if name == CONSTANT_VELOCITY and samples.next_frame is not None:
             predictions[ONE_FRAME_VELOCITY] = one_frame_velocity_forecast(
-                samples.history, samples.previous_frame, samples.lead_steps * samples.history_stride_frames)
+                samples.history, samples.next_frame, samples.lead_steps * samples.history_stride_frames)
     if reference is not None and len(reference):
         predictions[REFERENCE_BASELINE] = reference_structure_forecast(samples.history, samples.lead_steps, reference)
     per_lead, headline, superposed_per_lead, superposed_headline = {}, {}, {}, {}
