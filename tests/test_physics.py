@@ -112,3 +112,17 @@ def test_distribution_distance_and_md_range():
 def test_unknown_elements_are_refused():
     with pytest.raises(ValueError, match="atomic masses"):
         physics.masses_amu([6, 92])
+
+
+def test_a_broken_frame_is_no_clash_count_and_cannot_hide_a_clash():
+    """A frame that is not a structure counts NaN, so the mean over a clashing rollout and a broken one is
+    out of any range (not 0, as 1 and −1 would average to)."""
+    water = _water()
+    bonds = physics.detect_bonds(water, [8, 1, 1])
+    squeezed = water.copy()
+    squeezed[2] = squeezed[1] + [0.0, 0.5, 0.0]
+    broken = np.full_like(water, np.nan)
+    counts = physics.clash_counts(np.stack([squeezed, broken]), bonds, clash_angstrom=0.8)
+    assert counts[0] == 1 and np.isnan(counts[1])
+    assert physics.first_exit([counts.mean()], 0, 0) == 0
+    assert physics.finite_mean(counts) == 1.0 and np.isnan(physics.finite_mean([np.nan]))

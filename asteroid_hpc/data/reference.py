@@ -34,8 +34,8 @@ def _sampled_rows(shard: dict, ranges: list[list[int]], every: int) -> np.ndarra
 
 
 def training_mean_structure(dataset_dir: str | os.PathLike, max_frames: int = 4096) -> np.ndarray:
-    """Mean structure [N, 3] (Å, centred at the origin) of at most about ``max_frames`` frames spread evenly
-    over the training frames (the manifest's ``statistics.ranges``, as for the normalisation statistics:
+    """Mean structure [N, 3] (Å, centred at the origin) of at most about ``max_frames`` (0: all) frames spread
+    evenly over the training frames (the manifest's ``statistics.ranges``, as for the normalisation statistics:
     never a validation or test frame)."""
     directory = Path(dataset_dir)
     manifest = read_manifest(directory)
@@ -43,7 +43,7 @@ def training_mean_structure(dataset_dir: str | os.PathLike, max_frames: int = 40
     total = sum(b - a for source in ranges.values() for a, b in source)
     if total == 0:
         raise user_error(directory, "no training frames to take a reference structure from")
-    max_frames = max(1, min(max_frames, MAX_COORDINATES // (3 * int(manifest["n_atoms"]))))  # large systems
+    max_frames = max(1, min(max_frames or total, MAX_COORDINATES // (3 * int(manifest["n_atoms"]))))  # large systems
     every = max(1, -(-total // max_frames))
     frames = []
     for shard in manifest["shards"]:

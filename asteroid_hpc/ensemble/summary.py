@@ -199,10 +199,10 @@ class _WatchTotals:
             self.previous[m] = frames[-1]
             n = len(frames)
             bond[:n, m], step[:n, m] = checks.bond_deviation_angstrom, checks.displacement_angstrom
-            clashes[:n, m] = self.watch.clashes(frames)
+            clashes[:n, m] = np.nan_to_num(self.watch.clashes(frames), nan=-1)  # -1: not a structure
             self.max_bond[m] = max(self.max_bond[m], float(checks.bond_deviation_angstrom.max()))
             self.max_step[m] = max(self.max_step[m], float(checks.displacement_angstrom.max()))
-            self.clash_frames[m] += int((clashes[:n, m] != 0).sum())
+            self.clash_frames[m] += int((clashes[:n, m] > 0).sum())
             self.frames[m] += n
             if m not in self.blown_up:
                 found = self.watch.first_blowup(checks, first + 1)
@@ -246,7 +246,7 @@ def _create_summary_variables(nc, members: int, n_atoms: int, with_reference: bo
     if with_watch:  # per member; NaN (-1) after a stopped member's last frame
         spec.update({"max_bond_deviation": ("f8", ("lead_time", "member"), "angstrom"),
                      "max_displacement": ("f8", ("lead_time", "member"), "angstrom"),
-                     "clashes": ("i4", ("lead_time", "member"), "non-bonded pairs closer than clash_angstrom")})
+                     "clashes": ("i4", ("lead_time", "member"), "non-bonded pairs closer than clash_angstrom (-1: not a structure)")})
     variables = {}
     for name, (dtype, dims, units) in spec.items():
         variables[name] = nc.createVariable(name, dtype, dims)

@@ -326,7 +326,7 @@ def _block(rollouts: _Rollouts, pairs: _PairDistances, energy: dict | None, md: 
         part = rollouts.angles[:, lo:hi].reshape(-1, len(md_angle_mean))
         block["angle_mean_deviation_max_degrees"] = float(np.nanmax(np.abs(np.nanmean(part, 0) - md_angle_mean)))
     block["radius_of_gyration_angstrom"] = float(np.nanmean(rollouts.rg[:, lo:hi]))
-    block["clashes_per_frame"] = float(rollouts.clashes[:, lo:hi].mean())
+    block["clashes_per_frame"] = physics.finite_mean(rollouts.clashes[:, lo:hi])
     block["largest_displacement_angstrom"] = float(np.nanmax(rollouts.displacement[:, lo:hi]))
     block["kinetic_temperature_K"] = _nanmean(rollouts.temperature[:, lo:hi])
     in_block = (pairs.leads >= lo) & (pairs.leads < hi)

@@ -115,17 +115,18 @@ def radius_of_gyration(frames, atomic_numbers=None) -> np.ndarray:
 
 
 def clash_counts(frames, bonds: np.ndarray, clash_angstrom: float = CLASH_ANGSTROM) -> np.ndarray:
-    """Non-bonded atom pairs closer than ``clash_angstrom``, per frame [F] (int)."""
+    """Non-bonded atom pairs closer than ``clash_angstrom``, per frame [F] (float; NaN for a frame that is
+    not a structure, so that a mean over rollouts with a broken one is NaN, i.e. out of any range)."""
     from scipy.spatial import cKDTree
 
     frames = _frames(frames)
     n_atoms = frames.shape[1]
     bonds = np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
     bonded = set((bonds[:, 0] * n_atoms + bonds[:, 1]).tolist())
-    counts = np.zeros(len(frames), dtype=np.int64)
+    counts = np.zeros(len(frames))
     for f, frame in enumerate(frames):
         if not np.isfinite(frame).all():
-            counts[f] = -1  # not a structure; the displacement check reports it
+            counts[f] = np.nan  # not a structure
             continue
         pairs = cKDTree(frame).query_pairs(clash_angstrom, output_type="ndarray")
         if len(pairs):
@@ -190,6 +191,14 @@ def md_range(values, percentiles: tuple[float, float] = RANGE_PERCENTILES) -> tu
     """The MD range of an observable: its percentiles over the reference frames (axis 0)."""
     low, high = np.nanpercentile(np.asarray(values, dtype=np.float64), percentiles, axis=0)
     return low, high
+
+
+def finite_mean(values) -> float:
+    """The mean of the finite entries of ``values`` (e.g. clashes of the frames that are structures); NaN
+    when there is none."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else float("nan")
 
 
 def first_exit(series, low, high) -> int | None:

@@ -68,7 +68,7 @@ def _reference_structure(cfg: AsteroidConfig) -> Optional[list[list[float]]]:
         return None
     from ..data.reference import training_mean_structure
 
-    mean = training_mean_structure(cfg.data.dataset, cfg.data.stats_max_frames or 4096)
+    mean = training_mean_structure(cfg.data.dataset, cfg.data.stats_max_frames)
     log.info("reference structure: the mean of the training frames of %s (%d atoms)", cfg.data.dataset, len(mean))
     return [[round(float(v), 6) for v in row] for row in mean]  # rounded as when it lived in the config
 
