@@ -24,6 +24,7 @@ OPTION_KEYS = {"protocols": "protocols", "split": "split", "max_samples": "max_s
     "asteroid-hpc evaluate none data/xtb-md17/ethanol.nc -o eval/baselines   # baselines only, 10 history frames",
     "asteroid-hpc evaluate none traj.nc -o eval/b4 evaluate.baseline_history_frames=4",
     "asteroid-hpc evaluate model.safetensors test/seed-*.nc -o eval/pooled --protocol A   # several trajectories",
+    "asteroid-hpc evaluate model.safetensors md.xtc --topology topol.tpr -o eval/gmx --protocol C",
 ))
 @model_argument(type=click.Path())
 @click.argument("inputs", nargs=-1, required=True, metavar="DATASETS... [KEY=VALUE]...")
@@ -49,7 +50,12 @@ OPTION_KEYS = {"protocols": "protocols", "split": "split", "max_samples": "max_s
 @click.option("--timestep-fs", type=float, help="Frame spacing of the trajectory when its file has no time axis "
                                                 "(default: MD17's 0.5 fs) [evaluate.timestep_fs].")
 @click.option("--batch-size", type=int, help="Samples forecast at a time [evaluate.batch_size].")
-def command(model, inputs, out_dir, config, **options) -> None:
+@click.option("--topology", type=click.Path(dir_okay=False), default=None,
+              help="Topology giving the elements of trajectories without them (.prmtop/.parm7, .tpr/.gro, .psf, "
+                   ".pdb/.cif, LAMMPS data); default: the one the model's dataset was preprocessed with.")
+@click.option("--allow-mismatch", is_flag=True,
+              help="Go on when the trajectory's atoms or frame spacing differ from the model's training inputs.")
+def command(model, inputs, out_dir, config, topology, allow_mismatch, **options) -> None:
     """Evaluate MODEL (or "none": the baselines alone) on DATASETS: one or more trajectory files of one
     molecule (pooled, and each alone), or one preprocessed dataset directory.
 
@@ -77,6 +83,7 @@ def command(model, inputs, out_dir, config, **options) -> None:
     cfg = load_cli_config(config, tuple(overrides))
     setup_logging(detect_launch())
     command_line = "asteroid-hpc " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    results, paths, markdown = evaluate_to_directory(model, datasets, out_dir, cfg, command_line=command_line)
+    results, paths, markdown = evaluate_to_directory(model, datasets, out_dir, cfg, command_line=command_line,
+                                                     topology=topology, allow_mismatch=allow_mismatch)
     click.echo(markdown)
     click.echo(f"wrote {paths['markdown']}, {paths['json']}, {paths['plot']}, {paths['config']}")

@@ -245,6 +245,64 @@ class FrameChunk:
     start: int
     coordinates: np.ndarray  # [F, N, 3] angstrom, float32 or float64 as stored
     time_ps: Optional[np.ndarray]  # [F] or None when the file has no usable time
+    velocities: Optional[np.ndarray] = None  # [F, N, 3] angstrom/ps, where the reader carries them
+    cell: Optional[np.ndarray] = None  # [F, 6] lengths (angstrom) and angles (degrees), where present
+
+    def every(self, stride: int) -> "FrameChunk":
+        """Every ``stride``-th frame of this chunk."""
+        if stride == 1:
+            return self
+        pick = slice(None, None, stride)
+        return FrameChunk(self.start, self.coordinates[pick], _sliced(self.time_ps, pick),
+                          _sliced(self.velocities, pick), _sliced(self.cell, pick))
+
+
+def _sliced(array: Optional[np.ndarray], index) -> Optional[np.ndarray]:
+    return None if array is None else array[index]
+
+
+def concatenate_chunks(chunks: list[FrameChunk]) -> FrameChunk:
+    """Consecutive chunks as one (the first one's ``start``)."""
+    def joined(name: str) -> Optional[np.ndarray]:
+        parts = [getattr(c, name) for c in chunks]
+        return None if any(p is None for p in parts) else np.concatenate(parts)
+
+    return FrameChunk(chunks[0].start, joined("coordinates"), joined("time_ps"), joined("velocities"),
+                      joined("cell"))
+
+
+# unit attribute values (lower case) → factor to angstrom / picosecond; other units are refused
+LENGTH_TO_ANGSTROM = {"angstrom": 1.0, "angstroms": 1.0, "a": 1.0, "\u00e5": 1.0, "nanometer": 10.0,
+                      "nanometers": 10.0, "nm": 10.0, "picometer": 0.01, "pm": 0.01}
+TIME_TO_PS = {"picosecond": 1.0, "picoseconds": 1.0, "ps": 1.0, "nanosecond": 1000.0, "nanoseconds": 1000.0,
+              "ns": 1000.0, "femtosecond": 1e-3, "femtoseconds": 1e-3, "fs": 1e-3}
+# relative deviation of one frame spacing from the mean spacing beyond which a time axis is uneven
+UNEVEN_TIME_TOLERANCE = 1e-3
+
+
+def unit_factor(variable, table: dict[str, float], default: str, path: Path) -> float:
+    """The factor from ``variable``'s ``units`` attribute to the unit of ``table`` (``default`` when absent,
+    as the AMBER convention prescribes); unknown units are a UserError naming the file."""
+    units = str(getattr(variable, "units", default)).strip().lower()
+    if units not in table:
+        raise user_error(path, f"'{variable.name}' has units {units!r}; expected one of "
+                               f"{', '.join(sorted(k for k in table if k.isascii()))}")
+    return table[units]
+
+
+def check_even_spacing(time_ps: np.ndarray, path) -> None:
+    """A time axis whose frame spacings differ from their mean by more than the tolerance is a UserError."""
+    if len(time_ps) < 3:
+        return
+    steps = np.diff(np.asarray(time_ps, dtype=np.float64))
+    mean = (time_ps[-1] - time_ps[0]) / (len(time_ps) - 1)
+    # float32 time stamps carry ~7 digits: allow that rounding beside the relative tolerance
+    slack = UNEVEN_TIME_TOLERANCE * abs(mean) + 4 * np.finfo(np.float32).eps * float(np.max(np.abs(time_ps)))
+    worst = int(np.argmax(np.abs(steps - mean)))
+    if not np.isfinite(steps).all() or abs(steps[worst] - mean) > slack:
+        raise user_error(path, f"uneven time axis: frames {worst} -> {worst + 1} are {steps[worst]:g} ps apart, "
+                               f"the mean spacing is {mean:g} ps (give the frame spacing to override it: "
+                               "data.timestep_fs, evaluate --timestep-fs)")
 
 
 def check_netcdf3_complete(path: Path) -> None:
@@ -272,14 +330,18 @@ class AmberReader:
     """Streaming reader of an AMBER-convention NetCDF trajectory (NETCDF3 classic/64-bit offset or NETCDF4).
 
     Accepts float32 or float64 coordinates, a fixed or unlimited frame dimension, files with or without
-    ``time`` (a time axis of all zeros counts as absent), cell, velocities and forces (ignored unless
-    read with :meth:`read_variable`). Errors in the file are UserErrors naming it.
+    ``time`` (a time axis of all zeros counts as absent), cell (read with the frames), velocities (read
+    with the frames when asked) and forces (:meth:`read_variable`). Coordinates in nanometres and times in
+    ns or fs (their ``units`` attributes) are converted to Å and ps; unknown units are refused. Errors in
+    the file are UserErrors naming it.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, check_time: bool = False, read_velocities: bool = False) -> None:
         import netCDF4
 
         self.path = Path(path)
+        self.check_time = check_time  # refuse an uneven time axis (off: data.timestep_fs overrides it)
+        self.read_velocities = read_velocities  # off by default: it would double the bytes read
         _check_readable(self.path)
         check_netcdf3_complete(self.path)
         try:
@@ -308,6 +370,9 @@ class AmberReader:
         if coords.dtype not in (np.float32, np.float64):
             raise user_error(self.path, f"'coordinates' has type {coords.dtype}, expected float32 or float64")
         self.n_frames, self.n_atoms = int(coords.shape[0]), int(coords.shape[1])
+        self._length_factor = unit_factor(coords, LENGTH_TO_ANGSTROM, "angstrom", self.path)
+        self._time_factor = unit_factor(ds["time"], TIME_TO_PS, "picosecond", self.path) \
+            if "time" in ds.variables else 1.0
         self.atomic_numbers: np.ndarray | None = None
         if "atomic_number" in ds.variables:
             z = ds["atomic_number"]
@@ -318,10 +383,12 @@ class AmberReader:
         self.timestep_ps: float | None = None
         if "time" in ds.variables and ds["time"].dimensions == ("frame",) and self.n_frames > 0:
             t = ds["time"]
-            first, last = float(t[0]), float(t[self.n_frames - 1])
+            first, last = float(t[0]) * self._time_factor, float(t[self.n_frames - 1]) * self._time_factor
             if self.n_frames == 1 or first != 0.0 or last != 0.0:
                 self.has_time = True
                 if self.n_frames > 1:
+                    if self.check_time:
+                        check_even_spacing(np.asarray(t[:], dtype=np.float64) * self._time_factor, self.path)
                     # mean spacing, rounded to the ~6 digits that float32 time values carry
                     self.timestep_ps = float(f"{(last - first) / (self.n_frames - 1):.6g}")
         if "timestep_ps" in ds.ncattrs():  # exact value written by AmberWriter
@@ -331,9 +398,19 @@ class AmberReader:
     def read(self, start: int, stop: int) -> FrameChunk:
         """Frames ``start:stop`` (clipped to the file)."""
         start, stop = max(0, start), min(stop, self.n_frames)
-        coords = self._ds["coordinates"][start:stop]
-        time_ps = np.asarray(self._ds["time"][start:stop], dtype=np.float64) if self.has_time else None
-        return FrameChunk(start, np.asarray(coords), time_ps)
+        coords = np.asarray(self._ds["coordinates"][start:stop])
+        if self._length_factor != 1.0:
+            coords = coords * coords.dtype.type(self._length_factor)
+        time_ps = np.asarray(self._ds["time"][start:stop], dtype=np.float64) * self._time_factor \
+            if self.has_time else None
+        velocities = cell = None
+        if self.read_velocities and "velocities" in self._ds.variables:  # netCDF4 applies scale_factor
+            velocities = np.asarray(self._ds["velocities"][start:stop]) * self._length_factor
+        if "cell_lengths" in self._ds.variables and "cell_angles" in self._ds.variables:
+            cell = np.concatenate([np.asarray(self._ds["cell_lengths"][start:stop], dtype=np.float64)
+                                   * self._length_factor,
+                                   np.asarray(self._ds["cell_angles"][start:stop], dtype=np.float64)], axis=1)
+        return FrameChunk(start, coords, time_ps, velocities, cell)
 
     def read_variable(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Any per-frame variable (``velocities``, ``forces``, ``cell_lengths`` ...) for frames ``start:stop``."""
@@ -378,13 +455,9 @@ def iter_strided_chunks(reader, chunk_frames: int, start: int = 0, stop: int | N
         if stride == 1:
             yield reader.read(block.start, block.stop)
         elif stride <= 8:
-            raw = reader.read(block.start, block[-1] + 1)
-            yield FrameChunk(block.start, raw.coordinates[::stride],
-                             None if raw.time_ps is None else raw.time_ps[::stride])
+            yield reader.read(block.start, block[-1] + 1).every(stride)
         else:
-            frames = [reader.read(i, i + 1) for i in block]
-            yield FrameChunk(block.start, np.concatenate([f.coordinates for f in frames]),
-                             None if frames[0].time_ps is None else np.concatenate([f.time_ps for f in frames]))
+            yield concatenate_chunks([reader.read(i, i + 1) for i in block])
 
 
 def read_frames(path: str | os.PathLike, start: int = 0, stop: int | None = None) -> FrameChunk:

@@ -61,6 +61,7 @@ class Plan:
     frame_stride: int
     timestep_fs: float  # between frames of the dataset (after the stride)
     split: dict  # method and its parameters (chronological ranges or random-start draws)
+    topology: str | None = None  # absolute path of --topology, recorded so that later commands find it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,26 +122,22 @@ def parse_atom_selection(selection: str, atomic_numbers: np.ndarray, where: str)
 
 
 def topology_numbers(path: str) -> np.ndarray:
-    """Atomic numbers from any structure file ASE reads (pdb, xyz, ...)."""
-    try:
-        from ase.io import read
+    """Atomic numbers of a topology file (:func:`asteroid_hpc.data.topology.read_topology`)."""
+    from .topology import read_topology
 
-        return np.asarray(read(path, index=0).numbers, dtype=np.int64)
-    except FileNotFoundError:
-        raise user_error(path, "no such file") from None
-    except Exception as exc:
-        raise user_error(path, f"cannot read atomic numbers ({type(exc).__name__}: {exc})") from None
+    return read_topology(path).atomic_numbers
 
 
 def inspect_sources(paths: list[Path], stride: int, topology: str | None,
-                    phases: int = 1) -> tuple[list[Source], np.ndarray]:
+                    phases: int = 1, check_time: bool = True) -> tuple[list[Source], np.ndarray]:
     """Open every input's header, check that they agree, and return its ``phases`` subsamplings as
     sources, with the atomic numbers."""
     sources: list[Source] = []
     numbers = topology_numbers(topology) if topology else None
     first: Path | None = None
     for path in paths:
-        with TrajectoryReader(path) as reader:
+        with TrajectoryReader(path, n_atoms=None if numbers is None else len(numbers),
+                              check_time=check_time) as reader:
             if reader.n_frames == 0:
                 raise user_error(path, "empty trajectory (0 frames)")
             if reader.n_atoms == 0:
@@ -164,8 +161,8 @@ def inspect_sources(paths: list[Path], stride: int, topology: str | None,
                                       reader.n_atoms, reader.timestep_ps, offset))
             first = first or path
     if numbers is None:
-        raise user_error(paths[0], "no atomic numbers in the input (no 'atomic_number' variable): "
-                                   "pass --topology FILE (any structure file ASE reads)")
+        raise user_error(paths[0], "no atomic numbers in the input: pass --topology FILE (.prmtop/.parm7, "
+                                   ".tpr/.gro, .psf, .pdb/.cif, LAMMPS data, ...)")
     return sources, np.asarray(numbers, dtype=np.int64)
 
 
@@ -292,7 +289,7 @@ def make_plan(inputs: list[str], cfg, topology: str | None = None) -> Plan:
     data = cfg.data
     paths = expand_inputs(inputs)
     stride = data.frame_stride
-    sources, numbers = inspect_sources(paths, stride, topology, data.stride_phases)
+    sources, numbers = inspect_sources(paths, stride, topology, data.stride_phases, data.timestep_fs is None)
     atom_indices = parse_atom_selection(data.atom_selection, numbers, str(paths[0]))
     timestep_fs = dataset_timestep_fs(sources, stride, data.timestep_fs)
     history, horizon = cfg.model.history_frames, data.horizon_frames
@@ -305,4 +302,5 @@ def make_plan(inputs: list[str], cfg, topology: str | None = None) -> Plan:
             shards.append(Shard(idx, f"shards/shard-{idx:05d}.nc", source.index, name, a,
                                 min(stop, a + data.frames_per_shard)))
     return Plan(_plan_key(sources, data, topology, history), sources, shards, atom_indices,
-                [int(numbers[i]) for i in atom_indices], stride, timestep_fs, split)
+                [int(numbers[i]) for i in atom_indices], stride, timestep_fs, split,
+                topology and str(Path(topology).resolve()))

@@ -27,6 +27,7 @@ from ..errors import user_error
 from ..metrics.ensemble import crps_per_lead_time, ensemble_mean, ensemble_spread_per_atom, rmsd_per_lead_time
 from ..geometry import rmsd
 from ..metrics.errors import mse_per_lead_time
+from .member import lead_times_ps
 from .store import member_path
 
 SUMMARY_MEMORY_BYTES = 1 << 29  # float64 working copies of one block of lead times of all members
@@ -44,7 +45,8 @@ def lead_block_frames(members: int, n_atoms: int, chunk_frames: int) -> int:
 
 
 def write_summary(outdir: Path, members: int, horizon_frames: int, chunk_frames: int, atomic_numbers: np.ndarray,
-                  timestep_ps: Optional[float], reference: Optional[Reference], extra: dict) -> dict:
+                  timestep_ps: Optional[float], reference: Optional[Reference], extra: dict,
+                  end_time_ps: float = 0.0) -> dict:
     import netCDF4
 
     n_atoms = len(atomic_numbers)
@@ -71,7 +73,7 @@ def write_summary(outdir: Path, members: int, horizon_frames: int, chunk_frames:
             mean = ensemble_mean(coords)
             spread = ensemble_spread_per_atom(coords)
             lead = np.arange(first + 1, stop + 1)
-            mean_writer.append(mean.astype(np.float32), lead * timestep_ps if timestep_ps else np.zeros(len(lead)))
+            mean_writer.append(mean.astype(np.float32), lead_times_ps(lead, timestep_ps, end_time_ps))
             rows = slice(first, stop)
             variables["lead_time_frames"][rows] = lead
             variables["spread_per_atom"][rows] = spread

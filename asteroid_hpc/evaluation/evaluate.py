@@ -35,8 +35,9 @@ def choose_protocols(requested: list[str], data_paths: list[Path]) -> list[str]:
 
 
 def evaluate_to_directory(model_path: str | os.PathLike, data_paths, out_dir: str | os.PathLike,
-                          cfg: AsteroidConfig | None = None, *,
-                          command_line: str = "") -> tuple[list[ProtocolResult], dict, str]:
+                          cfg: AsteroidConfig | None = None, *, command_line: str = "",
+                          topology: str | None = None,
+                          allow_mismatch: bool = False) -> tuple[list[ProtocolResult], dict, str]:
     """Evaluate MODEL ``model_path`` (see :func:`asteroid_hpc.train.model_files.open_model`) on ``data_paths``
     (one path, or a list) with the protocols and settings of ``cfg.evaluate``; write results.md, results.json,
     error_vs_lead_time.png and config.resolved.yaml into ``out_dir``. Returns the results, the output paths
@@ -73,7 +74,8 @@ def evaluate_to_directory(model_path: str | os.PathLike, data_paths, out_dir: st
 
         per_file: dict[str, list] = {protocol: [] for protocol in trajectory_protocols}
         for data_path in data_paths:
-            traj = load_trajectory(data_path, settings.timestep_fs)
+            traj = load_trajectory(data_path, settings.timestep_fs, topology=topology, model=model_path,
+                                   signature=getattr(model, "data_signature", None), allow_mismatch=allow_mismatch)
             log.info("%s: %d frames of %d atoms, %g fs apart", data_path, len(traj.positions),
                      traj.positions.shape[1], traj.frame_fs)
             for protocol in trajectory_protocols:

@@ -19,6 +19,7 @@ from ..errors import user_error
 from .asteroid import Asteroid
 
 CONFIG_KEY = "asteroid_model_config"
+SIGNATURE_KEY = "asteroid_data_signature"  # the training inputs' atoms and frame spacing (data/signature.py)
 
 
 def save_weights(model: Asteroid, path: str | os.PathLike) -> Path:
@@ -26,8 +27,11 @@ def save_weights(model: Asteroid, path: str | os.PathLike) -> Path:
     from safetensors.torch import save_file
 
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    metadata = {CONFIG_KEY: json.dumps(asdict(model.cfg), sort_keys=True)}
+    if getattr(model, "data_signature", None):
+        metadata[SIGNATURE_KEY] = json.dumps(model.data_signature, sort_keys=True)
     with atomic_output(path) as tmp:
-        save_file(state, str(tmp), metadata={CONFIG_KEY: json.dumps(asdict(model.cfg), sort_keys=True)})
+        save_file(state, str(tmp), metadata=metadata)
     return Path(path)
 
 
@@ -90,4 +94,6 @@ def load_weights(path: str | os.PathLike, device: str = "cpu") -> Asteroid:
         stored = json.loads(metadata[CONFIG_KEY])
     except json.JSONDecodeError as exc:
         raise user_error(path, f"invalid model config metadata ({exc})") from exc
-    return model_from_state(stored, state, path).to(device)
+    model = model_from_state(stored, state, path).to(device)
+    model.data_signature = json.loads(metadata[SIGNATURE_KEY]) if SIGNATURE_KEY in metadata else None
+    return model
