@@ -396,3 +396,37 @@ def test_forecast_times_continue_the_initial_trajectory(tmp_path):
         assert np.allclose(ds["time"][:], [5.12, 5.13, 5.14], atol=1e-4)
     with netCDF4.Dataset(out / "mean.nc") as ds:
         assert np.allclose(ds["time"][:], [5.12, 5.13, 5.14], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_trained_model_records_its_signature_and_refuses_other_inputs(tmp_path_factory):
+    """train records the dataset's atoms and frame spacing with the model (checkpoint and export alike);
+    evaluate and ensemble-forecast refuse a trajectory 2× as far apart in time, naming both."""
+    from asteroid_hpc.data.amber import AmberReader, AmberWriter
+    from asteroid_hpc.data.signature import signature_of_manifest
+    from asteroid_hpc.model import load_weights
+    from asteroid_hpc.train.export import export_checkpoint
+    from asteroid_hpc.train.model_files import open_model
+    from tests.support.tiny import make_tiny_dataset, small_ethanol_trajectory
+    from tests.support.train import run_train
+
+    root = tmp_path_factory.mktemp("signature")
+    base = tmp_path_factory.getbasetemp() / "train-data"
+    dataset = make_tiny_dataset(base)
+    run = root / "run"
+    run_train(dataset, run, "train.max_steps=4", "train.checkpoint_every=2", "train.val_every=2")
+    exported = export_checkpoint(run, root / "model.safetensors")
+    expected = signature_of_manifest(json.loads((dataset / "manifest.json").read_text()))
+    assert load_weights(exported).data_signature == expected == open_model(run).data_signature
+
+    with AmberReader(small_ethanol_trajectory(base / "ethanol.nc")) as reader:
+        chunk, numbers, dt = reader.read(0, reader.n_frames), reader.atomic_numbers, reader.timestep_ps
+    slow = root / "slow.nc"
+    with AmberWriter(slow, len(numbers), numbers, timestep_ps=2 * dt) as writer:
+        writer.append(chunk.coordinates)
+    for proc in (run_cli("evaluate", exported, slow, "-o", root / "eval", "--protocol", "C"),
+                 run_cli("ensemble-forecast", exported, slow, "-o", root / "ens")):
+        assert proc.returncode == 2, proc.stderr
+        last = proc.stderr.strip().splitlines()[-1]
+        assert f"slow.nc: frames {2 * dt * 1000:g} fs apart, but the model {exported} was trained on inputs " \
+               f"{dt * 1000:g} fs apart" in last

@@ -295,6 +295,9 @@ def check_even_spacing(time_ps: np.ndarray, path) -> None:
     if len(time_ps) < 3:
         return
     steps = np.diff(np.asarray(time_ps, dtype=np.float64))
+    backwards = np.flatnonzero(steps <= 0)
+    if len(backwards):
+        raise user_error(path, f"time is not increasing (non-monotonic time) at frame {int(backwards[0]) + 1}")
     mean = (time_ps[-1] - time_ps[0]) / (len(time_ps) - 1)
     # float32 time stamps carry ~7 digits: allow that rounding beside the relative tolerance
     slack = UNEVEN_TIME_TOLERANCE * abs(mean) + 4 * np.finfo(np.float32).eps * float(np.max(np.abs(time_ps)))
