@@ -430,3 +430,23 @@ def test_trained_model_records_its_signature_and_refuses_other_inputs(tmp_path_f
         last = proc.stderr.strip().splitlines()[-1]
         assert f"slow.nc: frames {2 * dt * 1000:g} fs apart, but the model {exported} was trained on inputs " \
                f"{dt * 1000:g} fs apart" in last
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("trajectory, topology", [("adk_dims.dcd", "adk.psf"), ("adk_oplsaa.xtc", "adk_oplsaa.tpr")])
+def test_two_ranks_split_one_long_file(tmp_path, trajectory, topology):
+    """The frames of one .dcd/.xtc are dealt to two ranks by shard (random access by frame offsets): the same
+    dataset as one process, each rank writing some of it."""
+    from tests.support.cli import run_mpi
+    from tests.support.data import dataset_fingerprint
+
+    opts = ["--topology", DATA / topology, "data.split_fractions=[1,0,0]", "data.frames_per_shard=3",
+            "--no-progress"]
+    one = run_cli("preprocess", DATA / trajectory, "-o", tmp_path / "one", *opts, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = run_mpi(2, "-m", "asteroid_hpc", "preprocess", DATA / trajectory, "-o", tmp_path / "two", *opts,
+                  timeout=300, mpi4py_runner=False)
+    assert two.returncode == 0, two.stderr
+    assert dataset_fingerprint(tmp_path / "one") == dataset_fingerprint(tmp_path / "two")
+    writers = {json.loads(p.read_text())["written_by_rank"] for p in (tmp_path / "two" / "shards").glob("*.json")}
+    assert writers == {0, 1}
