@@ -1,5 +1,6 @@
 """The layers of docs/architecture.md are a test: `lint-imports` checks the contracts in pyproject.toml
-([tool.importlinter]) against every import in asteroid_hpc/, function-level ones included."""
+([tool.importlinter]) against every import in asteroid_hpc/, function-level ones included; and no function
+is over 60 lines or module over 400 without a comment saying why."""
 
 from __future__ import annotations
 
@@ -66,3 +67,37 @@ def test_a_planted_violation_breaks_a_contract(package_copy, case):
     assert proc.returncode != 0, proc.stdout
     assert f"{contract} BROKEN" in proc.stdout, proc.stdout
     assert named in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+MAX_FUNCTION_LINES, MAX_MODULE_LINES = 60, 400
+SIZE_WAIVER = "size: "  # a comment starting so, on a function's first line or a module's first lines, says why
+
+
+def oversized(package: Path) -> list[str]:
+    """Functions over MAX_FUNCTION_LINES and modules over MAX_MODULE_LINES lines, unless waived by a comment."""
+    import ast
+
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        lines = path.read_text().splitlines()
+        if len(lines) > MAX_MODULE_LINES and not any(f"# {SIZE_WAIVER}" in line for line in lines[:5]):
+            found.append(f"{path.relative_to(package.parent)}: module of {len(lines)} lines")
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES and f"# {SIZE_WAIVER}" not in lines[node.lineno - 1]:
+                    found.append(f"{path.relative_to(package.parent)}:{node.lineno} {node.name}: {length} lines")
+    return found
+
+
+def test_no_function_or_module_is_oversized():
+    assert oversized(REPO / "asteroid_hpc") == []
+
+
+def test_the_size_check_finds_a_long_function(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    (package / "long.py").write_text(f"def long():\n{body}\n")
+    (package / "waived.py").write_text(f"def waived():  # {SIZE_WAIVER}one table, clearer whole\n{body}\n")
+    assert oversized(package) == [f"pkg/long.py:1 long: {MAX_FUNCTION_LINES + 1} lines"]

@@ -97,7 +97,7 @@ def test_evaluate_section_is_typed_and_validated(tmp_path):
     assert cfg.evaluate.protocols == ["A", "C"] and cfg.evaluate.split == "val"
     assert cfg.evaluate.max_samples is None and cfg.evaluate.timestep_fs == 2.0
     assert load_config(None).evaluate.baseline_history_frames == 10
-    for override, message in [("evaluate.protocols=[D]", "evaluate.protocols must be one of A, B, C, window"),
+    for override, message in [("evaluate.protocols=[D]", "evaluate.protocols must be one of A, B, C, L, window"),
                               ("evaluate.split=dev", "evaluate.split"), ("evaluate.max_samples=0", "evaluate.max_samples"),
                               ("evaluate.a_input=light", "evaluate.a_input"), ("evaluate.batch_size=0", "evaluate.batch_size"),
                               ("evaluate.baseline_history_frames=1", "evaluate.baseline_history_frames"),

@@ -17,7 +17,10 @@ from asteroid_hpc.evaluation.protocols import (chronological_bounds, protocol_a_
                                                to_file_frames, window_starts)
 
 
-BASELINE_NAMES = ("persistence", "constant velocity", "history mean", "aligned history mean", "constant rotation")
+BASELINE_NAMES = ("persistence", "constant velocity (history spacing)", "history mean", "aligned history mean",
+                  "constant rotation")
+# protocols A, B and C read the whole input file: they also score the peers' one-frame velocity
+TRAJECTORY_BASELINE_NAMES = (*BASELINE_NAMES, "constant velocity (1-frame)")
 
 
 def _index_trajectory(n_frames: int, atomic_numbers=(6, 8, 1, 1)) -> Trajectory:
@@ -112,7 +115,7 @@ def test_reference_structure_baseline_places_the_reference_on_the_last_frame():
     assert forecast.shape == (1, 2, 6, 3) and np.abs(forecast - rigid[-1]).max() < 1e-9
     samples = protocol_c(_index_trajectory(2000, atomic_numbers=(6, 8, 1, 1)), split="test", history_frames=10)
     result = score_samples(samples, None, reference=np.zeros((4, 3)))
-    assert set(result.headline) == {*BASELINE_NAMES, "training mean structure"}
+    assert set(result.headline) == {*TRAJECTORY_BASELINE_NAMES, "training mean structure"}
     with pytest.raises(ValueError, match="reference must be"):
         reference_structure_forecast(rigid[None], [1], body[:5])
 
@@ -143,10 +146,11 @@ def test_score_samples_puts_model_and_baselines_on_the_same_samples():
     samples = protocol_c(_index_trajectory(2000), split="test", history_frames=10)
     perfect = samples.target.copy()
     result = score_samples(samples, perfect, expected_history_frames=10)
-    assert set(result.headline) == {"ASTEROID", *BASELINE_NAMES}
+    assert set(result.headline) == {"ASTEROID", *TRAJECTORY_BASELINE_NAMES}
     assert result.headline["ASTEROID"]["ADE"] == 0.0
-    # positions grow linearly with the frame index: constant velocity is exact, persistence is not
-    assert result.headline["constant velocity"]["FDE"] == pytest.approx(0.0, abs=1e-9)
+    # positions grow linearly with the frame index: both constant velocities are exact, persistence is not
+    assert result.headline["constant velocity (history spacing)"]["FDE"] == pytest.approx(0.0, abs=1e-9)
+    assert result.headline["constant velocity (1-frame)"]["FDE"] == pytest.approx(0.0, abs=1e-9)
     assert result.headline["persistence"]["FDE"] == pytest.approx(np.sqrt(3) * 200)
     assert len(result.mse_per_lead_angstrom2["persistence"]) == 20 and not result.notes
 
@@ -287,7 +291,8 @@ def test_evaluate_end_to_end_on_a_real_trajectory(tmp_path, tiny_model, xtb_etha
                    "--protocol", "C", "--max-samples", "6")
     assert proc.returncode == 0, proc.stderr
     table = (out / "results.md").read_text()
-    for row in ("| ASTEROID |", "| persistence |", "| constant velocity |", "Protocol A", "Protocol B", "Protocol C"):
+    for row in ("| ASTEROID |", "| persistence |", "| constant velocity (history spacing) |",
+                "| constant velocity (1-frame) |", "Protocol A", "Protocol B", "Protocol C"):
         assert row in table and row in proc.stdout
     assert "the model is given 4 history frames" in table
     record = json.loads((out / "results.json").read_text())
@@ -345,7 +350,8 @@ def test_evaluate_window_protocol_on_a_preprocessed_dataset(tmp_path, tiny_model
     (result,) = json.loads((out / "results.json").read_text())["protocols"]
     assert result["protocol"] == "window" and result["n_samples"] == 5
     assert result["lead_time_fs"] == pytest.approx([5.0 * k for k in range(1, 7)])  # 2 frames of 2.5 fs
-    assert set(result["headline"]) == {"ASTEROID", *BASELINE_NAMES}
+    assert set(result["headline"]) == {"ASTEROID", *BASELINE_NAMES}  # no 1-frame velocity: stride-2 frames
+    assert any("constant velocity (1-frame) is not scored" in note for note in result["notes"])
 
 
 def test_clean_prefix_is_outside_every_evaluation_window():
@@ -376,8 +382,9 @@ def test_baselines_only_run_on_a_constant_velocity_trajectory(tmp_path, capsys):
     proc = _run_in_process(capsys, "evaluate", "none", traj, "-o", tmp_path / "out", "--protocol", "C")
     assert proc.returncode == 0, proc.stderr
     (result,) = json.loads((tmp_path / "out" / "results.json").read_text())["protocols"]
-    assert set(result["headline"]) == set(BASELINE_NAMES) and result["history_frames"] == 10
-    assert result["headline"]["constant velocity"]["FDE"] == pytest.approx(0.0, abs=1e-4)
+    assert set(result["headline"]) == set(TRAJECTORY_BASELINE_NAMES) and result["history_frames"] == 10
+    assert result["headline"]["constant velocity (history spacing)"]["FDE"] == pytest.approx(0.0, abs=1e-4)
+    assert result["headline"]["constant velocity (1-frame)"]["FDE"] == pytest.approx(0.0, abs=1e-4)
     assert result["headline"]["persistence"]["FDE"] == pytest.approx(np.sqrt(3) * 0.2, rel=1e-3)  # 200 frames
     # the mean of history frames 0, 10, ..., 90 is frame 45, 245 frames before the last target
     assert result["headline"]["history mean"]["FDE"] == pytest.approx(np.sqrt(3) * 0.245, rel=1e-3)

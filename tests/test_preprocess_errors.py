@@ -158,7 +158,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, case):
 
 
 def test_output_inside_an_input_and_input_inside_the_output(tmp_path, capsys):
-    path = write_traj(tmp_path / "t.nc", random_walk(100))
+    path = write_traj(tmp_path / "t.nc", random_walk(300))
     for args, fragment in (([path, "-o", tmp_path / "t.nc" / "ds"], "output directory is inside the input"),
                            ([tmp_path / "t.nc", "-o", tmp_path], "input lies inside the output directory")):
         with pytest.raises(SystemExit) as exit_info:
@@ -168,7 +168,7 @@ def test_output_inside_an_input_and_input_inside_the_output(tmp_path, capsys):
 
 
 def test_non_dataset_directory_is_refused(tmp_path, capsys):
-    path = write_traj(tmp_path / "t.nc", random_walk(100))
+    path = write_traj(tmp_path / "t.nc", random_walk(300))
     out = tmp_path / "home"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")

@@ -14,6 +14,7 @@ from .common import examples, load_cli_config, model_argument
     "mpiexec -n 4 asteroid-hpc ensemble-forecast model.safetensors traj.nc -o ens/run2 ensemble.members=8",
     "mpiexec -n 4 asteroid-hpc ensemble-forecast model.safetensors box.nc -o ens/big --grid 2x2   # 2 ranks per member",
     "asteroid-hpc ensemble-forecast model.safetensors md.dcd --topology system.psf -o ens/namd",
+    "asteroid-hpc ensemble-forecast model.safetensors traj.nc -o ens/safe ensemble.stop_on_blowup=true",
     "srun asteroid-hpc ensemble-forecast runs/aspirin traj.nc -o ens/run3 --config configs/aspirin.yaml"))
 @model_argument(type=click.Path(exists=True))
 @click.argument("initial", type=click.Path())
@@ -46,6 +47,11 @@ def command(model, initial, overrides, outdir, config, reference, reference_star
     domains (ranks per member), chunk_frames (frames per flush). Each member's random stream depends only on
     the seed and the member index, so results do not depend on the number of ranks.
 
+    Every member is watched: a bond further than ensemble.blowup_bond_angstrom from its length in the
+    starting window, or an atom moving more than ensemble.blowup_displacement_angstrom in one frame, is a
+    blow-up, logged as a warning and listed in summary.json (watch.blown_up, with clashes and the largest
+    deviations per member); with ensemble.stop_on_blowup=true that member's file ends there, marked stopped.
+
     Under mpiexec/srun, members are dealt to groups of ensemble.domains ranks; a group shares one member by
     spatial domain decomposition (for large systems).
     """
@@ -64,5 +70,9 @@ def command(model, initial, overrides, outdir, config, reference, reference_star
                            allow_mismatch=allow_mismatch,
                            reference=Reference(Path(reference), reference_start) if reference else None)
     if summary is not None:
+        blown_up = summary["watch"]["blown_up"]
+        spread = summary["spread_rms_angstrom_final"]
         click.echo(f"wrote {outdir}: {summary['members']} members x {summary['horizon_frames']} frames, "
-                   f"final spread {summary['spread_rms_angstrom_final']:.4f} A")
+                   + ("no member in the statistics" if spread is None else f"final spread {spread:.4f} A") + ", "
+                   + (f"{len(blown_up)} blown up (member {', '.join(str(b['member']) for b in blown_up)}; see "
+                      "summary.json watch)" if blown_up else "no member blew up"))

@@ -13,7 +13,9 @@ from .common import examples, load_cli_config, model_argument
 # option name -> the evaluate.* config key it sets
 OPTION_KEYS = {"protocols": "protocols", "split": "split", "max_samples": "max_samples", "seed": "seed",
                "a_history_stride": "a_history_stride_frames", "a_input": "a_input",
-               "horizon_frames": "horizon_frames", "timestep_fs": "timestep_fs", "batch_size": "batch_size"}
+               "horizon_frames": "horizon_frames", "timestep_fs": "timestep_fs", "batch_size": "batch_size",
+               "rollout_ps": "long_rollout_ps", "rollout_starts": "long_rollout_starts",
+               "rollout_stride_fs": "long_rollout_stride_fs", "energy_samples": "energy_samples"}
 
 
 @click.command("evaluate", epilog=examples(
@@ -25,6 +27,8 @@ OPTION_KEYS = {"protocols": "protocols", "split": "split", "max_samples": "max_s
     "asteroid-hpc evaluate none traj.nc -o eval/b4 evaluate.baseline_history_frames=4",
     "asteroid-hpc evaluate model.safetensors test/seed-*.nc -o eval/pooled --protocol A   # several trajectories",
     "asteroid-hpc evaluate model.safetensors md.xtc --topology topol.tpr -o eval/gmx --protocol C",
+    "asteroid-hpc evaluate model.safetensors traj.nc -o eval/late --protocol A 'evaluate.a_frames=[36000,60000]'",
+    "asteroid-hpc evaluate model.safetensors test/seed-*.nc -o eval/long --protocol L --rollout-ps 10   # physics",
 ))
 @model_argument(type=click.Path())
 @click.argument("inputs", nargs=-1, required=True, metavar="DATASETS... [KEY=VALUE]...")
@@ -32,10 +36,12 @@ OPTION_KEYS = {"protocols": "protocols", "split": "split", "max_samples": "max_s
               help="Output directory (results.md, results.json, error_vs_lead_time.png, config.resolved.yaml).")
 @click.option("--config", type=click.Path(dir_okay=False), default=None,
               help="YAML config; its evaluate.* section applies (KEY=VALUE overrides and the options below win).")
-@click.option("--protocol", "protocols", multiple=True, type=click.Choice(["A", "B", "C", "window"], case_sensitive=False),
+@click.option("--protocol", "protocols", multiple=True,
+              type=click.Choice(["A", "B", "C", "L", "window"], case_sensitive=False),
               help="Protocol (repeatable) [evaluate.protocols]. A, B, C (docs/method.md §3) read a trajectory file "
-                   "and make their own splits; window uses a preprocessed dataset directory. Default: A, B, C for a "
-                   "file, window for a directory.")
+                   "and make their own splits; L rolls the model out freely for --rollout-ps and compares bonds, "
+                   "angles, Rg, clashes, temperature and xTB energy with the files' MD; window uses a preprocessed "
+                   "dataset directory. Default: A, B, C for a file, window for a directory.")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), help="Split scored [evaluate.split].")
 @click.option("--max-samples", type=int, help="Score a seeded random subset of at most N samples "
                                               "[evaluate.max_samples].")
@@ -50,6 +56,13 @@ OPTION_KEYS = {"protocols": "protocols", "split": "split", "max_samples": "max_s
 @click.option("--timestep-fs", type=float, help="Frame spacing of the trajectory when its file has no time axis "
                                                 "(default: MD17's 0.5 fs) [evaluate.timestep_fs].")
 @click.option("--batch-size", type=int, help="Samples forecast at a time [evaluate.batch_size].")
+@click.option("--rollout-ps", type=float, help="Protocol L: length of each rollout in ps [evaluate.long_rollout_ps].")
+@click.option("--rollout-starts", type=int, help="Protocol L: rollouts, from windows spread over the files "
+                                                 "[evaluate.long_rollout_starts].")
+@click.option("--rollout-stride-fs", type=float, help="Protocol L: fs between the model's frames "
+                                                      "[evaluate.long_rollout_stride_fs].")
+@click.option("--energy-samples", type=int, help="Protocol L: frames per rollout given a GFN2-xTB energy "
+                                                 "(molecules of the xTB table; 0: none) [evaluate.energy_samples].")
 @click.option("--topology", type=click.Path(dir_okay=False), default=None,
               help="Topology giving the elements of trajectories without them (.prmtop/.parm7, .tpr/.gro, .psf, "
                    ".pdb/.cif, LAMMPS data); default: the one the model's dataset was preprocessed with.")
@@ -86,4 +99,4 @@ def command(model, inputs, out_dir, config, topology, allow_mismatch, **options)
     results, paths, markdown = evaluate_to_directory(model, datasets, out_dir, cfg, command_line=command_line,
                                                      topology=topology, allow_mismatch=allow_mismatch)
     click.echo(markdown)
-    click.echo(f"wrote {paths['markdown']}, {paths['json']}, {paths['plot']}, {paths['config']}")
+    click.echo(f"wrote {', '.join(str(path) for path in paths.values())}")

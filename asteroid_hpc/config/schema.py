@@ -28,6 +28,9 @@ class DataConfig:
     dataset: str = ""  # preprocessed dataset directory (output of `preprocess`, input of train/evaluate)
     frames_per_shard: int = 4096
     frame_stride: int = 1  # keep every k-th input frame
+    # [start, stop): read only these frames of every input (its own numbering, before the stride; stop null:
+    # to the end); the rest of the file is never read, e.g. a chronological hold-out inside one file
+    frames: Optional[list[Optional[int]]] = None
     stride_phases: int = 1  # read each input as this many subsamplings, offsets k·frame_stride/stride_phases
     atom_selection: str = "all"  # "all", "heavy", or "indices:0,1,5-9"
     center: bool = True  # subtract each frame's centroid when preprocessing
@@ -52,6 +55,9 @@ class DataConfig:
         _check(self.frame_stride >= 1, "data.frame_stride must be >= 1")
         _check(self.stride_phases >= 1 and self.frame_stride % self.stride_phases == 0,
                "data.stride_phases must be >= 1 and divide data.frame_stride")
+        _check(self.frames is None or (len(self.frames) == 2 and self.frames[0] is not None and self.frames[0] >= 0
+                                       and (self.frames[1] is None or self.frames[1] > self.frames[0])),
+               f"data.frames must be [start, stop] with 0 <= start < stop (stop null: to the end), got {self.frames}")
         _check(self.chunk_frames >= 1, "data.chunk_frames must be >= 1")
         _check(self.stats_max_frames >= 0, "data.stats_max_frames must be >= 0")
         _check(self.horizon_frames >= 1, "data.horizon_frames must be >= 1")
@@ -197,6 +203,12 @@ class EnsembleConfig:
     domains: int = 1  # ranks that share one member by spatial domain decomposition
     chunk_frames: int = 50  # frames flushed to disk at a time
     keep_freed_memory: bool = True  # glibc: reuse freed activations (faster at >= 1e5 atoms, peak RSS +25-50 %)
+    # watch on every member (bonds detected on the initial window's last frame, covalent radii): a member blows
+    # up when a bond is this far from its length in the initial window, or an atom moves this far in one frame
+    blowup_bond_angstrom: float = 0.5
+    blowup_displacement_angstrom: float = 2.0
+    clash_angstrom: float = 0.8  # non-bonded pairs closer than this count as clashes (summary only)
+    stop_on_blowup: bool = False  # finish a blown-up member's file early, marked as stopped
 
     def __post_init__(self) -> None:
         _check(self.members >= 1, "ensemble.members must be >= 1")
@@ -206,35 +218,57 @@ class EnsembleConfig:
         _check(self.frame_spacing >= 1, "ensemble.frame_spacing must be >= 1")
         _check(self.domains >= 1, "ensemble.domains must be >= 1")
         _check(self.chunk_frames >= 1, "ensemble.chunk_frames must be >= 1")
+        _check(self.blowup_bond_angstrom > 0 and self.blowup_displacement_angstrom > 0,
+               "ensemble.blowup_bond_angstrom and blowup_displacement_angstrom must be > 0")
+        _check(self.clash_angstrom > 0, "ensemble.clash_angstrom must be > 0")
 
 
 @dataclass
 class EvaluateConfig:
     """`asteroid-hpc evaluate` (docs/method.md §3). The model's history frames come from the model itself."""
 
-    protocols: list[str] = field(default_factory=list)  # "A", "B", "C", "window"; empty: A, B, C for trajectory
-    # files, window for a preprocessed dataset directory
+    protocols: list[str] = field(default_factory=list)  # "A", "B", "C", "L", "window"; empty: A, B, C for
+    # trajectory files, window for a preprocessed dataset directory
     split: str = "test"
     max_samples: Optional[int] = None  # score a seeded random subset of at most this many samples; null: all
     seed: int = 0  # seed of the max_samples subset
     a_history_stride_frames: int = 375  # protocol A: MD17 frames between history (and forecast) frames; divides 375
     a_input: str = "heavy"  # protocol A: atoms the model sees, "heavy" or "all" (heavy atoms are scored either way)
+    # protocols A and B: keep only the starts whose whole window (history and targets) lies in input frames
+    # [start, stop) of each trajectory, e.g. [36000, 60000] (the draw is the whole file's); null: all starts
+    a_frames: Optional[list[int]] = None
     horizon_frames: int = 10  # protocol window: frames forecast per window
     timestep_fs: Optional[float] = None  # frame spacing of trajectories without a time axis; null: MD17's 0.5 fs
     batch_size: int = 64  # samples forecast at a time
     baseline_history_frames: int = 10  # MODEL none only: history frames given to the baselines
+    # protocol L: free-running rollouts from long_rollout_starts windows, long_rollout_stride_fs between frames
+    long_rollout_ps: float = 10.0
+    long_rollout_starts: int = 8
+    long_rollout_stride_fs: float = 5.0  # the model's frame spacing (protocol C's: 10 MD17 frames)
+    clash_angstrom: float = 0.8  # protocol L: non-bonded pairs closer than this are clashes
+    bond_tolerance_angstrom: float = 0.45  # protocol L: bonded when closer than r_i + r_j + this (covalent radii)
+    energy_samples: int = 16  # protocol L: log-spaced frames per rollout given a GFN2-xTB energy (known molecules)
 
     def __post_init__(self) -> None:
         for protocol in self.protocols:
-            _one_of("evaluate.protocols", protocol, ("A", "B", "C", "window"))
+            _one_of("evaluate.protocols", protocol, ("A", "B", "C", "L", "window"))
         _one_of("evaluate.split", self.split, ("train", "val", "test"))
         _check(self.max_samples is None or self.max_samples >= 1, "evaluate.max_samples must be >= 1 (or null: all)")
         _check(self.a_history_stride_frames >= 1, "evaluate.a_history_stride_frames must be >= 1")
         _one_of("evaluate.a_input", self.a_input, ("heavy", "all"))
+        _check(self.a_frames is None or (len(self.a_frames) == 2 and all(isinstance(f, int) for f in self.a_frames)
+                                         and 0 <= self.a_frames[0] < self.a_frames[1]),
+               "evaluate.a_frames must be [start, stop) input frames, 0 <= start < stop (or null: all starts)")
         _check(self.horizon_frames >= 1, "evaluate.horizon_frames must be >= 1")
         _check(self.timestep_fs is None or self.timestep_fs > 0, "evaluate.timestep_fs must be > 0")
         _check(self.batch_size >= 1, "evaluate.batch_size must be >= 1")
         _check(self.baseline_history_frames >= 2, "evaluate.baseline_history_frames must be >= 2")
+        _check(self.long_rollout_ps > 0 and self.long_rollout_stride_fs > 0,
+               "evaluate.long_rollout_ps and long_rollout_stride_fs must be > 0")
+        _check(self.long_rollout_starts >= 1, "evaluate.long_rollout_starts must be >= 1")
+        _check(self.clash_angstrom > 0 and self.bond_tolerance_angstrom >= 0,
+               "evaluate.clash_angstrom must be > 0 and evaluate.bond_tolerance_angstrom >= 0")
+        _check(self.energy_samples >= 0, "evaluate.energy_samples must be >= 0")
 
 
 @dataclass

@@ -19,13 +19,13 @@ appending (every append is synced, so the frame count on disk is that of the las
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
 
 import numpy as np
 
 from ..errors import UserError, user_error
+from .frames import FrameChunk, iter_strided_chunks  # noqa: F401 (iter_strided_chunks: re-exported)
+from .units import LENGTH_TO_ANGSTROM, TIME_TO_PS, check_even_spacing, unit_factor
 
 PARTIAL_SUFFIX = ".partial"
 NETCDF3_FORMAT = "NETCDF3_64BIT_OFFSET"
@@ -237,77 +237,6 @@ class AmberWriter:
 
 # --------------------------------------------------------------------------------------------- reader
 
-@dataclass
-class FrameChunk:
-    """Consecutive frames of one trajectory. ``start`` is the index (in the file) of the first frame;
-    with a stride, frame ``i`` of the chunk is file frame ``start + i * stride``."""
-
-    start: int
-    coordinates: np.ndarray  # [F, N, 3] angstrom, float32 or float64 as stored
-    time_ps: Optional[np.ndarray]  # [F] or None when the file has no usable time
-    velocities: Optional[np.ndarray] = None  # [F, N, 3] angstrom/ps, where the reader carries them
-    cell: Optional[np.ndarray] = None  # [F, 6] lengths (angstrom) and angles (degrees), where present
-
-    def every(self, stride: int) -> "FrameChunk":
-        """Every ``stride``-th frame of this chunk."""
-        if stride == 1:
-            return self
-        pick = slice(None, None, stride)
-        return FrameChunk(self.start, self.coordinates[pick], _sliced(self.time_ps, pick),
-                          _sliced(self.velocities, pick), _sliced(self.cell, pick))
-
-
-def _sliced(array: Optional[np.ndarray], index) -> Optional[np.ndarray]:
-    return None if array is None else array[index]
-
-
-def concatenate_chunks(chunks: list[FrameChunk]) -> FrameChunk:
-    """Consecutive chunks as one (the first one's ``start``)."""
-    def joined(name: str) -> Optional[np.ndarray]:
-        parts = [getattr(c, name) for c in chunks]
-        return None if any(p is None for p in parts) else np.concatenate(parts)
-
-    return FrameChunk(chunks[0].start, joined("coordinates"), joined("time_ps"), joined("velocities"),
-                      joined("cell"))
-
-
-# unit attribute values (lower case) → factor to angstrom / picosecond; other units are refused
-LENGTH_TO_ANGSTROM = {"angstrom": 1.0, "angstroms": 1.0, "a": 1.0, "\u00e5": 1.0, "nanometer": 10.0,
-                      "nanometers": 10.0, "nm": 10.0, "picometer": 0.01, "pm": 0.01}
-TIME_TO_PS = {"picosecond": 1.0, "picoseconds": 1.0, "ps": 1.0, "nanosecond": 1000.0, "nanoseconds": 1000.0,
-              "ns": 1000.0, "femtosecond": 1e-3, "femtoseconds": 1e-3, "fs": 1e-3}
-# relative deviation of one frame spacing from the mean spacing beyond which a time axis is uneven
-UNEVEN_TIME_TOLERANCE = 1e-3
-
-
-def unit_factor(variable, table: dict[str, float], default: str, path: Path) -> float:
-    """The factor from ``variable``'s ``units`` attribute to the unit of ``table`` (``default`` when absent,
-    as the AMBER convention prescribes); unknown units are a UserError naming the file."""
-    units = str(getattr(variable, "units", default)).strip().lower()
-    if units not in table:
-        raise user_error(path, f"'{variable.name}' has units {units!r}; expected one of "
-                               f"{', '.join(sorted(k for k in table if k.isascii()))}")
-    return table[units]
-
-
-def check_even_spacing(time_ps: np.ndarray, path) -> None:
-    """A time axis whose frame spacings differ from their mean by more than the tolerance is a UserError."""
-    if len(time_ps) < 3:
-        return
-    steps = np.diff(np.asarray(time_ps, dtype=np.float64))
-    backwards = np.flatnonzero(steps <= 0)
-    if len(backwards):
-        raise user_error(path, f"time is not increasing (non-monotonic time) at frame {int(backwards[0]) + 1}")
-    mean = (time_ps[-1] - time_ps[0]) / (len(time_ps) - 1)
-    # float32 time stamps carry ~7 digits: allow that rounding beside the relative tolerance
-    slack = UNEVEN_TIME_TOLERANCE * abs(mean) + 4 * np.finfo(np.float32).eps * float(np.max(np.abs(time_ps)))
-    worst = int(np.argmax(np.abs(steps - mean)))
-    if not np.isfinite(steps).all() or abs(steps[worst] - mean) > slack:
-        raise user_error(path, f"uneven time axis: frames {worst} -> {worst + 1} are {steps[worst]:g} ps apart, "
-                               f"the mean spacing is {mean:g} ps (give the frame spacing to override it: "
-                               "data.timestep_fs, evaluate --timestep-fs)")
-
-
 def check_netcdf3_complete(path: Path) -> None:
     """Detect a truncated classic-format file (netCDF-C reads missing records as zeros): scipy's header
     parser, memory-mapped so that no data is read, refuses a file shorter than its header promises."""
@@ -442,25 +371,6 @@ def _check_readable(path: Path) -> None:
             pass
     except OSError as exc:
         raise user_error(path, f"cannot read ({exc.strerror or exc})") from None
-
-
-def iter_strided_chunks(reader, chunk_frames: int, start: int = 0, stop: int | None = None,
-                        stride: int = 1) -> Iterator[FrameChunk]:
-    """Yield frames ``start:stop:stride`` in chunks of at most ``chunk_frames`` frames.
-
-    Small strides read contiguous blocks and subsample them (at most ``chunk_frames * stride`` frames in
-    memory); large strides read the wanted frames one by one.
-    """
-    stop = reader.n_frames if stop is None else min(stop, reader.n_frames)
-    wanted = range(start, stop, stride)
-    for k in range(0, len(wanted), chunk_frames):
-        block = wanted[k:k + chunk_frames]
-        if stride == 1:
-            yield reader.read(block.start, block.stop)
-        elif stride <= 8:
-            yield reader.read(block.start, block[-1] + 1).every(stride)
-        else:
-            yield concatenate_chunks([reader.read(i, i + 1) for i in block])
 
 
 def read_frames(path: str | os.PathLike, start: int = 0, stop: int | None = None) -> FrameChunk:

@@ -120,3 +120,22 @@ def window_contract(manifest: dict, dataset_dir: str | os.PathLike) -> WindowCon
     history, horizon = split.get("history_frames"), split.get("horizon_frames")
     return WindowContract(None if history is None else int(history), None if horizon is None else int(horizon),
                           int(manifest["frame_stride"]), str(split.get("method")), Path(dataset_dir) / MANIFEST)
+
+
+def training_ranges(manifest: dict, dataset_dir: str | os.PathLike) -> dict[str, list[list[int]]]:
+    """The training frames of a dataset, per source index (str): sorted [start, stop) ranges of strided
+    frames, as preprocess recorded them for the statistics. A dataset made before they were recorded:
+    its train shards (chronological, by_file); a random-start one must be preprocessed again (its
+    statistics came from all frames)."""
+    statistics = manifest["statistics"]
+    if "ranges" in statistics:
+        return statistics["ranges"]
+    if manifest["split"].get("method") == "random_start":
+        raise user_error(Path(dataset_dir) / MANIFEST, "records no training frames (its statistics came from all "
+                                                       "frames, test frames included): re-run `asteroid-hpc "
+                                                       "preprocess`")
+    ranges: dict[str, list[list[int]]] = {}
+    for shard in manifest["shards"]:
+        if shard["split"] == "train":
+            ranges.setdefault(str(shard["source"]), []).append([shard["frame_start"], shard["frame_stop"]])
+    return {source: sorted(r) for source, r in ranges.items()}

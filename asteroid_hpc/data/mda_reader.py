@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import user_error
-from .amber import FrameChunk, _check_readable
+from .amber import _check_readable
+from .frames import FrameChunk
 
 # suffix (after any .gz/.bz2) -> (MDAnalysis format, the frames carry their time)
 MDA_FORMATS = {".xtc": ("XTC", True), ".trr": ("TRR", True), ".dcd": ("DCD", True),

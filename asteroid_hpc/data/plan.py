@@ -4,7 +4,13 @@ Frame numbering: after the frame stride, frame ``k`` of a source is its raw fram
 all frame ranges in the plan and the manifest use this strided numbering. Each source is its own time
 series ("segment"): no shard, split range or window ever spans two sources. With ``data.stride_phases = P``
 every input file gives P sources, its subsamplings at offsets 0, stride/P, 2·stride/P, … (P times the
-long-stride windows one trajectory yields).
+long-stride windows one trajectory yields). With ``data.frames = [start, stop]`` only raw frames
+``start..stop-1`` of each input are read: strided frame 0 is raw frame ``start`` (+ the phase offset).
+
+Training frames: every statistic or structure that training derives from the data (normalisation
+statistics, the reference structure) comes from the plan's ``training`` ranges only, per source: the train
+range (chronological), whole train inputs (by_file), or the frames of the kept train starts' windows
+(random_start). Validation and test frames never enter them.
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ class Source:
     n_frames: int  # after the stride
     n_atoms: int
     timestep_ps: float | None  # of the raw frames, from the file
-    frame_offset: int = 0  # raw frame of strided frame 0 (data.stride_phases)
+    frame_offset: int = 0  # raw frame of strided frame 0 (data.frames start + data.stride_phases offset)
+    frames_raw: list[int] | None = None  # [start, stop): the input's raw frames read (data.frames)
 
 
 @dataclass
@@ -61,6 +68,9 @@ class Plan:
     frame_stride: int
     timestep_fs: float  # between frames of the dataset (after the stride)
     split: dict  # method and its parameters (chronological ranges or random-start draws)
+    # the frames training statistics and the reference structure come from: {"frames": "train" or
+    # "train windows", "count": n, "ranges": {source index (str): [[start, stop), ...] strided, sorted}}
+    training: dict
     topology: str | None = None  # absolute path of --topology, recorded so that later commands find it
 
     def to_dict(self) -> dict:
@@ -128,10 +138,24 @@ def topology_numbers(path: str) -> np.ndarray:
     return read_topology(path).atomic_numbers
 
 
+def _raw_range(path: Path, n_frames: int, frames: list | None) -> tuple[int, int]:
+    """[start, stop) of the input's raw frames to read (``data.frames``; None: all)."""
+    if frames is None:
+        return 0, n_frames
+    start, stop = frames[0], n_frames if frames[1] is None else frames[1]
+    if start >= n_frames:
+        raise user_error(path, f"{n_frames} frames, but data.frames={list(frames)} starts at frame {start}")
+    if stop > n_frames:
+        raise user_error(path, f"{n_frames} frames, but data.frames={list(frames)} stops at frame {stop} "
+                               "(null as stop: to the end)")
+    return start, stop
+
+
 def inspect_sources(paths: list[Path], stride: int, topology: str | None,
-                    phases: int = 1, check_time: bool = True) -> tuple[list[Source], np.ndarray]:
-    """Open every input's header, check that they agree, and return its ``phases`` subsamplings as
-    sources, with the atomic numbers."""
+                    phases: int = 1, frames: list | None = None,
+                    check_time: bool = True) -> tuple[list[Source], np.ndarray]:
+    """Open every input's header, check that they agree, and return its ``phases`` subsamplings of the
+    raw frames ``frames`` ([start, stop), None: all) as sources, with the atomic numbers."""
     sources: list[Source] = []
     numbers = topology_numbers(topology) if topology else None
     first: Path | None = None
@@ -152,13 +176,14 @@ def inspect_sources(paths: list[Path], stride: int, topology: str | None,
             if numbers is not None and len(numbers) != reader.n_atoms:
                 raise user_error(topology or path, f"{len(numbers)} atomic numbers for {reader.n_atoms} atoms")
             stat = path.stat()
-            for offset in range(0, stride, stride // phases):
-                if offset >= reader.n_frames:
-                    raise user_error(path, f"{reader.n_frames} frames: too few for data.stride_phases={phases} "
-                                           f"(phase offset {offset} frames)")
+            start, stop = _raw_range(path, reader.n_frames, frames)
+            for offset in range(start, start + stride, stride // phases):
+                if offset >= stop:
+                    raise user_error(path, f"{stop - start} frames: too few for data.stride_phases={phases} "
+                                           f"(phase offset {offset - start} frames)")
                 sources.append(Source(len(sources), str(path.resolve()), reader.format, stat.st_size,
-                                      stat.st_mtime_ns, reader.n_frames, -(-(reader.n_frames - offset) // stride),
-                                      reader.n_atoms, reader.timestep_ps, offset))
+                                      stat.st_mtime_ns, reader.n_frames, -(-(stop - offset) // stride),
+                                      reader.n_atoms, reader.timestep_ps, offset, [start, stop]))
             first = first or path
     if numbers is None:
         raise user_error(paths[0], "no atomic numbers in the input: pass --topology FILE (.prmtop/.parm7, "
@@ -215,43 +240,73 @@ def _matching_sources(patterns: list[str], sources: list[Source], option: str) -
 
 
 Part = tuple[Source, str, int, int]  # (source, split name, first frame, stop frame), strided frames
+Split = tuple[dict, list[Part], dict[str, list[list[int]]]]  # the split, its parts, training ranges by source
 
 
-def _chronological(sources: list[Source], data, history: int, horizon: int) -> tuple[dict, list[Part]]:
+def _merged(intervals: list[tuple[int, int]]) -> list[list[int]]:
+    """Sorted, disjoint [start, stop) ranges covering ``intervals`` (touching ones joined)."""
+    out: list[list[int]] = []
+    for a, b in sorted(intervals):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return out
+
+
+def _check_validation(parts: list[Part], window: int, stride: int, hint: str) -> None:
+    """A validation split that was asked for (it has parts) must hold at least one window somewhere:
+    otherwise training would silently run without validation. One line, naming the longest part."""
+    val = [(b - a, source) for source, name, a, b in parts if name == "val"]
+    if val and all(n < window for n, _ in val):
+        n, source = max(val, key=lambda v: v[0])
+        raise user_error(source.path, f"the validation split holds {n} frames (after data.frame_stride={stride}), "
+                                      f"fewer than one window of history + horizon = {window} frames: {hint}")
+
+
+def _chronological(sources: list[Source], data, history: int, horizon: int) -> Split:
     gap = history + horizon
     split = {"method": "chronological", "fractions": list(data.split_fractions), "gap_frames": gap,
              "history_frames": history, "horizon_frames": horizon, "ranges": {}}
-    parts = []
+    parts, training = [], {}
     for source in sources:
         ranges = chronological_ranges(source.n_frames, data.split_fractions, gap, source.path)
         split["ranges"][str(source.index)] = ranges
         parts.extend((source, name, a, b) for name, (a, b) in ranges.items())
-    return split, parts
+        if "train" in ranges:
+            training[str(source.index)] = [list(ranges["train"])]
+    _check_validation(parts, gap, data.frame_stride, "raise its fraction (data.split_fractions) or give more "
+                                                      "frames, or set its fraction to 0 for no validation")
+    return split, parts, training
 
 
-def _by_file(sources: list[Source], data, history: int, horizon: int) -> tuple[dict, list[Part]]:
+def _by_file(sources: list[Source], data, history: int, horizon: int) -> Split:
     held_out = {name: _matching_sources(patterns, sources, f"data.{name}_inputs")
                 for name, patterns in (("val", data.val_inputs), ("test", data.test_inputs))}
     if held_out["val"] & held_out["test"]:
         raise UserError("data.val_inputs and data.test_inputs name the same input file")
     split = {"method": "by_file", "history_frames": history, "horizon_frames": horizon,
              "inputs": {name: [] for name in SPLITS}}
-    parts = []
+    parts, training = [], {}
     for source in sources:
         name = next((n for n, paths in held_out.items() if source.path in paths), "train")
         if source.path not in split["inputs"][name]:
             split["inputs"][name].append(source.path)
         parts.append((source, name, 0, source.n_frames))
+        if name == "train":
+            training[str(source.index)] = [[0, source.n_frames]]
     if not split["inputs"]["train"]:
         raise UserError("data.split=by_file: every input is held out (val/test); none is left to train on")
-    return split, parts
+    _check_validation(parts, history + horizon, data.frame_stride, "name a longer input in data.val_inputs")
+    return split, parts, training
 
 
-def _random_start(sources: list[Source], data, history: int, horizon: int) -> tuple[dict, list[Part]]:
+def _random_start(sources: list[Source], data, history: int, horizon: int) -> Split:
     split = {"method": "random_start", "seed": data.split_seed, "counts": list(data.random_start_counts),
              "margin_frames": data.random_start_margin_frames, "history_frames": history,
              "horizon_frames": horizon, "starts": {name: [] for name in SPLITS}}
-    parts = []
+    parts, training = [], {}
+    scaled: dict[tuple[str, str], list[str]] = {}  # (input, what is used) -> its phases: said once
     for source in sources:
         try:
             starts = random_start_plan(source.n_frames, before_frames=history - 1, after_frames=horizon,
@@ -261,26 +316,37 @@ def _random_start(sources: list[Source], data, history: int, horizon: int) -> tu
             raise user_error(source.path, str(exc)) from None
         if starts.scaled:
             split.setdefault("scaled", {})[str(source.index)] = starts.describe()
-            log.warning("%s: too short for the requested random starts; using %s", source.path,
-                        starts.describe())
+            phase = (source.frame_offset - source.frames_raw[0]) * data.stride_phases // data.frame_stride
+            scaled.setdefault((source.path, starts.describe()), []).append(str(phase))
         # source k draws with seed + k, so a single input reproduces numpy.random.seed(seed) exactly
         draws = random_start_split(source.n_frames, starts, data.split_seed + source.index)
         for name in SPLITS:
             split["starts"][name].extend([source.index, int(s)] for s in draws[name])
+        # a window holds history frames up to its start s (the last observed frame) and horizon frames after
+        windows = _merged([(int(s) - history + 1, int(s) + horizon + 1) for s in draws["train"]])
+        if windows:
+            training[str(source.index)] = windows
         parts.append((source, "all", 0, source.n_frames))
-    return split, parts
+    for (path, used), phases in scaled.items():
+        which = f" (data.stride_phases: phase{'s' * (len(phases) > 1)} {', '.join(phases)})" \
+            if data.stride_phases > 1 else ""
+        log.warning("%s%s: too short for the requested random starts; using %s", path, which, used)
+    return split, parts, training
 
 
 def _plan_key(sources: list[Source], data, topology: str | None, history: int) -> str:
     """What decides the dataset's content, hashed: a re-run with the same key resumes or reuses it."""
+    ignored = ("dataset", "num_workers", "window_stride", "chunk_frames")
     identity = {
         "schema_version": SCHEMA_VERSION,
         "inputs": [(s.path, s.size_bytes, s.mtime_ns) for s in sources],
         "topology": topology and str(Path(topology).resolve()),
-        "data": {k: v for k, v in vars(data).items() if k not in ("dataset", "num_workers", "window_stride",
-                                                                    "chunk_frames")},
+        # data.frames unset leaves the keys of datasets made before it existed unchanged
+        "data": {k: v for k, v in vars(data).items() if k not in ignored and not (k == "frames" and v is None)},
         "history_frames": history,
     }
+    if data.split == "random_start":  # statistics from the train windows (once from all frames): a new content
+        identity["statistics"] = "train windows"
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -289,18 +355,22 @@ def make_plan(inputs: list[str], cfg, topology: str | None = None) -> Plan:
     data = cfg.data
     paths = expand_inputs(inputs)
     stride = data.frame_stride
-    sources, numbers = inspect_sources(paths, stride, topology, data.stride_phases, data.timestep_fs is None)
+    sources, numbers = inspect_sources(paths, stride, topology, data.stride_phases, data.frames,
+                                       data.timestep_fs is None)
     atom_indices = parse_atom_selection(data.atom_selection, numbers, str(paths[0]))
     timestep_fs = dataset_timestep_fs(sources, stride, data.timestep_fs)
     history, horizon = cfg.model.history_frames, data.horizon_frames
     make_split = {"chronological": _chronological, "by_file": _by_file}.get(data.split, _random_start)
-    split, parts = make_split(sources, data, history, horizon)
+    split, parts, training_ranges = make_split(sources, data, history, horizon)
     shards: list[Shard] = []
     for source, name, start, stop in parts:  # blocks of data.frames_per_shard frames, numbered in order
         for a in range(start, stop, data.frames_per_shard):
             idx = len(shards)
             shards.append(Shard(idx, f"shards/shard-{idx:05d}.nc", source.index, name, a,
                                 min(stop, a + data.frames_per_shard)))
+    training = {"frames": "train windows" if data.split == "random_start" else "train",
+                "count": sum(b - a for ranges in training_ranges.values() for a, b in ranges),
+                "ranges": training_ranges}
     return Plan(_plan_key(sources, data, topology, history), sources, shards, atom_indices,
-                [int(numbers[i]) for i in atom_indices], stride, timestep_fs, split,
+                [int(numbers[i]) for i in atom_indices], stride, timestep_fs, split, training,
                 topology and str(Path(topology).resolve()))

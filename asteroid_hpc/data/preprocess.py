@@ -192,7 +192,8 @@ def build_manifest(plan: Plan, cfg, records: list[dict], source_hashes: dict[str
             "time_first_ps", "time_last_ps", "size_bytes", "sha256")
     sources = [{"index": s.index, "path": s.path, "format": s.format, "size_bytes": s.size_bytes,
                 "blake3": source_hashes[s.path], "n_frames_raw": s.n_frames_raw, "n_frames": s.n_frames,
-                "frame_offset": s.frame_offset, "n_atoms": s.n_atoms, "timestep_ps": s.timestep_ps}
+                "frame_offset": s.frame_offset, "frames_raw": s.frames_raw, "n_atoms": s.n_atoms,
+                "timestep_ps": s.timestep_ps}
                for s in plan.sources]
     return {
         "format": FORMAT,
@@ -213,8 +214,10 @@ def build_manifest(plan: Plan, cfg, records: list[dict], source_hashes: dict[str
         "sources": sources,
         "shards": [{k: r[k] for k in keep} for r in records],
         "dropped_nonfinite_frames": sum(len(r["dropped_frames"]) for r in records),
-        "statistics": {
-            "frames": "all" if plan.split["method"] == "random_start" else "train",
+        "statistics": {  # of the training frames only: "ranges" lists them (strided frames per source)
+            "frames": plan.training["frames"],
+            "count": plan.training["count"],
+            "ranges": plan.training["ranges"],
             "sampled_every_frames": stats_every(plan, cfg.data.stats_max_frames),
             "coordinate_mean_angstrom": coords.mean.tolist(),
             "coordinate_std_angstrom": coords.std.tolist(),

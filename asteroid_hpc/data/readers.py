@@ -23,7 +23,8 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import UserError, user_error
-from .amber import AmberReader, FrameChunk, _check_readable, iter_strided_chunks
+from .amber import AmberReader, _check_readable
+from .frames import FrameChunk, iter_strided_chunks
 from .mda_reader import MDA_FORMATS, MdaReader, mda_format
 
 NETCDF_SUFFIXES = (".nc", ".ncdf", ".netcdf")

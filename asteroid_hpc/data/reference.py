@@ -15,31 +15,49 @@ import numpy as np
 from ..errors import user_error
 from ..geometry import kabsch_superpose
 from .amber import AmberReader
-from .manifest import inside, read_manifest
-from .shards import STATS_SPLITS
+from .manifest import inside, read_manifest, training_ranges
+from .stats import in_ranges
 
 READ_FRAMES = 64  # sampled frames read per call
 MAX_COORDINATES = 2 ** 24  # sampled coordinates held at once (134 MB as float64)
 SUPERPOSE_ITERATIONS = 4  # the mean stops changing (to float32 precision) after 2-3 on xTB-MD17 molecules
 
 
+def _sampled_rows(shard: dict, ranges: list[list[int]], every: int) -> np.ndarray:
+    """Rows of the shard file holding training frames, every ``every``-th of them (the file keeps only the
+    frames not dropped)."""
+    dropped = set(shard.get("dropped_frames", ()))
+    kept = np.arange(shard["frame_start"], shard["frame_stop"])
+    if dropped:
+        kept = kept[~np.isin(kept, list(dropped))]
+    return np.flatnonzero(in_ranges(ranges, kept))[::every]
+
+
 def training_mean_structure(dataset_dir: str | os.PathLike, max_frames: int = 4096) -> np.ndarray:
     """Mean structure [N, 3] (Å, centred at the origin) of at most about ``max_frames`` frames spread evenly
-    over the training shards (all shards of a random-start dataset, as for the normalisation statistics)."""
+    over the training frames (the manifest's ``statistics.ranges``, as for the normalisation statistics:
+    never a validation or test frame)."""
     directory = Path(dataset_dir)
     manifest = read_manifest(directory)
-    shards = [s for s in manifest["shards"] if s["split"] in STATS_SPLITS]
-    total = sum(s["frame_stop"] - s["frame_start"] for s in shards)
+    ranges = training_ranges(manifest, directory)
+    total = sum(b - a for source in ranges.values() for a, b in source)
     if total == 0:
         raise user_error(directory, "no training frames to take a reference structure from")
     max_frames = max(1, min(max_frames, MAX_COORDINATES // (3 * int(manifest["n_atoms"]))))  # large systems
     every = max(1, -(-total // max_frames))
     frames = []
-    for shard in shards:
+    for shard in manifest["shards"]:
+        rows = _sampled_rows(shard, ranges.get(str(shard["source"]), []), every)
+        if not len(rows):
+            continue
         with AmberReader(inside(directory, shard["file"], directory)) as reader:
-            for first in range(0, reader.n_frames, every * READ_FRAMES):  # bounded memory for large systems
-                chunk = reader.read(first, min(reader.n_frames, first + every * READ_FRAMES)).coordinates
-                frames.append(np.asarray(chunk[::every], dtype=np.float64))
+            first = 0
+            while first < len(rows):  # bounded memory for large systems: spans of every × READ_FRAMES rows
+                stop = int(np.searchsorted(rows, rows[first] + every * READ_FRAMES))
+                group = rows[first:stop]
+                chunk = reader.read(int(group[0]), int(group[-1]) + 1).coordinates
+                frames.append(np.asarray(chunk[group - group[0]], dtype=np.float64))
+                first = stop
     frames = np.concatenate(frames)
     finite = np.isfinite(frames).all(axis=(1, 2))
     frames = frames[finite]

@@ -19,12 +19,11 @@ from ..logs import get_logger
 from .amber import AmberWriter
 from .plan import Plan, Shard, Source
 from .readers import TrajectoryReader
-from .stats import RunningMoments
+from .stats import RunningMoments, in_ranges
 
 log = get_logger(__name__)
 
 MAX_CHUNK_BYTES = 32 << 20
-STATS_SPLITS = ("train", "all")  # statistics come from the training frames only (all for random starts)
 
 
 class _Frames:
@@ -62,31 +61,41 @@ class _Frames:
 
 
 class _ShardStatistics:
-    """Coordinate and displacement moments of every ``every``-th frame (displacement: from the frame
-    before it), accumulated chunk by chunk; ``last`` is the frame before the current chunk."""
+    """Coordinate and displacement moments of every ``every``-th training frame (displacement: from the
+    frame before it, when that is a training frame too), accumulated chunk by chunk; ``training``: the
+    source's training ranges; ``last`` is the frame before the current chunk."""
 
-    def __init__(self, every: int, last: tuple[np.ndarray, int] | None) -> None:
+    def __init__(self, every: int, training: list[list[int]], last: tuple[np.ndarray, int] | None) -> None:
         self.every = every
+        self.training = training
         self.last = last
         self.coordinates, self.displacements = RunningMoments(), RunningMoments()
 
     def update(self, x: np.ndarray, index: np.ndarray) -> None:
-        picked = np.flatnonzero(index % self.every == 0)
+        training = in_ranges(self.training, index)
+        picked = np.flatnonzero((index % self.every == 0) & training)
         if len(picked):
             self.coordinates.update_vectors(x[picked])
             inner = picked[picked > 0]
-            inner = inner[index[inner - 1] == index[inner] - 1]
+            inner = inner[(index[inner - 1] == index[inner] - 1) & training[inner - 1]]
             self.displacements.update_vectors(x[inner] - x[inner - 1])
-            if picked[0] == 0 and self.last is not None and self.last[1] == index[0] - 1:
+            if picked[0] == 0 and self.last is not None and self.last[1] == index[0] - 1 \
+                    and in_ranges(self.training, [self.last[1]])[0]:
                 self.displacements.update_vectors((x[0] - self.last[0])[None])
         self.last = (x[-1].copy(), int(index[-1]))
 
 
 def stats_every(plan: Plan, max_frames: int) -> int:
-    """q: the statistics use frames whose (strided) index is a multiple of q, so that at most about
-    ``max_frames`` frames of the statistics splits are read for them (0: every frame)."""
-    n_frames = sum(s.frame_stop - s.frame_start for s in plan.shards if s.split in STATS_SPLITS)
+    """q: the statistics use training frames whose (strided) index is a multiple of q, so that at most
+    about ``max_frames`` training frames are read for them (0: every frame)."""
+    n_frames = plan.training["count"]
     return max(1, -(-n_frames // max_frames)) if max_frames > 0 else 1
+
+
+def _training_ranges(plan: Plan, shard: Shard) -> list[list[int]]:
+    """The training ranges of the shard's source that meet the shard's frames (the statistics' frames)."""
+    return [r for r in plan.training["ranges"].get(str(shard.source), [])
+            if r[0] < shard.frame_stop and r[1] > shard.frame_start]
 
 
 def _previous_frame(reader: TrajectoryReader, frames: _Frames, frame: int) -> tuple[np.ndarray, int] | None:
@@ -176,10 +185,12 @@ def write_shard(reader: TrajectoryReader, plan: Plan, shard: Shard, cfg, outdir:
     chunk_frames = _chunk_frames(source.n_atoms, plan.frame_stride, data.chunk_frames)
     clock = _Clock(frames, plan.timestep_fs / 1000.0)
     stats = None
-    if shard.split in STATS_SPLITS:
+    training = _training_ranges(plan, shard)
+    if training:
+        crosses = in_ranges(training, [shard.frame_start - 1, shard.frame_start]).all()  # frame before: training
         before = _previous_frame(reader, frames, shard.frame_start - 1) \
-            if linked_to_previous and shard.frame_start % every == 0 else None
-        stats = _ShardStatistics(every, before)
+            if linked_to_previous and crosses and shard.frame_start % every == 0 else None
+        stats = _ShardStatistics(every, training, before)
     writer = AmberWriter(outdir / shard.file, len(plan.atom_indices), plan.atomic_numbers,
                          timestep_ps=clock.timestep_ps, program="asteroid-hpc preprocess",
                          compression=data.compression, chunk_frames=min(chunk_frames, 256),

@@ -1,4 +1,5 @@
-"""Streaming per-coordinate mean and variance (Chan et al.'s parallel update), mergeable across shards."""
+"""Streaming per-coordinate mean and variance (Chan et al.'s parallel update), mergeable across shards, and
+the test of which frames they may see (the training ranges of the plan)."""
 
 from __future__ import annotations
 
@@ -61,3 +62,13 @@ class RunningMoments:
     @classmethod
     def from_dict(cls, data: dict) -> "RunningMoments":
         return cls(len(data["mean"]), int(data["count"]), np.asarray(data["mean"]), np.asarray(data["m2"]))
+
+
+def in_ranges(ranges: list[list[int]], frames: np.ndarray) -> np.ndarray:
+    """Boolean mask: which of ``frames`` lie in one of ``ranges`` (sorted, disjoint [start, stop))."""
+    frames = np.asarray(frames)
+    if not ranges:
+        return np.zeros(frames.shape, dtype=bool)
+    bounds = np.asarray(ranges, dtype=np.int64)
+    k = np.searchsorted(bounds[:, 0], frames, side="right") - 1
+    return (k >= 0) & (frames < bounds[np.maximum(k, 0), 1])

@@ -152,6 +152,12 @@ class WindowDataset(Dataset):
         seg = self.segments[int(self._segment_of[index])]
         return seg.source, seg.frame_start + int(self._offset_of[index])
 
+    def window_locations(self) -> tuple[np.ndarray, np.ndarray]:
+        """(source index, strided source frame of the first history frame) of every window, as arrays."""
+        sources = np.array([seg.source for seg in self.segments], dtype=np.int64)
+        frame_starts = np.array([seg.frame_start for seg in self.segments], dtype=np.int64)
+        return sources[self._segment_of], frame_starts[self._segment_of] + self._offset_of
+
     def read_segment(self, segment: int, start: int, stop: int) -> np.ndarray:
         """Frames ``start:stop`` (counted from the segment's first frame) of a segment, float32 [F, N, 3]."""
         out = []

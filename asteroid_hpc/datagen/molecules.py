@@ -58,6 +58,15 @@ def get_molecule(name: str) -> Molecule:
     return MOLECULES[key]
 
 
+def molecule_of(atomic_numbers) -> str | None:
+    """The table molecule with exactly these atomic numbers in this order (the generator's atom order), else None."""
+    atomic_numbers = np.asarray(atomic_numbers).tolist()
+    for name, molecule in MOLECULES.items():
+        if molecule.atomic_numbers.tolist() == atomic_numbers:
+            return name
+    return None
+
+
 MOLECULES: dict[str, Molecule] = {
     "aspirin": Molecule(
         name="aspirin",

@@ -111,6 +111,28 @@ def run_nve_chunk(atoms, *, first_frame: int, n_frames: int, stride: int, timest
                        atoms.get_momenta().copy(), steps)
 
 
+def xtb_potential_energies(positions: np.ndarray, atomic_numbers) -> np.ndarray:
+    """GFN2-xTB potential energy [F] in eV of each frame of ``positions`` [F, N, 3] Å (neutral, closed shell,
+    one thread); NaN where the SCF fails or a frame is not finite."""
+    from ase import Atoms
+
+    from .threads import single_threaded
+
+    positions = np.asarray(positions, dtype=np.float64)
+    energies = np.full(len(positions), np.nan)
+    with single_threaded():
+        for f, frame in enumerate(positions):
+            if not np.isfinite(frame).all():
+                continue
+            atoms = Atoms(numbers=np.asarray(atomic_numbers), positions=frame)
+            atoms.calc = make_calculator()
+            try:
+                energies[f] = atoms.get_potential_energy()
+            except Exception:  # noqa: BLE001 - tblite raises its own errors when the SCF does not converge
+                pass
+    return energies
+
+
 def set_state(atoms, positions: np.ndarray, momenta: np.ndarray) -> None:
     atoms.positions = positions
     atoms.set_momenta(momenta)

@@ -20,6 +20,7 @@ from ..logs import get_logger
 from .perturb import InitialCondition, starting_window
 from .rollout import MemberForecaster
 from .store import is_finished, marker_path, member_path
+from .watch import Watch
 
 log = get_logger(__name__)
 
@@ -58,8 +59,10 @@ def _window_after(start: np.ndarray, job: MemberJob, frames_done: int) -> np.nda
 
 
 def run_member(job: MemberJob, forecaster: MemberForecaster, initial: InitialCondition, ensemble_cfg,
-               progress) -> None:
-    """Produce (or finish) member ``job.member``'s trajectory; collective over the forecaster's group."""
+               progress, watch: Watch | None = None) -> None:
+    """Produce (or finish) member ``job.member``'s trajectory; collective over the forecaster's group. With
+    ``watch`` the group root checks every pass: a blow-up is logged once, and with
+    ``ensemble_cfg.stop_on_blowup`` the member's file ends after that pass, its marker saying so."""
     group = forecaster.group
     is_root = group.rank == 0
     state = None
@@ -81,20 +84,34 @@ def run_member(job: MemberJob, forecaster: MemberForecaster, initial: InitialCon
     if is_root and frames_done:
         log.info("member %d: continuing from frame %d of %d", job.member, frames_done, job.horizon_frames)
     buffer: list[np.ndarray] = []
+    previous = window[-1] if is_root else None  # the frame before the next one, for the displacement check
+    blowup = None
     with writer if writer is not None else nullcontext():  # an exception keeps the partial file
         for frames in forecaster.rollout(window, job.horizon_frames - frames_done):
             if is_root:
+                first_lead = frames_done + sum(len(b) for b in buffer) + 1
                 buffer.append(frames)
+                if watch is not None and blowup is None:
+                    blowup = watch.first_blowup(watch.check(frames, previous), first_lead)
+                    if blowup is not None:
+                        log.warning("member %d: blew up at lead time frame %d: %s%s", job.member,
+                                    blowup["first_frame"], blowup["cause"],
+                                    "; stopping it (ensemble.stop_on_blowup)" if ensemble_cfg.stop_on_blowup else "")
+                previous = frames[-1]
                 if sum(len(b) for b in buffer) >= job.chunk_frames:
                     frames_done = _flush(writer, buffer, frames_done, initial)
                     progress.report(job.member, frames_done, resumed_from, False)
             progress.poll()
+            if ensemble_cfg.stop_on_blowup and group.bcast(blowup is not None if is_root else None, root=0):
+                break
         if is_root:
             frames_done = _flush(writer, buffer, frames_done, initial)
     if is_root:  # the file is complete and renamed; only now does the member count as finished
-        write_json_atomic(marker_path(job.outdir, job.member), {
-            "member": job.member, "frames": frames_done, "resumed_from_frame": resumed_from,
-            "seconds_this_run": round(time.monotonic() - began, 3)}, indent=2)
+        marker = {"member": job.member, "frames": frames_done, "resumed_from_frame": resumed_from,
+                  "seconds_this_run": round(time.monotonic() - began, 3)}
+        if ensemble_cfg.stop_on_blowup and blowup is not None:
+            marker["stopped"] = blowup  # finished early: not a healthy member of the horizon's length
+        write_json_atomic(marker_path(job.outdir, job.member), marker, indent=2)
         progress.report(job.member, frames_done, resumed_from, True)
 
 

@@ -16,11 +16,12 @@ from ..runtime.mpi import world
 from ..errors import user_error
 from .grid import ProcessGrid, split_group
 from .member import MemberJob, run_member
-from .perturb import InitialCondition, inspect_initial
+from .perturb import InitialCondition, inspect_initial, starting_window
 from .progress import POLL_SECONDS, Progress
 from .rollout import MemberForecaster
 from .store import COMPLETE_FILE, TRAJECTORY_KEYS, claim_run
 from .summary import Reference, write_summary
+from .watch import initial_watch
 
 log = get_logger(__name__)
 
@@ -83,10 +84,14 @@ def run_ensemble(cfg: AsteroidConfig, model_path: str | os.PathLike, initial_pat
     initial = _initial_condition(initial_path, ens, m, cfg.data.frame_stride, model, model_path, topology,
                                  allow_mismatch)
     _check_inputs(initial, model.cfg, reference)
+    watch = initial_watch(initial, ens, m)
     identity = {"model_sha256": file_digest(weights), "initial": str(initial.path.resolve()),
                 "initial_frames": initial.n_frames, "atoms": initial.n_atoms, "end_frame": initial.end_frame,
                 "frame_stride": initial.frame_stride,
                 **{key: getattr(ens, key) for key in TRAJECTORY_KEYS}}
+    if ens.stop_on_blowup:  # the thresholds then decide where a member's file ends
+        identity["stop_on_blowup"] = {"bond_angstrom": ens.blowup_bond_angstrom,
+                                      "displacement_angstrom": ens.blowup_displacement_angstrom}
     continuing = claim_run(outdir, identity) if w.rank == 0 else None
     continuing = w.bcast(continuing, root=0)
     group = split_group(w, grid)
@@ -99,7 +104,7 @@ def run_ensemble(cfg: AsteroidConfig, model_path: str | os.PathLike, initial_pat
                         grid.groups - ens.members)
     started = time.monotonic()
     with torch.no_grad():
-        _forecast_members(w, grid, forecaster, initial, ens, outdir, identity["model_sha256"])
+        _forecast_members(w, grid, forecaster, initial, ens, outdir, identity["model_sha256"], watch)
     _quiet_barrier(w)
     if w.rank != 0:
         return None
@@ -108,7 +113,10 @@ def run_ensemble(cfg: AsteroidConfig, model_path: str | os.PathLike, initial_pat
                             initial.timestep_ps, reference, extra={
                                 "world_size": w.size, "process_grid": [grid.groups, grid.domains],
                                 "forecast_wall_seconds": round(forecast_seconds, 3),
-                                "run": identity}, end_time_ps=initial.end_time_ps)
+                                "run": identity}, watch=watch,
+                            starting_frames=[starting_window(initial, ens, member, m)[-1]
+                                             for member in range(ens.members)],
+                            end_time_ps=initial.end_time_ps)
     write_json_atomic(outdir / COMPLETE_FILE, {"members": ens.members, "horizon_frames": ens.horizon_frames},
                       indent=2)
     log.info("ensemble complete: %s (forecast %.1f s)", outdir, forecast_seconds)
@@ -154,7 +162,7 @@ def _startup_lines(ens: EnsembleConfig, grid: ProcessGrid, threads: int, initial
 
 
 def _forecast_members(w, grid: ProcessGrid, forecaster: MemberForecaster, initial: InitialCondition,
-                      ens: EnsembleConfig, outdir: Path, model_sha256: str) -> None:
+                      ens: EnsembleConfig, outdir: Path, model_sha256: str, watch) -> None:
     """Run (or skip, or finish) this rank's members, then wait until every member of the job is done."""
     progress = Progress(w, ens.members, ens.horizon_frames)
     attributes = {"ensemble_seed": ens.seed, "perturbation": ens.perturbation, "noise_angstrom": ens.noise_angstrom,
@@ -162,6 +170,6 @@ def _forecast_members(w, grid: ProcessGrid, forecaster: MemberForecaster, initia
                   "model_sha256": model_sha256}
     for member in grid.members_of(grid.group, ens.members):
         job = MemberJob(outdir, member, ens.horizon_frames, ens.chunk_frames, {**attributes, "member": member})
-        run_member(job, forecaster, initial, ens, progress)
+        run_member(job, forecaster, initial, ens, progress, watch)
     progress.wait_all()
 

@@ -2,6 +2,10 @@
 
 ``history`` is ``[S, m, N, 3]`` (frames equally spaced), ``lead_steps`` the lead times to forecast in
 units of that spacing (1 = the frame right after the last observed one). Results are ``[S, H, N, 3]``.
+
+Two constant velocities: ours, "(history spacing)", is the finite difference of the last two history
+frames; the peers' (GMN/EGNO), "(1-frame)", is the finite difference of the last frame and the input
+file's frame just before it, one frame of the file whatever the history spacing.
 """
 
 from __future__ import annotations
@@ -37,6 +41,20 @@ def constant_velocity_forecast(history, lead_steps) -> np.ndarray:
     last = history[:, -1:].astype(np.float64)
     velocity = last - history[:, -2:-1]
     return (last + steps.reshape(1, -1, 1, 1) * velocity).astype(history.dtype)
+
+
+def one_frame_velocity_forecast(history, previous_frame, lead_frames) -> np.ndarray:
+    """The peers' constant velocity: x_t + Δ · (x_t − x_{t−1}) with x_{t−1} the input's frame just before the
+    last observed one (``previous_frame`` [S, N, 3]) and Δ the lead time in frames of the input
+    (``lead_frames``, e.g. lead_steps × history stride)."""
+    history, frames = _check(history, lead_frames)
+    previous = np.asarray(previous_frame)
+    if previous.shape != history.shape[:1] + history.shape[2:]:
+        raise ValueError(f"previous_frame must be [S, N, 3] = {[history.shape[0], *history.shape[2:]]}, "
+                         f"got {list(previous.shape)}")
+    last = history[:, -1:].astype(np.float64)
+    velocity = last - previous[:, None]
+    return (last + frames.reshape(1, -1, 1, 1) * velocity).astype(history.dtype)
 
 
 def history_mean_forecast(history, lead_steps) -> np.ndarray:
@@ -88,6 +106,8 @@ def reference_structure_forecast(history, lead_steps, reference) -> np.ndarray:
 
 
 REFERENCE_BASELINE = "training mean structure"  # scored when the model carries a reference structure
-BASELINES = {"persistence": persistence_forecast, "constant velocity": constant_velocity_forecast,
+CONSTANT_VELOCITY = "constant velocity (history spacing)"
+ONE_FRAME_VELOCITY = "constant velocity (1-frame)"  # the peers'; scored when the samples carry the previous frame
+BASELINES = {"persistence": persistence_forecast, CONSTANT_VELOCITY: constant_velocity_forecast,
              "history mean": history_mean_forecast, "aligned history mean": aligned_history_mean_forecast,
              "constant rotation": constant_rotation_forecast}

@@ -14,6 +14,7 @@ from .run import ProtocolResult, build_samples, evaluate_samples
 
 NO_MODEL = "none"  # MODEL argument that scores the baselines alone
 TRAJECTORY_PROTOCOLS = ("A", "B", "C")  # read a trajectory file and make their own splits
+LONG_ROLLOUT = "L"  # long free-running rollouts against the trajectory files' MD (asked for, never a default)
 
 log = get_logger(__name__)
 
@@ -29,6 +30,8 @@ def choose_protocols(requested: list[str], data_paths: list[Path]) -> list[str]:
     if directories and any(p in TRAJECTORY_PROTOCOLS for p in chosen):
         raise user_error(data_paths[0], "protocols A, B and C make their own splits: pass the trajectory file, not a "
                                         "dataset directory")
+    if directories and LONG_ROLLOUT in chosen:
+        raise user_error(data_paths[0], "protocol L reads trajectory files (the reference MD), not a dataset directory")
     if not directories and "window" in chosen:
         raise user_error(data_paths[0], "protocol window needs a preprocessed dataset directory")
     return chosen
@@ -55,43 +58,92 @@ def evaluate_to_directory(model_path: str | os.PathLike, data_paths, out_dir: st
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise user_error(out, "output path exists and is not a directory")
+    if LONG_ROLLOUT in protocols and str(model_path) == NO_MODEL:
+        raise user_error(model_path, "protocol L rolls a model out; it has no baseline-only form")
     model = None if str(model_path) == NO_MODEL else open_model(model_path)
     history_frames = settings.baseline_history_frames if model is None else model.cfg.history_frames
     sampling = dict(split=settings.split, history_frames=history_frames, max_samples=settings.max_samples,
                     seed=settings.seed)
-    results = []
+    results, long_result = [], None
     if "window" in protocols:
-        from .windows import window_samples
-
-        if len(data_paths) != 1:
-            raise user_error(data_paths[1], "protocol window takes one dataset directory")
-        samples = window_samples(data_paths[0], horizon_frames=settings.horizon_frames, **sampling)
-        results.append(evaluate_samples(model, samples, batch_size=settings.batch_size))
-    trajectory_protocols = [p for p in protocols if p != "window"]
-    if trajectory_protocols:
-        from .protocols import pool_samples
-        from .trajectory import load_trajectory
-
-        per_file: dict[str, list] = {protocol: [] for protocol in trajectory_protocols}
-        for data_path in data_paths:
-            traj = load_trajectory(data_path, settings.timestep_fs, topology=topology, model=model_path,
-                                   signature=getattr(model, "data_signature", None), allow_mismatch=allow_mismatch)
-            log.info("%s: %d frames of %d atoms, %g fs apart", data_path, len(traj.positions),
-                     traj.positions.shape[1], traj.frame_fs)
-            for protocol in trajectory_protocols:
-                per_file[protocol].append(build_samples(
-                    protocol, traj, a_history_stride_frames=settings.a_history_stride_frames,
-                    a_heavy_input=settings.a_input == "heavy", **sampling))
-        for protocol, parts in per_file.items():
-            samples = pool_samples(parts, [str(p) for p in data_paths])
-            results.append(evaluate_samples(model, samples, batch_size=settings.batch_size))
+        results.append(_evaluate_windows(model, data_paths, settings, sampling))
+    if any(p in TRAJECTORY_PROTOCOLS or p == LONG_ROLLOUT for p in protocols):
+        loading = dict(topology=topology, model=model_path, allow_mismatch=allow_mismatch,
+                       signature=getattr(model, "data_signature", None))
+        trajectory_results, long_result = _evaluate_trajectories(model, data_paths, protocols, settings, sampling,
+                                                                 loading)
+        results.extend(trajectory_results)
     data = str(data_paths[0]) if len(data_paths) == 1 else [str(p) for p in data_paths]
     header = {"model": str(model_path), "data": data, "command": command_line,
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "model_config": None if model is None else _model_config(model)}
-    paths = write_outputs(results, out, header)
+    paths = write_outputs(results, out, header, long_result)
     paths["config"] = write_resolved_config(cfg, out, detect_launch())
-    return results, paths, results_markdown(results, header)
+    return results, paths, results_markdown(results, header, long_result)
+
+
+def _evaluate_windows(model, data_paths, settings, sampling) -> ProtocolResult:
+    """Protocol window: the windows of one preprocessed dataset directory."""
+    from .windows import window_samples
+
+    if len(data_paths) != 1:
+        raise user_error(data_paths[1], "protocol window takes one dataset directory")
+    samples = window_samples(data_paths[0], horizon_frames=settings.horizon_frames, **sampling)
+    return evaluate_samples(model, samples, batch_size=settings.batch_size)
+
+
+def _evaluate_trajectories(model, data_paths, protocols, settings, sampling, loading: dict | None = None):
+    """Protocols A, B, C (each file's samples pooled, plus each file alone) and L on trajectory files:
+    (results of A/B/C, the long-rollout result or None). ``loading``: keywords of ``load_trajectory``
+    (topology, the model's data signature and whether a mismatch with it is allowed)."""
+    from .protocols import pool_samples
+    from .trajectory import load_trajectory
+
+    trajectory_protocols = [p for p in protocols if p in TRAJECTORY_PROTOCOLS]
+    per_file: dict[str, list] = {protocol: [] for protocol in trajectory_protocols}
+    trajectories, fingerprints = [], []
+    for data_path in data_paths:
+        traj = load_trajectory(data_path, settings.timestep_fs, **(loading or {}))
+        log.info("%s: %d frames of %d atoms, %g fs apart", data_path, len(traj.positions),
+                 traj.positions.shape[1], traj.frame_fs)
+        fingerprints.append(_fingerprint(model, data_path))
+        if LONG_ROLLOUT in protocols:
+            trajectories.append(traj)
+        for protocol in trajectory_protocols:
+            per_file[protocol].append(build_samples(
+                protocol, traj, a_history_stride_frames=settings.a_history_stride_frames,
+                a_heavy_input=settings.a_input == "heavy",
+                a_frames=None if settings.a_frames is None else tuple(settings.a_frames), **sampling))
+    results = []
+    for protocol, parts in per_file.items():
+        samples = pool_samples(parts, [str(p) for p in data_paths])
+        results.append(evaluate_samples(model, samples, batch_size=settings.batch_size))
+        if model is not None:
+            results[-1].training_overlap = _training_overlap(model, data_paths, fingerprints, parts)
+    long_result = None
+    if LONG_ROLLOUT in protocols:
+        from .long_rollout import long_rollout
+
+        long_result = long_rollout(model, trajectories, settings, batch_size=settings.batch_size)
+    return results, long_result
+
+
+def _fingerprint(model, data_path) -> str | None:
+    """The blake3 of ``data_path`` when the model records the inputs it was trained on, else None."""
+    if model is None or not getattr(model, "training_data", None):
+        return None
+    from ..checksum import file_digest
+
+    return file_digest(data_path, "blake3")
+
+
+def _training_overlap(model, data_paths, fingerprints, parts) -> list[dict]:
+    """Per trajectory: how close its starts lie to the model's training windows (data.coverage)."""
+    from ..data.coverage import distance_to_training
+
+    return [{"source": str(path), **distance_to_training(getattr(model, "training_data", None), fingerprint,
+                                                         samples.start_frames)}
+            for path, fingerprint, samples in zip(data_paths, fingerprints, parts)]
 
 
 def _model_config(model) -> dict:

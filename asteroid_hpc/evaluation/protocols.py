@@ -60,6 +60,9 @@ class ProtocolSamples:
     start_frames: np.ndarray  # [S] trajectory index of the last history frame
     settings: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # [S, N, 3]: the input's frame just before each start (one frame of the file, whatever the history
+    # spacing), for the peers' one-frame velocity; None where the protocol does not have it (window)
+    previous_frame: np.ndarray | None = None
 
     @property
     def lead_time_fs(self) -> np.ndarray:
@@ -126,8 +129,11 @@ def _heavy_atoms(atomic_numbers: np.ndarray, source: str) -> np.ndarray:
 
 
 def _random_start_frames(traj: Trajectory, split: str, history_frames: int, a_stride: int,
-                         notes: list[str]) -> tuple[np.ndarray, RandomStartPlan]:
-    """Starts shared by A and B: the plan covers the history of both and A's last target."""
+                         notes: list[str], frame_range: tuple[int, int] | None = None,
+                         window: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, RandomStartPlan]:
+    """Starts shared by A and B: the plan covers the history of both and A's last target. With
+    ``frame_range`` [lo, hi), only the starts whose window (``window`` = frames before and after the start)
+    lies wholly inside are kept (the draw itself is the whole file's)."""
     delta_t = to_file_frames(A_DELTA_T_FRAMES, traj.frame_fs, "protocol A's ΔT")
     b_stride = to_file_frames(B_STRIDE_FRAMES, traj.frame_fs, "protocol B's stride")
     margin = to_file_frames(A_MARGIN_FRAMES, traj.frame_fs, "protocol A's margin")
@@ -137,7 +143,16 @@ def _random_start_frames(traj: Trajectory, split: str, history_frames: int, a_st
     if plan.scaled:
         notes.append(f"scaled down: {len(traj.positions)} frames are fewer than the peers' protocol needs; "
                      f"used {plan.describe()} instead of margin {margin} and {sizes[0]}/{sizes[1]}/{sizes[2]}")
-    return random_start_split(len(traj.positions), plan, A_SEED)[split], plan
+    starts = random_start_split(len(traj.positions), plan, A_SEED)[split]
+    if frame_range is not None:
+        lo, hi = frame_range
+        drawn, starts = len(starts), starts[(starts - window[0] >= lo) & (starts + window[1] < hi)]
+        if not len(starts):
+            raise UserError(f"{traj.source}: none of the {drawn} {split} starts has its whole window (history and "
+                            f"targets) inside evaluate.a_frames=[{lo}, {hi}]")
+        notes.append(f"evaluate.a_frames=[{lo}, {hi}]: {len(starts)} of the {drawn} {split} starts, those whose "
+                     f"whole window (history and targets) lies inside")
+    return starts, plan
 
 
 def protocol_a_stride(history_stride_frames: int, frame_fs: float) -> int:
@@ -151,13 +166,16 @@ def protocol_a_stride(history_stride_frames: int, frame_fs: float) -> int:
 
 
 def protocol_a(traj: Trajectory, *, split: str, history_frames: int, history_stride_frames: int = 375,
-               heavy_input: bool = True, max_samples: int | None = None, seed: int = 0) -> ProtocolSamples:
+               heavy_input: bool = True, max_samples: int | None = None, seed: int = 0,
+               frame_range: tuple[int, int] | None = None) -> ProtocolSamples:
     """Protocol A samples. ``history_stride_frames`` (MD17 frames) must divide ΔT/P: the model steps at that
-    stride and is scored on the frames that land on the targets."""
+    stride and is scored on the frames that land on the targets. ``frame_range`` [lo, hi) (file frames)
+    keeps the starts whose history and targets all lie inside."""
     notes: list[str] = []
     offsets = np.array([to_file_frames(int(o), traj.frame_fs, "protocol A's target offset") for o in protocol_a_offsets()])
     stride = protocol_a_stride(history_stride_frames, traj.frame_fs)
-    starts, plan = _random_start_frames(traj, split, history_frames, stride, notes)
+    starts, plan = _random_start_frames(traj, split, history_frames, stride, notes, frame_range,
+                                        ((history_frames - 1) * stride, int(offsets[-1])))
     starts = _limit(starts, max_samples, seed, notes)
     heavy = _heavy_atoms(traj.atomic_numbers, traj.source)
     atoms = heavy if heavy_input else np.arange(len(traj.atomic_numbers))
@@ -171,17 +189,21 @@ def protocol_a(traj: Trajectory, *, split: str, history_frames: int, history_str
                            settings={"delta_t_frames": int(offsets[-1]), "targets": A_TARGETS,
                                      "margin_frames": plan.margin_frames, "split_sizes": list(plan.kept_sizes),
                                      "split_seed": A_SEED, "atoms": "heavy" if heavy_input else "all (heavy scored)",
-                                     "history_frames": history_frames, "history_stride_frames": stride},
-                           notes=notes)
+                                     "history_frames": history_frames, "history_stride_frames": stride,
+                                     **_range_setting(frame_range)},
+                           notes=notes, previous_frame=traj.positions[starts - 1][:, atoms])
 
 
 def protocol_b(traj: Trajectory, *, split: str, history_frames: int, a_history_stride_frames: int = 375,
-               max_samples: int | None = None, seed: int = 0) -> ProtocolSamples:
-    """Protocol B samples: the starts of protocol A, history frames 10 apart, target 10 frames later."""
+               max_samples: int | None = None, seed: int = 0,
+               frame_range: tuple[int, int] | None = None) -> ProtocolSamples:
+    """Protocol B samples: the starts of protocol A, history frames 10 apart, target 10 frames later;
+    ``frame_range`` as for :func:`protocol_a` (B's own window must lie inside)."""
     notes: list[str] = []
     stride = to_file_frames(B_STRIDE_FRAMES, traj.frame_fs, "protocol B's stride")
     a_stride = to_file_frames(a_history_stride_frames, traj.frame_fs, "protocol A's history stride")
-    starts, plan = _random_start_frames(traj, split, history_frames, a_stride, notes)
+    starts, plan = _random_start_frames(traj, split, history_frames, a_stride, notes, frame_range,
+                                        ((history_frames - 1) * stride, stride))
     starts = _limit(starts, max_samples, seed, notes)
     heavy = _heavy_atoms(traj.atomic_numbers, traj.source)
     history = gather(traj.positions, starts, _history_offsets(history_frames, stride))[:, :, heavy]
@@ -190,8 +212,8 @@ def protocol_b(traj: Trajectory, *, split: str, history_frames: int, a_history_s
                            np.array([1]), stride, traj.frame_fs, starts,
                            settings={"margin_frames": plan.margin_frames, "split_sizes": list(plan.kept_sizes),
                                      "split_seed": A_SEED, "atoms": "heavy", "history_frames": history_frames,
-                                     "history_stride_frames": stride},
-                           notes=notes)
+                                     "history_stride_frames": stride, **_range_setting(frame_range)},
+                           notes=notes, previous_frame=traj.positions[starts - 1][:, heavy])
 
 
 def protocol_c(traj: Trajectory, *, split: str, history_frames: int, max_samples: int | None = None,
@@ -217,7 +239,7 @@ def protocol_c(traj: Trajectory, *, split: str, history_frames: int, max_samples
                                      "split_bounds_downsampled": [lo, hi], "window_stride_downsampled": 1,
                                      "atoms": "all", "history_frames": history_frames,
                                      "predicted_frames": C_PREDICTED_FRAMES, "history_stride_frames": stride},
-                           notes=notes)
+                           notes=notes, previous_frame=traj.positions[last_history - 1])
 
 
 def pool_samples(parts: list[ProtocolSamples], sources: list[str]) -> ProtocolSamples:
@@ -236,10 +258,16 @@ def pool_samples(parts: list[ProtocolSamples], sources: list[str]) -> ProtocolSa
     notes = list(dict.fromkeys(note for part in parts for note in part.notes))
     settings = {**first.settings, "trajectories": list(sources),
                 "samples_per_trajectory": [len(part.history) for part in parts]}
+    previous = None if any(p.previous_frame is None for p in parts) else np.concatenate(
+        [p.previous_frame for p in parts])
     return ProtocolSamples(first.protocol, first.split, np.concatenate([p.history for p in parts]),
                            np.concatenate([p.target for p in parts]), first.atomic_numbers, first.scored_atoms,
                            first.lead_steps, first.history_stride_frames, first.frame_fs,
-                           np.concatenate([p.start_frames for p in parts]), settings, notes)
+                           np.concatenate([p.start_frames for p in parts]), settings, notes, previous)
+
+
+def _range_setting(frame_range: tuple[int, int] | None) -> dict:
+    return {} if frame_range is None else {"frame_range": [int(frame_range[0]), int(frame_range[1])]}
 
 
 def _limit(indices: np.ndarray, max_samples: int | None, seed: int, notes: list[str]) -> np.ndarray:

@@ -64,8 +64,9 @@ def protocol_markdown(result: ProtocolResult) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += _superposed_table(result, scale)
     lines += _per_trajectory_table(result, scale)
-    if result.notes:
-        lines += [""] + [f"- {note}" for note in result.notes]
+    bullets = [_training_overlap_line(entry) for entry in result.training_overlap] + [f"- {n}" for n in result.notes]
+    if bullets:
+        lines += [""] + bullets
     return "\n".join(lines) + "\n"
 
 
@@ -91,6 +92,21 @@ def _superposed_table(result: ProtocolResult, scale: str) -> list[str]:
     return lines
 
 
+def _training_overlap_line(entry: dict) -> str:
+    """How close one trajectory's starts lie to the model's training windows (data.coverage)."""
+    where = f"training data, `{entry['source']}`: "
+    if entry["status"] == "unknown":
+        return f"- {where}unknown (the model records no training windows: saved before they were recorded)"
+    if entry["status"] == "independent":
+        return f"- {where}independent trajectory (no shared frames: not an input the model was trained on)"
+    window, start = entry["to_window_frames"], entry["to_start_frames"]
+    return (f"- {where}an input the model was trained on ({entry['training_windows']} training windows): the test "
+            f"starts lie a median {window['median']:g} (min {window['min']:g}) input frames from the nearest "
+            f"training window (history to last target; 0 = inside one: {entry['inside_training_window']} of "
+            f"{entry['test_starts']}) and a median {start['median']:g} (min {start['min']:g}) frames from the "
+            f"nearest training start")
+
+
 def _per_trajectory_table(result: ProtocolResult, scale: str) -> list[str]:
     """With several trajectories pooled: every method's MSE numbers on each trajectory alone."""
     if not result.per_trajectory:
@@ -107,17 +123,24 @@ def _per_trajectory_table(result: ProtocolResult, scale: str) -> list[str]:
     return lines
 
 
-def results_markdown(results: list[ProtocolResult], header: dict) -> str:
+def results_markdown(results: list[ProtocolResult], header: dict, long_rollout=None) -> str:
     data = header["data"] if isinstance(header["data"], str) else "`, `".join(header["data"])
     lines = ["# Evaluation", "", f"- model: `{header['model']}`", f"- data: `{data}`",
              f"- command: `{header['command']}`", "- MSE: per-coordinate squared error (mean over atoms and x, y, z)",
-             "- baselines, from the same history: persistence repeats the last frame; constant velocity is "
-             "x_last + k·(x_last − x_previous), k counted in history spacings; history mean is the mean of the "
+             "- baselines, from the same history: persistence repeats the last frame; constant velocity (history "
+             "spacing) is x_last + k·(x_last − x_previous), k counted in history spacings; constant velocity "
+             "(1-frame) is the peers' (GMN/EGNO): x_t + Δ·(x_t − x_{t−1}), x_{t−1} the input file's frame "
+             "just before the last observed one, Δ the lead time in input frames; history mean is the mean of the "
              "history frames; aligned history mean is that mean after superposing every history frame onto the "
              "last one (Kabsch); constant rotation turns the last frame at the history's mean angular rate (the "
              "rigid rotation from the first to the last history frame); training mean structure (models with a "
              "reference structure) is the model's reference superposed onto the last frame", ""]
-    return "\n".join(lines) + "\n" + "\n".join(protocol_markdown(r) for r in results)
+    sections = [protocol_markdown(r) for r in results]
+    if long_rollout is not None:
+        from .long_rollout_report import long_rollout_markdown
+
+        sections.append(long_rollout_markdown(long_rollout))
+    return "\n".join(lines) + "\n" + "\n".join(sections)
 
 
 def plot_error_vs_lead_time(results: list[ProtocolResult], path: Path) -> None:
@@ -144,13 +167,23 @@ def plot_error_vs_lead_time(results: list[ProtocolResult], path: Path) -> None:
         plt.close(fig)
 
 
-def write_outputs(results: list[ProtocolResult], out_dir: str | os.PathLike, header: dict) -> dict[str, Path]:
-    """Write results.md, results.json and error_vs_lead_time.png into ``out_dir``; return their paths."""
+def write_outputs(results: list[ProtocolResult], out_dir: str | os.PathLike, header: dict,
+                  long_rollout=None) -> dict[str, Path]:
+    """Write results.md, results.json and error_vs_lead_time.png (with protocol L: its section, record and
+    long_rollout.png) into ``out_dir``; return their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"markdown": out / RESULTS_MD, "json": out / RESULTS_JSON, "plot": out / PLOT_PNG}
+    paths = {"markdown": out / RESULTS_MD, "json": out / RESULTS_JSON}
     record = {**header, "protocols": [asdict(r) for r in results]}
+    if long_rollout is not None:
+        from .long_rollout_report import LONG_ROLLOUT_PNG, long_rollout_record, plot_long_rollout
+
+        record["long_rollout"] = long_rollout_record(long_rollout)
+        paths["long_rollout_plot"] = out / LONG_ROLLOUT_PNG
+        plot_long_rollout(long_rollout, paths["long_rollout_plot"])
     write_json_atomic(paths["json"], record, indent=2, sort_keys=False)
-    write_text_atomic(paths["markdown"], results_markdown(results, header))
-    plot_error_vs_lead_time(results, paths["plot"])
+    write_text_atomic(paths["markdown"], results_markdown(results, header, long_rollout))
+    if results:
+        paths["plot"] = out / PLOT_PNG
+        plot_error_vs_lead_time(results, paths["plot"])
     return paths

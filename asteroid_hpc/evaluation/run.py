@@ -10,7 +10,8 @@ import numpy as np
 from ..logs import get_logger
 from ..errors import UserError
 from ..metrics import ade_fde, mse_per_lead_time, superposed_mse_per_lead_time
-from .baselines import BASELINES, REFERENCE_BASELINE, reference_structure_forecast
+from .baselines import (BASELINES, CONSTANT_VELOCITY, ONE_FRAME_VELOCITY, REFERENCE_BASELINE,
+                        one_frame_velocity_forecast, reference_structure_forecast)
 from .protocols import PROTOCOL_HISTORY_FRAMES, ProtocolSamples
 
 log = get_logger(__name__)
@@ -43,6 +44,8 @@ class ProtocolResult:
     model_seconds: float = 0.0
     # several trajectories pooled: each one's headline, {"source", "n_samples", "headline": method -> metrics}
     per_trajectory: list[dict] = field(default_factory=list)
+    # per trajectory: how close its starts lie to the model's training windows (data.coverage), with "source"
+    training_overlap: list[dict] = field(default_factory=list)
 
 
 def mse_headline(protocol: str, mse: np.ndarray) -> dict[str, float]:
@@ -72,6 +75,9 @@ def score_samples(samples: ProtocolSamples, model_prediction: np.ndarray | None,
     predictions = {} if model_prediction is None else {MODEL_LABEL: model_prediction}
     for name, baseline in BASELINES.items():
         predictions[name] = baseline(samples.history, samples.lead_steps)
+        if name == CONSTANT_VELOCITY and samples.previous_frame is not None:
+            predictions[ONE_FRAME_VELOCITY] = one_frame_velocity_forecast(
+                samples.history, samples.previous_frame, samples.lead_steps * samples.history_stride_frames)
     if reference is not None and len(reference):
         predictions[REFERENCE_BASELINE] = reference_structure_forecast(samples.history, samples.lead_steps, reference)
     per_lead, headline, superposed_per_lead, superposed_headline = {}, {}, {}, {}
@@ -122,16 +128,19 @@ def evaluate_samples(model, samples: ProtocolSamples, *, batch_size: int = 64) -
 
 
 def build_samples(protocol: str, traj, *, split: str, history_frames: int, max_samples: int | None, seed: int,
-                  a_history_stride_frames: int, a_heavy_input: bool) -> ProtocolSamples:
-    """Samples of protocol A, B or C from one trajectory in memory."""
+                  a_history_stride_frames: int, a_heavy_input: bool,
+                  a_frames: tuple[int, int] | None = None) -> ProtocolSamples:
+    """Samples of protocol A, B or C from one trajectory in memory (A and B: starts whose window lies in
+    ``a_frames`` when given)."""
     from .protocols import protocol_a, protocol_b, protocol_c
 
     if protocol == "A":
         return protocol_a(traj, split=split, history_frames=history_frames, max_samples=max_samples, seed=seed,
-                          history_stride_frames=a_history_stride_frames, heavy_input=a_heavy_input)
+                          history_stride_frames=a_history_stride_frames, heavy_input=a_heavy_input,
+                          frame_range=a_frames)
     if protocol == "B":
         return protocol_b(traj, split=split, history_frames=history_frames, max_samples=max_samples, seed=seed,
-                          a_history_stride_frames=a_history_stride_frames)
+                          a_history_stride_frames=a_history_stride_frames, frame_range=a_frames)
     if protocol == "C":
         return protocol_c(traj, split=split, history_frames=history_frames, max_samples=max_samples, seed=seed)
     raise ValueError(f"unknown trajectory protocol {protocol!r}")

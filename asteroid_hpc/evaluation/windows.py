@@ -27,6 +27,10 @@ def window_samples(dataset_dir: str | os.PathLike, *, split: str, history_frames
         dataset.close()
     notes = [] if len(indices) == len(dataset) else [
         f"--max-samples: {len(indices)} of {len(dataset)} windows (random subset, seed {seed})"]
+    stride = dataset.manifest["frame_stride"]
+    notes.append("constant velocity (history spacing) is the peers' one-frame velocity here (data.frame_stride=1)"
+                 if stride == 1 else "constant velocity (1-frame) is not scored: it needs the input file's frame "
+                 f"before each start, which a dataset of input frames {stride} apart (data.frame_stride) does not keep")
     manifest = dataset.manifest
     return ProtocolSamples(
         "window", split, np.stack([item["history"].numpy() for item in items]),

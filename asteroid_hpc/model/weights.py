@@ -1,7 +1,8 @@
 """Model weights as safetensors (no pickle), with the ModelConfig stored as JSON metadata.
 
 Everything train derives from data (the reference structure) is part of the state, beside the weights;
-the metadata holds only the user's model config.
+the metadata holds the user's model config and, apart from it, a description of the training windows
+(``model.training_data``, :mod:`asteroid_hpc.data.coverage`; None for models saved before it was recorded).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .asteroid import Asteroid
 
 CONFIG_KEY = "asteroid_model_config"
 SIGNATURE_KEY = "asteroid_data_signature"  # the training inputs' atoms and frame spacing (data/signature.py)
+TRAINING_DATA_KEY = "asteroid_training_data"
 
 
 def save_weights(model: Asteroid, path: str | os.PathLike) -> Path:
@@ -30,6 +32,8 @@ def save_weights(model: Asteroid, path: str | os.PathLike) -> Path:
     metadata = {CONFIG_KEY: json.dumps(asdict(model.cfg), sort_keys=True)}
     if getattr(model, "data_signature", None):
         metadata[SIGNATURE_KEY] = json.dumps(model.data_signature, sort_keys=True)
+    if getattr(model, "training_data", None) is not None:
+        metadata[TRAINING_DATA_KEY] = json.dumps(model.training_data, sort_keys=True)
     with atomic_output(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
     return Path(path)
@@ -47,11 +51,13 @@ def model_config_of(stored: dict) -> tuple[ModelConfig, list | None]:
     return ModelConfig(**stored), legacy or None  # [] (a model without reference) counts as none
 
 
-def model_from_state(stored_config: dict, state: dict, where: str | os.PathLike) -> Asteroid:
+def model_from_state(stored_config: dict, state: dict, where: str | os.PathLike,
+                     training_data: dict | None = None) -> Asteroid:
     """Build the model of a stored model config dict and load ``state`` into it.
 
     The reference structure comes from the state's ``reference`` tensor, or from an older config's
-    coordinates. A mismatch is a one-line user error naming ``where``.
+    coordinates. A mismatch is a one-line user error naming ``where``. ``training_data`` (the description
+    of the training windows, or None) becomes ``model.training_data``.
     """
     try:
         cfg, legacy_reference = model_config_of(stored_config)
@@ -72,6 +78,7 @@ def model_from_state(stored_config: dict, state: dict, where: str | os.PathLike)
     if missing or unexpected:
         raise user_error(where, f"weights do not match the stored config (missing {sorted(missing)[:3]}, "
                                 f"unexpected {sorted(unexpected)[:3]})")
+    model.training_data = training_data
     return model
 
 
@@ -92,8 +99,9 @@ def load_weights(path: str | os.PathLike, device: str = "cpu") -> Asteroid:
         raise user_error(path, f"no {CONFIG_KEY} metadata: not written by asteroid-hpc save_weights")
     try:
         stored = json.loads(metadata[CONFIG_KEY])
+        training_data = json.loads(metadata[TRAINING_DATA_KEY]) if TRAINING_DATA_KEY in metadata else None
     except json.JSONDecodeError as exc:
         raise user_error(path, f"invalid model config metadata ({exc})") from exc
-    model = model_from_state(stored, state, path).to(device)
+    model = model_from_state(stored, state, path, training_data).to(device)
     model.data_signature = json.loads(metadata[SIGNATURE_KEY]) if SIGNATURE_KEY in metadata else None
     return model

@@ -16,6 +16,7 @@ from typing import Optional
 from .. import __version__
 from ..config import AsteroidConfig, config_hash, to_dict
 from ..config.schema import LEGACY_REFERENCE_KEY
+from ..data.coverage import describe_training_windows
 from ..runtime import signals
 from ..logs import get_logger, setup_logging
 from ..config.resolved import write_resolved_config
@@ -144,6 +145,7 @@ class Trainer:
         _check_windows(self.cfg)
         self.reference = _reference_structure(self.cfg)
         self.train_set, self.val_set = _open_datasets(self.cfg)
+        self.training_data = describe_training_windows(self.train_set)  # saved with every checkpoint
         summary = self._build_engine()
         self._open_streams()
         if resume_from is not None:
@@ -317,7 +319,8 @@ class Trainer:
                 "config_hash": config_hash(self.cfg), "package_version": __version__,
                 "world_size": self.sess.world_size, "zero_stage": self.t.zero_stage,
                 "best_val_mse": None if math.isinf(self.best_val) else self.best_val,
-                "bad_validations": self.bad_validations, "data_signature": self.data_signature()}
+                "bad_validations": self.bad_validations, "training_data": self.training_data,
+                "data_signature": self.data_signature()}
 
     def data_signature(self) -> dict:
         """The training inputs' atoms and frame spacing, recorded with the model (data/signature.py)."""

@@ -47,6 +47,8 @@ def test_member_parallel_equals_one_rank(files, tmp_path):
     assert difference <= 1e-5, difference
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["process_grid"] == [2, 1]
+    # the watch reads the gathered member files: the same checks whatever the rank count
+    assert summary["watch"] == json.loads((tmp_path / "one" / "summary.json").read_text())["watch"]
 
 
 def test_domain_parallel_equals_one_rank(files, tmp_path):
@@ -61,6 +63,8 @@ def test_domain_parallel_equals_one_rank(files, tmp_path):
     reference, split = members(tmp_path / "one", 1), members(tmp_path / "two", 1)
     assert np.abs(split[0, -1] - reference[0, 0]).max() > 1e-3  # the atoms do move
     assert np.array_equal(reference, split), np.abs(reference - split).max()  # bit for bit
+    watches = [json.loads((tmp_path / run / "summary.json").read_text())["watch"] for run in ("one", "two")]
+    assert watches[0] == watches[1] and watches[0]["bonds"] == 0  # argon takes no bonds
 
 
 def test_failure_on_one_rank_ends_the_job_within_60_s(files, tmp_path):
@@ -76,3 +80,20 @@ def test_failure_on_one_rank_ends_the_job_within_60_s(files, tmp_path):
     assert proc.returncode != 0
     assert elapsed < 60, elapsed
     assert "member_00001.nc.partial" in proc.stderr and "error:" in proc.stderr, proc.stderr
+
+
+def test_a_domain_decomposed_member_stops_on_all_its_ranks(files, tmp_path):
+    """ensemble.stop_on_blowup with a member split over 2 ranks: the root's decision reaches both ranks, the
+    file ends at the same pass as a 1-rank run's, and the job finishes (no rank left waiting)."""
+    settings = ("ensemble.members=1", "ensemble.horizon_frames=16", "ensemble.chunk_frames=4",
+                "ensemble.stop_on_blowup=true", "ensemble.blowup_displacement_angstrom=0.05")
+    one = run_cli(*forecast_args(files, "box", tmp_path / "one", *settings), env=ENV)
+    assert one.returncode == 0, one.stderr
+    two = run_mpi(2, "-m", "asteroid_hpc", *forecast_args(files, "box", tmp_path / "two", *settings, "--grid", "1x2"),
+                  env=ENV, timeout=240, mpi4py_runner=False)
+    assert two.returncode == 0, two.stderr
+    reference, split = members(tmp_path / "one", 1), members(tmp_path / "two", 1)
+    assert 0 < reference.shape[1] < 16 and np.array_equal(reference, split)
+    watches = [json.loads((tmp_path / run / "summary.json").read_text())["watch"] for run in ("one", "two")]
+    assert watches[0] == watches[1] and watches[0]["stopped"] == [0]
+    assert "moved" in watches[0]["blown_up"][0]["cause"]

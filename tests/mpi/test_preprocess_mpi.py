@@ -18,7 +18,8 @@ def test_two_ranks_write_the_same_dataset_as_one(tmp_path):
     x = random_walk(150, seed=30)
     x[77, 2, 2] = np.nan
     paths.append(write_traj(tmp_path / "with_nan.nc", x))
-    opts = ["data.frames_per_shard=32", "data.chunk_frames=10", "--drop-nonfinite", "--no-progress"]
+    opts = ["data.frames_per_shard=32", "data.chunk_frames=10", "model.history_frames=4", "data.horizon_frames=3",
+            "--drop-nonfinite", "--no-progress"]
 
     one = run_cli("preprocess", *paths, "-o", tmp_path / "one", *opts, timeout=120)
     assert one.returncode == 0, one.stderr
@@ -39,7 +40,8 @@ def test_bad_input_under_two_ranks_exits_2_and_leaves_no_data(tmp_path):
     x[110, 0, 0] = np.inf  # in the training range of the second file, found by the rank writing that shard
     paths = [write_traj(tmp_path / "ok.nc", random_walk(200, seed=41)), write_traj(tmp_path / "bad.nc", x)]
     proc = run_mpi(2, "-m", "asteroid_hpc", "preprocess", *paths, "-o", tmp_path / "out",
-                   "data.frames_per_shard=25", "--no-progress", timeout=180, mpi4py_runner=False)
+                   "data.frames_per_shard=25", "model.history_frames=4", "data.horizon_frames=3", "--no-progress",
+                   timeout=180, mpi4py_runner=False)
     assert proc.returncode == 2, proc.stderr
     assert "bad.nc: non-finite coordinates" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.nc"))

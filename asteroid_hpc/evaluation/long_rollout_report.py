@@ -1,0 +1,219 @@
+"""Protocol L's section of results.md, its JSON record and its plot (long_rollout.png)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_output
+from .long_rollout import OBSERVABLES, LongRolloutResult
+
+LONG_ROLLOUT_PNG = "long_rollout.png"
+BOND_ROWS = 10  # bonds listed in the markdown (largest mean deviation first); all are in the JSON
+VIOLIN_BONDS = 24
+
+_UNITS = {"bond lengths": "Å", "bond angles": "°", "radius of gyration": "Å", "clashes": "per frame",
+          "largest displacement": "Å per frame", "kinetic temperature": "K", "pair distances": "Å (W1)",
+          "potential energy": "eV"}
+
+
+def _number(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "—"
+    return f"{value:.{digits}f}"
+
+
+def _horizon(value) -> str:
+    if value is None:
+        return "stays inside"
+    if isinstance(value, str):
+        return value
+    return f"**{value:g} fs**"
+
+
+def _md_range(result: LongRolloutResult, name: str) -> str:
+    stats = result.md.get(name)
+    if stats is None:
+        return "—"
+    if isinstance(stats["low"], list):
+        return f"per {'bond' if name == 'bond lengths' else 'angle'} ({len(stats['low'])})"
+    digits = {"potential energy": 2, "kinetic temperature": 0, "clashes": 0, "bond lengths": 3}.get(name, 3)
+    return f"{stats['low']:.{digits}f} – {stats['high']:.{digits}f} {_UNITS[name]}"
+
+
+def long_rollout_markdown(result: LongRolloutResult) -> str:
+    settings = result.settings
+    sources = ", ".join(f"`{s}`" for s in settings.get("trajectories", []))
+    lines = ["### Protocol L (long free-running rollouts: physics against the reference MD)", "",
+             f"{result.n_rollouts} rollouts of {result.rollout_frames * result.frame_fs / 1000.0:g} ps "
+             f"({result.rollout_frames} frames {result.frame_fs:g} fs apart) from {result.history_frames}-frame "
+             f"windows spread over {sources}; reference MD: those files every {result.frame_fs:g} fs. "
+             f"{len(result.bonds)} bonds (covalent radii on the reference's first frame), "
+             f"{len(result.md['bond angles']['mean'])} bond angles. Kinetic temperature: central finite differences "
+             f"at {result.frame_fs:g} fs, centre-of-mass motion removed, 3N−6 degrees of freedom (the same estimator "
+             f"on MD). Model {result.model_seconds:.1f} s"
+             + (f", GFN2-xTB energies {result.energy_seconds:.1f} s ({result.molecule})." if result.energy_seconds
+                else "."), "",
+             "Physical horizon: the first lead time at which the mean over the rollouts leaves MD's 1st–99th "
+             "percentile range over single MD frames (bonds, angles: any one of them; pair distances: Wasserstein-1 "
+             "of the rollouts' all-pair distances at one lead time to MD's, against the same for single MD frames).",
+             "",
+             "| observable | MD range | physical horizon |", "|---|---|---|"]
+    for name in OBSERVABLES:
+        lines.append(f"| {name} | {_md_range(result, name)} | {_horizon(result.horizon_fs.get(name))} |")
+    md = result.md
+    has_energy = "potential energy" in md
+    lines += ["", "By lead time (rollouts pooled within each block; bond deviations from MD's mean bond length; "
+                  "width: a bond's standard deviation along each rollout (RMS over rollouts) over MD's, median over "
+                  "bonds; energy: of the sampled frames that are whole (— when none)):", "",
+              "| lead time (fs) | bond mean dev. max (Å) | bond dev. max (Å) | bond width / MD | angle mean dev. max "
+              "(°) | Rg (Å) | clashes / frame | largest displacement (Å) | T (K) | pair-dist. W1 (Å)"
+              + (" | E − ⟨E_MD⟩ (eV)" if has_energy else "") + " |",
+              "|" + "---|" * (10 + has_energy)]
+    md_row = ["MD", "—", "—", "1", "—", _number(md["radius of gyration"]["mean"]),
+              _number(md["clashes"]["mean"], 2), _number(md["largest displacement"]["high"]) + " (P99)",
+              _number(md["kinetic temperature"]["mean"], 0), _number(md["pair distances"]["mean"])]
+    energy_mean = md["potential energy"]["mean"] if has_energy else 0.0
+    if has_energy:
+        spread = float(np.std(result.series["potential_energy_eV"]["md"]))
+        md_row.append(f"0 ± {spread:.3f}")
+    lines.append("| " + " | ".join(md_row) + " |")
+    for block in result.blocks:
+        row = [f"{block['lead_fs'][0]:g}–{block['lead_fs'][1]:g}",
+               _number(block.get("bond_mean_deviation_max_angstrom")), _number(block.get("bond_deviation_max_angstrom")),
+               _number(block.get("bond_width_ratio_median"), 2),
+               _number(block.get("angle_mean_deviation_max_degrees"), 1),
+               _number(block["radius_of_gyration_angstrom"]), _number(block["clashes_per_frame"], 2),
+               _number(block["largest_displacement_angstrom"]), _number(block["kinetic_temperature_K"], 0),
+               _number(block["pair_distance_w1_angstrom"])]
+        if has_energy:
+            row.append(_number(block["potential_energy_eV"] - energy_mean))
+        lines.append("| " + " | ".join(row) + " |")
+    if result.bond_table:
+        worst = sorted(result.bond_table, key=lambda row: -abs(row["mean_deviation"]))[:BOND_ROWS]
+        lines += ["", f"Bonds ({len(worst)} of {len(result.bond_table)} with the largest mean deviation over the "
+                      "whole rollout; all in results.json):", "",
+                  "| bond | MD mean ± std (Å) | forecast mean ± std (Å) | mean deviation (Å) | first lead time out "
+                  "of MD's range |", "|---|---|---|---|---|"]
+        for row in worst:
+            lines.append(f"| {row['bond']} | {row['md_mean']:.3f} ± {row['md_std']:.3f} | {row['forecast_mean']:.3f} ± "
+                         f"{row['forecast_std']:.3f} | {row['mean_deviation']:+.3f} | "
+                         f"{_horizon(row['first_exit_fs']).strip('*')} |")
+    if result.notes:
+        lines += [""] + [f"- {note}" for note in result.notes]
+    return "\n".join(lines) + "\n"
+
+
+def long_rollout_record(result: LongRolloutResult) -> dict:
+    """The JSON record: everything but the raw samples kept for the plot."""
+    from dataclasses import asdict
+
+    record = asdict(result)
+    record["series"] = {k: v for k, v in record["series"].items() if not k.startswith("_")}
+    return {"protocol": "L", **record}
+
+
+def _column_mean(values: np.ndarray) -> np.ndarray:
+    """Mean over rows of the finite values (NaN for a column without any)."""
+    finite = np.isfinite(values)
+    return np.where(finite.any(axis=0), np.where(finite, values, 0.0).sum(axis=0) / np.maximum(finite.sum(axis=0), 1),
+                    np.nan)
+
+
+def _band(ax, stats: dict, label: str = "MD 1st–99th percentile") -> None:
+    ax.axhspan(stats["low"], stats["high"], color="0.85", label=label, zorder=0)
+    ax.axhline(stats["mean"], color="0.4", lw=0.8, ls="--", zorder=1)
+
+
+def plot_long_rollout(result: LongRolloutResult, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lead_ps = np.asarray(result.series["lead_time_fs"]) / 1000.0
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8.2))
+    (ax_violin, ax_bond, ax_rg), (ax_t, ax_e, ax_pairs) = axes
+
+    bonds = result.series["_bond_lengths"]
+    n_bonds = min(VIOLIN_BONDS, bonds["md"].shape[1])
+    if n_bonds:
+        positions = np.arange(n_bonds)
+        finite = [column[np.isfinite(column)] for column in bonds["forecast"][:, :n_bonds].T]
+        for data, offset, colour, label in ((list(bonds["md"][:, :n_bonds].T), -0.2, "0.55", "MD"),
+                                            (finite, 0.2, "tab:red", "forecast")):
+            parts = ax_violin.violinplot(data, positions + offset, widths=0.38, showextrema=False)
+            for body in parts["bodies"]:
+                body.set_facecolor(colour)
+                body.set_alpha(0.7)
+            ax_violin.plot([], [], color=colour, lw=6, label=label)
+        ax_violin.set_xticks(positions, [row["bond"] for row in result.bond_table[:n_bonds]], rotation=90, fontsize=6)
+        ax_violin.set_ylabel("bond length (Å)")
+        ax_violin.legend(fontsize=8)
+    ax_violin.set_title("bond lengths, whole rollout", fontsize=9)
+
+    deviation = result.series["bond_mean_deviation_max_angstrom"]
+    if len(deviation):
+        md = result.md["bond lengths"]
+        md_spread = max(max(h - m, m - lo) for m, lo, h in zip(md["mean"], md["low"], md["high"]))
+        ax_bond.axhspan(0, md_spread, color="0.85", label="MD: largest P1/P99 distance from the mean")
+        ax_bond.plot(lead_ps, deviation, color="tab:red", lw=1, label="forecast (mean over rollouts)")
+        ax_bond.legend(fontsize=7)
+    ax_bond.set_ylabel("largest |bond − MD mean| (Å)")
+    ax_bond.set_title("bond lengths against time", fontsize=9)
+
+    def over_time(ax, values, stats, ylabel, title):
+        values = np.asarray(values, dtype=np.float64)
+        _band(ax, stats)
+        for row in values:
+            ax.plot(lead_ps, row, color="tab:blue", lw=0.4, alpha=0.35)
+        ax.plot(lead_ps, _column_mean(values), color="tab:blue", lw=1.4, label="forecast: rollouts, mean")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+
+    over_time(ax_rg, result.series["radius_of_gyration_angstrom"], result.md["radius of gyration"],
+              "radius of gyration (Å)", "radius of gyration")
+    over_time(ax_t, result.series["kinetic_temperature_K"], result.md["kinetic temperature"],
+              "kinetic temperature (K)", f"finite-difference temperature at {result.frame_fs:g} fs")
+    energy = result.series.get("potential_energy_eV")
+    if energy is not None:
+        at = np.asarray(energy["lead_time_fs"]) / 1000.0
+        values = np.asarray(energy["forecast"], dtype=np.float64)
+        _band(ax_e, result.md["potential energy"])
+        for row in values:
+            ax_e.plot(at, row, "o", color="tab:green", ms=2, alpha=0.5)
+        ax_e.plot(at, _column_mean(values), color="tab:green", lw=1.4, label="forecast: rollouts, mean")
+        ax_e.set_ylabel("GFN2-xTB potential energy (eV)")
+        ax_e.text(0.02, 0.98, "frames with a bond beyond 2× its MD length:\nno energy", ha="left", va="top",
+                  fontsize=7, transform=ax_e.transAxes)
+        ax_e.legend(fontsize=7)
+    else:
+        ax_e.text(0.5, 0.5, "potential energy: not computed", ha="center", va="center", transform=ax_e.transAxes)
+    ax_e.set_title("potential energy", fontsize=9)
+    for ax in (ax_bond, ax_rg, ax_t, ax_e):
+        ax.set_xscale("log")
+        ax.set_xlim(lead_ps[0], lead_ps[-1])
+        ax.set_xlabel("lead time (ps)")
+        ax.grid(alpha=0.3)
+
+    pairs = result.series["_pair_distance_samples"]
+    top = float(np.nanpercentile(pairs["md"], 100)) * 1.5
+    bins = np.linspace(0, top, 80)
+    for key, colour, label in (("md", "0.3", "MD"), ("first", "tab:blue", "forecast, first 10 %"),
+                               ("last", "tab:red", "forecast, last 10 %")):
+        values = pairs[key][np.isfinite(pairs[key])]
+        ax_pairs.hist(np.minimum(values, top), bins, density=True, histtype="step", color=colour, label=label)
+    ax_pairs.set_xlabel("interatomic distance (Å; larger ones in the last bin)")
+    ax_pairs.set_ylabel("density")
+    ax_pairs.set_title("all-pair distances", fontsize=9)
+    ax_pairs.legend(fontsize=7)
+    fig.suptitle(f"protocol L: {result.n_rollouts} rollouts of {result.rollout_frames * result.frame_fs / 1000:g} ps",
+                 fontsize=10)
+    fig.tight_layout()
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+    finally:
+        plt.close(fig)
