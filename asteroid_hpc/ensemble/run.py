@@ -21,7 +21,7 @@ from .progress import POLL_SECONDS, Progress
 from .rollout import MemberForecaster
 from .store import COMPLETE_FILE, TRAJECTORY_KEYS, claim_run
 from .summary import Reference, write_summary
-from .watch import initial_watch
+from .watch import Watch, initial_watch
 
 log = get_logger(__name__)
 
@@ -85,13 +85,7 @@ def run_ensemble(cfg: AsteroidConfig, model_path: str | os.PathLike, initial_pat
                                  allow_mismatch)
     _check_inputs(initial, model.cfg, reference)
     watch = initial_watch(initial, ens, m)
-    identity = {"model_sha256": file_digest(weights), "initial": str(initial.path.resolve()),
-                "initial_frames": initial.n_frames, "atoms": initial.n_atoms, "end_frame": initial.end_frame,
-                "frame_stride": initial.frame_stride,
-                **{key: getattr(ens, key) for key in TRAJECTORY_KEYS}}
-    if ens.stop_on_blowup:  # the thresholds then decide where a member's file ends
-        identity["stop_on_blowup"] = {"bond_angstrom": ens.blowup_bond_angstrom,
-                                      "displacement_angstrom": ens.blowup_displacement_angstrom}
+    identity = _run_identity(weights, initial, ens)
     continuing = claim_run(outdir, identity) if w.rank == 0 else None
     continuing = w.bcast(continuing, root=0)
     group = split_group(w, grid)
@@ -109,17 +103,35 @@ def run_ensemble(cfg: AsteroidConfig, model_path: str | os.PathLike, initial_pat
     if w.rank != 0:
         return None
     forecast_seconds = time.monotonic() - started
+    extra = {"world_size": w.size, "process_grid": [grid.groups, grid.domains],
+             "forecast_wall_seconds": round(forecast_seconds, 3), "run": identity}
+    summary = _finish(outdir, ens, initial, m, reference, watch, extra)
+    log.info("ensemble complete: %s (forecast %.1f s)", outdir, forecast_seconds)
+    return summary
+
+
+def _run_identity(weights: Path, initial: InitialCondition, ens: EnsembleConfig) -> dict:
+    """What makes a run this run: a re-run into the same directory must agree on all of it (claim_run)."""
+    identity = {"model_sha256": file_digest(weights), "initial": str(initial.path.resolve()),
+                "initial_frames": initial.n_frames, "atoms": initial.n_atoms, "end_frame": initial.end_frame,
+                "frame_stride": initial.frame_stride,
+                **{key: getattr(ens, key) for key in TRAJECTORY_KEYS}}
+    if ens.stop_on_blowup:  # the thresholds then decide where a member's file ends
+        identity["stop_on_blowup"] = {"bond_angstrom": ens.blowup_bond_angstrom,
+                                      "displacement_angstrom": ens.blowup_displacement_angstrom}
+    return identity
+
+
+def _finish(outdir: Path, ens: EnsembleConfig, initial: InitialCondition, history_frames: int,
+            reference: Optional[Reference], watch: Watch, extra: dict) -> dict:
+    """Rank 0 once every member is done: the summary (with ``extra`` in summary.json), then the run's
+    completion marker."""
     summary = write_summary(outdir, ens.members, ens.horizon_frames, ens.chunk_frames, initial.atomic_numbers,
-                            initial.timestep_ps, reference, extra={
-                                "world_size": w.size, "process_grid": [grid.groups, grid.domains],
-                                "forecast_wall_seconds": round(forecast_seconds, 3),
-                                "run": identity}, watch=watch,
-                            starting_frames=[starting_window(initial, ens, member, m)[-1]
-                                             for member in range(ens.members)],
-                            end_time_ps=initial.end_time_ps)
+                            initial.timestep_ps, reference, extra=extra, watch=watch,
+                            starting_frames=[starting_window(initial, ens, member, history_frames)[-1]
+                                             for member in range(ens.members)], end_time_ps=initial.end_time_ps)
     write_json_atomic(outdir / COMPLETE_FILE, {"members": ens.members, "horizon_frames": ens.horizon_frames},
                       indent=2)
-    log.info("ensemble complete: %s (forecast %.1f s)", outdir, forecast_seconds)
     return summary
 
 

@@ -73,12 +73,7 @@ def write_summary(outdir: Path, members: int, horizon_frames: int, chunk_frames:
     with ExitStack() as stack:
         nc_tmp = stack.enter_context(atomic_output(outdir / "summary.nc"))  # exits last: renamed when all is closed
         readers = [stack.enter_context(AmberReader(member_path(outdir, m))) for m in range(members)]
-        for m, reader in enumerate(readers):
-            expected = f"{horizon_frames}" if m not in stopped else f"at most {horizon_frames}"
-            if (reader.n_frames != horizon_frames and m not in stopped) or reader.n_frames > horizon_frames \
-                    or reader.n_atoms != n_atoms:
-                raise user_error(reader.path, f"has {reader.n_frames} frames of {reader.n_atoms} atoms, expected "
-                                              f"{expected} of {n_atoms}")
+        _check_member_files(readers, stopped, horizon_frames, n_atoms)
         ref_reader = stack.enter_context(AmberReader(reference.path)) if reference else None
         if ref_reader is not None and ref_reader.n_atoms != n_atoms:
             raise user_error(reference.path, f"has {ref_reader.n_atoms} atoms, the ensemble has {n_atoms}")
@@ -90,26 +85,56 @@ def write_summary(outdir: Path, members: int, horizon_frames: int, chunk_frames:
                                               watch is not None)
         for first in range(0, horizon_frames, block):
             stop = min(first + block, horizon_frames)
-            lead = np.arange(first + 1, stop + 1)
-            rows = slice(first, stop)
-            variables["lead_time_frames"][rows] = lead
+            variables["lead_time_frames"][first:stop] = np.arange(first + 1, stop + 1)
             coords = np.stack([readers[m].read(first, stop).coordinates for m in healthy]) if healthy else None
             if watched is not None:
                 watched.block(variables, readers, coords, healthy, first, stop)
             if not healthy:
                 continue
-            mean = ensemble_mean(coords)
-            spread = ensemble_spread_per_atom(coords)
-            mean_writer.append(mean.astype(np.float32), lead_times_ps(lead, timestep_ps, end_time_ps))
-            variables["spread_per_atom"][rows] = spread
-            spread_rms = np.sqrt((spread ** 2).mean(axis=1))
-            variables["spread_rms"][rows] = spread_rms
-            totals["spread_rms_sum"] += float(spread_rms.sum())
-            last["spread_rms"] = float(spread_rms[-1])
+            mean = _mean_and_spread_block(variables, coords, mean_writer, lead_times_ps(
+                np.arange(first + 1, stop + 1), timestep_ps, end_time_ps), first, stop, totals, last)
             if ref_reader is not None:
                 _score_block(variables, coords, mean, ref_reader, reference.start_frame, first, stop, totals, last,
                              healthy)
         nc.sync()
+    summary = _summary_record(members, horizon_frames, n_atoms, timestep_ps, healthy, stopped, totals, last, extra)
+    if watched is not None:
+        summary["watch"] = watched.record(stopped, timestep_ps)
+    if ref_reader is not None:
+        _add_reference_scores(summary, reference, totals, last)
+    write_json_atomic(outdir / "summary.json", summary, indent=2)
+    return summary
+
+
+def _check_member_files(readers: list[AmberReader], stopped: dict[int, dict], horizon_frames: int,
+                        n_atoms: int) -> None:
+    """Every member file holds the horizon's frames of the ensemble's atoms (a stopped member: at most that)."""
+    for m, reader in enumerate(readers):
+        expected = f"{horizon_frames}" if m not in stopped else f"at most {horizon_frames}"
+        if (reader.n_frames != horizon_frames and m not in stopped) or reader.n_frames > horizon_frames \
+                or reader.n_atoms != n_atoms:
+            raise user_error(reader.path, f"has {reader.n_frames} frames of {reader.n_atoms} atoms, expected "
+                                          f"{expected} of {n_atoms}")
+
+
+def _mean_and_spread_block(variables: dict, coords: np.ndarray, mean_writer: AmberWriter, time_ps: np.ndarray,
+                           first: int, stop: int, totals: dict, last: dict) -> np.ndarray:
+    """Ensemble mean (appended to mean.nc at ``time_ps``) and spread of lead times first+1 … stop; returns
+    the mean."""
+    mean = ensemble_mean(coords)
+    spread = ensemble_spread_per_atom(coords)
+    mean_writer.append(mean.astype(np.float32), time_ps)
+    variables["spread_per_atom"][first:stop] = spread
+    spread_rms = np.sqrt((spread ** 2).mean(axis=1))
+    variables["spread_rms"][first:stop] = spread_rms
+    totals["spread_rms_sum"] += float(spread_rms.sum())
+    last["spread_rms"] = float(spread_rms[-1])
+    return mean
+
+
+def _summary_record(members: int, horizon_frames: int, n_atoms: int, timestep_ps: Optional[float],
+                    healthy: list[int], stopped: dict[int, dict], totals: dict, last: dict, extra: dict) -> dict:
+    """summary.json's sizes, files and spread (the watch and the reference scores are added to it)."""
     summary = {
         "members": members, "horizon_frames": horizon_frames, "n_atoms": n_atoms, "timestep_ps": timestep_ps,
         "files": {"members": "members/member_NNNNN.nc", "mean": "mean.nc" if healthy else None,
@@ -121,17 +146,17 @@ def write_summary(outdir: Path, members: int, horizon_frames: int, chunk_frames:
     }
     if stopped:
         summary["members_in_statistics"] = healthy
-    if watched is not None:
-        summary["watch"] = watched.record(stopped, timestep_ps)
-    if ref_reader is not None:
-        summary["reference"] = {"path": str(reference.path), "start_frame": reference.start_frame,
-                                "lead_times_scored": totals["scored"]}
-        if totals["scored"]:
-            summary.update({"crps_angstrom_mean_over_scored_lead_times": totals["crps_sum"] / totals["scored"],
-                            "rmsd_ensemble_mean_angstrom_last_scored": last["rmsd_ensemble_mean"],
-                            "mse_members_angstrom2_last_scored": last["mse_members"]})
-    write_json_atomic(outdir / "summary.json", summary, indent=2)
     return summary
+
+
+def _add_reference_scores(summary: dict, reference: Reference, totals: dict, last: dict) -> None:
+    """The reference and, when it covered any lead time, the headline scores against it."""
+    summary["reference"] = {"path": str(reference.path), "start_frame": reference.start_frame,
+                            "lead_times_scored": totals["scored"]}
+    if totals["scored"]:
+        summary.update({"crps_angstrom_mean_over_scored_lead_times": totals["crps_sum"] / totals["scored"],
+                        "rmsd_ensemble_mean_angstrom_last_scored": last["rmsd_ensemble_mean"],
+                        "mse_members_angstrom2_last_scored": last["mse_members"]})
 
 
 def _stopped_members(outdir: Path, members: int) -> dict[int, dict]:

@@ -174,128 +174,186 @@ def score_long_rollout(forecast: np.ndarray, last_history: np.ndarray, reference
     triples = physics.angle_triples(bonds)
     md_frames = np.concatenate(reference)
     lead_fs = np.arange(1, n_frames + 1) * frame_fs
+    rollouts = _Rollouts.of(forecast, last_history, bonds, triples, atomic_numbers, settings.clash_angstrom, frame_fs)
+    md, md_lengths = _md_observables(md_frames, reference, bonds, triples, atomic_numbers, settings.clash_angstrom,
+                                     frame_fs)
+    pairs = _PairDistances.of(forecast, md_frames)
+    md["pair distances"] = pairs.md_range()
+    broken = (rollouts.lengths > BROKEN_BOND_FACTOR * md_lengths.mean(axis=0)).any(axis=-1)  # [S, H]
+    energy = _energies(forecast, broken, md_frames, atomic_numbers, settings.energy_samples, molecule, frame_fs,
+                       notes)
+    if energy is not None:
+        md["potential energy"] = _md_stats(energy["md_eV"])
+    labels = [f"{chemical_symbols[z]}{i}" for i, z in enumerate(atomic_numbers)]
+    blocks = [_block(rollouts, pairs, energy, md, lead_fs, lo, hi) for lo, hi in _lead_blocks(n_frames, frame_fs)]
+    result = LongRolloutResult(n_rollouts, n_atoms, frame_fs, n_frames, 0, [], molecule, bonds.tolist(), labels, md,
+                               _bond_table(bonds, labels, rollouts, md, lead_fs), blocks,
+                               _horizons(rollouts, pairs, energy, md, lead_fs),
+                               _series_record(rollouts, pairs, energy, md, lead_fs), notes=notes)
+    result.energy_seconds = energy["seconds"] if energy is not None else 0.0
+    result.series["_pair_distance_samples"] = pairs.plot_samples(forecast)
+    result.series["_bond_lengths"] = {"md": md_lengths, "forecast": rollouts.lengths.reshape(-1, len(bonds))}
+    return result
 
-    # per rollout and lead time: [S, H, ...]
-    flat = forecast.reshape(-1, n_atoms, 3)
-    lengths = physics.bond_lengths(flat, bonds).reshape(n_rollouts, n_frames, -1)
-    angles = physics.bond_angles_degrees(flat, triples).reshape(n_rollouts, n_frames, -1)
-    rg = physics.radius_of_gyration(flat, atomic_numbers).reshape(n_rollouts, n_frames)
-    clashes = physics.clash_counts(flat, bonds, settings.clash_angstrom).reshape(n_rollouts, n_frames)
-    displacement = np.stack([physics.max_displacement(f, previous=p) for f, p in zip(forecast, last_history)])
-    temperature = np.stack([physics.kinetic_temperature(np.concatenate([p[None], f]), atomic_numbers, frame_fs)
-                            for f, p in zip(forecast, last_history)])  # leads 1 … H−1
-    temperature = np.concatenate([temperature, np.full((n_rollouts, 1), np.nan)], axis=1)
 
+@dataclass
+class _Rollouts:
+    """The forecast's observables per rollout and lead time, [S, H, ...]."""
+
+    lengths: np.ndarray  # [S, H, bonds]
+    angles: np.ndarray  # [S, H, angles], degrees
+    rg: np.ndarray
+    clashes: np.ndarray
+    displacement: np.ndarray
+    temperature: np.ndarray  # NaN at the last lead time (central differences)
+    bond_mean: np.ndarray  # [H, bonds] over the rollouts; NaN (not finite) counts as out of range
+
+    @classmethod
+    def of(cls, forecast: np.ndarray, last_history: np.ndarray, bonds: np.ndarray, triples: np.ndarray,
+           atomic_numbers: np.ndarray, clash_angstrom: float, frame_fs: float) -> "_Rollouts":
+        n_rollouts, n_frames, n_atoms = forecast.shape[:3]
+        flat = forecast.reshape(-1, n_atoms, 3)
+        lengths = physics.bond_lengths(flat, bonds).reshape(n_rollouts, n_frames, -1)
+        angles = physics.bond_angles_degrees(flat, triples).reshape(n_rollouts, n_frames, -1)
+        displacement = np.stack([physics.max_displacement(f, previous=p) for f, p in zip(forecast, last_history)])
+        temperature = np.stack([physics.kinetic_temperature(np.concatenate([p[None], f]), atomic_numbers, frame_fs)
+                                for f, p in zip(forecast, last_history)])  # leads 1 … H−1
+        return cls(lengths, angles, physics.radius_of_gyration(flat, atomic_numbers).reshape(n_rollouts, n_frames),
+                   physics.clash_counts(flat, bonds, clash_angstrom).reshape(n_rollouts, n_frames), displacement,
+                   np.concatenate([temperature, np.full((n_rollouts, 1), np.nan)], axis=1), lengths.mean(axis=0))
+
+
+def _md_observables(md_frames: np.ndarray, reference: list[np.ndarray], bonds: np.ndarray, triples: np.ndarray,
+                    atomic_numbers: np.ndarray, clash_angstrom: float, frame_fs: float) -> tuple[dict, np.ndarray]:
+    """MD's statistics of the single-frame observables (bonds, angles: also std) and its bond lengths [F, bonds]."""
     md_lengths = physics.bond_lengths(md_frames, bonds)
     md_angles = physics.bond_angles_degrees(md_frames, triples)
     md = {"bond lengths": _md_stats(md_lengths), "bond angles": _md_stats(md_angles),
           "radius of gyration": _md_stats(physics.radius_of_gyration(md_frames, atomic_numbers)),
-          "clashes": _md_stats(physics.clash_counts(md_frames, bonds, settings.clash_angstrom).astype(float)),
+          "clashes": _md_stats(physics.clash_counts(md_frames, bonds, clash_angstrom).astype(float)),
           "largest displacement": _md_stats(np.concatenate([physics.max_displacement(r)[1:] for r in reference])),
           "kinetic temperature": _md_stats(np.concatenate([physics.kinetic_temperature(r, atomic_numbers, frame_fs)
                                                            for r in reference]))}
     md["bond lengths"]["std"] = md_lengths.std(axis=0).tolist()
     md["bond angles"]["std"] = md_angles.std(axis=0).tolist()
+    return md, md_lengths
 
-    # the pair-distance distribution: W1 of the rollouts' frames at one lead time to MD's pooled frames
-    pick = np.unique(np.linspace(0, len(md_frames) - 1, min(MD_PAIR_FRAMES, len(md_frames))).astype(np.int64))
-    md_pairs = physics.pair_distances(md_frames[pick])
-    rng = np.random.default_rng(0)
-    md_w1 = [physics.distribution_distance(physics.pair_distances(md_frames[i]), md_pairs)["wasserstein_angstrom"]
-             for i in rng.choice(len(md_frames), min(MD_PAIR_DRAWS, len(md_frames)), replace=False)]
-    md["pair distances"] = {"mean": float(np.mean(md_w1)), "low": 0.0,
-                            "high": float(np.percentile(md_w1, physics.RANGE_PERCENTILES[1]))}
-    pair_leads = sampled_leads(n_frames, PAIR_DISTANCE_LEADS)
-    pair_w1 = np.array([physics.distribution_distance(physics.pair_distances(forecast[:, j]), md_pairs)
-                        ["wasserstein_angstrom"] for j in pair_leads])
 
-    broken = (lengths > BROKEN_BOND_FACTOR * md_lengths.mean(axis=0)).any(axis=-1)  # [S, H]
-    energy = _energies(forecast, broken, md_frames, atomic_numbers, settings.energy_samples, molecule, frame_fs,
-                       notes)
-    if energy is not None:
-        md["potential energy"] = _md_stats(energy["md_eV"])
+@dataclass
+class _PairDistances:
+    """The pair-distance distribution: W1 of the rollouts' frames at one lead time to MD's pooled frames."""
 
-    series = {"bond_lengths_rollout_mean": lengths.mean(axis=0),  # NaN (not finite) counts as out of range
-              "bond_angles_rollout_mean": angles.mean(axis=0), "radius_of_gyration": rg,
-              "clashes": clashes.astype(float), "largest_displacement": displacement,
-              "kinetic_temperature": temperature}
-    horizon = {}
-    checks = [("bond lengths", series["bond_lengths_rollout_mean"], lead_fs),
-              ("bond angles", series["bond_angles_rollout_mean"], lead_fs),
-              ("radius of gyration", rg.mean(axis=0), lead_fs), ("clashes", clashes.mean(axis=0), lead_fs),
-              ("largest displacement", displacement.mean(axis=0), lead_fs),
-              ("kinetic temperature", temperature[:, :-1].mean(axis=0), lead_fs[:-1]),
-              ("pair distances", pair_w1, lead_fs[pair_leads])]
+    md_pairs: np.ndarray  # the distances of MD's pooled frames
+    md_w1: list[float]  # single random MD frames against the pool: MD's own spread
+    leads: np.ndarray  # sampled lead-time indices (0-based)
+    w1: np.ndarray  # [leads]
+
+    @classmethod
+    def of(cls, forecast: np.ndarray, md_frames: np.ndarray) -> "_PairDistances":
+        pick = np.unique(np.linspace(0, len(md_frames) - 1, min(MD_PAIR_FRAMES, len(md_frames))).astype(np.int64))
+        md_pairs = physics.pair_distances(md_frames[pick])
+        rng = np.random.default_rng(0)
+        md_w1 = [physics.distribution_distance(physics.pair_distances(md_frames[i]), md_pairs)["wasserstein_angstrom"]
+                 for i in rng.choice(len(md_frames), min(MD_PAIR_DRAWS, len(md_frames)), replace=False)]
+        leads = sampled_leads(forecast.shape[1], PAIR_DISTANCE_LEADS)
+        w1 = np.array([physics.distribution_distance(physics.pair_distances(forecast[:, j]), md_pairs)
+                       ["wasserstein_angstrom"] for j in leads])
+        return cls(md_pairs, md_w1, leads, w1)
+
+    def md_range(self) -> dict:
+        return {"mean": float(np.mean(self.md_w1)), "low": 0.0,
+                "high": float(np.percentile(self.md_w1, physics.RANGE_PERCENTILES[1]))}
+
+    def plot_samples(self, forecast: np.ndarray) -> dict:
+        """The distances of MD and of the forecast's first and last 10 % of lead times (for the plot)."""
+        tenth = max(1, forecast.shape[1] // 10)
+        return {"md": self.md_pairs.ravel(),
+                "first": physics.pair_distances(forecast[:, :tenth].reshape(-1, *forecast.shape[2:])).ravel(),
+                "last": physics.pair_distances(forecast[:, -tenth:].reshape(-1, *forecast.shape[2:])).ravel()}
+
+
+def _horizons(rollouts: _Rollouts, pairs: _PairDistances, energy: dict | None, md: dict,
+              lead_fs: np.ndarray) -> dict:
+    """Each observable's physical horizon: the first lead time (fs) its mean over the rollouts leaves MD's range."""
+    checks = [("bond lengths", rollouts.bond_mean, lead_fs), ("bond angles", rollouts.angles.mean(axis=0), lead_fs),
+              ("radius of gyration", rollouts.rg.mean(axis=0), lead_fs),
+              ("clashes", rollouts.clashes.mean(axis=0), lead_fs),
+              ("largest displacement", rollouts.displacement.mean(axis=0), lead_fs),
+              ("kinetic temperature", rollouts.temperature[:, :-1].mean(axis=0), lead_fs[:-1]),
+              ("pair distances", pairs.w1, lead_fs[pairs.leads])]
     if energy is not None:
         checks.append(("potential energy", energy["forecast_eV"].mean(axis=0), energy["lead_fs"]))  # NaN: out
+    horizon = {}
     for name, values, at in checks:
         if name in ("bond lengths", "bond angles") and values.shape[-1] == 0:
             horizon[name] = "not computed"
             continue
-        exit_at = physics.first_exit(values, np.asarray(md[name]["low"]), np.asarray(md[name]["high"]))
-        horizon[name] = None if exit_at is None else float(at[exit_at])
+        horizon[name] = _first_exit_fs(values, np.asarray(md[name]["low"]), np.asarray(md[name]["high"]), at)
     if energy is None:
         horizon["potential energy"] = "not computed"
+    return horizon
 
-    labels = [f"{chemical_symbols[z]}{i}" for i, z in enumerate(atomic_numbers)]
-    bond_table = []
+
+def _bond_table(bonds: np.ndarray, labels: list[str], rollouts: _Rollouts, md: dict, lead_fs: np.ndarray) -> list:
+    """Per bond: MD's and the forecast's mean and std; when the rollouts' mean first leaves MD's range."""
+    md_bonds = md["bond lengths"]
+    table = []
     for b, (i, j) in enumerate(bonds):
-        values = lengths[:, :, b]
-        bond_table.append({"bond": f"{labels[i]}–{labels[j]}", "md_mean": md["bond lengths"]["mean"][b],
-                           "md_std": md["bond lengths"]["std"][b], "forecast_mean": float(np.nanmean(values)),
-                           "forecast_std": float(np.nanstd(values)),
-                           "mean_deviation": float(np.nanmean(values) - md["bond lengths"]["mean"][b]),
-                           "first_exit_fs": _first_exit_fs(series["bond_lengths_rollout_mean"][:, b],
-                                                           md["bond lengths"]["low"][b],
-                                                           md["bond lengths"]["high"][b], lead_fs)})
-    blocks = []
-    md_bond_mean, md_bond_std = np.asarray(md["bond lengths"]["mean"]), np.asarray(md["bond lengths"]["std"])
-    md_angle_mean = np.asarray(md["bond angles"]["mean"])
-    for lo, hi in _lead_blocks(n_frames, frame_fs):
-        block = {"lead_fs": [float(lead_fs[lo]), float(lead_fs[hi - 1])]}
-        if len(bonds):
-            part = lengths[:, lo:hi].reshape(-1, len(bonds))
-            block["bond_mean_deviation_max_angstrom"] = float(np.nanmax(np.abs(np.nanmean(part, 0) - md_bond_mean)))
-            block["bond_deviation_max_angstrom"] = float(np.nanmax(np.abs(part - md_bond_mean)))
-            # fluctuation along each rollout (a frozen rollout has none, whatever its neighbours do)
-            along = np.sqrt(np.nanmean(np.nanvar(lengths[:, lo:hi], axis=1), axis=0))
-            block["bond_width_ratio_median"] = float(np.nanmedian(along / md_bond_std))
-        if len(triples):
-            part = angles[:, lo:hi].reshape(-1, len(triples))
-            block["angle_mean_deviation_max_degrees"] = float(np.nanmax(np.abs(np.nanmean(part, 0) - md_angle_mean)))
-        block["radius_of_gyration_angstrom"] = float(np.nanmean(rg[:, lo:hi]))
-        block["clashes_per_frame"] = float(clashes[:, lo:hi].mean())
-        block["largest_displacement_angstrom"] = float(np.nanmax(displacement[:, lo:hi]))
-        block["kinetic_temperature_K"] = _nanmean(temperature[:, lo:hi])
-        in_block = (pair_leads >= lo) & (pair_leads < hi)
-        block["pair_distance_w1_angstrom"] = float(pair_w1[in_block].mean()) if in_block.any() else float("nan")
-        if energy is not None:
-            in_block = (energy["lead_index"] >= lo) & (energy["lead_index"] < hi)
-            block["potential_energy_eV"] = _nanmean(energy["forecast_eV"][:, in_block])
-        blocks.append(block)
+        values = rollouts.lengths[:, :, b]
+        table.append({"bond": f"{labels[i]}–{labels[j]}", "md_mean": md_bonds["mean"][b],
+                      "md_std": md_bonds["std"][b], "forecast_mean": float(np.nanmean(values)),
+                      "forecast_std": float(np.nanstd(values)),
+                      "mean_deviation": float(np.nanmean(values) - md_bonds["mean"][b]),
+                      "first_exit_fs": _first_exit_fs(rollouts.bond_mean[:, b], md_bonds["low"][b],
+                                                      md_bonds["high"][b], lead_fs)})
+    return table
 
-    series_json = {"lead_time_fs": lead_fs.tolist(),
-                   "bond_mean_deviation_max_angstrom": (np.nanmax(np.abs(series["bond_lengths_rollout_mean"]
-                                                                         - md_bond_mean), axis=1).tolist()
-                                                        if len(bonds) else []),
-                   "radius_of_gyration_angstrom": rg.tolist(),
-                   "clashes_mean": clashes.mean(axis=0).tolist(),
-                   "largest_displacement_angstrom": displacement.tolist(),
-                   "kinetic_temperature_K": temperature.tolist(),
-                   "pair_distance_w1_angstrom": {"lead_time_fs": lead_fs[pair_leads].tolist(),
-                                                 "value": pair_w1.tolist(), "md_draws": md_w1}}
+
+def _block(rollouts: _Rollouts, pairs: _PairDistances, energy: dict | None, md: dict, lead_fs: np.ndarray,
+           lo: int, hi: int) -> dict:
+    """The row of lead times lo+1 … hi (rollouts pooled)."""
+    block = {"lead_fs": [float(lead_fs[lo]), float(lead_fs[hi - 1])]}
+    if rollouts.lengths.shape[-1]:
+        md_bond_mean = np.asarray(md["bond lengths"]["mean"])
+        part = rollouts.lengths[:, lo:hi].reshape(-1, len(md_bond_mean))
+        block["bond_mean_deviation_max_angstrom"] = float(np.nanmax(np.abs(np.nanmean(part, 0) - md_bond_mean)))
+        block["bond_deviation_max_angstrom"] = float(np.nanmax(np.abs(part - md_bond_mean)))
+        # fluctuation along each rollout (a frozen rollout has none, whatever its neighbours do)
+        along = np.sqrt(np.nanmean(np.nanvar(rollouts.lengths[:, lo:hi], axis=1), axis=0))
+        block["bond_width_ratio_median"] = float(np.nanmedian(along / np.asarray(md["bond lengths"]["std"])))
+    if rollouts.angles.shape[-1]:
+        md_angle_mean = np.asarray(md["bond angles"]["mean"])
+        part = rollouts.angles[:, lo:hi].reshape(-1, len(md_angle_mean))
+        block["angle_mean_deviation_max_degrees"] = float(np.nanmax(np.abs(np.nanmean(part, 0) - md_angle_mean)))
+    block["radius_of_gyration_angstrom"] = float(np.nanmean(rollouts.rg[:, lo:hi]))
+    block["clashes_per_frame"] = float(rollouts.clashes[:, lo:hi].mean())
+    block["largest_displacement_angstrom"] = float(np.nanmax(rollouts.displacement[:, lo:hi]))
+    block["kinetic_temperature_K"] = _nanmean(rollouts.temperature[:, lo:hi])
+    in_block = (pairs.leads >= lo) & (pairs.leads < hi)
+    block["pair_distance_w1_angstrom"] = float(pairs.w1[in_block].mean()) if in_block.any() else float("nan")
     if energy is not None:
-        series_json["potential_energy_eV"] = {"lead_time_fs": energy["lead_fs"].tolist(),
-                                              "forecast": energy["forecast_eV"].tolist(),
-                                              "md": energy["md_eV"].tolist()}
-    result = LongRolloutResult(n_rollouts, n_atoms, frame_fs, n_frames, 0, [], molecule, bonds.tolist(), labels,
-                               md, bond_table, blocks, horizon, series_json, notes=notes)
-    result.energy_seconds = energy["seconds"] if energy is not None else 0.0
-    result.series["_pair_distance_samples"] = {"md": md_pairs.ravel(), "first": physics.pair_distances(
-        forecast[:, :max(1, n_frames // 10)].reshape(-1, n_atoms, 3)).ravel(),
-        "last": physics.pair_distances(forecast[:, -max(1, n_frames // 10):].reshape(-1, n_atoms, 3)).ravel()}
-    result.series["_bond_lengths"] = {"md": md_lengths, "forecast": lengths.reshape(-1, len(bonds))}
-    return result
+        in_block = (energy["lead_index"] >= lo) & (energy["lead_index"] < hi)
+        block["potential_energy_eV"] = _nanmean(energy["forecast_eV"][:, in_block])
+    return block
+
+
+def _series_record(rollouts: _Rollouts, pairs: _PairDistances, energy: dict | None, md: dict,
+                   lead_fs: np.ndarray) -> dict:
+    """The per-lead-time series of the JSON record (and the plot)."""
+    bond_deviation = np.abs(rollouts.bond_mean - np.asarray(md["bond lengths"]["mean"]))
+    series = {"lead_time_fs": lead_fs.tolist(),
+              "bond_mean_deviation_max_angstrom": (np.nanmax(bond_deviation, axis=1).tolist()
+                                                   if rollouts.lengths.shape[-1] else []),
+              "radius_of_gyration_angstrom": rollouts.rg.tolist(),
+              "clashes_mean": rollouts.clashes.mean(axis=0).tolist(),
+              "largest_displacement_angstrom": rollouts.displacement.tolist(),
+              "kinetic_temperature_K": rollouts.temperature.tolist(),
+              "pair_distance_w1_angstrom": {"lead_time_fs": lead_fs[pairs.leads].tolist(), "value": pairs.w1.tolist(),
+                                            "md_draws": pairs.md_w1}}
+    if energy is not None:
+        series["potential_energy_eV"] = {"lead_time_fs": energy["lead_fs"].tolist(),
+                                         "forecast": energy["forecast_eV"].tolist(), "md": energy["md_eV"].tolist()}
+    return series
 
 
 def _nanmean(values: np.ndarray) -> float:
