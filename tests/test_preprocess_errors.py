@@ -101,9 +101,15 @@ def _directory(d):
 
 
 def _unknown_format(d):
+    p = d / "traj.binpos"
+    p.write_bytes(b"\0" * 64)
+    return [p], "traj.binpos: unknown trajectory format"
+
+
+def _garbage_dcd(d):
     p = d / "traj.dcd"
     p.write_bytes(b"\0" * 64)
-    return [p], "traj.dcd: unknown trajectory format"
+    return [p], "traj.dcd: not a readable DCD trajectory"
 
 
 def _glob_without_match(d):
@@ -128,7 +134,7 @@ def _short_for_split(d):
 
 CASES = [_not_netcdf, _truncated, _no_coordinates, _wrong_dims, _wrong_spatial, _atom_counts_differ, _nan,
          _inf_in_second_file, _time_backwards, _time_backwards_at_shard_boundary, _empty, _missing, _directory,
-         _unknown_format, _glob_without_match, _bad_npz, _no_timestep, _short_for_split]
+         _unknown_format, _garbage_dcd, _glob_without_match, _bad_npz, _no_timestep, _short_for_split]
 
 
 def _assert_no_data_left(out):

@@ -8,7 +8,7 @@
 #                    pointing at the CUDA wheel index, or preinstall torch and set
 #                    ASTEROID_TORCH=skip.
 #   ASTEROID_VENV    where the venv lives (default .venv in the repository)
-#   ASTEROID_EXTRAS  pip extras to install (default "test,datagen")
+#   ASTEROID_EXTRAS  pip extras to install (default "io,test,datagen")
 #   ASTEROID_NO_APT  set to 1 to skip the Debian packages (bring your own MPI)
 _asteroid_saved_opts="$(set +o)"  # restored at the end: this file is sourced
 set -euo pipefail
@@ -16,7 +16,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${ASTEROID_VENV:-$repo/.venv}"
 torch_req="${ASTEROID_TORCH:-torch==2.13.0}"
-extras="${ASTEROID_EXTRAS:-test,datagen}"
+extras="${ASTEROID_EXTRAS:-io,test,datagen}"
 
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 

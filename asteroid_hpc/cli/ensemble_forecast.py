@@ -13,6 +13,7 @@ from .common import examples, load_cli_config, model_argument
     "asteroid-hpc ensemble-forecast model.safetensors traj.nc -o ens/scored --reference truth.nc --reference-start 0",
     "mpiexec -n 4 asteroid-hpc ensemble-forecast model.safetensors traj.nc -o ens/run2 ensemble.members=8",
     "mpiexec -n 4 asteroid-hpc ensemble-forecast model.safetensors box.nc -o ens/big --grid 2x2   # 2 ranks per member",
+    "asteroid-hpc ensemble-forecast model.safetensors md.dcd --topology system.psf -o ens/namd",
     "asteroid-hpc ensemble-forecast model.safetensors traj.nc -o ens/safe ensemble.stop_on_blowup=true",
     "srun asteroid-hpc ensemble-forecast runs/aspirin traj.nc -o ens/run3 --config configs/aspirin.yaml"))
 @model_argument(type=click.Path(exists=True))
@@ -30,8 +31,16 @@ from .common import examples, load_cli_config, model_argument
 @click.option("--grid", default=None, metavar="GROUPSxDOMAINS",
               help="Process grid, e.g. 2x2: member groups x ranks per member (sets ensemble.domains; the product "
                    "must be the number of ranks).")
-def command(model, initial, overrides, outdir, config, reference, reference_start, grid) -> None:
-    """Roll out an ensemble of perturbed ASTEROID forecasts from the end of INITIAL (an AMBER NetCDF trajectory).
+@click.option("--topology", type=click.Path(dir_okay=False), default=None,
+              help="Topology giving the elements of an INITIAL without them (.prmtop/.parm7, .tpr/.gro, .psf, "
+                   ".pdb/.cif, LAMMPS data); default: the one the model's dataset was preprocessed with.")
+@click.option("--allow-mismatch", is_flag=True,
+              help="Go on when INITIAL's atoms or frame spacing differ from the model's training inputs.")
+def command(model, initial, overrides, outdir, config, reference, reference_start, grid, topology,
+            allow_mismatch) -> None:
+    """Roll out an ensemble of perturbed ASTEROID forecasts from the end of INITIAL (a trajectory in any format
+    preprocess reads: AMBER NetCDF, .xtc/.trr, .dcd, LAMMPS dump, H5MD, .mdcrd, .npz, .xyz). Member times
+    continue INITIAL's, so a member appended to it reads as one trajectory.
 
     Settings: ensemble.members, horizon_frames (any length: iterative forecasting),
     perturbation (gaussian | frames), noise_angstrom, frame_spacing, start_frame (-1 = last frame), seed,
@@ -57,7 +66,8 @@ def command(model, initial, overrides, outdir, config, reference, reference_star
     setup_logging(detect_launch())
     abort_on_uncaught_exception()
     domains = parse_grid(grid, world().size) if grid else None
-    summary = run_ensemble(cfg, model, initial, outdir, domains=domains,
+    summary = run_ensemble(cfg, model, initial, outdir, domains=domains, topology=topology,
+                           allow_mismatch=allow_mismatch,
                            reference=Reference(Path(reference), reference_start) if reference else None)
     if summary is not None:
         blown_up = summary["watch"]["blown_up"]

@@ -26,6 +26,7 @@ OPTION_KEYS = {"protocols": "protocols", "split": "split", "max_samples": "max_s
     "asteroid-hpc evaluate none data/xtb-md17/ethanol.nc -o eval/baselines   # baselines only, 10 history frames",
     "asteroid-hpc evaluate none traj.nc -o eval/b4 evaluate.baseline_history_frames=4",
     "asteroid-hpc evaluate model.safetensors test/seed-*.nc -o eval/pooled --protocol A   # several trajectories",
+    "asteroid-hpc evaluate model.safetensors md.xtc --topology topol.tpr -o eval/gmx --protocol C",
     "asteroid-hpc evaluate model.safetensors traj.nc -o eval/late --protocol A 'evaluate.a_frames=[36000,60000]'",
     "asteroid-hpc evaluate model.safetensors test/seed-*.nc -o eval/long --protocol L --rollout-ps 10   # physics",
 ))
@@ -62,7 +63,12 @@ OPTION_KEYS = {"protocols": "protocols", "split": "split", "max_samples": "max_s
                                                       "[evaluate.long_rollout_stride_fs].")
 @click.option("--energy-samples", type=int, help="Protocol L: frames per rollout given a GFN2-xTB energy "
                                                  "(molecules of the xTB table; 0: none) [evaluate.energy_samples].")
-def command(model, inputs, out_dir, config, **options) -> None:
+@click.option("--topology", type=click.Path(dir_okay=False), default=None,
+              help="Topology giving the elements of trajectories without them (.prmtop/.parm7, .tpr/.gro, .psf, "
+                   ".pdb/.cif, LAMMPS data); default: the one the model's dataset was preprocessed with.")
+@click.option("--allow-mismatch", is_flag=True,
+              help="Go on when the trajectory's atoms or frame spacing differ from the model's training inputs.")
+def command(model, inputs, out_dir, config, topology, allow_mismatch, **options) -> None:
     """Evaluate MODEL (or "none": the baselines alone) on DATASETS: one or more trajectory files of one
     molecule (pooled, and each alone), or one preprocessed dataset directory.
 
@@ -90,6 +96,7 @@ def command(model, inputs, out_dir, config, **options) -> None:
     cfg = load_cli_config(config, tuple(overrides))
     setup_logging(detect_launch())
     command_line = "asteroid-hpc " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    results, paths, markdown = evaluate_to_directory(model, datasets, out_dir, cfg, command_line=command_line)
+    results, paths, markdown = evaluate_to_directory(model, datasets, out_dir, cfg, command_line=command_line,
+                                                     topology=topology, allow_mismatch=allow_mismatch)
     click.echo(markdown)
     click.echo(f"wrote {', '.join(str(path) for path in paths.values())}")

@@ -12,7 +12,8 @@ from .common import examples, load_cli_config
     "asteroid-hpc preprocess 'runs/*.nc' -o data/ds data.frames_per_shard=2048 data.frame_stride=10",
     "asteroid-hpc preprocess md17_aspirin.npz -o data/asp-A data.timestep_fs=0.5 data.split=random_start "
     "data.atom_selection=heavy",
-    "asteroid-hpc preprocess amber.nc --topology system.pdb -o data/ds --config configs/aspirin.yaml",
+    "asteroid-hpc preprocess amber.nc --topology system.prmtop -o data/ds --config configs/aspirin.yaml",
+    "asteroid-hpc preprocess md.xtc --topology topol.tpr -o data/gmx data.atom_selection=heavy",
     "asteroid-hpc preprocess 'md/seed-*.nc' -o data/ds data.split=by_file 'data.val_inputs=[md/seed-4.nc]'",
     "mpiexec -n 4 asteroid-hpc preprocess 'runs/*.nc' -o data/ds --overwrite"))
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUTS... [KEY=VALUE]...")
@@ -21,13 +22,16 @@ from .common import examples, load_cli_config
 @click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
               help="YAML config; its data.* and model.history_frames apply.")
 @click.option("--topology", type=click.Path(dir_okay=False), default=None,
-              help="Structure file (pdb, xyz, ... via ASE) giving atomic numbers for inputs without them.")
+              help="Topology giving the elements of inputs without them: AMBER .prmtop/.parm7, GROMACS .tpr/.gro, "
+                   "CHARMM/NAMD .psf, .pdb/.cif, LAMMPS data (via MDAnalysis), .xyz (via ASE). Recorded in the "
+                   "dataset, so evaluate and ensemble-forecast find it.")
 @click.option("--drop-nonfinite", is_flag=True, help="Skip frames with NaN/Inf coordinates (reports how many) "
                                                      "instead of failing. Same as data.drop_nonfinite=true.")
 @click.option("--overwrite", is_flag=True, help="Replace a different dataset already in the output directory.")
 @click.option("--no-progress", is_flag=True, help="No progress bar or progress log lines.")
 def command(inputs, outdir, config, topology, drop_nonfinite, overwrite, no_progress) -> None:
-    """Shard trajectories (AMBER NetCDF .nc/.ncdf, MD17 .npz, extended .xyz; files or quoted globs) into a
+    """Shard trajectories (AMBER NetCDF .nc/.ncdf, MD17 .npz, extended .xyz, GROMACS .xtc/.trr, CHARMM/NAMD/OpenMM
+    .dcd, LAMMPS dump, H5MD, AMBER ASCII .mdcrd; files or quoted globs) into a
     dataset directory: NetCDF shards of data.frames_per_shard frames, split chronologically (with a gap of
     history + horizon frames between splits), by protocol A's random start frames, or by whole input files
     (data.split=by_file with data.val_inputs / data.test_inputs), plus manifest.json

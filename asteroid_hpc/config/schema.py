@@ -75,7 +75,7 @@ class DataConfig:
         _check(len(self.split_fractions) == 3 and all(f >= 0 for f in self.split_fractions),
                "data.split_fractions must be three non-negative numbers (train, val, test)")
         _check(abs(sum(self.split_fractions) - 1.0) < 1e-6, "data.split_fractions must sum to 1")
-        _check(self.timestep_fs is None or self.timestep_fs > 0, "data.timestep_fs must be > 0")
+        _check(self.timestep_fs is None or 0 < self.timestep_fs < float("inf"), "data.timestep_fs must be finite and > 0")
         _check(len(self.random_start_counts) == 3 and all(c >= 0 for c in self.random_start_counts),
                "data.random_start_counts must be three non-negative integers (train, val, test)")
         _check(self.random_start_margin_frames >= 0, "data.random_start_margin_frames must be >= 0")

@@ -19,13 +19,13 @@ appending (every append is synced, so the frame count on disk is that of the las
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
 
 import numpy as np
 
 from ..errors import UserError, user_error
+from .frames import FrameChunk, iter_strided_chunks  # noqa: F401 (iter_strided_chunks: re-exported)
+from .units import LENGTH_TO_ANGSTROM, TIME_TO_PS, check_even_spacing, unit_factor
 
 PARTIAL_SUFFIX = ".partial"
 NETCDF3_FORMAT = "NETCDF3_64BIT_OFFSET"
@@ -237,16 +237,6 @@ class AmberWriter:
 
 # --------------------------------------------------------------------------------------------- reader
 
-@dataclass
-class FrameChunk:
-    """Consecutive frames of one trajectory. ``start`` is the index (in the file) of the first frame;
-    with a stride, frame ``i`` of the chunk is file frame ``start + i * stride``."""
-
-    start: int
-    coordinates: np.ndarray  # [F, N, 3] angstrom, float32 or float64 as stored
-    time_ps: Optional[np.ndarray]  # [F] or None when the file has no usable time
-
-
 def check_netcdf3_complete(path: Path) -> None:
     """Detect a truncated classic-format file (netCDF-C reads missing records as zeros): scipy's header
     parser, memory-mapped so that no data is read, refuses a file shorter than its header promises."""
@@ -272,14 +262,18 @@ class AmberReader:
     """Streaming reader of an AMBER-convention NetCDF trajectory (NETCDF3 classic/64-bit offset or NETCDF4).
 
     Accepts float32 or float64 coordinates, a fixed or unlimited frame dimension, files with or without
-    ``time`` (a time axis of all zeros counts as absent), cell, velocities and forces (ignored unless
-    read with :meth:`read_variable`). Errors in the file are UserErrors naming it.
+    ``time`` (a time axis of all zeros counts as absent), cell (read with the frames), velocities (read
+    with the frames when asked) and forces (:meth:`read_variable`). Coordinates in nanometres and times in
+    ns or fs (their ``units`` attributes) are converted to Å and ps; unknown units are refused. Errors in
+    the file are UserErrors naming it.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, check_time: bool = False, read_velocities: bool = False) -> None:
         import netCDF4
 
         self.path = Path(path)
+        self.check_time = check_time  # refuse an uneven time axis (off: data.timestep_fs overrides it)
+        self.read_velocities = read_velocities  # off by default: it would double the bytes read
         _check_readable(self.path)
         check_netcdf3_complete(self.path)
         try:
@@ -308,6 +302,9 @@ class AmberReader:
         if coords.dtype not in (np.float32, np.float64):
             raise user_error(self.path, f"'coordinates' has type {coords.dtype}, expected float32 or float64")
         self.n_frames, self.n_atoms = int(coords.shape[0]), int(coords.shape[1])
+        self._length_factor = unit_factor(coords, LENGTH_TO_ANGSTROM, "angstrom", self.path)
+        self._time_factor = unit_factor(ds["time"], TIME_TO_PS, "picosecond", self.path) \
+            if "time" in ds.variables else 1.0
         self.atomic_numbers: np.ndarray | None = None
         if "atomic_number" in ds.variables:
             z = ds["atomic_number"]
@@ -318,10 +315,12 @@ class AmberReader:
         self.timestep_ps: float | None = None
         if "time" in ds.variables and ds["time"].dimensions == ("frame",) and self.n_frames > 0:
             t = ds["time"]
-            first, last = float(t[0]), float(t[self.n_frames - 1])
+            first, last = float(t[0]) * self._time_factor, float(t[self.n_frames - 1]) * self._time_factor
             if self.n_frames == 1 or first != 0.0 or last != 0.0:
                 self.has_time = True
                 if self.n_frames > 1:
+                    if self.check_time:
+                        check_even_spacing(np.asarray(t[:], dtype=np.float64) * self._time_factor, self.path)
                     # mean spacing, rounded to the ~6 digits that float32 time values carry
                     self.timestep_ps = float(f"{(last - first) / (self.n_frames - 1):.6g}")
         if "timestep_ps" in ds.ncattrs():  # exact value written by AmberWriter
@@ -331,9 +330,19 @@ class AmberReader:
     def read(self, start: int, stop: int) -> FrameChunk:
         """Frames ``start:stop`` (clipped to the file)."""
         start, stop = max(0, start), min(stop, self.n_frames)
-        coords = self._ds["coordinates"][start:stop]
-        time_ps = np.asarray(self._ds["time"][start:stop], dtype=np.float64) if self.has_time else None
-        return FrameChunk(start, np.asarray(coords), time_ps)
+        coords = np.asarray(self._ds["coordinates"][start:stop])
+        if self._length_factor != 1.0:
+            coords = coords * coords.dtype.type(self._length_factor)
+        time_ps = np.asarray(self._ds["time"][start:stop], dtype=np.float64) * self._time_factor \
+            if self.has_time else None
+        velocities = cell = None
+        if self.read_velocities and "velocities" in self._ds.variables:  # netCDF4 applies scale_factor
+            velocities = np.asarray(self._ds["velocities"][start:stop]) * self._length_factor
+        if "cell_lengths" in self._ds.variables and "cell_angles" in self._ds.variables:
+            cell = np.concatenate([np.asarray(self._ds["cell_lengths"][start:stop], dtype=np.float64)
+                                   * self._length_factor,
+                                   np.asarray(self._ds["cell_angles"][start:stop], dtype=np.float64)], axis=1)
+        return FrameChunk(start, coords, time_ps, velocities, cell)
 
     def read_variable(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Any per-frame variable (``velocities``, ``forces``, ``cell_lengths`` ...) for frames ``start:stop``."""
@@ -362,29 +371,6 @@ def _check_readable(path: Path) -> None:
             pass
     except OSError as exc:
         raise user_error(path, f"cannot read ({exc.strerror or exc})") from None
-
-
-def iter_strided_chunks(reader, chunk_frames: int, start: int = 0, stop: int | None = None,
-                        stride: int = 1) -> Iterator[FrameChunk]:
-    """Yield frames ``start:stop:stride`` in chunks of at most ``chunk_frames`` frames.
-
-    Small strides read contiguous blocks and subsample them (at most ``chunk_frames * stride`` frames in
-    memory); large strides read the wanted frames one by one.
-    """
-    stop = reader.n_frames if stop is None else min(stop, reader.n_frames)
-    wanted = range(start, stop, stride)
-    for k in range(0, len(wanted), chunk_frames):
-        block = wanted[k:k + chunk_frames]
-        if stride == 1:
-            yield reader.read(block.start, block.stop)
-        elif stride <= 8:
-            raw = reader.read(block.start, block[-1] + 1)
-            yield FrameChunk(block.start, raw.coordinates[::stride],
-                             None if raw.time_ps is None else raw.time_ps[::stride])
-        else:
-            frames = [reader.read(i, i + 1) for i in block]
-            yield FrameChunk(block.start, np.concatenate([f.coordinates for f in frames]),
-                             None if frames[0].time_ps is None else np.concatenate([f.time_ps for f in frames]))
 
 
 def read_frames(path: str | os.PathLike, start: int = 0, stop: int | None = None) -> FrameChunk:

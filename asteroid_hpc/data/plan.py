@@ -73,6 +73,7 @@ class Plan:
     # the frames training statistics and the reference structure come from: {"frames": "train" or
     # "train windows", "count": n, "ranges": {source index (str): [[start, stop), ...] strided, sorted}}
     training: dict
+    topology: str | None = None  # absolute path of --topology, recorded so that later commands find it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -133,15 +134,10 @@ def parse_atom_selection(selection: str, atomic_numbers: np.ndarray, where: str)
 
 
 def topology_numbers(path: str) -> np.ndarray:
-    """Atomic numbers from any structure file ASE reads (pdb, xyz, ...)."""
-    try:
-        from ase.io import read
+    """Atomic numbers of a topology file (:func:`asteroid_hpc.data.topology.read_topology`)."""
+    from .topology import read_topology
 
-        return np.asarray(read(path, index=0).numbers, dtype=np.int64)
-    except FileNotFoundError:
-        raise user_error(path, "no such file") from None
-    except Exception as exc:
-        raise user_error(path, f"cannot read atomic numbers ({type(exc).__name__}: {exc})") from None
+    return read_topology(path).atomic_numbers
 
 
 def _raw_range(path: Path, n_frames: int, frames: list | None) -> tuple[int, int]:
@@ -158,14 +154,16 @@ def _raw_range(path: Path, n_frames: int, frames: list | None) -> tuple[int, int
 
 
 def inspect_sources(paths: list[Path], stride: int, topology: str | None,
-                    phases: int = 1, frames: list | None = None) -> tuple[list[Source], np.ndarray]:
+                    phases: int = 1, frames: list | None = None,
+                    check_time: bool = True) -> tuple[list[Source], np.ndarray]:
     """Open every input's header, check that they agree, and return its ``phases`` subsamplings of the
     raw frames ``frames`` ([start, stop), None: all) as sources, with the atomic numbers."""
     sources: list[Source] = []
     numbers = topology_numbers(topology) if topology else None
     first: Path | None = None
     for path in paths:
-        with TrajectoryReader(path) as reader:
+        with TrajectoryReader(path, n_atoms=None if numbers is None else len(numbers),
+                              check_time=check_time) as reader:
             if reader.n_frames == 0:
                 raise user_error(path, "empty trajectory (0 frames)")
             if reader.n_atoms == 0:
@@ -190,8 +188,8 @@ def inspect_sources(paths: list[Path], stride: int, topology: str | None,
                                       reader.n_atoms, reader.timestep_ps, offset, [start, stop]))
             first = first or path
     if numbers is None:
-        raise user_error(paths[0], "no atomic numbers in the input (no 'atomic_number' variable): "
-                                   "pass --topology FILE (any structure file ASE reads)")
+        raise user_error(paths[0], "no atomic numbers in the input: pass --topology FILE (.prmtop/.parm7, "
+                                   ".tpr/.gro, .psf, .pdb/.cif, LAMMPS data, ...)")
     return sources, np.asarray(numbers, dtype=np.int64)
 
 
@@ -359,7 +357,8 @@ def make_plan(inputs: list[str], cfg, topology: str | None = None) -> Plan:
     data = cfg.data
     paths = expand_inputs(inputs)
     stride = data.frame_stride
-    sources, numbers = inspect_sources(paths, stride, topology, data.stride_phases, data.frames)
+    sources, numbers = inspect_sources(paths, stride, topology, data.stride_phases, data.frames,
+                                       data.timestep_fs is None)
     atom_indices = parse_atom_selection(data.atom_selection, numbers, str(paths[0]))
     timestep_fs = dataset_timestep_fs(sources, stride, data.timestep_fs)
     history, horizon = cfg.model.history_frames, data.horizon_frames
@@ -375,4 +374,5 @@ def make_plan(inputs: list[str], cfg, topology: str | None = None) -> Plan:
                 "count": sum(b - a for ranges in training_ranges.values() for a, b in ranges),
                 "ranges": training_ranges}
     return Plan(_plan_key(sources, data, topology, history), sources, shards, atom_indices,
-                [int(numbers[i]) for i in atom_indices], stride, timestep_fs, split, training)
+                [int(numbers[i]) for i in atom_indices], stride, timestep_fs, split, training,
+                topology and str(Path(topology).resolve()))

@@ -145,7 +145,8 @@ def _process_my_shards(plan: Plan, cfg, outdir: Path, rank: int, size: int, prog
             else:
                 path = plan.sources[shard.source].path
                 if path not in readers:
-                    readers[path] = TrajectoryReader(path)
+                    readers[path] = TrajectoryReader(path, n_atoms=plan.sources[shard.source].n_atoms,
+                                                     check_time=False)  # the plan checked the time axis
                 prev = previous.get(shard.index)
                 linked = prev is not None and (prev.source, prev.split, prev.frame_stop) == \
                     (shard.source, shard.split, shard.frame_start)
@@ -204,6 +205,7 @@ def build_manifest(plan: Plan, cfg, records: list[dict], source_hashes: dict[str
         "atomic_numbers": plan.atomic_numbers,
         "atom_indices": plan.atom_indices,
         "atom_selection": cfg.data.atom_selection,
+        "topology": plan.topology,
         "timestep_fs": plan.timestep_fs,
         "frame_stride": plan.frame_stride,
         "centered": cfg.data.center,

@@ -4,10 +4,13 @@
 - ``.npz``: MD17-style arrays ``R`` [F, N, 3] angstrom, ``z`` [N], optional ``E``, ``F`` (ignored here);
   ``R`` is streamed from inside the archive, never loaded whole
 - ``.xyz .extxyz``: (extended) XYZ through ASE, streamed with ``ase.io.iread``
+- GROMACS ``.xtc .trr``, CHARMM/NAMD/OpenMM ``.dcd``, LAMMPS dump, H5MD, AMBER ASCII ``.mdcrd``: through
+  MDAnalysis (:class:`~asteroid_hpc.data.mda_reader.MdaReader`); their elements come from a topology
 
 Every reader has ``n_frames``, ``n_atoms``, ``atomic_numbers`` (or None), ``timestep_ps`` (or None),
 ``has_time``, ``read(start, stop) -> FrameChunk`` and ``close()``; :class:`TrajectoryReader` adds
-``iter_chunks(chunk_frames, start, stop, stride)``.
+``iter_chunks(chunk_frames, start, stop, stride)``. Coordinates are in Å and times in ps whatever the
+file's units.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import UserError, user_error
-from .amber import AmberReader, FrameChunk, _check_readable, iter_strided_chunks
+from .amber import AmberReader, _check_readable
+from .frames import FrameChunk, iter_strided_chunks
+from .mda_reader import MDA_FORMATS, MdaReader, mda_format
 
 NETCDF_SUFFIXES = (".nc", ".ncdf", ".netcdf")
 NPZ_SUFFIXES = (".npz",)
 XYZ_SUFFIXES = (".xyz", ".extxyz")
-SUFFIXES = NETCDF_SUFFIXES + NPZ_SUFFIXES + XYZ_SUFFIXES
+SUFFIXES = NETCDF_SUFFIXES + NPZ_SUFFIXES + XYZ_SUFFIXES + tuple(MDA_FORMATS)
 
 
 class NpzReader:
@@ -147,14 +152,21 @@ class XyzReader:
 
 
 class TrajectoryReader:
-    """Open any supported trajectory by extension and stream it in chunks of frames."""
+    """Open any supported trajectory by extension and stream it in chunks of frames.
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    ``n_atoms``: the topology's atom count (AMBER ASCII files need it; others are checked against it);
+    ``check_time``: refuse an uneven time axis (off when the frame spacing is given explicitly).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, n_atoms: int | None = None, check_time: bool = True) -> None:
         self.path = Path(path)
         suffix = self.path.suffix.lower()
         if suffix in NETCDF_SUFFIXES:
-            self._backend = AmberReader(self.path)
+            self._backend = AmberReader(self.path, check_time=check_time)
             self.format = "amber-netcdf"
+        elif mda_format(self.path) is not None:
+            self._backend = MdaReader(self.path, n_atoms, check_time=check_time)
+            self.format = self._backend.format.lower()
         elif suffix in NPZ_SUFFIXES:
             self._backend = NpzReader(self.path)
             self.format = "npz"
@@ -191,7 +203,8 @@ class TrajectoryReader:
         self.close()
 
 
-def read_frames(path: str | os.PathLike, start: int = 0, stop: int | None = None) -> FrameChunk:
+def read_frames(path: str | os.PathLike, start: int = 0, stop: int | None = None, *,
+                n_atoms: int | None = None) -> FrameChunk:
     """Frames ``start:stop`` of any supported trajectory, at once."""
-    with TrajectoryReader(path) as reader:
+    with TrajectoryReader(path, n_atoms=n_atoms, check_time=False) as reader:
         return reader.read(start, reader.n_frames if stop is None else stop)

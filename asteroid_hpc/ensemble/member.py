@@ -99,13 +99,13 @@ def run_member(job: MemberJob, forecaster: MemberForecaster, initial: InitialCon
                                     "; stopping it (ensemble.stop_on_blowup)" if ensemble_cfg.stop_on_blowup else "")
                 previous = frames[-1]
                 if sum(len(b) for b in buffer) >= job.chunk_frames:
-                    frames_done = _flush(writer, buffer, frames_done, initial.timestep_ps)
+                    frames_done = _flush(writer, buffer, frames_done, initial)
                     progress.report(job.member, frames_done, resumed_from, False)
             progress.poll()
             if ensemble_cfg.stop_on_blowup and group.bcast(blowup is not None if is_root else None, root=0):
                 break
         if is_root:
-            frames_done = _flush(writer, buffer, frames_done, initial.timestep_ps)
+            frames_done = _flush(writer, buffer, frames_done, initial)
     if is_root:  # the file is complete and renamed; only now does the member count as finished
         marker = {"member": job.member, "frames": frames_done, "resumed_from_frame": resumed_from,
                   "seconds_this_run": round(time.monotonic() - began, 3)}
@@ -113,6 +113,12 @@ def run_member(job: MemberJob, forecaster: MemberForecaster, initial: InitialCon
             marker["stopped"] = blowup  # finished early: not a healthy member of the horizon's length
         write_json_atomic(marker_path(job.outdir, job.member), marker, indent=2)
         progress.report(job.member, frames_done, resumed_from, True)
+
+
+def lead_times_ps(lead: np.ndarray, timestep_ps: float | None, end_time_ps: float) -> np.ndarray:
+    """Times of lead times ``lead``: the initial window's last frame time plus lead × the forecast spacing
+    (zeros when the spacing is unknown)."""
+    return end_time_ps + lead * timestep_ps if timestep_ps else np.zeros(len(lead))
 
 
 def _open_writer(job: MemberJob, initial: InitialCondition, frames_done: int) -> AmberWriter:
@@ -124,11 +130,12 @@ def _open_writer(job: MemberJob, initial: InitialCondition, frames_done: int) ->
                        title=f"asteroid-hpc ensemble member {job.member}", attributes=job.attributes)
 
 
-def _flush(writer: AmberWriter, buffer: list[np.ndarray], frames_done: int, timestep_ps: float | None) -> int:
+def _flush(writer: AmberWriter, buffer: list[np.ndarray], frames_done: int, initial: InitialCondition) -> int:
     if not buffer:
         return frames_done
     frames = np.concatenate(buffer)
     buffer.clear()
     lead = frames_done + 1 + np.arange(len(frames))  # lead time j is frame j after the window's last frame
-    writer.append(frames, lead * timestep_ps if timestep_ps else np.zeros(len(frames)))
+    # times continue the initial trajectory's: appended to it, a member reads as one trajectory
+    writer.append(frames, lead_times_ps(lead, initial.timestep_ps, initial.end_time_ps))
     return frames_done + len(frames)

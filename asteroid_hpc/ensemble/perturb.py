@@ -37,17 +37,23 @@ class InitialCondition:
     timestep_ps: float | None  # spacing of the forecast frames: the file's time step × frame_stride
     end_frame: int  # last frame of the unperturbed starting window (start_frame resolved)
     frame_stride: int = 1  # window frames are this many file frames apart (the training data's stride)
+    end_time_ps: float = 0.0  # time of end_frame: forecast times continue from it (lead j at + j × timestep)
 
 
 def inspect_initial(path: str | Path, cfg: EnsembleConfig, history_frames: int,
-                    frame_stride: int = 1) -> InitialCondition:
-    """Check the initial trajectory; windows take every ``frame_stride``-th frame (as the model was trained)."""
-    from ..data.amber import AmberReader
+                    frame_stride: int = 1, topology_numbers: np.ndarray | None = None) -> InitialCondition:
+    """Check the initial trajectory (any format the data readers take; elements from the file or
+    ``topology_numbers``); windows take every ``frame_stride``-th frame (as the model was trained)."""
+    from ..data.readers import TrajectoryReader
 
     path = Path(path)
-    with AmberReader(path) as reader:
-        if reader.atomic_numbers is None:
-            raise user_error(path, "no 'atomic_number' variable: the model needs the element of every atom")
+    with TrajectoryReader(path, n_atoms=None if topology_numbers is None else len(topology_numbers)) as reader:
+        numbers = reader.atomic_numbers if topology_numbers is None else np.asarray(topology_numbers)
+        if numbers is None:
+            raise user_error(path, "no atomic numbers in the file: the model needs the element of every atom "
+                                   "(pass --topology FILE)")
+        if reader.atomic_numbers is not None and not np.array_equal(numbers, reader.atomic_numbers):
+            raise user_error(path, "atomic numbers differ from those of the topology")
         end = cfg.start_frame if cfg.start_frame >= 0 else reader.n_frames + cfg.start_frame
         if not 0 <= end < reader.n_frames:
             raise user_error(path, f"ensemble.start_frame={cfg.start_frame} is outside its {reader.n_frames} frames")
@@ -60,17 +66,21 @@ def inspect_initial(path: str | Path, cfg: EnsembleConfig, history_frames: int,
                                    f"({cfg.perturbation} perturbation), "
                                    f"has {end + 1}")
         timestep_ps = reader.timestep_ps * frame_stride if reader.timestep_ps else reader.timestep_ps
-        return InitialCondition(path, reader.n_frames, reader.n_atoms, reader.atomic_numbers.copy(),
-                                timestep_ps, end, frame_stride)
+        end_chunk = reader.read(end, end + 1)
+        end_time_ps = float(end_chunk.time_ps[0]) if end_chunk.time_ps is not None else \
+            end * (reader.timestep_ps or 0.0)
+        return InitialCondition(path, reader.n_frames, reader.n_atoms, np.array(numbers, dtype=np.int64),
+                                timestep_ps, end, frame_stride, end_time_ps)
 
 
 def starting_window(initial: InitialCondition, cfg: EnsembleConfig, member: int, history_frames: int) -> np.ndarray:
     """Member ``member``'s perturbed starting window [m, N, 3] float32 (Å)."""
-    from ..data.amber import read_frames
+    from ..data.readers import read_frames
 
     end = initial.end_frame - (member * cfg.frame_spacing if cfg.perturbation == "frames" else 0)
     first = end - (history_frames - 1) * initial.frame_stride
-    window = read_frames(initial.path, first, end + 1).coordinates[::initial.frame_stride].astype(np.float64)
+    window = read_frames(initial.path, first, end + 1, n_atoms=initial.n_atoms).coordinates[::initial.frame_stride]
+    window = window.astype(np.float64)
     if cfg.noise_angstrom > 0:
         noise = member_rng(cfg.seed, member).normal(0.0, cfg.noise_angstrom, size=(initial.n_atoms, 3))
         window = window + noise

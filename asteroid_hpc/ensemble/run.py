@@ -55,9 +55,12 @@ def _quiet_barrier(w) -> None:
 
 def run_ensemble(cfg: AsteroidConfig, model_path: str | os.PathLike, initial_path: str | os.PathLike,
                  outdir: str | os.PathLike, *, reference: Optional[Reference] = None,
-                 domains: Optional[int] = None, device: str = "cpu") -> Optional[dict]:
+                 domains: Optional[int] = None, device: str = "cpu", topology: Optional[str] = None,
+                 allow_mismatch: bool = False) -> Optional[dict]:
     """Forecast ``cfg.ensemble.members`` members from ``initial_path`` into ``outdir``; returns the summary
-    on rank 0 (None elsewhere). Collective over all ranks of the job."""
+    on rank 0 (None elsewhere). Collective over all ranks of the job. ``topology`` gives the elements of an
+    initial trajectory without them; an initial trajectory of other atoms or frame spacing than the model's
+    training inputs is refused unless ``allow_mismatch``."""
     import torch
 
     from ..config import config_hash
@@ -78,7 +81,8 @@ def run_ensemble(cfg: AsteroidConfig, model_path: str | os.PathLike, initial_pat
     weights = resolve_model(model_path, outdir, w)
     model = open_model(weights, device=device)
     m = model.cfg.history_frames
-    initial = inspect_initial(initial_path, ens, m, cfg.data.frame_stride)
+    initial = _initial_condition(initial_path, ens, m, cfg.data.frame_stride, model, model_path, topology,
+                                 allow_mismatch)
     _check_inputs(initial, model.cfg, reference)
     watch = initial_watch(initial, ens, m)
     identity = _run_identity(weights, initial, ens)
@@ -125,10 +129,24 @@ def _finish(outdir: Path, ens: EnsembleConfig, initial: InitialCondition, histor
     summary = write_summary(outdir, ens.members, ens.horizon_frames, ens.chunk_frames, initial.atomic_numbers,
                             initial.timestep_ps, reference, extra=extra, watch=watch,
                             starting_frames=[starting_window(initial, ens, member, history_frames)[-1]
-                                             for member in range(ens.members)])
+                                             for member in range(ens.members)], end_time_ps=initial.end_time_ps)
     write_json_atomic(outdir / COMPLETE_FILE, {"members": ens.members, "horizon_frames": ens.horizon_frames},
                       indent=2)
     return summary
+
+
+def _initial_condition(path, ens: EnsembleConfig, history_frames: int, frame_stride: int, model, model_path,
+                       topology: Optional[str], allow_mismatch: bool) -> InitialCondition:
+    """The initial condition, its elements from the file, ``topology`` or the model's recorded topology, checked
+    against the model's training inputs (atoms, frame spacing)."""
+    from ..data.signature import check_against_model, input_topology_numbers
+
+    signature = getattr(model, "data_signature", None)
+    initial = inspect_initial(path, ens, history_frames, frame_stride,
+                              input_topology_numbers(Path(path), topology, signature))
+    input_fs = None if initial.timestep_ps is None else initial.timestep_ps * 1000.0 / frame_stride
+    check_against_model(signature, initial.atomic_numbers, input_fs, path, model_path, allow_mismatch)
+    return initial
 
 
 def _check_inputs(initial: InitialCondition, model_cfg: ModelConfig, reference: Optional[Reference]) -> None:

@@ -33,6 +33,7 @@ from ..metrics.ensemble import crps_per_lead_time, ensemble_mean, ensemble_sprea
 from ..geometry import rmsd
 from ..metrics.errors import mse_per_lead_time
 from ..logs import get_logger
+from .member import lead_times_ps
 from .store import marker_path, member_path
 from .watch import Watch
 
@@ -54,11 +55,12 @@ def lead_block_frames(members: int, n_atoms: int, chunk_frames: int) -> int:
 
 def write_summary(outdir: Path, members: int, horizon_frames: int, chunk_frames: int, atomic_numbers: np.ndarray,
                   timestep_ps: Optional[float], reference: Optional[Reference], extra: dict,
-                  watch: Optional[Watch] = None, starting_frames: Optional[list] = None) -> dict:
+                  watch: Optional[Watch] = None, starting_frames: Optional[list] = None,
+                  end_time_ps: float = 0.0) -> dict:
     """Stream over lead times of every member file: mean.nc, summary.nc, summary.json (see the module
     docstring). With ``watch`` (and each member's last starting frame, ``starting_frames``) the members are
     checked for blow-ups, bonds and clashes; members stopped early (their marker says so) stay out of the
-    ensemble statistics."""
+    ensemble statistics. Times continue from ``end_time_ps``, the initial window's last frame."""
     import netCDF4
 
     n_atoms = len(atomic_numbers)
@@ -89,7 +91,8 @@ def write_summary(outdir: Path, members: int, horizon_frames: int, chunk_frames:
                 watched.block(variables, readers, coords, healthy, first, stop)
             if not healthy:
                 continue
-            mean = _mean_and_spread_block(variables, coords, mean_writer, timestep_ps, first, stop, totals, last)
+            mean = _mean_and_spread_block(variables, coords, mean_writer, lead_times_ps(
+                np.arange(first + 1, stop + 1), timestep_ps, end_time_ps), first, stop, totals, last)
             if ref_reader is not None:
                 _score_block(variables, coords, mean, ref_reader, reference.start_frame, first, stop, totals, last,
                              healthy)
@@ -114,14 +117,13 @@ def _check_member_files(readers: list[AmberReader], stopped: dict[int, dict], ho
                                           f"{expected} of {n_atoms}")
 
 
-def _mean_and_spread_block(variables: dict, coords: np.ndarray, mean_writer: AmberWriter,
-                           timestep_ps: Optional[float], first: int, stop: int, totals: dict,
-                           last: dict) -> np.ndarray:
-    """Ensemble mean (appended to mean.nc) and spread of lead times first+1 … stop; returns the mean."""
-    lead = np.arange(first + 1, stop + 1)
+def _mean_and_spread_block(variables: dict, coords: np.ndarray, mean_writer: AmberWriter, time_ps: np.ndarray,
+                           first: int, stop: int, totals: dict, last: dict) -> np.ndarray:
+    """Ensemble mean (appended to mean.nc at ``time_ps``) and spread of lead times first+1 … stop; returns
+    the mean."""
     mean = ensemble_mean(coords)
     spread = ensemble_spread_per_atom(coords)
-    mean_writer.append(mean.astype(np.float32), lead * timestep_ps if timestep_ps else np.zeros(len(lead)))
+    mean_writer.append(mean.astype(np.float32), time_ps)
     variables["spread_per_atom"][first:stop] = spread
     spread_rms = np.sqrt((spread ** 2).mean(axis=1))
     variables["spread_rms"][first:stop] = spread_rms

@@ -38,8 +38,9 @@ def choose_protocols(requested: list[str], data_paths: list[Path]) -> list[str]:
 
 
 def evaluate_to_directory(model_path: str | os.PathLike, data_paths, out_dir: str | os.PathLike,
-                          cfg: AsteroidConfig | None = None, *,
-                          command_line: str = "") -> tuple[list[ProtocolResult], dict, str]:
+                          cfg: AsteroidConfig | None = None, *, command_line: str = "",
+                          topology: str | None = None,
+                          allow_mismatch: bool = False) -> tuple[list[ProtocolResult], dict, str]:
     """Evaluate MODEL ``model_path`` (see :func:`asteroid_hpc.train.model_files.open_model`) on ``data_paths``
     (one path, or a list) with the protocols and settings of ``cfg.evaluate``; write results.md, results.json,
     error_vs_lead_time.png and config.resolved.yaml into ``out_dir``. Returns the results, the output paths
@@ -67,7 +68,10 @@ def evaluate_to_directory(model_path: str | os.PathLike, data_paths, out_dir: st
     if "window" in protocols:
         results.append(_evaluate_windows(model, data_paths, settings, sampling))
     if any(p in TRAJECTORY_PROTOCOLS or p == LONG_ROLLOUT for p in protocols):
-        trajectory_results, long_result = _evaluate_trajectories(model, data_paths, protocols, settings, sampling)
+        loading = dict(topology=topology, model=model_path, allow_mismatch=allow_mismatch,
+                       signature=getattr(model, "data_signature", None))
+        trajectory_results, long_result = _evaluate_trajectories(model, data_paths, protocols, settings, sampling,
+                                                                 loading)
         results.extend(trajectory_results)
     data = str(data_paths[0]) if len(data_paths) == 1 else [str(p) for p in data_paths]
     header = {"model": str(model_path), "data": data, "command": command_line,
@@ -88,9 +92,10 @@ def _evaluate_windows(model, data_paths, settings, sampling) -> ProtocolResult:
     return evaluate_samples(model, samples, batch_size=settings.batch_size)
 
 
-def _evaluate_trajectories(model, data_paths, protocols, settings, sampling):
+def _evaluate_trajectories(model, data_paths, protocols, settings, sampling, loading: dict | None = None):
     """Protocols A, B, C (each file's samples pooled, plus each file alone) and L on trajectory files:
-    (results of A/B/C, the long-rollout result or None)."""
+    (results of A/B/C, the long-rollout result or None). ``loading``: keywords of ``load_trajectory``
+    (topology, the model's data signature and whether a mismatch with it is allowed)."""
     from .protocols import pool_samples
     from .trajectory import load_trajectory
 
@@ -98,7 +103,7 @@ def _evaluate_trajectories(model, data_paths, protocols, settings, sampling):
     per_file: dict[str, list] = {protocol: [] for protocol in trajectory_protocols}
     trajectories, fingerprints = [], []
     for data_path in data_paths:
-        traj = load_trajectory(data_path, settings.timestep_fs)
+        traj = load_trajectory(data_path, settings.timestep_fs, **(loading or {}))
         log.info("%s: %d frames of %d atoms, %g fs apart", data_path, len(traj.positions),
                  traj.positions.shape[1], traj.frame_fs)
         fingerprints.append(_fingerprint(model, data_path))

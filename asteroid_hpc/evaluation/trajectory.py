@@ -14,20 +14,40 @@ from .protocols import MD17_FRAME_FS, Trajectory
 log = get_logger(__name__)
 
 
-def load_trajectory(path: str | os.PathLike, timestep_fs: float | None = None) -> Trajectory:
-    """A whole trajectory file (AMBER NetCDF, npz or xyz) as positions [F, N, 3] float32 Å.
+def input_atomic_numbers(path: Path, file_numbers: np.ndarray | None, from_topology: np.ndarray | None,
+                         n_atoms: int) -> np.ndarray:
+    """The elements of a trajectory's atoms: the topology's (checked against the file's own), else the file's."""
+    if from_topology is not None:
+        if len(from_topology) != n_atoms:
+            raise user_error(path, f"{n_atoms} atoms, but the topology has {len(from_topology)}")
+        if file_numbers is not None and not np.array_equal(from_topology, file_numbers):
+            raise user_error(path, "atomic numbers differ from those of the topology")
+        return from_topology
+    if file_numbers is None:
+        raise user_error(path, "no atomic numbers in the file (needed to pick heavy atoms and embed elements): "
+                               "pass --topology FILE")
+    return np.asarray(file_numbers, dtype=np.int64)
+
+
+def load_trajectory(path: str | os.PathLike, timestep_fs: float | None = None, *, topology: str | None = None,
+                    signature: dict | None = None, model: str | os.PathLike = "",
+                    allow_mismatch: bool = False) -> Trajectory:
+    """A whole trajectory file (any format of :mod:`asteroid_hpc.data.readers`) as positions [F, N, 3]
+    float32 Å.
 
     The frame spacing comes from ``timestep_fs`` when given, else from the file's time axis, else it is
-    taken to be MD17's 0.5 fs (logged).
+    taken to be MD17's 0.5 fs (logged). Elements: see :func:`~asteroid_hpc.data.signature.input_topology_numbers`. With the ``signature``
+    of ``model``, an input of other atoms or another frame spacing is refused (unless ``allow_mismatch``).
     """
     from ..data.readers import TrajectoryReader
+    from ..data.signature import check_against_model, input_topology_numbers
 
     path = Path(path)
-    with TrajectoryReader(path) as reader:
-        if reader.atomic_numbers is None:
-            raise user_error(path, "no atomic numbers in the file (needed to pick heavy atoms and embed elements)")
+    from_topology = input_topology_numbers(path, topology, signature)
+    with TrajectoryReader(path, n_atoms=None if from_topology is None else len(from_topology),
+                          check_time=timestep_fs is None) as reader:
+        atomic_numbers = input_atomic_numbers(path, reader.atomic_numbers, from_topology, reader.n_atoms)
         positions = np.asarray(reader.read(0, reader.n_frames).coordinates, dtype=np.float32)
-        atomic_numbers = np.asarray(reader.atomic_numbers, dtype=np.int64)
         file_timestep_ps = reader.timestep_ps
     if timestep_fs is None:
         if file_timestep_ps is None or file_timestep_ps <= 0:
@@ -37,4 +57,5 @@ def load_trajectory(path: str | os.PathLike, timestep_fs: float | None = None) -
             timestep_fs = round(file_timestep_ps * 1000.0, 3)  # float32 time axes carry rounding
     if len(positions) < 2:
         raise user_error(path, f"{len(positions)} frame(s): too short to evaluate")
+    check_against_model(signature, atomic_numbers, float(timestep_fs), path, model, allow_mismatch)
     return Trajectory(positions, atomic_numbers, float(timestep_fs), str(path))

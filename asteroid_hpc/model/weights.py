@@ -20,6 +20,7 @@ from ..errors import user_error
 from .asteroid import Asteroid
 
 CONFIG_KEY = "asteroid_model_config"
+SIGNATURE_KEY = "asteroid_data_signature"  # the training inputs' atoms and frame spacing (data/signature.py)
 TRAINING_DATA_KEY = "asteroid_training_data"
 
 
@@ -29,6 +30,8 @@ def save_weights(model: Asteroid, path: str | os.PathLike) -> Path:
 
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     metadata = {CONFIG_KEY: json.dumps(asdict(model.cfg), sort_keys=True)}
+    if getattr(model, "data_signature", None):
+        metadata[SIGNATURE_KEY] = json.dumps(model.data_signature, sort_keys=True)
     if getattr(model, "training_data", None) is not None:
         metadata[TRAINING_DATA_KEY] = json.dumps(model.training_data, sort_keys=True)
     with atomic_output(path) as tmp:
@@ -99,4 +102,6 @@ def load_weights(path: str | os.PathLike, device: str = "cpu") -> Asteroid:
         training_data = json.loads(metadata[TRAINING_DATA_KEY]) if TRAINING_DATA_KEY in metadata else None
     except json.JSONDecodeError as exc:
         raise user_error(path, f"invalid model config metadata ({exc})") from exc
-    return model_from_state(stored, state, path, training_data).to(device)
+    model = model_from_state(stored, state, path, training_data).to(device)
+    model.data_signature = json.loads(metadata[SIGNATURE_KEY]) if SIGNATURE_KEY in metadata else None
+    return model

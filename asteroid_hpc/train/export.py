@@ -83,5 +83,6 @@ def checkpoint_model(path: Path):
         model_config_of(model_config)
     except (KeyError, TypeError) as exc:
         raise user_error(path / CLIENT_STATE, f"no usable model config ({exc})") from None
-    return (model_from_state(model_config, _fp32_state_dict(path), path, client_state.get("training_data")),
-            client_state)
+    model = model_from_state(model_config, _fp32_state_dict(path), path, client_state.get("training_data"))
+    model.data_signature = client_state.get("data_signature")  # the training inputs (data/signature.py)
+    return model, client_state

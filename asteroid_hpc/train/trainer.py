@@ -319,4 +319,14 @@ class Trainer:
                 "config_hash": config_hash(self.cfg), "package_version": __version__,
                 "world_size": self.sess.world_size, "zero_stage": self.t.zero_stage,
                 "best_val_mse": None if math.isinf(self.best_val) else self.best_val,
-                "bad_validations": self.bad_validations, "training_data": self.training_data}
+                "bad_validations": self.bad_validations, "training_data": self.training_data,
+                "data_signature": self.data_signature()}
+
+    def data_signature(self) -> dict:
+        """The training inputs' atoms and frame spacing, recorded with the model (data/signature.py)."""
+        if getattr(self, "_data_signature", None) is None:
+            from ..data.manifest import read_manifest
+            from ..data.signature import signature_of_manifest
+
+            self._data_signature = signature_of_manifest(read_manifest(self.cfg.data.dataset))
+        return self._data_signature
