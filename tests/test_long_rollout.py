@@ -157,3 +157,26 @@ def test_protocol_l_needs_a_model_and_trajectory_files(tmp_path, capsys):
                           "--rollout-stride-fs", "0.7"), "aspirin_xtb.nc", "0.7 fs is not a whole number")
     assert_user_error(run("evaluate", model, ASPIRIN, "-o", tmp_path / "d", "--protocol", "L",
                           "--rollout-starts", "0"), "evaluate.long_rollout_starts must be >= 1")
+
+
+def test_protocol_l_refuses_a_spacing_other_than_the_models(aspirin, tmp_path, capsys):
+    """A model that steps 10 fs, rolled out at protocol L's default 5 fs, would give confident nonsense."""
+    from asteroid_hpc.cli.main import main
+    from asteroid_hpc.model import load_weights, save_weights
+    from tests.support.cli import assert_user_error
+
+    model = load_weights(tiny_model_file(tmp_path / "tiny.safetensors"))
+    n_atoms = len(aspirin.atomic_numbers)
+    model.data_signature = {"input_atoms": n_atoms, "atom_indices": list(range(n_atoms)),
+                            "atomic_numbers": [int(z) for z in aspirin.atomic_numbers], "timestep_fs": 10.0,
+                            "frame_stride": 20, "input_timestep_fs": 0.5, "topology": None}
+    path = save_weights(model, tmp_path / "ten-fs.safetensors")
+
+    def run(*args):
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(args, exit_info.value.code, captured.out, captured.err)
+
+    assert_user_error(run("evaluate", path, ASPIRIN, "-o", tmp_path / "e", "--protocol", "L"),
+                      "ten-fs.safetensors", "steps 10 fs", "evaluate.long_rollout_stride_fs=10")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..config.schema import AsteroidConfig
 from ..logs import get_logger
-from ..errors import user_error
+from ..errors import UserError, user_error
 from .report import results_markdown, write_outputs
 from .run import ProtocolResult, build_samples, evaluate_samples
 
@@ -124,9 +124,26 @@ def _evaluate_trajectories(model, data_paths, protocols, settings, sampling, loa
     if LONG_ROLLOUT in protocols:
         from .long_rollout import long_rollout
 
+        _check_rollout_spacing(model, settings, loading or {})
         long_result = long_rollout(model, trajectories, settings, batch_size=settings.batch_size)
     return results, long_result
 
+
+
+def _check_rollout_spacing(model, settings, loading: dict) -> None:
+    """Protocol L steps the model at ``evaluate.long_rollout_stride_fs``: refuse a spacing other than the
+    one it was trained at (its data signature), unless a mismatch is allowed; older models are not checked."""
+    from ..data.signature import SPACING_TOLERANCE
+
+    trained_fs = (getattr(model, "data_signature", None) or {}).get("timestep_fs")
+    asked_fs = float(settings.long_rollout_stride_fs)
+    if trained_fs is None or abs(asked_fs - trained_fs) <= SPACING_TOLERANCE * trained_fs:
+        return
+    message = (f"{loading.get('model', 'the model')}: the model steps {trained_fs:g} fs (its training frames) but "
+               f"protocol L asks for frames {asked_fs:g} fs apart; set evaluate.long_rollout_stride_fs={trained_fs:g}")
+    if not loading.get("allow_mismatch"):
+        raise UserError(message)
+    log.warning("%s (--allow-mismatch: going on)", message)
 
 def _fingerprint(model, data_path) -> str | None:
     """The blake3 of ``data_path`` when the model records the inputs it was trained on, else None."""
