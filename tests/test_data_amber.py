@@ -12,7 +12,8 @@ import netCDF4
 import numpy as np
 import pytest
 
-from asteroid_hpc.data.amber import AmberReader, AmberWriter, iter_strided_chunks, partial_path, read_frames
+from asteroid_hpc.data.amber import AmberReader, AmberWriter, partial_path, read_frames
+from asteroid_hpc.data.frames import iter_strided_chunks
 from asteroid_hpc.errors import UserError
 
 N_ATOMS = 7

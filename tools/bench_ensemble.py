@@ -6,12 +6,15 @@
 2. Memory: peak RSS of one member for two horizons (it must not grow with the horizon).
 3. Members: wall time of 8 members on 2 ranks (mpiexec -n 2, 1 thread each) / 1 rank (2 threads, and 1 thread).
 4. Domains: one large member on 2 ranks by domain decomposition (--grid 1x2) / 1 rank.
+5. Batched members: members/s of the demo-size model (configs/demo.yaml) on an aspirin-size molecule
+   (21 atoms), 1 rank 1 thread, ensemble.batch_members=1 / =B (``--batched-only`` runs just this, ~1 min).
 
 Times are the forecast wall time the run records in summary.json (model loading and the summary excluded).
 Boxes are generated once into --data-dir (OpenMM, 4 frames = the bench model's window).
 
     python tools/bench_ensemble.py --out bench_ensemble.json
     python tools/bench_ensemble.py --sizes 10000 20000 --members-atoms 2000 --skip-domains
+    python tools/bench_ensemble.py --batched-only --out bench_batched.json
 """
 
 from __future__ import annotations
@@ -85,6 +88,53 @@ def forecast(model: Path, initial: Path, outdir: Path, *settings: str, ranks: in
             "peak_rss_mb_max_rank": max(peaks) / 1024 if peaks else None}
 
 
+def ensure_demo_model(data_dir: Path) -> Path:
+    import torch
+
+    from asteroid_hpc.config import load_config
+    from asteroid_hpc.model import build_model, save_weights
+
+    path = data_dir / "demo_model.safetensors"
+    if not path.exists():
+        torch.manual_seed(0)
+        cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml", [])
+        save_weights(build_model(cfg), path)
+    return path
+
+
+def ensure_molecule(data_dir: Path, n_atoms: int, frames: int) -> Path:
+    """A molecule-size cluster (atoms ~1.5 Å apart) vibrating around fixed positions, H/C/O."""
+    import numpy as np
+
+    from asteroid_hpc.data.amber import AmberWriter
+
+    path = data_dir / f"molecule_{n_atoms}.nc"
+    if not path.exists():
+        rng = np.random.default_rng(0)
+        base = rng.normal(scale=1.5, size=(n_atoms, 3))
+        t = np.arange(frames)[:, None, None]
+        coords = base + 0.05 * np.sin(0.7 * t + rng.uniform(0, 2 * np.pi, size=(n_atoms, 3)))
+        with AmberWriter(path, n_atoms, rng.choice([1, 6, 8], size=n_atoms), timestep_ps=0.005) as writer:
+            writer.append(coords.astype(np.float32))
+    return path
+
+
+def batched_members(args, runs: Path) -> dict:
+    """Members/s at batch 1 and batch B, one rank, one thread, the same members and horizon."""
+    model, molecule = ensure_demo_model(args.data_dir), ensure_molecule(args.data_dir, args.batched_atoms, 20)
+    settings = (f"ensemble.members={args.batched_members}", f"ensemble.horizon_frames={args.batched_horizon}",
+                "ensemble.chunk_frames=50")
+    rows = {}
+    for batch in (1, args.batched_batch):
+        row = forecast(model, molecule, runs / f"batched_{batch}", *settings, f"ensemble.batch_members={batch}")
+        rows[batch] = {"forecast_s": row["forecast_s"], "members_per_s": args.batched_members / row["forecast_s"],
+                       "ms_per_member_frame": 1e3 * row["forecast_s"] / (args.batched_members * args.batched_horizon),
+                       "peak_rss_mb": row["peak_rss_mb_max_rank"]}
+        print(f"batch {batch}: {rows[batch]}", flush=True)
+    return {"n_atoms": args.batched_atoms, "members": args.batched_members, "horizon": args.batched_horizon,
+            "by_batch": rows, "speedup": rows[args.batched_batch]["members_per_s"] / rows[1]["members_per_s"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 20000, 50000, 100000, 200000])
@@ -97,6 +147,11 @@ def main() -> None:
     parser.add_argument("--members-horizon", type=int, default=4)
     parser.add_argument("--domain-atoms", type=int, default=100000)
     parser.add_argument("--skip-domains", action="store_true")
+    parser.add_argument("--batched-only", action="store_true", help="run only the batched-members measurement")
+    parser.add_argument("--batched-atoms", type=int, default=21)
+    parser.add_argument("--batched-members", type=int, default=64)
+    parser.add_argument("--batched-batch", type=int, default=64)
+    parser.add_argument("--batched-horizon", type=int, default=40)
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/asteroid-bench-ensemble"))
     add_out_argument(parser)
     args = parser.parse_args()
@@ -105,6 +160,11 @@ def main() -> None:
     model = ensure_model(args.data_dir)
     frames = BENCH_MODEL["history_frames"]
     report: dict = {"load_average_at_start": os.getloadavg(), "model": BENCH_MODEL, "cpus": os.cpu_count()}
+    if args.batched_only:
+        report["batched_members"] = batched_members(args, runs)
+        report["load_average_at_end"] = os.getloadavg()
+        write_report(report, args.out)
+        return
 
     scaling = []
     for round_index in range(args.repeats):  # sizes in turn, round after round: load changes hit every size
@@ -154,6 +214,7 @@ def main() -> None:
                              "peak_rss_mb_one_rank": single["peak_rss_mb_max_rank"],
                              "peak_rss_mb_two_domains_max_rank": split["peak_rss_mb_max_rank"]}
         print("domains:", report["domains"], flush=True)
+    report["batched_members"] = batched_members(args, runs)
     report["load_average_at_end"] = os.getloadavg()
     write_report(report, args.out)
 

@@ -209,6 +209,14 @@ class EnsembleConfig:
     blowup_displacement_angstrom: float = 2.0
     clash_angstrom: float = 0.8  # non-bonded pairs closer than this count as clashes (summary only)
     stop_on_blowup: bool = False  # finish a blown-up member's file early, marked as stopped
+    # members a rank forecasts together through one forward; 0 = from the system size (ensemble/sizing.py)
+    batch_members: int = 0
+    batch_memory_mb: int = 2048  # activation budget of one batch: a batch estimated larger is split (logged)
+    # Verlet skin of the neighbour lists: rebuilt only when an atom moved more than half of it since the last
+    # build (results equal within float tolerance); 0 = rebuild every pass. One rank per member only.
+    neighbor_skin_angstrom: float = 0.0
+    device: str = "auto"  # "auto" (a GPU when one is visible, else the CPU), "cpu" or "cuda"
+    precision: str = "auto"  # inference autocast on CUDA: "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16", "fp16"
 
     def __post_init__(self) -> None:
         _check(self.members >= 1, "ensemble.members must be >= 1")
@@ -221,6 +229,11 @@ class EnsembleConfig:
         _check(self.blowup_bond_angstrom > 0 and self.blowup_displacement_angstrom > 0,
                "ensemble.blowup_bond_angstrom and blowup_displacement_angstrom must be > 0")
         _check(self.clash_angstrom > 0, "ensemble.clash_angstrom must be > 0")
+        _check(self.batch_members >= 0, "ensemble.batch_members must be >= 0 (0: from the system size)")
+        _check(self.batch_memory_mb >= 1, "ensemble.batch_memory_mb must be >= 1")
+        _check(self.neighbor_skin_angstrom >= 0, "ensemble.neighbor_skin_angstrom must be >= 0")
+        _one_of("ensemble.device", self.device, ("auto", "cpu", "cuda"))
+        _one_of("ensemble.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
 
 
 @dataclass

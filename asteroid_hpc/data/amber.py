@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError, user_error
-from .frames import FrameChunk, iter_strided_chunks  # noqa: F401 (iter_strided_chunks: re-exported)
+from .frames import FrameChunk
 from .units import LENGTH_TO_ANGSTROM, TIME_TO_PS, check_even_spacing, unit_factor
 
 PARTIAL_SUFFIX = ".partial"

@@ -52,11 +52,19 @@ class Decomposition:
 
 
 def decompose(positions: np.ndarray, domains: int, cutoff_angstrom: float) -> Decomposition:
-    """Slabs of equal atom count along the longest axis of ``positions`` [N, 3], with cutoff halos."""
-    n_atoms = positions.shape[0]
+    """Slabs of equal atom count along the longest axis of ``positions`` [N, 3], with cutoff halos.
+
+    ``positions`` [B, N, 3] (a batch of members, the same atoms): the slabs are the first member's, and each
+    domain's halo is the union of every member's, so each member's owned atoms find all their neighbours
+    among the local atoms (a halo atom more than needed is harmless: its rows are the owners' after every
+    spatial block). With one member this is exactly the [N, 3] decomposition."""
+    batch = positions[None] if positions.ndim == 2 else positions
+    n_atoms = batch.shape[1]
     if n_atoms < domains:
         raise ValueError(f"{n_atoms} atoms cannot be split into {domains} domains")
-    coordinate = positions[:, int(np.argmax(np.ptp(positions, axis=0)))].astype(np.float64)
+    axis = int(np.argmax(np.ptp(batch[0], axis=0)))
+    coordinates = batch[:, :, axis].astype(np.float64)  # [B, N]
+    coordinate = coordinates[0]
     order = np.argsort(coordinate, kind="stable")
     bounds = np.linspace(0, n_atoms, domains + 1).round().astype(np.int64)
     owner = np.empty(n_atoms, dtype=np.int64)
@@ -67,9 +75,11 @@ def decompose(positions: np.ndarray, domains: int, cutoff_angstrom: float) -> De
         owner[members] = d
         owned.append(np.sort(members))
     for d in range(domains):
-        low, high = coordinate[order[bounds[d]]], coordinate[order[bounds[d + 1] - 1]]
-        near = (coordinate >= low - reach) & (coordinate <= high + reach) & (owner != d)
-        halos.append(np.flatnonzero(near))
+        near = np.zeros(n_atoms, dtype=bool)
+        for member in coordinates:  # the owned slab's extent in each member's coordinates
+            low, high = member[owned[d]].min(), member[owned[d]].max()
+            near |= (member >= low - reach) & (member <= high + reach)
+        halos.append(np.flatnonzero(near & (owner != d)))
     send = [[np.empty(0, dtype=np.int64) for _ in range(domains)] for _ in range(domains)]
     recv = [[np.empty(0, dtype=np.int64) for _ in range(domains)] for _ in range(domains)]
     for d in range(domains):

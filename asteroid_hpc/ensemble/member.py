@@ -1,26 +1,22 @@
-"""Run one member: start or continue its trajectory file, stream the rollout in chunks, mark it finished.
+"""One member's file: where a partial file lets the rollout continue, opening and appending to it.
 
 The group root (domain 0) owns the file; the other ranks of the group only compute. Frames are appended
 after whole passes only, so the frame count of a partial file is a pass boundary (or the horizon) and the
 rollout continues from it exactly: the window is the last m frames of (starting window + frames on disk).
+The batched rollout that drives these is :mod:`asteroid_hpc.ensemble.batch`.
 """
 
 from __future__ import annotations
 
-import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..atomic import write_json_atomic
 from ..data.amber import AmberReader, AmberWriter, partial_path
 from ..logs import get_logger
-from .perturb import InitialCondition, starting_window
-from .rollout import MemberForecaster
-from .store import is_finished, marker_path, member_path
-from .watch import Watch
+from .perturb import InitialCondition
+from .store import member_path
 
 log = get_logger(__name__)
 
@@ -47,72 +43,6 @@ def _resume_point(job: MemberJob, steps_per_pass: int) -> int:
                 job.member, partial, frames)
     partial.unlink()
     return 0
-
-
-def _window_after(start: np.ndarray, job: MemberJob, frames_done: int) -> np.ndarray:
-    if frames_done == 0:
-        return start
-    m = start.shape[0]
-    with AmberReader(partial_path(member_path(job.outdir, job.member))) as reader:
-        tail = reader.read(max(0, frames_done - m), frames_done).coordinates.astype(np.float32)
-    return np.concatenate([start, tail])[-m:]
-
-
-def run_member(job: MemberJob, forecaster: MemberForecaster, initial: InitialCondition, ensemble_cfg,
-               progress, watch: Watch | None = None) -> None:
-    """Produce (or finish) member ``job.member``'s trajectory; collective over the forecaster's group. With
-    ``watch`` the group root checks every pass: a blow-up is logged once, and with
-    ``ensemble_cfg.stop_on_blowup`` the member's file ends after that pass, its marker saying so."""
-    group = forecaster.group
-    is_root = group.rank == 0
-    state = None
-    if is_root:
-        if is_finished(job.outdir, job.member):
-            state = ("finished", job.horizon_frames)
-        else:
-            state = ("run", _resume_point(job, forecaster.steps_per_pass))
-    kind, frames_done = group.bcast(state, root=0)
-    if kind == "finished":
-        if is_root:
-            progress.report(job.member, job.horizon_frames, job.horizon_frames, True)
-        return
-    start = starting_window(initial, ensemble_cfg, job.member, forecaster.history_frames)
-    window = _window_after(start, job, frames_done) if is_root else None
-    window = group.bcast(window, root=0)
-    writer = _open_writer(job, initial, frames_done) if is_root else None
-    began, resumed_from = time.monotonic(), frames_done
-    if is_root and frames_done:
-        log.info("member %d: continuing from frame %d of %d", job.member, frames_done, job.horizon_frames)
-    buffer: list[np.ndarray] = []
-    previous = window[-1] if is_root else None  # the frame before the next one, for the displacement check
-    blowup = None
-    with writer if writer is not None else nullcontext():  # an exception keeps the partial file
-        for frames in forecaster.rollout(window, job.horizon_frames - frames_done):
-            if is_root:
-                first_lead = frames_done + sum(len(b) for b in buffer) + 1
-                buffer.append(frames)
-                if watch is not None and blowup is None:
-                    blowup = watch.first_blowup(watch.check(frames, previous), first_lead)
-                    if blowup is not None:
-                        log.warning("member %d: blew up at lead time frame %d: %s%s", job.member,
-                                    blowup["first_frame"], blowup["cause"],
-                                    "; stopping it (ensemble.stop_on_blowup)" if ensemble_cfg.stop_on_blowup else "")
-                previous = frames[-1]
-                if sum(len(b) for b in buffer) >= job.chunk_frames:
-                    frames_done = _flush(writer, buffer, frames_done, initial)
-                    progress.report(job.member, frames_done, resumed_from, False)
-            progress.poll()
-            if ensemble_cfg.stop_on_blowup and group.bcast(blowup is not None if is_root else None, root=0):
-                break
-        if is_root:
-            frames_done = _flush(writer, buffer, frames_done, initial)
-    if is_root:  # the file is complete and renamed; only now does the member count as finished
-        marker = {"member": job.member, "frames": frames_done, "resumed_from_frame": resumed_from,
-                  "seconds_this_run": round(time.monotonic() - began, 3)}
-        if ensemble_cfg.stop_on_blowup and blowup is not None:
-            marker["stopped"] = blowup  # finished early: not a healthy member of the horizon's length
-        write_json_atomic(marker_path(job.outdir, job.member), marker, indent=2)
-        progress.report(job.member, frames_done, resumed_from, True)
 
 
 def lead_times_ps(lead: np.ndarray, timestep_ps: float | None, end_time_ps: float) -> np.ndarray:

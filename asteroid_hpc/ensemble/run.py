@@ -13,12 +13,14 @@ from ..config.schema import AsteroidConfig, EnsembleConfig, ModelConfig
 from ..runtime.launch import detect_launch
 from ..logs import get_logger
 from ..runtime.mpi import world
-from ..errors import user_error
+from ..errors import UserError, user_error
 from .grid import ProcessGrid, split_group
-from .member import MemberJob, run_member
+from .batch import run_members
+from .member import MemberJob
 from .perturb import InitialCondition, inspect_initial, starting_window
 from .progress import POLL_SECONDS, Progress
 from .rollout import MemberForecaster
+from .sizing import batch_members
 from .store import COMPLETE_FILE, TRAJECTORY_KEYS, claim_run
 from .summary import Reference, write_summary
 from .watch import Watch, initial_watch
@@ -55,29 +57,24 @@ def _quiet_barrier(w) -> None:
 
 def run_ensemble(cfg: AsteroidConfig, model_path: str | os.PathLike, initial_path: str | os.PathLike,
                  outdir: str | os.PathLike, *, reference: Optional[Reference] = None,
-                 domains: Optional[int] = None, device: str = "cpu", topology: Optional[str] = None,
+                 domains: Optional[int] = None, device: Optional[str] = None, topology: Optional[str] = None,
                  allow_mismatch: bool = False) -> Optional[dict]:
     """Forecast ``cfg.ensemble.members`` members from ``initial_path`` into ``outdir``; returns the summary
-    on rank 0 (None elsewhere). Collective over all ranks of the job. ``topology`` gives the elements of an
-    initial trajectory without them; an initial trajectory of other atoms or frame spacing than the model's
-    training inputs is refused unless ``allow_mismatch``."""
+    on rank 0 (None elsewhere). Collective over all ranks of the job. ``device`` overrides
+    ``ensemble.device``; ``topology`` gives the elements of an initial trajectory without them; an initial
+    trajectory of other atoms or frame spacing than the model's training inputs is refused unless
+    ``allow_mismatch``."""
     import torch
 
     from ..config import config_hash
-    from ..runtime.allocator import keep_freed_memory
-    from ..runtime.device import setup_torch_threads
+    from ..runtime.device import inference_dtype
     from ..provenance import startup_summary
     from ..train.model_files import open_model
 
     w, info = world(), detect_launch()
     ens = cfg.ensemble
     grid = ProcessGrid(w.size, w.rank, domains or ens.domains)
-    outdir = Path(outdir)
-    if outdir.exists() and not outdir.is_dir():
-        raise user_error(outdir, "exists and is not a directory")
-    threads = setup_torch_threads(info)
-    if cfg.ensemble.keep_freed_memory:  # every pass reallocates the same large activations
-        keep_freed_memory()
+    outdir, threads, device = _set_up_process(ens, Path(outdir), device, info)
     weights = resolve_model(model_path, outdir, w)
     model = open_model(weights, device=device)
     m = model.cfg.history_frames
@@ -85,37 +82,87 @@ def run_ensemble(cfg: AsteroidConfig, model_path: str | os.PathLike, initial_pat
                                  allow_mismatch)
     _check_inputs(initial, model.cfg, reference)
     watch = initial_watch(initial, ens, m)
-    identity = _run_identity(weights, initial, ens)
+    autocast_dtype = inference_dtype(ens.precision, device)
+    identity = _run_identity(weights, initial, ens, autocast_dtype)
     continuing = claim_run(outdir, identity) if w.rank == 0 else None
     continuing = w.bcast(continuing, root=0)
-    group = split_group(w, grid)
-    forecaster = MemberForecaster(model, initial.atomic_numbers, group, device)
+    forecaster = MemberForecaster(model, initial.atomic_numbers, split_group(w, grid), device,
+                                  skin_angstrom=ens.neighbor_skin_angstrom, autocast_dtype=autocast_dtype)
+    batch = batch_members(ens, model.cfg, initial.n_atoms, len(grid.members_of(grid.group, ens.members)))
     if w.rank == 0:
         log.info(startup_summary(info, device=device, config_hash=config_hash(cfg), run_dir=outdir,
-                                 extra=_startup_lines(ens, grid, threads, initial, weights, model.cfg, continuing)))
-        if grid.groups > ens.members:
-            log.warning("%d member groups for %d members: %d groups stay idle", grid.groups, ens.members,
-                        grid.groups - ens.members)
+                                 extra=_startup_lines(ens, grid, threads, initial, weights, model.cfg, continuing,
+                                                      batch)))
+    if w.rank == 0 and grid.groups > ens.members:
+        log.warning("%d member groups for %d members: %d groups stay idle", grid.groups, ens.members,
+                    grid.groups - ens.members)
     started = time.monotonic()
     with torch.no_grad():
-        _forecast_members(w, grid, forecaster, initial, ens, outdir, identity["model_sha256"], watch)
+        _forecast_members(w, grid, forecaster, initial, ens, outdir, identity["model_sha256"], watch, batch)
     _quiet_barrier(w)
+    passes = w.gather(_pass_counts(forecaster, batch, device), root=0)
     if w.rank != 0:
         return None
     forecast_seconds = time.monotonic() - started
     extra = {"world_size": w.size, "process_grid": [grid.groups, grid.domains],
-             "forecast_wall_seconds": round(forecast_seconds, 3), "run": identity}
+             "forecast_wall_seconds": round(forecast_seconds, 3), "run": identity,
+             "forecast_passes": _merge_pass_counts(passes, ens.neighbor_skin_angstrom)}
     summary = _finish(outdir, ens, initial, m, reference, watch, extra)
     log.info("ensemble complete: %s (forecast %.1f s)", outdir, forecast_seconds)
     return summary
 
 
-def _run_identity(weights: Path, initial: InitialCondition, ens: EnsembleConfig) -> dict:
-    """What makes a run this run: a re-run into the same directory must agree on all of it (claim_run)."""
+def _set_up_process(ens: EnsembleConfig, outdir: Path, device: Optional[str], info) -> tuple[Path, int, str]:
+    """The checked output folder, this rank's torch threads and device; freed memory kept if asked."""
+    from ..runtime.allocator import keep_freed_memory
+    from ..runtime.device import setup_torch_threads
+
+    if outdir.exists() and not outdir.is_dir():
+        raise user_error(outdir, "exists and is not a directory")
+    threads = setup_torch_threads(info)
+    device = device or _device(ens, info)
+    if ens.keep_freed_memory:  # every pass reallocates the same large activations
+        keep_freed_memory()
+    return outdir, threads, device
+
+
+def _device(ens: EnsembleConfig, info) -> str:
+    from ..runtime.device import inference_device
+
+    device = inference_device(ens.device, info)
+    if device is None:
+        raise UserError("ensemble.device=cuda but this rank sees no CUDA device (use auto or cpu)")
+    return device
+
+
+def _pass_counts(forecaster: MemberForecaster, batch: int, device: str) -> dict:
+    """This rank's share of summary.json's ``forecast_passes`` (group roots count, the others add 0)."""
+    root = forecaster.group.rank == 0
+    return {"passes": forecaster.passes if root else 0, "rebuilds": forecaster.rebuilds() if root else 0,
+            "batch_members": batch, "device": device, "autocast": str(forecaster.autocast_dtype or "fp32")}
+
+
+def _merge_pass_counts(counts: list[dict], skin_angstrom: float) -> dict:
+    """Forwards run over all member groups, the batch sizes, and the neighbour-list builds with a skin."""
+    merged = {"forwards": sum(c["passes"] for c in counts),
+              "batch_members": sorted({c["batch_members"] for c in counts}),
+              "devices": sorted({c["device"] for c in counts}), "precision": sorted({c["autocast"] for c in counts})}
+    if skin_angstrom > 0:
+        merged["neighbor_skin_angstrom"] = skin_angstrom
+        merged["neighbor_list_builds"] = sum(c["rebuilds"] for c in counts)
+    return merged
+
+
+def _run_identity(weights: Path, initial: InitialCondition, ens: EnsembleConfig, autocast_dtype=None) -> dict:
+    """What makes a run this run: a re-run into the same directory must agree on all of it (claim_run).
+    Batch sizes, devices and the neighbour skin change trajectories within float rounding only; a reduced
+    inference precision (autocast on CUDA) changes them more and is part of the identity."""
     identity = {"model_sha256": file_digest(weights), "initial": str(initial.path.resolve()),
                 "initial_frames": initial.n_frames, "atoms": initial.n_atoms, "end_frame": initial.end_frame,
                 "frame_stride": initial.frame_stride,
                 **{key: getattr(ens, key) for key in TRAJECTORY_KEYS}}
+    if autocast_dtype is not None:
+        identity["precision"] = str(autocast_dtype).replace("torch.", "")
     if ens.stop_on_blowup:  # the thresholds then decide where a member's file ends
         identity["stop_on_blowup"] = {"bond_angstrom": ens.blowup_bond_angstrom,
                                       "displacement_angstrom": ens.blowup_displacement_angstrom}
@@ -162,26 +209,29 @@ def _check_inputs(initial: InitialCondition, model_cfg: ModelConfig, reference: 
 
 
 def _startup_lines(ens: EnsembleConfig, grid: ProcessGrid, threads: int, initial: InitialCondition, weights: Path,
-                   model_cfg: ModelConfig, continuing: bool) -> dict[str, str]:
+                   model_cfg: ModelConfig, continuing: bool, batch: int) -> dict[str, str]:
     """The ensemble's lines of the start-up summary."""
     return {
         "ensemble": f"{ens.members} members x {ens.horizon_frames} frames, {ens.perturbation} perturbation "
                     f"(noise {ens.noise_angstrom} A), seed {ens.seed}, {'continuing' if continuing else 'new run'}",
         "process grid": f"{grid.groups} member groups x {grid.domains} domains, {threads} torch threads per rank",
+        "batching": f"{batch} members per forward (rank 0), precision {ens.precision}, neighbour lists "
+                    + (f"kept with a {ens.neighbor_skin_angstrom} A skin" if ens.neighbor_skin_angstrom
+                       else "rebuilt every pass"),
         "system": f"{initial.n_atoms} atoms, window of {model_cfg.history_frames} frames {initial.frame_stride} "
                   f"apart ending at frame {initial.end_frame} of {initial.path}",
         "model": f"{weights} ({model_cfg.delay_length - 1} frames per pass, cutoff {model_cfg.cutoff_angstrom} A)"}
 
 
 def _forecast_members(w, grid: ProcessGrid, forecaster: MemberForecaster, initial: InitialCondition,
-                      ens: EnsembleConfig, outdir: Path, model_sha256: str, watch) -> None:
+                      ens: EnsembleConfig, outdir: Path, model_sha256: str, watch, batch: int) -> None:
     """Run (or skip, or finish) this rank's members, then wait until every member of the job is done."""
     progress = Progress(w, ens.members, ens.horizon_frames)
     attributes = {"ensemble_seed": ens.seed, "perturbation": ens.perturbation, "noise_angstrom": ens.noise_angstrom,
                   "initial_condition": str(initial.path), "initial_end_frame": initial.end_frame,
                   "model_sha256": model_sha256}
-    for member in grid.members_of(grid.group, ens.members):
-        job = MemberJob(outdir, member, ens.horizon_frames, ens.chunk_frames, {**attributes, "member": member})
-        run_member(job, forecaster, initial, ens, progress, watch)
+    jobs = [MemberJob(outdir, member, ens.horizon_frames, ens.chunk_frames, {**attributes, "member": member})
+            for member in grid.members_of(grid.group, ens.members)]
+    run_members(jobs, forecaster, initial, ens, progress, watch, batch)
     progress.wait_all()
 

@@ -32,3 +32,38 @@ def setup_torch_threads(info: LaunchInfo) -> int:
     n = threads_per_rank(info)
     torch.set_num_threads(n)
     return n
+
+
+def inference_device(setting: str, info: LaunchInfo, cuda_available: bool | None = None) -> str | None:
+    """The device of an inference run for ``ensemble.device``: "cpu", "cuda" (this rank's GPU; None when no
+    GPU is visible, for the caller to refuse) or "auto" (this rank's GPU when one is visible, else the CPU)."""
+    if setting == "cpu":
+        return "cpu"
+    if cuda_available is None:
+        import torch
+
+        cuda_available = torch.cuda.is_available()
+    if not cuda_available:
+        return None if setting == "cuda" else "cpu"
+    return choose_device(info)
+
+
+def inference_dtype(precision: str, device: str):
+    """The autocast dtype of ``precision`` ("auto", "fp32", "bf16", "fp16") on ``device``, or None for plain
+    fp32. Autocast runs on CUDA only: "auto" is bf16 there, and on the CPU every setting is fp32."""
+    import torch
+
+    if precision == "fp32" or not str(device).startswith("cuda"):
+        return None
+    return torch.float16 if precision == "fp16" else torch.bfloat16
+
+
+def autocast(dtype, device: str):
+    """The autocast context of :func:`inference_dtype`'s answer (a no-op context for None)."""
+    import contextlib
+
+    import torch
+
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=dtype)

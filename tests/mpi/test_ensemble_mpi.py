@@ -97,3 +97,24 @@ def test_a_domain_decomposed_member_stops_on_all_its_ranks(files, tmp_path):
     watches = [json.loads((tmp_path / run / "summary.json").read_text())["watch"] for run in ("one", "two")]
     assert watches[0] == watches[1] and watches[0]["stopped"] == [0]
     assert "moved" in watches[0]["blown_up"][0]["cause"]
+
+
+def test_a_batch_of_members_split_over_domains_equals_one_rank(files, tmp_path):
+    """Two members of the 400-atom box in one batch, split over 2 ranks (halos cover both members), equal
+    the 1-rank batch and the members run one at a time."""
+    settings = ("ensemble.members=2", "ensemble.horizon_frames=8", "ensemble.chunk_frames=4",
+                "ensemble.noise_angstrom=0.5", "ensemble.batch_members=2")
+    one = run_cli(*forecast_args(files, "box", tmp_path / "one", *settings), env=ENV)
+    assert one.returncode == 0, one.stderr
+    alone = run_cli(*forecast_args(files, "box", tmp_path / "alone", *settings, "ensemble.batch_members=1"), env=ENV)
+    assert alone.returncode == 0, alone.stderr
+    two = run_mpi(2, "-m", "asteroid_hpc", *forecast_args(files, "box", tmp_path / "two", *settings, "--grid", "1x2"),
+                  env=ENV, timeout=240, mpi4py_runner=False)
+    assert two.returncode == 0, two.stderr
+    assert "1 member groups x 2 domains" in two.stderr
+    reference, split = members(tmp_path / "one", 2), members(tmp_path / "two", 2)
+    assert np.abs(reference[:, -1] - reference[:, 0]).max() > 1e-3  # the atoms do move
+    assert np.abs(reference - split).max() <= 1e-5, np.abs(reference - split).max()
+    assert np.abs(reference - members(tmp_path / "alone", 2)).max() <= 1e-5
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["forecast_passes"]["batch_members"] == [2] and summary["forecast_passes"]["forwards"] == 4

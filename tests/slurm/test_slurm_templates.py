@@ -129,7 +129,7 @@ def _template_case(name: str, tmp_path: Path, request) -> tuple[str, list[str], 
     model, initial = request.getfixturevalue("ensemble_inputs")
     return "ensemble.sh", [str(model), str(initial), str(tmp_path / "ens"), "ensemble.members=4",
                            "ensemble.horizon_frames=40", "ensemble.chunk_frames=2"], ["--gpus-per-node=0"], \
-        "asteroid_hpc.ensemble.run:run_member"
+        "asteroid_hpc.ensemble.run:run_members"
 
 
 @pytest.mark.parametrize("kind", ["exception", "crash"])

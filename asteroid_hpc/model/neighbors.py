@@ -1,0 +1,101 @@
+"""Neighbour lists reused across passes with a Verlet skin, as MD engines keep theirs.
+
+A *candidate* list holds every atom within ``cutoff + skin`` of each atom, built with cKDTree on the
+host. While no atom has moved more than ``skin / 2`` since that build, every pair now within the cutoff
+is among the candidates (two atoms close in by at most ``skin`` together), so the model's list - the
+``max_neighbors`` nearest within the cutoff, nearest first - is selected from the candidates on the
+device from the current positions, without a tree. Distances are compared in float64 as
+:func:`~asteroid_hpc.model.graph.radius_graph` compares them, so the selected sets are the same; only
+the order of exact ties may differ (the attention's sum over neighbours then differs in the last bits).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+from torch import Tensor
+
+from .graph import NeighborGraph
+
+FIRST_CANDIDATE_WIDTH = 32  # candidates per atom tried first; doubled until every atom's fit
+
+
+def candidate_lists(positions: Tensor, radius_angstrom: float) -> NeighborGraph:
+    """Every atom within ``radius_angstrom`` of each atom (self included) of ``positions`` [B, N, 3], padded
+    to the largest count (padding masked, pointing at the atom itself)."""
+    coords = positions.detach().cpu().double().numpy()
+    batch, n_atoms, _ = coords.shape
+    trees = [cKDTree(coords[b]) for b in range(batch)]
+    width = min(FIRST_CANDIDATE_WIDTH, n_atoms)
+    while True:
+        found = [tree.query(coords[b], k=width, distance_upper_bound=radius_angstrom)
+                 for b, tree in enumerate(trees)]
+        dist = np.stack([d.reshape(n_atoms, width) for d, _ in found])
+        if width == n_atoms or not np.isfinite(dist[..., -1]).any():
+            break
+        width = min(2 * width, n_atoms)
+    idx = np.stack([i.reshape(n_atoms, width) for _, i in found])
+    valid = np.isfinite(dist)
+    index = np.where(valid, idx, np.arange(n_atoms)[None, :, None])
+    return NeighborGraph(torch.from_numpy(index).to(positions.device), torch.from_numpy(valid).to(positions.device))
+
+
+def select_within(positions: Tensor, candidates: NeighborGraph, cutoff_angstrom: float,
+                  max_neighbors: int) -> NeighborGraph:
+    """The ``max_neighbors`` nearest candidates within ``cutoff_angstrom`` of each atom (nearest first), as
+    :func:`~asteroid_hpc.model.graph.radius_graph` would list them for ``positions`` [B, N, 3]."""
+    batch, n_atoms, _ = positions.shape
+    width = min(max_neighbors, n_atoms)
+    coords = positions.detach().double()
+    flat = (candidates.index + torch.arange(batch, device=positions.device).view(-1, 1, 1) * n_atoms).reshape(-1)
+    neighbours = coords.reshape(-1, 3)[flat].view(*candidates.index.shape, 3)
+    distance = torch.linalg.vector_norm(neighbours - coords.unsqueeze(2), dim=-1)
+    distance = distance.masked_fill(~candidates.mask | (distance >= cutoff_angstrom), float("inf"))  # strict, as cKDTree
+    if distance.shape[-1] < width:  # fewer candidates than list slots: pad with masked slots
+        pad = width - distance.shape[-1]
+        distance = torch.nn.functional.pad(distance, (0, pad), value=float("inf"))
+        index = torch.nn.functional.pad(candidates.index, (0, pad))
+    else:
+        index = candidates.index
+    nearest, order = torch.sort(distance, dim=-1, stable=True)
+    nearest, order = nearest[..., :width], order[..., :width]
+    mask = torch.isfinite(nearest)
+    self_index = torch.arange(n_atoms, device=positions.device).view(1, -1, 1)
+    return NeighborGraph(torch.where(mask, torch.gather(index, -1, order), self_index), mask)
+
+
+class VerletNeighbors:
+    """The neighbour list of successive positions of the same atoms, rebuilt only when needed (module doc);
+    ``rebuilds`` counts the candidate builds."""
+
+    def __init__(self, cutoff_angstrom: float, max_neighbors: int, skin_angstrom: float):
+        if skin_angstrom <= 0:
+            raise ValueError("a Verlet list needs a skin > 0")
+        self.cutoff, self.max_neighbors, self.skin = cutoff_angstrom, max_neighbors, skin_angstrom
+        self.rebuilds = 0
+        self._built_at: Optional[Tensor] = None
+        self._candidates: Optional[NeighborGraph] = None
+
+    def graph(self, positions: Tensor) -> NeighborGraph:
+        """The neighbour list of ``positions`` [B, N, 3] (the same B systems as the previous call, or a
+        subset given by :meth:`keep`)."""
+        if self._needs_build(positions):
+            self._built_at = positions.detach().clone()
+            self._candidates = candidate_lists(positions, self.cutoff + self.skin)
+            self.rebuilds += 1
+        return select_within(positions, self._candidates, self.cutoff, self.max_neighbors)
+
+    def keep(self, rows: Tensor) -> None:
+        """Keep the lists of systems ``rows`` (indices into the batch) only: the others left the batch."""
+        if self._built_at is not None:
+            self._built_at = self._built_at[rows]
+            self._candidates = NeighborGraph(self._candidates.index[rows], self._candidates.mask[rows])
+
+    def _needs_build(self, positions: Tensor) -> bool:
+        if self._built_at is None or self._built_at.shape != positions.shape:
+            return True
+        moved = torch.linalg.vector_norm((positions.detach() - self._built_at).double(), dim=-1)
+        return bool(moved.max() > self.skin / 2)
