@@ -32,7 +32,8 @@ class DataConfig:
     # to the end); the rest of the file is never read, e.g. a chronological hold-out inside one file
     frames: Optional[list[Optional[int]]] = None
     stride_phases: int = 1  # read each input as this many subsamplings, offsets k·frame_stride/stride_phases
-    atom_selection: str = "all"  # "all", "heavy", or "indices:0,1,5-9"
+    # "all", "heavy", "indices:0,1,5-9", or the MDAnalysis selection language ("protein and not name H*")
+    atom_selection: str = "all"
     center: bool = True  # subtract each frame's centroid when preprocessing
     split: str = "chronological"  # "chronological" (gap between splits), "random_start" (protocol A) or "by_file"
     split_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
@@ -70,8 +71,8 @@ class DataConfig:
                "data.val_inputs and data.test_inputs apply only to data.split=by_file")
         _one_of("data.compression", self.compression, ("none", "zlib"))
         sel = self.atom_selection
-        _check(sel in ("all", "heavy") or sel.startswith("indices:"),
-               f"data.atom_selection must be 'all', 'heavy' or 'indices:...' (got {sel!r})")
+        _check(isinstance(sel, str) and bool(sel.strip()),
+               f"data.atom_selection must be 'all', 'heavy', 'indices:...' or an MDAnalysis selection (got {sel!r})")
         _check(len(self.split_fractions) == 3 and all(f >= 0 for f in self.split_fractions),
                "data.split_fractions must be three non-negative numbers (train, val, test)")
         _check(abs(sum(self.split_fractions) - 1.0) < 1e-6, "data.split_fractions must sum to 1")
@@ -217,6 +218,9 @@ class EnsembleConfig:
     neighbor_skin_angstrom: float = 0.0
     device: str = "auto"  # "auto" (a GPU when one is visible, else the CPU), "cpu" or "cuda"
     precision: str = "auto"  # inference autocast on CUDA: "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16", "fp16"
+    # a model of a selection of the atoms (data.atom_selection) given the whole system: member files hold every
+    # atom, the unselected ones held at their positions in the member's last starting frame (summary: selected)
+    write_full_system: bool = False
 
     def __post_init__(self) -> None:
         _check(self.members >= 1, "ensemble.members must be >= 1")

@@ -31,6 +31,7 @@ from ..errors import UserError, user_error
 from .manifest import SCHEMA_VERSION
 from .random_starts import SPLITS, random_start_plan, random_start_split
 from .readers import TrajectoryReader
+from .selection import select_atoms
 
 log = get_logger(__name__)
 
@@ -103,34 +104,6 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
     if not unique:
         raise UserError("preprocess: no input files given")
     return unique
-
-
-def parse_atom_selection(selection: str, atomic_numbers: np.ndarray, where: str) -> list[int]:
-    """``all``, ``heavy`` (atomic number > 1) or ``indices:0,1,5-9`` → sorted atom indices."""
-    n = len(atomic_numbers)
-    if selection == "all":
-        return list(range(n))
-    if selection == "heavy":
-        picked = [i for i, z in enumerate(atomic_numbers) if z > 1]
-    else:
-        picked = set()
-        try:
-            for part in selection.split(":", 1)[1].split(","):
-                part = part.strip()
-                if "-" in part:
-                    lo, hi = (int(x) for x in part.split("-", 1))
-                    picked.update(range(lo, hi + 1))
-                elif part:
-                    picked.add(int(part))
-        except ValueError:
-            raise UserError(f"data.atom_selection: cannot parse {selection!r} (expected e.g. indices:0,1,5-9)") \
-                from None
-        picked = sorted(picked)
-        if picked and (picked[0] < 0 or picked[-1] >= n):
-            raise user_error(where, f"data.atom_selection {selection!r} names atoms outside 0..{n - 1}")
-    if not picked:
-        raise user_error(where, f"data.atom_selection {selection!r} selects no atoms")
-    return list(picked)
 
 
 def topology_numbers(path: str) -> np.ndarray:
@@ -359,7 +332,7 @@ def make_plan(inputs: list[str], cfg, topology: str | None = None) -> Plan:
     stride = data.frame_stride
     sources, numbers = inspect_sources(paths, stride, topology, data.stride_phases, data.frames,
                                        data.timestep_fs is None)
-    atom_indices = parse_atom_selection(data.atom_selection, numbers, str(paths[0]))
+    atom_indices = select_atoms(data.atom_selection, numbers, str(paths[0]), topology)
     timestep_fs = dataset_timestep_fs(sources, stride, data.timestep_fs)
     history, horizon = cfg.model.history_frames, data.horizon_frames
     make_split = {"chronological": _chronological, "by_file": _by_file}.get(data.split, _random_start)
