@@ -3,7 +3,9 @@
 ``train`` records the signature of its dataset (from the manifest) with the model; ``evaluate`` and
 ``ensemble-forecast`` compare their input trajectory with it and refuse a mismatch in one line naming both,
 unless told to go on (``--allow-mismatch``). The topology recorded at preprocess time gives the elements of
-inputs that hold none (an .xtc, .dcd, ...) when no ``--topology`` is given.
+inputs that hold none (an .xtc, .dcd, ...) when no ``--topology`` is given. A model trained on a selection
+of its inputs' atoms (``data.atom_selection``) given a whole input (the training inputs' atom count) is
+applied to the selected atoms (:func:`model_atoms`).
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ SPACING_TOLERANCE = 1e-3  # relative difference of frame spacings still counted 
 
 
 def signature_of_manifest(manifest: dict) -> dict:
-    """The signature of a dataset: its inputs' atom count, the selected atoms' indices and elements, the
-    frame spacing of the inputs and of the dataset (after the stride), and the topology it was given."""
+    """The signature of a dataset: its inputs' atom count, the selection and the selected atoms' indices
+    and elements, the frame spacing of the inputs and of the dataset (after the stride), and the topology
+    it was given."""
     stride = int(manifest["frame_stride"])
     return {"input_atoms": int(manifest["sources"][0]["n_atoms"]),
+            "atom_selection": manifest.get("atom_selection", "all"),
             "atom_indices": [int(i) for i in manifest["atom_indices"]],
             "atomic_numbers": [int(z) for z in manifest["atomic_numbers"]],
             "timestep_fs": float(manifest["timestep_fs"]), "frame_stride": stride,
@@ -50,6 +54,20 @@ def input_topology_numbers(path: Path, topology: str | None, signature: dict | N
         if topology is not None:
             log.info("%s: elements from %s, the topology the model's dataset was preprocessed with", path, topology)
     return None if topology is None else read_topology(topology).atomic_numbers
+
+
+def model_atoms(signature: dict | None, n_atoms: int) -> np.ndarray | None:
+    """The indices of the model's atoms in an input of ``n_atoms`` atoms: its training selection when the input
+    has the training inputs' atom count and the model was trained on part of them; None: the input as it is."""
+    if not signature or n_atoms != signature["input_atoms"] or len(signature["atom_indices"]) == n_atoms:
+        return None
+    return np.asarray(signature["atom_indices"], dtype=np.int64)
+
+
+def selection_note(signature: dict, where: str | os.PathLike) -> str:
+    """The log line of a selection applied to input ``where``."""
+    return (f"{where}: the model's {len(signature['atom_indices'])} of {signature['input_atoms']} atoms "
+            f"(its data.atom_selection {signature.get('atom_selection', 'indices')!r})")
 
 
 def check_against_model(signature: dict | None, atomic_numbers: np.ndarray, input_timestep_fs: float | None,

@@ -26,7 +26,7 @@ from ..atomic import write_json_atomic
 from ..data.amber import AmberReader, partial_path
 from ..logs import get_logger
 from .member import MemberJob, _flush, _open_writer, _resume_point
-from .perturb import InitialCondition, starting_window
+from .perturb import InitialCondition, held_frame, starting_window
 from .rollout import MemberForecaster
 from .store import is_finished, marker_path, member_path
 from .watch import Watch
@@ -50,14 +50,18 @@ def member_state(job: MemberJob, steps_per_pass: int) -> MemberState:
     return MemberState(_resume_point(job, steps_per_pass), job.horizon_frames, False)
 
 
-def window_at(start: np.ndarray, job: MemberJob, state: MemberState, frames: int) -> np.ndarray:
-    """The member's window after ``frames`` forecast frames: the last m of (starting window, its file's)."""
+def window_at(start: np.ndarray, job: MemberJob, state: MemberState, frames: int,
+              atom_indices: Optional[np.ndarray] = None) -> np.ndarray:
+    """The member's window after ``frames`` forecast frames: the last m of (starting window, its file's);
+    a full-system file gives the model's atoms ``atom_indices``."""
     if frames == 0:
         return start
     m = start.shape[0]
     path = member_path(job.outdir, job.member)
     with AmberReader(path if state.finished else partial_path(path)) as reader:
         tail = reader.read(max(0, frames - m), frames).coordinates.astype(np.float32)
+    if tail.shape[1] != start.shape[1]:
+        tail = tail[:, atom_indices]
     return np.concatenate([start, tail])[-m:]
 
 
@@ -69,6 +73,7 @@ class MemberStream:
     state: MemberState
     initial: InitialCondition
     previous: np.ndarray  # the frame before the next one, for the displacement check
+    held: Optional[np.ndarray] = None  # full-system files: all atoms, the unselected ones stay here
     writer: object = None
     frames_done: int = 0  # frames in the file
     buffer: list = field(default_factory=list)
@@ -77,7 +82,7 @@ class MemberStream:
 
     def open(self) -> None:
         self.frames_done = self.state.have
-        self.writer = _open_writer(self.job, self.initial, self.state.have)
+        self.writer = _open_writer(self.job, self.initial, self.state.have, self.held is not None)
         if self.state.have:
             log.info("member %d: continuing from frame %d of %d", self.job.member, self.state.have,
                      self.job.horizon_frames)
@@ -97,12 +102,12 @@ class MemberStream:
             return
         self.buffer.append(frames)
         if sum(len(b) for b in self.buffer) >= self.job.chunk_frames:
-            self.frames_done = _flush(self.writer, self.buffer, self.frames_done, self.initial)
+            self.frames_done = _flush(self.writer, self.buffer, self.frames_done, self.initial, self.held)
             progress.report(self.job.member, self.frames_done, self.state.have, False)
 
     def finish(self, stopped: bool, progress) -> None:
         """Flush, close (the rename), then the marker: only now does the member count as finished."""
-        self.frames_done = _flush(self.writer, self.buffer, self.frames_done, self.initial)
+        self.frames_done = _flush(self.writer, self.buffer, self.frames_done, self.initial, self.held)
         self.writer.close()
         marker = {"member": self.job.member, "frames": self.frames_done, "resumed_from_frame": self.state.have,
                   "seconds_this_run": round(time.monotonic() - self.began, 3)}
@@ -145,11 +150,11 @@ def _run_batch(batch: list[tuple[MemberJob, MemberState]], forecaster: MemberFor
     m = forecaster.history_frames
     windows = None
     if is_root:
-        windows = np.stack([window_at(starting_window(initial, ensemble_cfg, job.member, m), job, state, start)
-                            for job, state in riders])
+        windows = np.stack([window_at(starting_window(initial, ensemble_cfg, job.member, m), job, state, start,
+                                      initial.atom_indices) for job, state in riders])
     windows = group.bcast(windows, root=0)
-    streams = [MemberStream(job, state, initial, windows[i][-1]) if is_root and not state.finished else None
-               for i, (job, state) in enumerate(riders)]
+    streams = [MemberStream(job, state, initial, windows[i][-1], held_frame(initial, ensemble_cfg, job.member))
+               if is_root and not state.finished else None for i, (job, state) in enumerate(riders)]
     try:
         for stream in streams:
             if stream is not None:

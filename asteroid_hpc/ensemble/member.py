@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -51,20 +52,35 @@ def lead_times_ps(lead: np.ndarray, timestep_ps: float | None, end_time_ps: floa
     return end_time_ps + lead * timestep_ps if timestep_ps else np.zeros(len(lead))
 
 
-def _open_writer(job: MemberJob, initial: InitialCondition, frames_done: int) -> AmberWriter:
+def _open_writer(job: MemberJob, initial: InitialCondition, frames_done: int,
+                 full_system: bool = False) -> AmberWriter:
+    """The member's file: the model's atoms, or (``full_system``) all atoms of the initial trajectory."""
     path = member_path(job.outdir, job.member)
     if frames_done:
         return AmberWriter.resume(path)
     partial_path(path).unlink(missing_ok=True)
-    return AmberWriter(path, initial.n_atoms, initial.atomic_numbers, timestep_ps=initial.timestep_ps,
+    n_atoms, numbers = (initial.file_atoms, initial.file_numbers) if full_system else \
+        (initial.n_atoms, initial.atomic_numbers)
+    return AmberWriter(path, n_atoms, numbers, timestep_ps=initial.timestep_ps,
                        title=f"asteroid-hpc ensemble member {job.member}", attributes=job.attributes)
 
 
-def _flush(writer: AmberWriter, buffer: list[np.ndarray], frames_done: int, initial: InitialCondition) -> int:
+def full_frames(frames: np.ndarray, held: np.ndarray, atom_indices: np.ndarray) -> np.ndarray:
+    """Frames [F, n, 3] of the model's atoms ``atom_indices`` placed into all atoms, the others at ``held``."""
+    full = np.repeat(held[None], len(frames), axis=0)
+    full[:, atom_indices] = frames
+    return full
+
+
+def _flush(writer: AmberWriter, buffer: list[np.ndarray], frames_done: int, initial: InitialCondition,
+           held: Optional[np.ndarray] = None) -> int:
+    """Append the buffered frames (with ``held``: as full-system frames, :func:`full_frames`)."""
     if not buffer:
         return frames_done
     frames = np.concatenate(buffer)
     buffer.clear()
+    if held is not None:
+        frames = full_frames(frames, held, initial.atom_indices)
     lead = frames_done + 1 + np.arange(len(frames))  # lead time j is frame j after the window's last frame
     # times continue the initial trajectory's: appended to it, a member reads as one trajectory
     writer.append(frames, lead_times_ps(lead, initial.timestep_ps, initial.end_time_ps))

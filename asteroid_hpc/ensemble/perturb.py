@@ -9,11 +9,16 @@ deterministic and continuing from flushed frames needs no random state.
   every frame of the window (the configuration moves, the window's own frame-to-frame motion is kept).
 - ``frames``: member k's window ends ``k · frame_spacing`` frames before ``start_frame`` (then, if
   ``noise_angstrom`` > 0, Gaussian noise as above as well).
+
+A model trained on a selection of its inputs' atoms forecasts those atoms of a whole initial trajectory
+(:func:`select_initial`); with ``ensemble.write_full_system`` its member files hold every atom, the others
+held at their positions in the member's last starting frame (:func:`held_frame`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Optional
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +43,22 @@ class InitialCondition:
     end_frame: int  # last frame of the unperturbed starting window (start_frame resolved)
     frame_stride: int = 1  # window frames are this many file frames apart (the training data's stride)
     end_time_ps: float = 0.0  # time of end_frame: forecast times continue from it (lead j at + j × timestep)
+    # a model of a selection of the file's atoms: their indices in the file (n_atoms and atomic_numbers are
+    # then the selected atoms'), and the elements of all the file's atoms
+    atom_indices: Optional[np.ndarray] = None
+    file_numbers: Optional[np.ndarray] = None
+
+    @property
+    def file_atoms(self) -> int:
+        """Atoms in the initial trajectory file (n_atoms, unless the model takes a selection of them)."""
+        return self.n_atoms if self.file_numbers is None else len(self.file_numbers)
+
+    def read(self, first: int, stop: int) -> np.ndarray:
+        """The model's atoms of file frames [first, stop), every ``frame_stride``-th."""
+        from ..data.readers import read_frames
+
+        coords = read_frames(self.path, first, stop, n_atoms=self.file_atoms).coordinates[::self.frame_stride]
+        return coords if self.atom_indices is None else coords[:, self.atom_indices]
 
 
 def inspect_initial(path: str | Path, cfg: EnsembleConfig, history_frames: int,
@@ -73,14 +94,35 @@ def inspect_initial(path: str | Path, cfg: EnsembleConfig, history_frames: int,
                                 timestep_ps, end, frame_stride, end_time_ps)
 
 
-def starting_window(initial: InitialCondition, cfg: EnsembleConfig, member: int, history_frames: int) -> np.ndarray:
-    """Member ``member``'s perturbed starting window [m, N, 3] float32 (Å)."""
+def select_initial(initial: InitialCondition, atom_indices: Optional[np.ndarray]) -> InitialCondition:
+    """The initial condition of the model's atoms ``atom_indices`` of the file (None: all of them)."""
+    if atom_indices is None:
+        return initial
+    return replace(initial, n_atoms=len(atom_indices), atomic_numbers=initial.atomic_numbers[atom_indices],
+                   atom_indices=np.asarray(atom_indices), file_numbers=initial.atomic_numbers)
+
+
+def member_end_frame(initial: InitialCondition, cfg: EnsembleConfig, member: int) -> int:
+    """The file frame member ``member``'s unperturbed starting window ends at."""
+    return initial.end_frame - (member * cfg.frame_spacing if cfg.perturbation == "frames" else 0)
+
+
+def held_frame(initial: InitialCondition, cfg: EnsembleConfig, member: int) -> Optional[np.ndarray]:
+    """With ``ensemble.write_full_system`` and a selection: all atoms [N_file, 3] of the member's last starting
+    frame (unperturbed), where the unselected atoms stay; else None (member files hold the model's atoms)."""
+    if not cfg.write_full_system or initial.atom_indices is None:
+        return None
     from ..data.readers import read_frames
 
-    end = initial.end_frame - (member * cfg.frame_spacing if cfg.perturbation == "frames" else 0)
+    end = member_end_frame(initial, cfg, member)
+    return read_frames(initial.path, end, end + 1, n_atoms=initial.file_atoms).coordinates[0].astype(np.float32)
+
+
+def starting_window(initial: InitialCondition, cfg: EnsembleConfig, member: int, history_frames: int) -> np.ndarray:
+    """Member ``member``'s perturbed starting window [m, N, 3] float32 (Å)."""
+    end = member_end_frame(initial, cfg, member)
     first = end - (history_frames - 1) * initial.frame_stride
-    window = read_frames(initial.path, first, end + 1, n_atoms=initial.n_atoms).coordinates[::initial.frame_stride]
-    window = window.astype(np.float64)
+    window = initial.read(first, end + 1).astype(np.float64)
     if cfg.noise_angstrom > 0:
         noise = member_rng(cfg.seed, member).normal(0.0, cfg.noise_angstrom, size=(initial.n_atoms, 3))
         window = window + noise

@@ -17,7 +17,7 @@ from ..errors import UserError, user_error
 from .grid import ProcessGrid, split_group
 from .batch import run_members
 from .member import MemberJob
-from .perturb import InitialCondition, inspect_initial, starting_window
+from .perturb import InitialCondition, inspect_initial, select_initial, starting_window
 from .progress import POLL_SECONDS, Progress
 from .rollout import MemberForecaster
 from .sizing import batch_members
@@ -161,6 +161,9 @@ def _run_identity(weights: Path, initial: InitialCondition, ens: EnsembleConfig,
                 "initial_frames": initial.n_frames, "atoms": initial.n_atoms, "end_frame": initial.end_frame,
                 "frame_stride": initial.frame_stride,
                 **{key: getattr(ens, key) for key in TRAJECTORY_KEYS}}
+    if initial.atom_indices is not None:  # a model of a selection of the file's atoms
+        identity["input_atoms"] = initial.file_atoms
+        identity["write_full_system"] = ens.write_full_system
     if autocast_dtype is not None:
         identity["precision"] = str(autocast_dtype).replace("torch.", "")
     if ens.stop_on_blowup:  # the thresholds then decide where a member's file ends
@@ -176,7 +179,8 @@ def _finish(outdir: Path, ens: EnsembleConfig, initial: InitialCondition, histor
     summary = write_summary(outdir, ens.members, ens.horizon_frames, ens.chunk_frames, initial.atomic_numbers,
                             initial.timestep_ps, reference, extra=extra, watch=watch,
                             starting_frames=[starting_window(initial, ens, member, history_frames)[-1]
-                                             for member in range(ens.members)], end_time_ps=initial.end_time_ps)
+                                             for member in range(ens.members)], end_time_ps=initial.end_time_ps,
+                            atom_indices=initial.atom_indices)
     write_json_atomic(outdir / COMPLETE_FILE, {"members": ens.members, "horizon_frames": ens.horizon_frames},
                       indent=2)
     return summary
@@ -185,15 +189,22 @@ def _finish(outdir: Path, ens: EnsembleConfig, initial: InitialCondition, histor
 def _initial_condition(path, ens: EnsembleConfig, history_frames: int, frame_stride: int, model, model_path,
                        topology: Optional[str], allow_mismatch: bool) -> InitialCondition:
     """The initial condition, its elements from the file, ``topology`` or the model's recorded topology, checked
-    against the model's training inputs (atoms, frame spacing)."""
-    from ..data.signature import check_against_model, input_topology_numbers
+    against the model's training inputs (atoms, frame spacing); of the model's atoms when it was trained on a
+    selection of the file's."""
+    from ..data.signature import check_against_model, input_topology_numbers, model_atoms, selection_note
 
     signature = getattr(model, "data_signature", None)
     initial = inspect_initial(path, ens, history_frames, frame_stride,
                               input_topology_numbers(Path(path), topology, signature))
     input_fs = None if initial.timestep_ps is None else initial.timestep_ps * 1000.0 / frame_stride
     check_against_model(signature, initial.atomic_numbers, input_fs, path, model_path, allow_mismatch)
-    return initial
+    selected = model_atoms(signature, initial.n_atoms)
+    if selected is not None:
+        log.info("%s%s", selection_note(signature, path),
+                 "; member files hold every atom (ensemble.write_full_system)" if ens.write_full_system else "")
+    elif ens.write_full_system:
+        log.warning("ensemble.write_full_system: the model takes every atom of %s; member files hold them all", path)
+    return select_initial(initial, selected)
 
 
 def _check_inputs(initial: InitialCondition, model_cfg: ModelConfig, reference: Optional[Reference]) -> None:
@@ -218,9 +229,13 @@ def _startup_lines(ens: EnsembleConfig, grid: ProcessGrid, threads: int, initial
         "batching": f"{batch} members per forward (rank 0), precision {ens.precision}, neighbour lists "
                     + (f"kept with a {ens.neighbor_skin_angstrom} A skin" if ens.neighbor_skin_angstrom
                        else "rebuilt every pass"),
-        "system": f"{initial.n_atoms} atoms, window of {model_cfg.history_frames} frames {initial.frame_stride} "
+        "system": f"{initial.n_atoms} atoms{_of_file(initial)}, window of {model_cfg.history_frames} frames {initial.frame_stride} "
                   f"apart ending at frame {initial.end_frame} of {initial.path}",
         "model": f"{weights} ({model_cfg.delay_length - 1} frames per pass, cutoff {model_cfg.cutoff_angstrom} A)"}
+
+
+def _of_file(initial: InitialCondition) -> str:
+    return "" if initial.atom_indices is None else f" (selected of {initial.file_atoms})"
 
 
 def _forecast_members(w, grid: ProcessGrid, forecaster: MemberForecaster, initial: InitialCondition,

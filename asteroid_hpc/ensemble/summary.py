@@ -56,11 +56,12 @@ def lead_block_frames(members: int, n_atoms: int, chunk_frames: int) -> int:
 def write_summary(outdir: Path, members: int, horizon_frames: int, chunk_frames: int, atomic_numbers: np.ndarray,
                   timestep_ps: Optional[float], reference: Optional[Reference], extra: dict,
                   watch: Optional[Watch] = None, starting_frames: Optional[list] = None,
-                  end_time_ps: float = 0.0) -> dict:
+                  end_time_ps: float = 0.0, atom_indices: Optional[np.ndarray] = None) -> dict:
     """Stream over lead times of every member file: mean.nc, summary.nc, summary.json (see the module
     docstring). With ``watch`` (and each member's last starting frame, ``starting_frames``) the members are
     checked for blow-ups, bonds and clashes; members stopped early (their marker says so) stay out of the
-    ensemble statistics. Times continue from ``end_time_ps``, the initial window's last frame."""
+    ensemble statistics. Times continue from ``end_time_ps``, the initial window's last frame. Full-system
+    member files (``ensemble.write_full_system``) are read as the model's atoms ``atom_indices``."""
     import netCDF4
 
     n_atoms = len(atomic_numbers)
@@ -72,7 +73,8 @@ def write_summary(outdir: Path, members: int, horizon_frames: int, chunk_frames:
     watched = _WatchTotals(members, watch, starting_frames) if watch is not None else None
     with ExitStack() as stack:
         nc_tmp = stack.enter_context(atomic_output(outdir / "summary.nc"))  # exits last: renamed when all is closed
-        readers = [stack.enter_context(AmberReader(member_path(outdir, m))) for m in range(members)]
+        readers = [_model_atoms(stack.enter_context(AmberReader(member_path(outdir, m))), n_atoms, atom_indices)
+                   for m in range(members)]
         _check_member_files(readers, stopped, horizon_frames, n_atoms)
         ref_reader = stack.enter_context(AmberReader(reference.path)) if reference else None
         if ref_reader is not None and ref_reader.n_atoms != n_atoms:
@@ -104,6 +106,26 @@ def write_summary(outdir: Path, members: int, horizon_frames: int, chunk_frames:
         _add_reference_scores(summary, reference, totals, last)
     write_json_atomic(outdir / "summary.json", summary, indent=2)
     return summary
+
+
+class _SelectedReader:
+    """A full-system member file read as the model's atoms."""
+
+    def __init__(self, reader: AmberReader, atom_indices: np.ndarray):
+        self.reader, self.atom_indices = reader, atom_indices
+        self.path, self.n_frames, self.n_atoms = reader.path, reader.n_frames, len(atom_indices)
+
+    def read(self, start: int, stop: int):
+        from dataclasses import replace
+
+        chunk = self.reader.read(start, stop)
+        return replace(chunk, coordinates=chunk.coordinates[:, self.atom_indices])
+
+
+def _model_atoms(reader: AmberReader, n_atoms: int, atom_indices: Optional[np.ndarray]):
+    """``reader``, or its model's atoms when it holds the full system."""
+    return _SelectedReader(reader, atom_indices) if atom_indices is not None and reader.n_atoms != n_atoms \
+        else reader
 
 
 def _check_member_files(readers: list[AmberReader], stopped: dict[int, dict], horizon_frames: int,

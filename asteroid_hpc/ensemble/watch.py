@@ -90,8 +90,6 @@ class Watch:
 
 def initial_watch(initial, cfg: EnsembleConfig, history_frames: int) -> Watch:
     """The watch of the unperturbed starting window of ``initial`` (an InitialCondition)."""
-    from ..data.amber import read_frames
-
     first = initial.end_frame - (history_frames - 1) * initial.frame_stride
-    window = read_frames(initial.path, first, initial.end_frame + 1).coordinates[::initial.frame_stride]
+    window = initial.read(first, initial.end_frame + 1)
     return Watch.from_window(window, initial.atomic_numbers, cfg)

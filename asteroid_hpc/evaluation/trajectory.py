@@ -37,10 +37,11 @@ def load_trajectory(path: str | os.PathLike, timestep_fs: float | None = None, *
 
     The frame spacing comes from ``timestep_fs`` when given, else from the file's time axis, else it is
     taken to be MD17's 0.5 fs (logged). Elements: see :func:`~asteroid_hpc.data.signature.input_topology_numbers`. With the ``signature``
-    of ``model``, an input of other atoms or another frame spacing is refused (unless ``allow_mismatch``).
+    of ``model``, an input of other atoms or another frame spacing is refused (unless ``allow_mismatch``), and
+    a whole input of a model trained on a selection of its atoms is cut to those atoms.
     """
     from ..data.readers import TrajectoryReader
-    from ..data.signature import check_against_model, input_topology_numbers
+    from ..data.signature import check_against_model, input_topology_numbers, model_atoms, selection_note
 
     path = Path(path)
     from_topology = input_topology_numbers(path, topology, signature)
@@ -58,4 +59,8 @@ def load_trajectory(path: str | os.PathLike, timestep_fs: float | None = None, *
     if len(positions) < 2:
         raise user_error(path, f"{len(positions)} frame(s): too short to evaluate")
     check_against_model(signature, atomic_numbers, float(timestep_fs), path, model, allow_mismatch)
+    selected = model_atoms(signature, len(atomic_numbers))
+    if selected is not None:
+        log.info("%s", selection_note(signature, path))
+        positions, atomic_numbers = positions[:, selected], atomic_numbers[selected]
     return Trajectory(positions, atomic_numbers, float(timestep_fs), str(path))
