@@ -175,3 +175,11 @@ def test_ensemble_forecast_of_the_selection_and_of_the_full_system(tmp_path, who
         assert summary["n_atoms"] == len(heavy)
     assert json.loads((selected / "summary.json").read_text())["spread_rms_angstrom_final"] == \
         json.loads((full / "summary.json").read_text())["spread_rms_angstrom_final"]
+    # a continued run's window comes from a full-system file as the model's atoms
+    from asteroid_hpc.ensemble.batch import MemberState, window_at
+    from asteroid_hpc.ensemble.member import MemberJob
+
+    start = np.zeros((4, len(heavy), 3), dtype=np.float32)
+    window = window_at(start, MemberJob(full, 0, 6, 4, {}), MemberState(6, 6, True), 6, np.asarray(heavy))
+    with AmberReader(selected / "members/member_00000.nc") as a:
+        np.testing.assert_array_equal(window, a.read(2, 6).coordinates)

@@ -229,7 +229,8 @@ def _startup_lines(ens: EnsembleConfig, grid: ProcessGrid, threads: int, initial
         "batching": f"{batch} members per forward (rank 0), precision {ens.precision}, neighbour lists "
                     + (f"kept with a {ens.neighbor_skin_angstrom} A skin" if ens.neighbor_skin_angstrom
                        else "rebuilt every pass"),
-        "system": f"{initial.n_atoms} atoms{_of_file(initial)}, window of {model_cfg.history_frames} frames {initial.frame_stride} "
+        "system": f"{initial.n_atoms} atoms{_of_file(initial)}, window of {model_cfg.history_frames} frames "
+                  f"{initial.frame_stride} "
                   f"apart ending at frame {initial.end_frame} of {initial.path}",
         "model": f"{weights} ({model_cfg.delay_length - 1} frames per pass, cutoff {model_cfg.cutoff_angstrom} A)"}
 
