@@ -330,7 +330,14 @@ class AmberReader:
     def read(self, start: int, stop: int) -> FrameChunk:
         """Frames ``start:stop`` (clipped to the file)."""
         start, stop = max(0, start), min(stop, self.n_frames)
-        coords = np.asarray(self._ds["coordinates"][start:stop])
+        try:
+            raw = self._ds["coordinates"][start:stop]
+        except (RuntimeError, OSError) as exc:  # e.g. a corrupt compressed chunk: "NetCDF: HDF error"
+            raise user_error(self.path, f"cannot read frames {start}..{stop - 1}: corrupt data ({exc})") from None
+        if np.ma.is_masked(raw):
+            frame = start + int(np.argmax(np.ma.getmaskarray(raw).reshape(len(raw), -1).any(axis=1)))
+            raise user_error(self.path, f"coordinates of frame {frame} were never written (NetCDF fill values)")
+        coords = np.asarray(raw)
         if self._length_factor != 1.0:
             coords = coords * coords.dtype.type(self._length_factor)
         time_ps = np.asarray(self._ds["time"][start:stop], dtype=np.float64) * self._time_factor \

@@ -53,6 +53,12 @@ class _Frames:
                 raise user_error(self.path, f"non-finite coordinates (NaN or Inf) in frame {bad}; pass "
                                             "--drop-nonfinite to skip such frames")
             x, sums, index = x[finite], sums[finite], index[finite]
+        if x.shape[1] > 1:  # atoms 0 and 1 on one point: coordinates never written (zeros), not a molecule
+            collapsed = (x[:, 0] == x[:, 1]).all(axis=1)
+            if collapsed.any():
+                bad = self.raw_frame(int(index[np.argmax(collapsed)]))
+                raise user_error(self.path, f"frame {bad}: atoms 0 and 1 at the same point {x[np.argmax(collapsed), 0]}"
+                                            " (coordinates all zero or never written?)")
         if self.center and len(x):
             centroid = sums / np.float32(x.shape[1])
             for k in range(3):  # per component: a strided pass, faster than broadcasting over [F, n, 3]
