@@ -205,8 +205,51 @@ def _(d):
         ("frame_stride",)
 
 
+def _dataset_without_recorded_windows(d: Path) -> Path:
+    """A valid dataset whose manifest records no window sizes (as older ones): the config's are taken."""
+    import json
+
+    from tests.support.data import preprocess_walk_dataset
+
+    dataset = preprocess_walk_dataset(d)
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    del manifest["split"]["history_frames"], manifest["split"]["horizon_frames"]
+    (dataset / "manifest.json").write_text(json.dumps(manifest))
+    return dataset
+
+
+@case("train-history-longer-than-data")
+def _(d):
+    # was a 19 GB allocation (OOM-killed); now refused before the model is built
+    from tests.support.train import TINY_CONFIG
+
+    dataset = _dataset_without_recorded_windows(d)
+    return ["train", TINY_CONFIG, f"data.dataset={dataset}", f"train.run_dir={d / 'run'}", "train.max_steps=4",
+            "model.history_frames=5000"], ("manifest.json", "model.history_frames=5000", "longer than the data")
+
+
+def _weights_with_history(d: Path, history_frames: int) -> Path:
+    from tests.support.tiny import tiny_model_file
+
+    return tiny_model_file(d / "h.safetensors", history_frames=history_frames)
+
+
+@case("evaluate-history-longer-than-trajectory-protocol-a")
+def _(d):
+    traj = write_traj(d / "short.nc", random_walk(300))
+    return ["evaluate", _weights_with_history(d, 5000), traj, "-o", d / "eval", "--protocol", "A"], \
+        ("short.nc", "too few")
+
+
+@case("evaluate-history-longer-than-trajectory-protocol-c")
+def _(d):
+    traj = write_traj(d / "short.nc", random_walk(300))
+    return ["evaluate", _weights_with_history(d, 5000), traj, "-o", d / "eval", "--protocol", "C"], \
+        ("short.nc", "fewer than one window")
+
+
 # ------------------------------------------------------------------------------------- the test
-def _check(proc: subprocess.CompletedProcess, root: Path, fragments) -> None:
+def _check(proc: subprocess.CompletedProcess, root: Path, fragments, inputs: set) -> None:
     assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr, proc.stderr
     lines = proc.stderr.splitlines()
@@ -214,12 +257,13 @@ def _check(proc: subprocess.CompletedProcess, root: Path, fragments) -> None:
     assert "error:" in lines[0], lines[0]
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
-    assert not list(root.rglob("manifest.json")), "a failed run left a manifest"
+    assert not set(root.rglob("manifest.json")) - inputs, "a failed run left a manifest"
     assert not list(root.rglob("*.partial")), "a failed run left a partial file"
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_wrong_data_is_one_stderr_line_exit_2(name, tmp_path):
     argv, fragments = CASES[name](tmp_path)
+    inputs = set(tmp_path.rglob("manifest.json"))
     proc = run_cli(*argv, timeout=300, cwd=tmp_path)
-    _check(proc, tmp_path, fragments)
+    _check(proc, tmp_path, fragments, inputs)

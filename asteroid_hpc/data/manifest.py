@@ -110,6 +110,30 @@ class WindowContract:
                                             "with this config")
 
 
+def longest_run_frames(manifest: dict, split: str) -> int:
+    """The most consecutive (strided) frames of ``split`` in one source: no window can be longer."""
+    runs: dict[object, list[list[int]]] = {}
+    for shard in sorted((s for s in manifest["shards"] if s.get("split") == split),
+                        key=lambda s: (str(s["source"]), s["frame_start"])):
+        source_runs = runs.setdefault(str(shard["source"]), [])
+        if source_runs and source_runs[-1][1] == shard["frame_start"]:
+            source_runs[-1][1] = shard["frame_stop"]
+        else:
+            source_runs.append([shard["frame_start"], shard["frame_stop"]])
+    return max((b - a for source_runs in runs.values() for a, b in source_runs), default=0)
+
+
+def check_window_fits(manifest: dict, dataset_dir: str | os.PathLike, split: str, history_frames: int,
+                      horizon_frames: int) -> None:
+    """Refuse windows longer than the data before anything is allocated for them (one line)."""
+    longest = longest_run_frames(manifest, split)
+    if history_frames + horizon_frames > longest:
+        raise user_error(Path(dataset_dir) / MANIFEST, f"model.history_frames={history_frames} + "
+                                                       f"data.horizon_frames={horizon_frames} frames is longer "
+                                                       f"than the data: the longest {split} run holds {longest} "
+                                                       "frames")
+
+
 def window_contract(manifest: dict, dataset_dir: str | os.PathLike) -> WindowContract:
     """The window contract of a manifest read by :func:`read_manifest` from ``dataset_dir``.
 
