@@ -7,6 +7,7 @@ starts MPI. A :class:`~asteroid_hpc.errors.UserError` anywhere becomes one line 
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -80,7 +81,6 @@ def _fail(message: str, code: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     from ..errors import UserError
-
     from ..logs import HOLD_S, hold_console, release_console
 
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("ASTEROID_DEBUG") == "1"
@@ -104,6 +104,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or debug:
+            raise
+        _fail(f"{exc.filename or 'output'}: no space left on the device ({exc.strerror}); free some and re-run", 2)
     except Exception:
         if "mpi4py.MPI" in sys.modules:  # a bug on one rank must not leave the others hanging
             import traceback

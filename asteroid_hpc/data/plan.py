@@ -140,12 +140,13 @@ def topology_numbers(path: str) -> np.ndarray:
     return read_topology(path).atomic_numbers
 
 
-def check_elements(numbers: np.ndarray, where) -> None:
-    """Refuse an atomic number outside 1-118 (no such element), naming the first such atom."""
-    bad = np.flatnonzero((numbers < 1) | (numbers > 118))
+def check_elements(numbers: np.ndarray, where, lowest: int = 1) -> None:
+    """Refuse an atomic number outside ``lowest``-118, naming the first such atom (``lowest`` 0: a topology's
+    virtual sites, which :mod:`~asteroid_hpc.data.topology` numbers 0, "no element")."""
+    bad = np.flatnonzero((numbers < lowest) | (numbers > 118))
     if len(bad):
         raise user_error(where, f"atomic number {int(numbers[bad[0]])} of atom {int(bad[0])} is not an element "
-                                f"(1-118){f' ({len(bad) - 1} more such atoms)' if len(bad) > 1 else ''}")
+                                f"({lowest}-118){f' ({len(bad) - 1} more such atoms)' if len(bad) > 1 else ''}")
 
 
 def _raw_range(path: Path, n_frames: int, frames: list | None) -> tuple[int, int]:
@@ -198,7 +199,7 @@ def inspect_sources(paths: list[Path], stride: int, topology: str | None,
     if numbers is None:
         raise user_error(paths[0], "no atomic numbers in the input: pass --topology FILE (.prmtop/.parm7, "
                                    ".tpr/.gro, .psf, .pdb/.cif, LAMMPS data, ...)")
-    check_elements(np.asarray(numbers), topology or paths[0])
+    check_elements(np.asarray(numbers), topology or paths[0], lowest=0 if topology else 1)
     return sources, np.asarray(numbers, dtype=np.int64)
 
 
