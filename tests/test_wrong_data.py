@@ -65,6 +65,15 @@ def _(d):
     return _preprocess(d, p), ("zeros.npz", "all zero")
 
 
+@case("evaluate-trajectory-all-zero")
+def _(d):
+    from tests.support.tiny import tiny_model_file
+
+    traj = _amber(d / "zeros.nc", np.zeros((300, 8, 3)))
+    return ["evaluate", tiny_model_file(d / "m.safetensors"), traj, "-o", d / "eval", "--protocol", "C",
+            "--timestep-fs", "0.5"], ("zeros.nc", "frame 0", "all zero")
+
+
 # ------------------------------------------------------------------------------------- impossible elements
 @case("netcdf-atomic-number-zero")
 def _(d):

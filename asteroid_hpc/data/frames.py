@@ -59,3 +59,15 @@ def iter_strided_chunks(reader, chunk_frames: int, start: int = 0, stop: int | N
             yield reader.read(block.start, block[-1] + 1).every(stride)
         else:
             yield concatenate_chunks([reader.read(i, i + 1) for i in block])
+
+
+COLLAPSED = "atoms 0 and 1 at the same point (coordinates all zero or never written?)"
+
+
+def first_collapsed_frame(coords: np.ndarray) -> int | None:
+    """Index of the first frame [F, N, 3] whose atoms 0 and 1 sit on one point (no molecule does: such
+    frames were never written, e.g. zeros), or None. One cheap pass over two atoms."""
+    if coords.shape[1] < 2 or not len(coords):
+        return None
+    collapsed = (coords[:, 0] == coords[:, 1]).all(axis=1)
+    return int(np.argmax(collapsed)) if collapsed.any() else None

@@ -39,6 +39,7 @@ def load_trajectory(path: str | os.PathLike, timestep_fs: float | None = None, *
     taken to be MD17's 0.5 fs (logged). Elements: see :func:`~asteroid_hpc.data.signature.input_topology_numbers`. With the ``signature``
     of ``model``, an input of other atoms or another frame spacing is refused (unless ``allow_mismatch``).
     """
+    from ..data.frames import COLLAPSED, first_collapsed_frame
     from ..data.readers import TrajectoryReader
     from ..data.signature import check_against_model, input_topology_numbers
 
@@ -57,5 +58,8 @@ def load_trajectory(path: str | os.PathLike, timestep_fs: float | None = None, *
             timestep_fs = round(file_timestep_ps * 1000.0, 3)  # float32 time axes carry rounding
     if len(positions) < 2:
         raise user_error(path, f"{len(positions)} frame(s): too short to evaluate")
+    collapsed = first_collapsed_frame(positions)
+    if collapsed is not None:
+        raise user_error(path, f"frame {collapsed}: {COLLAPSED}")
     check_against_model(signature, atomic_numbers, float(timestep_fs), path, model, allow_mismatch)
     return Trajectory(positions, atomic_numbers, float(timestep_fs), str(path))
