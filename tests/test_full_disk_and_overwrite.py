@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import subprocess
 
 import pytest
@@ -91,3 +92,25 @@ def test_overwrite_deletes_only_what_preprocess_wrote(tmp_path, capsys):
     listed = {out / s["file"] for s in manifest["shards"]}
     on_disk = {p for p in (out / "shards").glob("shard-*.nc")}
     assert on_disk == listed  # the first dataset's shards are gone, the new ones all there
+
+
+def test_a_really_full_filesystem_is_one_line_and_no_crash(tmp_path):
+    """A 200 kB tmpfs (needs root and mount; skipped otherwise): netCDF's own ENOSPC, not a monkeypatch.
+    Was a traceback and a segfault at exit (the dataset whose close failed was freed)."""
+    import shutil
+
+    from tests.support.cli import run_cli
+
+    full = tmp_path / "full"
+    full.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount") or \
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(full)],
+                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        traj = write_traj(tmp_path / "big.nc", random_walk(3000))  # 300 kB of shards: more than fits
+        proc = run_cli("preprocess", "--no-progress", traj, "-o", full / "ds", "data.frames_per_shard=500")
+        assert_user_error(proc, "ds", "no space left to write shards/shard-")
+        assert _left_behind(full) == []
+    finally:
+        subprocess.run(["umount", str(full)], check=False)
