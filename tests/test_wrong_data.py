@@ -58,6 +58,13 @@ def _(d):
     return _preprocess(d, _amber(d / "zeros.nc", np.zeros((300, 8, 3)))), ("zeros.nc", "all zero")
 
 
+@case("netcdf-coordinates-zero-after-frame-250")
+def _(d):
+    coords = random_walk(300)
+    coords[250:] = 0.0  # a run killed before it wrote these frames
+    return _preprocess(d, _amber(d / "cut-short.nc", coords)), ("cut-short.nc", "frame 250", "all zero", "never written")
+
+
 @case("npz-R-all-zero")
 def _(d):
     p = d / "zeros.npz"
@@ -276,3 +283,18 @@ def test_wrong_data_is_one_stderr_line_exit_2(name, tmp_path):
     inputs = set(tmp_path.rglob("manifest.json"))
     proc = run_cli(*argv, timeout=300, cwd=tmp_path)
     _check(proc, tmp_path, fragments, inputs)
+
+
+def test_a_trajectory_may_start_from_zeros_but_never_collapse_later():
+    from asteroid_hpc.data.frames import first_collapsed_frame
+
+    walk = random_walk(6)
+    zeros = np.zeros_like(walk)
+    linear = np.arange(6, dtype=np.float32)[:, None, None] * walk[:1]  # frame 0 all zero: synthetic, allowed
+    together = np.repeat(linear[:, :1], 8, axis=1)  # every atom on one point: synthetic, allowed
+    assert first_collapsed_frame(together) is None
+    assert first_collapsed_frame(walk) is None
+    assert first_collapsed_frame(linear) is None
+    assert first_collapsed_frame(zeros) == 0
+    assert first_collapsed_frame(np.concatenate([walk, zeros])) == 6
+    assert first_collapsed_frame(np.concatenate([zeros[:1], walk, zeros[:2]])) == 7

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import UserError, user_error
 from .frames import FrameChunk
-from .full_disk import never_free, no_space
+from .netcdf_faults import fill_value, never_free, no_space
 from .units import LENGTH_TO_ANGSTROM, TIME_TO_PS, check_even_spacing, unit_factor
 
 PARTIAL_SUFFIX = ".partial"
@@ -344,10 +344,12 @@ class AmberReader:
             raw = self._ds["coordinates"][start:stop]
         except (RuntimeError, OSError) as exc:  # e.g. a corrupt compressed chunk: "NetCDF: HDF error"
             raise user_error(self.path, f"cannot read frames {start}..{stop - 1}: corrupt data ({exc})") from None
-        if np.ma.is_masked(raw):
-            frame = start + int(np.argmax(np.ma.getmaskarray(raw).reshape(len(raw), -1).any(axis=1)))
-            raise user_error(self.path, f"coordinates of frame {frame} were never written (NetCDF fill values)")
         coords = np.asarray(raw)
+        first_atom = coords[:, :1, 0].ravel()
+        unwritten = np.ma.getmaskarray(raw)[:, :1, 0].ravel() | (first_atom == fill_value(coords.dtype))
+        if unwritten.any():
+            raise user_error(self.path, f"coordinates of frame {start + int(np.argmax(unwritten))} were never written "
+                                        "(NetCDF fill values)")
         if self._length_factor != 1.0:
             coords = coords * coords.dtype.type(self._length_factor)
         time_ps = np.asarray(self._ds["time"][start:stop], dtype=np.float64) * self._time_factor \

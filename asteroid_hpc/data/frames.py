@@ -61,13 +61,19 @@ def iter_strided_chunks(reader, chunk_frames: int, start: int = 0, stop: int | N
             yield concatenate_chunks([reader.read(i, i + 1) for i in block])
 
 
-COLLAPSED = "atoms 0 and 1 at the same point (coordinates all zero or never written?)"
+COLLAPSED = "coordinates all zero (never written?)"
 
 
 def first_collapsed_frame(coords: np.ndarray) -> int | None:
-    """Index of the first frame [F, N, 3] whose atoms 0 and 1 sit on one point (no molecule does: such
-    frames were never written, e.g. zeros), or None. One cheap pass over two atoms."""
-    if coords.shape[1] < 2 or not len(coords):
+    """The first frame of ``coords`` [F, N, 3] that was never written, or None: frame 0 when every frame is
+    all zero, else the first all-zero frame after a written one (a trajectory may start from zeros, as
+    synthetic ones do, but never returns to them). Atoms 0 and 1 first, so one cheap pass."""
+    if not coords.size:
         return None
-    collapsed = (coords[:, 0] == coords[:, 1]).all(axis=1)
-    return int(np.argmax(collapsed)) if collapsed.any() else None
+    candidates = np.flatnonzero((coords[:, :2] == 0).all(axis=(1, 2)))
+    zero = np.zeros(len(coords), dtype=bool)
+    zero[candidates] = (coords[candidates] == 0).all(axis=(1, 2))
+    if zero.all():
+        return 0
+    later = zero & (np.cumsum(~zero) > 0)
+    return int(np.argmax(later)) if later.any() else None

@@ -1,10 +1,12 @@
-"""A full disk while writing NetCDF: netCDF4 reports it as a RuntimeError, and a dataset whose close
-failed crashes the interpreter when it is freed (a segfault at exit)."""
+"""NetCDF's faults: frames never written hold the default fill value; a full disk is reported by netCDF4
+as a RuntimeError, and a dataset whose close failed crashes the interpreter when freed (segfault at exit)."""
 
 from __future__ import annotations
 
 import errno
 from pathlib import Path
+
+import numpy as np
 
 _NO_SPACE = {"No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT}
 
@@ -20,3 +22,10 @@ def never_free(obj) -> None:
     import ctypes
 
     ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+
+
+def fill_value(dtype: np.dtype):
+    """NetCDF's default fill value of ``dtype`` (what frames never written hold), or None."""
+    import netCDF4
+
+    return netCDF4.default_fillvals.get(dtype.str[1:])
