@@ -65,3 +65,19 @@ def test_an_untouched_dataset_passes_full_verification(dataset, capsys):
     proc = _evaluate(dataset, capsys, "--verify")
     assert proc.returncode == 0, proc.stderr
     assert (dataset.parent / "eval" / "results.md").is_file()
+
+
+def test_a_preprocess_rerun_with_verify_hashes_the_dataset_it_finds(dataset, capsys):
+    from asteroid_hpc.cli.main import main
+
+    _flip_a_byte(dataset / "shards" / "shard-00000.nc", keep_mtime=True)
+    argv = ["preprocess", "--no-progress", str(dataset.parent / "walk.nc"), "-o", str(dataset),
+            "data.frames_per_shard=100"]
+    for extra, code in (([], 0), (["--verify"], 2)):  # the fast path finds it complete; --verify does not
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            main([*argv, *extra])
+        captured = capsys.readouterr()
+        proc = subprocess.CompletedProcess(argv, exit_info.value.code, captured.out, captured.err)
+        assert proc.returncode == code, proc.stderr
+    assert_user_error(proc, "shard-00000.nc", "sha256")
