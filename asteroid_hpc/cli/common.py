@@ -46,3 +46,10 @@ def examples(*lines: str) -> str:
 def not_built(name: str, issue: int) -> None:
     click.echo(f"asteroid-hpc {name}: not built yet (tracked as issue {issue}); nothing was run.", err=True)
     raise SystemExit(3)
+
+
+def verify_shards() -> None:
+    """--verify: every dataset shard opened from now on is hashed against its manifest's sha256."""
+    import os
+
+    os.environ["ASTEROID_VERIFY_SHARDS"] = "1"  # data.manifest.VERIFY_ENV (not imported: the CLI stays light)

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from .common import examples, load_cli_config, model_argument
+from .common import examples, load_cli_config, model_argument, verify_shards
 
 # option name -> the evaluate.* config key it sets
 OPTION_KEYS = {"protocols": "protocols", "split": "split", "max_samples": "max_samples", "seed": "seed",
@@ -68,7 +68,9 @@ OPTION_KEYS = {"protocols": "protocols", "split": "split", "max_samples": "max_s
                    ".pdb/.cif, LAMMPS data); default: the one the model's dataset was preprocessed with.")
 @click.option("--allow-mismatch", is_flag=True,
               help="Go on when the trajectory's atoms or frame spacing differ from the model's training inputs.")
-def command(model, inputs, out_dir, config, topology, allow_mismatch, **options) -> None:
+@click.option("--verify", is_flag=True, help="Hash every shard of a dataset against the manifest's sha256 "
+              "(default: only shards newer than the manifest).")
+def command(model, inputs, out_dir, config, topology, allow_mismatch, verify, **options) -> None:
     """Evaluate MODEL (or "none": the baselines alone) on DATASETS: one or more trajectory files of one
     molecule (pooled, and each alone), or one preprocessed dataset directory.
 
@@ -85,6 +87,8 @@ def command(model, inputs, out_dir, config, topology, allow_mismatch, **options)
     from ..runtime.launch import detect_launch
     from ..evaluation import evaluate_to_directory
 
+    if verify:
+        verify_shards()
     datasets = [a for a in inputs if "=" not in a]
     overrides = [a for a in inputs if "=" in a]
     if not datasets:

@@ -7,6 +7,7 @@ starts MPI. A :class:`~asteroid_hpc.errors.UserError` anywhere becomes one line 
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -61,10 +62,15 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _fail(message: str, code: int) -> None:
+    from ..logs import release_console
     from ..runtime.launch import detect_launch
+
+    release_console(drop=code == 2)  # a user error is one line: no INFO line before it
 
     info = detect_launch()
     prefix = f"[rank {info.rank}/{info.world_size}] " if info.world_size > 1 else ""
+    # a file name that is not UTF-8 arrives as surrogate escapes: print its bytes as \xNN, never crash here
+    message = message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     click.echo(f"{prefix}asteroid-hpc: error: {message}", err=True)
     if info.world_size > 1 and "mpi4py.MPI" in sys.modules:
         from ..runtime.mpi import world
@@ -75,8 +81,10 @@ def _fail(message: str, code: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     from ..errors import UserError
+    from ..logs import HOLD_S, hold_console, release_console
 
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("ASTEROID_DEBUG") == "1"
+    hold_console(HOLD_S)  # a user error found early is then one line alone
     try:
         rv = cli.main(args=argv, prog_name="asteroid-hpc", standalone_mode=False)
     except UserError as exc:
@@ -96,6 +104,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or debug:
+            raise
+        _fail(f"{exc.filename or 'output'}: no space left on the device ({exc.strerror}); free some and re-run", 2)
     except Exception:
         if "mpi4py.MPI" in sys.modules:  # a bug on one rank must not leave the others hanging
             import traceback
@@ -105,4 +117,7 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
             world().abort(1)
         raise
+    finally:  # what a run logged in its first seconds (dropped already before a user error's line)
+        release_console()
+        hold_console(0.0)
     sys.exit(rv if isinstance(rv, int) else 0)

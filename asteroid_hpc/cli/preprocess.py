@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import examples, load_cli_config
+from .common import examples, load_cli_config, verify_shards
 
 
 @click.command("preprocess", epilog=examples(
@@ -29,7 +29,9 @@ from .common import examples, load_cli_config
                                                      "instead of failing. Same as data.drop_nonfinite=true.")
 @click.option("--overwrite", is_flag=True, help="Replace a different dataset already in the output directory.")
 @click.option("--no-progress", is_flag=True, help="No progress bar or progress log lines.")
-def command(inputs, outdir, config, topology, drop_nonfinite, overwrite, no_progress) -> None:
+@click.option("--verify", is_flag=True, help="When the output already holds this dataset, hash every shard "
+              "against the manifest's sha256 (default: only shards newer than the manifest).")
+def command(inputs, outdir, config, topology, drop_nonfinite, overwrite, no_progress, verify) -> None:
     """Shard trajectories (AMBER NetCDF .nc/.ncdf, MD17 .npz, extended .xyz, GROMACS .xtc/.trr, CHARMM/NAMD/OpenMM
     .dcd, LAMMPS dump, H5MD, AMBER ASCII .mdcrd; files or quoted globs) into a
     dataset directory: NetCDF shards of data.frames_per_shard frames, split chronologically (with a gap of
@@ -55,4 +57,6 @@ def command(inputs, outdir, config, topology, drop_nonfinite, overwrite, no_prog
     abort_on_uncaught_exception()
     from ..data.preprocess import run_preprocess
 
+    if verify:
+        verify_shards()
     run_preprocess(paths, outdir, cfg, overwrite=overwrite, topology=topology, progress=not no_progress)

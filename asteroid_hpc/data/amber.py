@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import UserError, user_error
 from .frames import FrameChunk
+from .netcdf_faults import fill_value, never_free, no_space
 from .units import LENGTH_TO_ANGSTROM, TIME_TO_PS, check_even_spacing, unit_factor
 
 PARTIAL_SUFFIX = ".partial"
@@ -205,24 +206,33 @@ class AmberWriter:
                 raise ValueError(f"this trajectory has {name}: pass {name}= to append()")
             if not present and value is not None:
                 raise ValueError(f"this trajectory was created without {name}")
-        for name, value in per_frame.items():
-            if value is not None:
-                shape = (n_new, 3) if name.startswith("cell") else (n_new, self.n_atoms, 3)
-                ds[name][start:stop] = np.broadcast_to(np.asarray(value), shape)
-        ds["time"][start:stop] = time_ps
-        ds.sync()
+        try:
+            for name, value in per_frame.items():
+                if value is not None:
+                    shape = (n_new, 3) if name.startswith("cell") else (n_new, self.n_atoms, 3)
+                    ds[name][start:stop] = np.broadcast_to(np.asarray(value), shape)
+            ds["time"][start:stop] = time_ps
+            ds.sync()
+        except RuntimeError as exc:
+            raise no_space(exc, self.partial) from None
 
     def close(self) -> Path:
         """Close the file and rename it to its final name. Returns the final path."""
-        if self._ds.isopen():
-            self._ds.close()
+        try:
+            if self._ds.isopen():
+                self._ds.close()
+        except RuntimeError as exc:
+            raise no_space(exc, self.partial) from None
         os.replace(self.partial, self.path)
         return self.path
 
     def discard(self) -> None:
         """Close and delete the partial file."""
-        if self._ds.isopen():
-            self._ds.close()
+        try:
+            if self._ds.isopen():
+                self._ds.close()
+        except RuntimeError:  # e.g. a full disk: the file goes anyway
+            never_free(self._ds)
         self.partial.unlink(missing_ok=True)
 
     def __enter__(self) -> "AmberWriter":
@@ -330,7 +340,16 @@ class AmberReader:
     def read(self, start: int, stop: int) -> FrameChunk:
         """Frames ``start:stop`` (clipped to the file)."""
         start, stop = max(0, start), min(stop, self.n_frames)
-        coords = np.asarray(self._ds["coordinates"][start:stop])
+        try:
+            raw = self._ds["coordinates"][start:stop]
+        except (RuntimeError, OSError) as exc:  # e.g. a corrupt compressed chunk: "NetCDF: HDF error"
+            raise user_error(self.path, f"cannot read frames {start}..{stop - 1}: corrupt data ({exc})") from None
+        coords = np.asarray(raw)
+        first_atom = coords[:, :1, 0].ravel()
+        unwritten = np.ma.getmaskarray(raw)[:, :1, 0].ravel() | (first_atom == fill_value(coords.dtype))
+        if unwritten.any():
+            raise user_error(self.path, f"coordinates of frame {start + int(np.argmax(unwritten))} were never written "
+                                        "(NetCDF fill values)")
         if self._length_factor != 1.0:
             coords = coords * coords.dtype.type(self._length_factor)
         time_ps = np.asarray(self._ds["time"][start:stop], dtype=np.float64) * self._time_factor \

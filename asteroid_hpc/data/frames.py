@@ -59,3 +59,21 @@ def iter_strided_chunks(reader, chunk_frames: int, start: int = 0, stop: int | N
             yield reader.read(block.start, block[-1] + 1).every(stride)
         else:
             yield concatenate_chunks([reader.read(i, i + 1) for i in block])
+
+
+COLLAPSED = "coordinates all zero (never written?)"
+
+
+def first_collapsed_frame(coords: np.ndarray) -> int | None:
+    """The first frame of ``coords`` [F, N, 3] that was never written, or None: frame 0 when every frame is
+    all zero, else the first all-zero frame after a written one (a trajectory may start from zeros, as
+    synthetic ones do, but never returns to them). Atoms 0 and 1 first, so one cheap pass."""
+    if not coords.size:
+        return None
+    candidates = np.flatnonzero((coords[:, :2] == 0).all(axis=(1, 2)))
+    zero = np.zeros(len(coords), dtype=bool)
+    zero[candidates] = (coords[candidates] == 0).all(axis=(1, 2))
+    if zero.all():
+        return 0
+    later = zero & (np.cumsum(~zero) > 0)
+    return int(np.argmax(later)) if later.any() else None

@@ -76,9 +76,32 @@ def read_manifest(dataset_dir: str | os.PathLike) -> dict:
         if "size_bytes" in shard and shard_path.stat().st_size != shard["size_bytes"]:
             raise user_error(shard_path, f"size {shard_path.stat().st_size} differs from the manifest's "
                                          f"{shard['size_bytes']}")
+        _check_digest(shard_path, shard.get("sha256"), path)
     if len(manifest["atomic_numbers"]) != manifest["n_atoms"]:
         raise UserError(f"{path}: {len(manifest['atomic_numbers'])} atomic numbers for {manifest['n_atoms']} atoms")
     return manifest
+
+
+VERIFY_ENV = "ASTEROID_VERIFY_SHARDS"  # "1": hash every shard on open (the commands' --verify)
+_verified: set[tuple[str, int, int]] = set()  # (shard, size, mtime_ns) hashed and found whole in this process
+
+
+def _check_digest(shard_path: Path, sha256: str | None, manifest_path: Path) -> None:
+    """Fast path: a shard no newer than the manifest (written last) is taken as written. A newer one, or
+    every one with ``ASTEROID_VERIFY_SHARDS=1`` (--verify), is hashed and must match the manifest's sha256."""
+    from ..checksum import file_digest
+
+    stat = shard_path.stat()
+    key = (str(shard_path), stat.st_size, stat.st_mtime_ns)
+    if sha256 is None or key in _verified:
+        return
+    if os.environ.get(VERIFY_ENV) != "1" and stat.st_mtime_ns <= manifest_path.stat().st_mtime_ns:
+        return
+    found = file_digest(shard_path)
+    if found != sha256:
+        raise user_error(shard_path, f"sha256 {found[:12]}... differs from the manifest's {sha256[:12]}... "
+                                     "(the shard changed after preprocess wrote it: re-run preprocess)")
+    _verified.add(key)
 
 
 @dataclass(frozen=True)
@@ -108,6 +131,30 @@ class WindowContract:
                 raise user_error(self.path, f"the dataset was preprocessed with {key}={recorded} but the config "
                                             f"asks for {key}={asked}; set {key}={recorded} or re-run preprocess "
                                             "with this config")
+
+
+def longest_run_frames(manifest: dict, split: str) -> int:
+    """The most consecutive (strided) frames of ``split`` in one source: no window can be longer."""
+    runs: dict[object, list[list[int]]] = {}
+    for shard in sorted((s for s in manifest["shards"] if s.get("split") == split),
+                        key=lambda s: (str(s["source"]), s["frame_start"])):
+        source_runs = runs.setdefault(str(shard["source"]), [])
+        if source_runs and source_runs[-1][1] == shard["frame_start"]:
+            source_runs[-1][1] = shard["frame_stop"]
+        else:
+            source_runs.append([shard["frame_start"], shard["frame_stop"]])
+    return max((b - a for source_runs in runs.values() for a, b in source_runs), default=0)
+
+
+def check_window_fits(manifest: dict, dataset_dir: str | os.PathLike, split: str, history_frames: int,
+                      horizon_frames: int) -> None:
+    """Refuse windows longer than the data before anything is allocated for them (one line)."""
+    longest = longest_run_frames(manifest, split)
+    if history_frames + horizon_frames > longest:
+        raise user_error(Path(dataset_dir) / MANIFEST, f"model.history_frames={history_frames} + "
+                                                       f"data.horizon_frames={horizon_frames} frames is longer "
+                                                       f"than the data: the longest {split} run holds {longest} "
+                                                       "frames")
 
 
 def window_contract(manifest: dict, dataset_dir: str | os.PathLike) -> WindowContract:

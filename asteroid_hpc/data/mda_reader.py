@@ -42,6 +42,20 @@ def mda_format(path: Path) -> tuple[str, bool] | None:
     return MDA_FORMATS.get(suffixes[-1]) if suffixes else None
 
 
+def _collect_quietly(exc: BaseException) -> None:
+    """Free a half-built MDAnalysis reader now: its ``__del__`` fails on a file it could not open, and
+    Python would print that ("Exception ignored in ...") after the error line."""
+    import gc
+    import sys
+
+    hook, sys.unraisablehook = sys.unraisablehook, lambda _: None
+    try:
+        exc.__traceback__ = None  # its frames hold the half-built reader: freed here
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+
+
 class MdaReader:
     """One trajectory file through the MDAnalysis reader of its format (see the module docstring)."""
 
@@ -69,8 +83,9 @@ class MdaReader:
                 self.n_frames = int(self._reader.n_frames)
                 self.n_atoms = int(self._reader.n_atoms)
         except Exception as exc:  # MDAnalysis raises assorted types on malformed files
-            raise user_error(self.path, f"not a readable {self.format} trajectory ({type(exc).__name__}: "
-                                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+            message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            _collect_quietly(exc)
+            raise user_error(self.path, f"not a readable {self.format} trajectory ({message})") from None
         if n_atoms is not None and n_atoms != self.n_atoms:
             raise user_error(self.path, f"{self.n_atoms} atoms, but the topology has {n_atoms}")
         self.has_time = carries_time and self.n_frames > 0

@@ -113,6 +113,15 @@ def topology_numbers(path: str) -> np.ndarray:
     return read_topology(path).atomic_numbers
 
 
+def check_elements(numbers: np.ndarray, where, lowest: int = 1) -> None:
+    """Refuse an atomic number outside ``lowest``-118, naming the first such atom (``lowest`` 0: a topology's
+    virtual sites, which :mod:`~asteroid_hpc.data.topology` numbers 0, "no element")."""
+    bad = np.flatnonzero((numbers < lowest) | (numbers > 118))
+    if len(bad):
+        raise user_error(where, f"atomic number {int(numbers[bad[0]])} of atom {int(bad[0])} is not an element "
+                                f"({lowest}-118){f' ({len(bad) - 1} more such atoms)' if len(bad) > 1 else ''}")
+
+
 def _raw_range(path: Path, n_frames: int, frames: list | None) -> tuple[int, int]:
     """[start, stop) of the input's raw frames to read (``data.frames``; None: all)."""
     if frames is None:
@@ -163,6 +172,7 @@ def inspect_sources(paths: list[Path], stride: int, topology: str | None,
     if numbers is None:
         raise user_error(paths[0], "no atomic numbers in the input: pass --topology FILE (.prmtop/.parm7, "
                                    ".tpr/.gro, .psf, .pdb/.cif, LAMMPS data, ...)")
+    check_elements(np.asarray(numbers), topology or paths[0], lowest=0 if topology else 1)
     return sources, np.asarray(numbers, dtype=np.int64)
 
 
@@ -185,13 +195,14 @@ def dataset_timestep_fs(sources: list[Source], stride: int, override_fs: float |
     return ref * 1000.0 * stride
 
 
-def chronological_ranges(n_frames: int, fractions: list[float], gap: int, where: str) -> dict[str, list[int]]:
+def chronological_ranges(n_frames: int, fractions: list[float], gap: int, where: str,
+                         gap_of: str = "history + horizon") -> dict[str, list[int]]:
     """Consecutive train/val/test ranges with ``gap`` unused frames between neighbouring non-empty splits."""
     used = [name for name, f in zip(SPLITS, fractions) if f > 0]
     usable = n_frames - gap * (len(used) - 1)
     if usable < len(used):
         raise user_error(where, f"{n_frames} frames are too few for a chronological split with {gap}-frame gaps "
-                                "(history + horizon) between splits")
+                                f"({gap_of}) between splits")
     total = sum(f for f in fractions if f > 0)
     sizes = {name: int(np.floor(usable * f / total)) for name, f in zip(SPLITS, fractions) if f > 0}
     sizes[used[-1]] += usable - sum(sizes.values())
@@ -245,7 +256,8 @@ def _chronological(sources: list[Source], data, history: int, horizon: int) -> S
              "history_frames": history, "horizon_frames": horizon, "ranges": {}}
     parts, training = [], {}
     for source in sources:
-        ranges = chronological_ranges(source.n_frames, data.split_fractions, gap, source.path)
+        ranges = chronological_ranges(source.n_frames, data.split_fractions, gap, source.path,
+                                      f"model.history_frames={history} + data.horizon_frames={horizon}")
         split["ranges"][str(source.index)] = ranges
         parts.extend((source, name, a, b) for name, (a, b) in ranges.items())
         if "train" in ranges:

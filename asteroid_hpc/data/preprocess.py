@@ -16,9 +16,10 @@ Memory stays bounded by one chunk of frames (``data.chunk_frames``, capped at 32
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import shutil
+import re
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,6 +40,7 @@ from .stats import RunningMoments
 log = get_logger(__name__)
 
 PLAN_FILE = ".preprocess-plan.json"
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk or quota: the user's to fix
 SHARD_DELAY_ENV = "ASTEROID_TEST_SHARD_DELAY_S"  # test hook: seconds to sleep after each shard
 
 
@@ -61,10 +63,23 @@ def _read_key(path: Path) -> str | None:
         return None
 
 
+# the files preprocess writes under shards/: shards, their sidecars, and their partial or temporary forms
+_SHARD_FILE = re.compile(r"shard-\d{5,}\.(nc|json)(\.partial|\.tmp-\d+)?")
+
+
 def remove_dataset(outdir: Path) -> None:
-    """Delete what preprocess wrote (manifest first, so the directory stops counting as data at once)."""
+    """Delete what preprocess wrote (manifest first, so the directory stops counting as data at once) and
+    nothing else: a file of the user's in the directory, even under shards/, stays."""
     (outdir / MANIFEST).unlink(missing_ok=True)
-    shutil.rmtree(outdir / "shards", ignore_errors=True)
+    shards = outdir / "shards"
+    if shards.is_dir() and not shards.is_symlink():
+        for path in shards.iterdir():
+            if _SHARD_FILE.fullmatch(path.name) and (path.is_file() or path.is_symlink()):
+                path.unlink(missing_ok=True)
+        try:
+            shards.rmdir()  # only if empty
+        except OSError:
+            pass
     (outdir / PLAN_FILE).unlink(missing_ok=True)
 
 
@@ -157,6 +172,10 @@ def _process_my_shards(plan: Plan, cfg, outdir: Path, rank: int, size: int, prog
             bar.update(done, f"shards on rank 0: {done}/{len(mine)}")
     except UserError as exc:
         error = (shard.index, str(exc))
+    except OSError as exc:  # a full disk: write_shard removed its partial file; the run is refused
+        if exc.errno not in NO_SPACE:
+            raise
+        error = (shard.index, str(user_error(outdir, f"no space left to write {shard.file} ({exc.strerror})")))
     finally:
         bar.close()
         for reader in readers.values():
@@ -261,7 +280,12 @@ def _write_manifest(plan: Plan, cfg, outdir: Path, gathered: list) -> tuple[str,
         ordered = [all_records[s.index] for s in plan.shards]
         _check_time_across_shards(plan, ordered)
         manifest = build_manifest(plan, cfg, ordered, all_hashes)
-        write_json_atomic(outdir / MANIFEST, manifest, sort_keys=False)
+        try:
+            write_json_atomic(outdir / MANIFEST, manifest, sort_keys=False)
+        except OSError as exc:
+            if exc.errno not in NO_SPACE:
+                raise
+            raise user_error(outdir / MANIFEST, f"no space left to write it ({exc.strerror})") from None
         return "ok", manifest
     except UserError as exc:
         cleanup_failed(outdir)

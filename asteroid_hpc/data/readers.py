@@ -160,6 +160,10 @@ class TrajectoryReader:
 
     def __init__(self, path: str | os.PathLike, *, n_atoms: int | None = None, check_time: bool = True) -> None:
         self.path = Path(path)
+        try:
+            str(self.path).encode("utf-8")
+        except UnicodeEncodeError:
+            raise user_error(self.path, "the file name is not UTF-8 (rename the file)") from None
         suffix = self.path.suffix.lower()
         if suffix in NETCDF_SUFFIXES:
             self._backend = AmberReader(self.path, check_time=check_time)

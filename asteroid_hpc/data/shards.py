@@ -17,6 +17,7 @@ from ..checksum import file_digest
 from ..errors import user_error
 from ..logs import get_logger
 from .amber import AmberWriter
+from .frames import COLLAPSED, first_collapsed_frame
 from .plan import Plan, Shard, Source
 from .readers import TrajectoryReader
 from .stats import RunningMoments, in_ranges
@@ -53,6 +54,9 @@ class _Frames:
                 raise user_error(self.path, f"non-finite coordinates (NaN or Inf) in frame {bad}; pass "
                                             "--drop-nonfinite to skip such frames")
             x, sums, index = x[finite], sums[finite], index[finite]
+        collapsed = first_collapsed_frame(x)
+        if collapsed is not None:
+            raise user_error(self.path, f"frame {self.raw_frame(int(index[collapsed]))}: {COLLAPSED}")
         if self.center and len(x):
             centroid = sums / np.float32(x.shape[1])
             for k in range(3):  # per component: a strided pass, faster than broadcasting over [F, n, 3]

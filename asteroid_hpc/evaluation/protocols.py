@@ -138,8 +138,11 @@ def _random_start_frames(traj: Trajectory, split: str, history_frames: int, a_st
     b_stride = to_file_frames(B_STRIDE_FRAMES, traj.frame_fs, "protocol B's stride")
     margin = to_file_frames(A_MARGIN_FRAMES, traj.frame_fs, "protocol A's margin")
     sizes = A_SIZES
-    plan = random_start_plan(len(traj.positions), before_frames=(history_frames - 1) * max(a_stride, b_stride),
-                             after_frames=delta_t, margin_frames=margin, sizes=sizes)
+    try:
+        plan = random_start_plan(len(traj.positions), before_frames=(history_frames - 1) * max(a_stride, b_stride),
+                                 after_frames=delta_t, margin_frames=margin, sizes=sizes)
+    except UserError as exc:  # name the file
+        raise UserError(f"{traj.source}: {exc}") from None
     if plan.scaled:
         notes.append(f"scaled down: {len(traj.positions)} frames are fewer than the peers' protocol needs; "
                      f"used {plan.describe()} instead of margin {margin} and {sizes[0]}/{sizes[1]}/{sizes[2]}")

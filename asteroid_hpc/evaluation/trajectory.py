@@ -40,6 +40,7 @@ def load_trajectory(path: str | os.PathLike, timestep_fs: float | None = None, *
     of ``model``, an input of other atoms or another frame spacing is refused (unless ``allow_mismatch``), and
     a whole input of a model trained on a selection of its atoms is cut to those atoms.
     """
+    from ..data.frames import COLLAPSED, first_collapsed_frame
     from ..data.readers import TrajectoryReader
     from ..data.signature import check_against_model, input_topology_numbers, model_atoms, selection_note
 
@@ -58,6 +59,9 @@ def load_trajectory(path: str | os.PathLike, timestep_fs: float | None = None, *
             timestep_fs = round(file_timestep_ps * 1000.0, 3)  # float32 time axes carry rounding
     if len(positions) < 2:
         raise user_error(path, f"{len(positions)} frame(s): too short to evaluate")
+    collapsed = first_collapsed_frame(positions)
+    if collapsed is not None:
+        raise user_error(path, f"frame {collapsed}: {COLLAPSED}")
     check_against_model(signature, atomic_numbers, float(timestep_fs), path, model, allow_mismatch)
     selected = model_atoms(signature, len(atomic_numbers))
     if selected is not None:

@@ -53,12 +53,14 @@ def _open_datasets(cfg: AsteroidConfig):
 
 def _check_windows(cfg: AsteroidConfig) -> None:
     """The windows are the dataset's (its manifest records them): a config asking for others is refused."""
-    from ..data.manifest import read_manifest, window_contract
+    from ..data.manifest import check_window_fits, read_manifest, window_contract
 
     if not cfg.data.dataset:
         raise UserError("data.dataset is not set: point it at a `asteroid-hpc preprocess` output directory")
-    contract = window_contract(read_manifest(cfg.data.dataset), cfg.data.dataset)
+    manifest = read_manifest(cfg.data.dataset)
+    contract = window_contract(manifest, cfg.data.dataset)
     contract.check(cfg.model.history_frames, cfg.data.horizon_frames, cfg.data.frame_stride, cfg.data.split)
+    check_window_fits(manifest, cfg.data.dataset, "train", cfg.model.history_frames, cfg.data.horizon_frames)
 
 
 def _reference_structure(cfg: AsteroidConfig) -> Optional[list[list[float]]]:

@@ -50,8 +50,8 @@ def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> str
     """Exit 2, one error line on stderr naming each fragment, no traceback."""
     assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if "error:" in line]
-    assert len(lines) == 1, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and "error:" in lines[0], proc.stderr  # no INFO line, no warning before it
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
