@@ -29,8 +29,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     mpiexec = [shutil.which("mpiexec") or "mpiexec", "-n", str(args.ranks)]
     cli = [sys.executable, "-m", "asteroid_hpc"]
-    dataset, run_dir, model, evaluation, ensemble = (out / "dataset", out / "run", out / "model",
-                                                     out / "evaluation", out / "ensemble")
+    dataset, run_dir, model, evaluation, physics, ensemble = (out / "dataset", out / "run", out / "model",
+                                                              out / "evaluation", out / "physics", out / "ensemble")
     steps = [
         ("preprocess on 2 MPI ranks", [*mpiexec, *cli, "preprocess", DATA, "-o", dataset, "--config", CONFIG,
                                        "--overwrite"], dataset),
@@ -38,6 +38,8 @@ def main() -> int:
                                     "--resume", "never"], run_dir),
         ("export the best validated weights", [*cli, "export", run_dir, model, "--best"], model),
         ("evaluate against the baselines", [*cli, "evaluate", model, dataset, "-o", evaluation], evaluation),
+        ("long-rollout physics (protocol L: 8 rollouts of 10 ps against the MD)",
+         [*cli, "evaluate", model, DATA, "-o", physics, "--protocol", "L"], physics),
         ("4-member ensemble forecast on 2 MPI ranks",
          [*mpiexec, *cli, "ensemble-forecast", model, DATA, "-o", ensemble, "--config", CONFIG,
           "ensemble.members=4"], ensemble),

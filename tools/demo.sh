@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: set up (or reuse) the environment, then run the main job on the embedded aspirin data
 # (GFN2-xTB trajectory shipped in asteroid_hpc/resources/): preprocess on 2 MPI ranks, train a small
-# ASTEROID, evaluate it against the baselines, and forecast a 4-member ensemble on 2 ranks.
+# ASTEROID, evaluate it against the baselines and by its long-rollout physics (protocol L), and forecast a
+# 4-member ensemble on 2 ranks.
 #   bash tools/demo.sh                 # outputs under ./demo-output
 #   DEMO_OUT=/scratch/demo bash tools/demo.sh
 set -euo pipefail
