@@ -8,29 +8,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.support.ensemble import ensemble_model_file, lj_like_box, molecule_trajectory
+from tests.support.ensemble import files, member_frames  # noqa: F401 (files: a fixture)
 from tests.support.cli import assert_user_error, cli_env, run_cli
 
 SINGLE_THREAD = cli_env(OMP_NUM_THREADS="1")
 
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("ensemble")
-    return {"model": ensemble_model_file(root / "tiny.safetensors"),
-            "molecule": molecule_trajectory(root / "molecule.nc", n_frames=40),
-            "box": lj_like_box(root / "box.nc", n_atoms=400)}
-
-
-def member_frames(outdir: Path, member: int) -> np.ndarray:
-    from asteroid_hpc.data.amber import read_frames
-
-    return read_frames(outdir / "members" / f"member_{member:05d}.nc").coordinates
 
 
 # ----------------------------------------------------------------------------------------- logic

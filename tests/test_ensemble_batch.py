@@ -14,23 +14,10 @@ import numpy as np
 import pytest
 
 from tests.support.cli import REPO, cli_env, run_cli
-from tests.support.ensemble import ensemble_model_file, lj_like_box, molecule_trajectory
+from tests.support.ensemble import files, member_frames  # noqa: F401 (files: a fixture)
 
 SINGLE_THREAD = cli_env(OMP_NUM_THREADS="1")
 
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("ensemble-batch")
-    return {"model": ensemble_model_file(root / "tiny.safetensors"),
-            "molecule": molecule_trajectory(root / "molecule.nc", n_frames=40),
-            "box": lj_like_box(root / "box.nc", n_atoms=400)}
-
-
-def member_frames(outdir: Path, member: int) -> np.ndarray:
-    from asteroid_hpc.data.amber import read_frames
-
-    return read_frames(outdir / "members" / f"member_{member:05d}.nc").coordinates
 
 
 def forecast(files, outdir, *overrides, initial="molecule"):

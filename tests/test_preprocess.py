@@ -16,21 +16,11 @@ import numpy as np
 import pytest
 
 from tests.support.cli import cli_env, run_cli
-from tests.support.data import ATOMIC_NUMBERS, centered, dataset_fingerprint, random_walk, write_traj
+from tests.support.data import ATOMIC_NUMBERS, centered, dataset_fingerprint, preprocess, random_walk, write_traj
 
-from asteroid_hpc.cli.main import main
 from asteroid_hpc.data.amber import AmberReader
 from asteroid_hpc.data.manifest import read_manifest
 from asteroid_hpc.data.preprocess import SHARD_DELAY_ENV
-
-
-def preprocess(*args, expect: int = 0, capsys=None) -> str:
-    """Run the command in this process (faster than a subprocess); return stderr."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(["preprocess", "--no-progress", *map(str, args)])
-    err = capsys.readouterr().err if capsys is not None else ""
-    assert exit_info.value.code == expect, err
-    return err
 
 
 @pytest.fixture

@@ -9,9 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from tests.support.data import centered, random_walk, write_traj
+from tests.support.data import centered, preprocess, random_walk, write_traj
 
-from asteroid_hpc.cli.main import main
 from asteroid_hpc.data.amber import AmberReader
 from asteroid_hpc.data.manifest import read_manifest
 from asteroid_hpc.data.reference import training_mean_structure
@@ -19,14 +18,6 @@ from asteroid_hpc.errors import UserError
 
 WINDOW = ("model.history_frames=4", "data.horizon_frames=3")  # 7-frame windows
 FAR = 1000.0  # Å: where the held-out frames are moved
-
-
-def preprocess(*args, expect: int = 0, capsys=None) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["preprocess", "--no-progress", *map(str, args)])
-    err = capsys.readouterr().err if capsys is not None else ""
-    assert exit_info.value.code == expect, err
-    return err
 
 
 def _far(x: np.ndarray) -> np.ndarray:

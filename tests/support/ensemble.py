@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.support.tiny import tiny_model_file
 
@@ -46,3 +47,19 @@ def lj_like_box(path: Path, n_atoms: int = 400, n_frames: int = 6, seed: int = 0
     base = (grid + 0.5) * (edge / per_side) + rng.normal(scale=0.2, size=(n_atoms, 3))
     frames = base + np.cumsum(rng.normal(scale=0.03, size=(n_frames, n_atoms, 3)), axis=0)
     return write_trajectory(path, frames, np.full(n_atoms, 18))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """The ensemble tests' model, a 40-frame molecule and a 400-atom box (one set per test module)."""
+    root = tmp_path_factory.mktemp("ensemble")
+    return {"model": ensemble_model_file(root / "tiny.safetensors"),
+            "molecule": molecule_trajectory(root / "molecule.nc", n_frames=40),
+            "box": lj_like_box(root / "box.nc", n_atoms=400)}
+
+
+def member_frames(outdir: Path, member: int) -> np.ndarray:
+    """The coordinates a finished ensemble member's file holds."""
+    from asteroid_hpc.data.amber import read_frames
+
+    return read_frames(outdir / "members" / f"member_{member:05d}.nc").coordinates
