@@ -120,6 +120,21 @@ def test_verlet_lists_equal_rebuilt_lists_while_atoms_move():
     assert 1 < verlet.rebuilds < 12  # reused between builds, rebuilt as the atoms drifted
 
 
+def test_a_member_with_nan_positions_forces_a_rebuild():
+    """NaN > skin/2 is false: a member that came apart must not freeze its batch's neighbour lists."""
+    import torch
+
+    from asteroid_hpc.model.neighbors import VerletNeighbors
+
+    positions = torch.from_numpy(np.random.default_rng(1).uniform(0, 10, size=(2, 50, 3)))
+    verlet = VerletNeighbors(4.0, 12, skin_angstrom=1.0)
+    verlet.graph(positions)
+    assert not verlet._needs_build(positions)
+    broken = positions.clone()
+    broken[1, 0] = float("nan")
+    assert verlet._needs_build(broken)
+
+
 def test_rollout_with_a_skin_equals_rebuilding_every_pass(files):
     """A 400-atom box over 8 passes: Verlet lists give the trajectory of lists rebuilt every pass."""
     from asteroid_hpc.data.amber import AmberReader, read_frames

@@ -92,6 +92,13 @@ def _is_guessed(universe, name: str) -> bool:
     return attr is None or bool(np.all(getattr(attr, "is_guessed", False)))  # bonds: one flag per bond
 
 
+def _repartitioned(masses) -> bool:
+    """Hydrogen mass repartitioning (H at 1.5-3.9 u, its heavy atom lighter by as much): masses then name
+    wrong elements (N-H as C, O-H as N), so they are not used to guess any."""
+    masses = np.asarray(masses, dtype=np.float64)
+    return bool(((masses > 1.5) & (masses < 3.9)).any())  # below helium (4.003 u)
+
+
 def elements_of(universe, where: str | os.PathLike) -> tuple[np.ndarray, str]:
     """(atomic numbers [N], source) of an MDAnalysis Universe's atoms (see the module docstring)."""
     atoms = universe.atoms
@@ -104,7 +111,8 @@ def elements_of(universe, where: str | os.PathLike) -> tuple[np.ndarray, str]:
         if (from_file > 0).any():
             sources.add("file")
     todo = numbers < 0
-    if todo.any() and not _is_guessed(universe, "masses"):
+    masses_usable = not _is_guessed(universe, "masses") and not _repartitioned(atoms.masses)
+    if todo.any() and masses_usable:
         z_table, weights = _standard_masses()
         masses = np.asarray(atoms.masses, dtype=np.float64)
         nearest = np.abs(masses[:, None] - weights[None, :]).argmin(axis=1)

@@ -194,6 +194,11 @@ def _initial_condition(path, ens: EnsembleConfig, history_frames: int, frame_str
     from ..data.signature import check_against_model, input_topology_numbers, model_atoms, selection_note
 
     signature = getattr(model, "data_signature", None)
+    trained_stride = (signature or {}).get("frame_stride")
+    if trained_stride and trained_stride != frame_stride:  # the windows the model was trained on, not the config's
+        log.info("%s: starting windows every %d input frames, the model's training stride (data.frame_stride=%d "
+                 "not used)", path, trained_stride, frame_stride)
+        frame_stride = int(trained_stride)
     initial = inspect_initial(path, ens, history_frames, frame_stride,
                               input_topology_numbers(Path(path), topology, signature))
     input_fs = None if initial.timestep_ps is None else initial.timestep_ps * 1000.0 / frame_stride

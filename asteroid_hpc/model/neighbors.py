@@ -98,4 +98,4 @@ class VerletNeighbors:
         if self._built_at is None or self._built_at.shape != positions.shape:
             return True
         moved = torch.linalg.vector_norm((positions.detach() - self._built_at).double(), dim=-1)
-        return bool(moved.max() > self.skin / 2)
+        return not bool(moved.max() <= self.skin / 2)  # a NaN (a member that came apart) rebuilds too
