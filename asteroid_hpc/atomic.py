@@ -35,3 +35,15 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int = 1, sort_keys: bool = True) -> Path:
     """:func:`write_text_atomic` of ``obj`` as JSON (plain data only, never pickle)."""
     return write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=sort_keys) + "\n")
+
+
+def write_figure_atomic(fig, path: str | os.PathLike, *, dpi: int) -> Path:
+    """Save a matplotlib figure as PNG through :func:`atomic_output`, then close it (also on failure)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    return Path(path)

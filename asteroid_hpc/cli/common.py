@@ -24,6 +24,19 @@ def model_argument(**kwargs):
     return decorate
 
 
+def input_check_options(inputs: str):
+    """``--topology`` and ``--allow-mismatch`` of the commands that feed a trajectory (``inputs``) to a model."""
+    def decorate(function):
+        function = click.option(
+            "--allow-mismatch", is_flag=True,
+            help=f"Go on when the atoms or frame spacing of {inputs} differ from the model's training inputs.")(function)
+        return click.option(
+            "--topology", type=click.Path(dir_okay=False), default=None,
+            help=f"Topology giving the elements of {inputs} without them (.prmtop/.parm7, .tpr/.gro, .psf, "
+                 ".pdb/.cif, LAMMPS data); default: the one the model's dataset was preprocessed with.")(function)
+    return decorate
+
+
 def split_config_and_overrides(config: str | None, overrides: tuple[str, ...]) -> tuple[str | None, list[str]]:
     """Let the config path be omitted: ``config show train.lr=1`` treats the first word as an override."""
     if config is not None and "=" in config:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import examples, load_cli_config, model_argument
+from .common import examples, input_check_options, load_cli_config, model_argument
 
 
 @click.command("ensemble-forecast", epilog=examples(
@@ -31,11 +31,7 @@ from .common import examples, load_cli_config, model_argument
 @click.option("--grid", default=None, metavar="GROUPSxDOMAINS",
               help="Process grid, e.g. 2x2: member groups x ranks per member (sets ensemble.domains; the product "
                    "must be the number of ranks).")
-@click.option("--topology", type=click.Path(dir_okay=False), default=None,
-              help="Topology giving the elements of an INITIAL without them (.prmtop/.parm7, .tpr/.gro, .psf, "
-                   ".pdb/.cif, LAMMPS data); default: the one the model's dataset was preprocessed with.")
-@click.option("--allow-mismatch", is_flag=True,
-              help="Go on when INITIAL's atoms or frame spacing differ from the model's training inputs.")
+@input_check_options("INITIAL")
 def command(model, initial, overrides, outdir, config, reference, reference_start, grid, topology,
             allow_mismatch) -> None:
     """Roll out an ensemble of perturbed ASTEROID forecasts from the end of INITIAL (a trajectory in any format

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from .common import examples, load_cli_config, model_argument, verify_shards
+from .common import examples, input_check_options, load_cli_config, model_argument, verify_shards
 
 # option name -> the evaluate.* config key it sets
 OPTION_KEYS = {"protocols": "protocols", "split": "split", "max_samples": "max_samples", "seed": "seed",
@@ -63,11 +63,7 @@ OPTION_KEYS = {"protocols": "protocols", "split": "split", "max_samples": "max_s
                                                       "[evaluate.long_rollout_stride_fs].")
 @click.option("--energy-samples", type=int, help="Protocol L: frames per rollout given a GFN2-xTB energy "
                                                  "(molecules of the xTB table; 0: none) [evaluate.energy_samples].")
-@click.option("--topology", type=click.Path(dir_okay=False), default=None,
-              help="Topology giving the elements of trajectories without them (.prmtop/.parm7, .tpr/.gro, .psf, "
-                   ".pdb/.cif, LAMMPS data); default: the one the model's dataset was preprocessed with.")
-@click.option("--allow-mismatch", is_flag=True,
-              help="Go on when the trajectory's atoms or frame spacing differ from the model's training inputs.")
+@input_check_options("the trajectories")
 @click.option("--verify", is_flag=True, help="Hash every shard of a dataset against the manifest's sha256 "
               "(default: only shards newer than the manifest).")
 def command(model, inputs, out_dir, config, topology, allow_mismatch, verify, **options) -> None:

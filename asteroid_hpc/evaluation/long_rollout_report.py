@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_output
+from ..atomic import write_figure_atomic
 from .long_rollout import OBSERVABLES, LongRolloutResult
 
 LONG_ROLLOUT_PNG = "long_rollout.png"
@@ -166,11 +166,7 @@ def plot_long_rollout(result: LongRolloutResult, path: Path) -> None:
     fig.suptitle(f"protocol L: {result.n_rollouts} rollouts of {result.rollout_frames * result.frame_fs / 1000:g} ps",
                  fontsize=10)
     fig.tight_layout()
-    try:
-        with atomic_output(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110)
-    finally:
-        plt.close(fig)
+    write_figure_atomic(fig, path, dpi=110)
 
 
 def _plot_bond_violins(ax, result: LongRolloutResult) -> None:

@@ -10,7 +10,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from ..atomic import atomic_output, write_json_atomic, write_text_atomic
+from ..atomic import write_figure_atomic, write_json_atomic, write_text_atomic
 from .run import MODEL_LABEL, ProtocolResult
 
 RESULTS_MD = "results.md"
@@ -161,11 +161,7 @@ def plot_error_vs_lead_time(results: list[ProtocolResult], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    try:
-        with atomic_output(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)
-    finally:
-        plt.close(fig)
+    write_figure_atomic(fig, path, dpi=120)
 
 
 def write_outputs(results: list[ProtocolResult], out_dir: str | os.PathLike, header: dict,
