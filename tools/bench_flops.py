@@ -1,0 +1,121 @@
+#!/usr/bin/env python
+"""Achieved FLOP/s of ASTEROID's forward pass beside this machine's own fp32 matmul FLOP/s, in one run.
+
+Cases (one process each, one thread unless ``--threads``):
+
+- ``aspirin64``: the model RESULTS reports for aspirin (``configs/results/aspirin-a.yaml``: heavy atoms,
+  13 of them, full attention, reference structure) on 64 members in one batch — the batched ensemble pass;
+- ``1e4`` / ``1e5``: the large-system model of the scaling benchmark (local-global attention, 5 Å cutoff)
+  on 10^4 / 10^5 atoms at liquid density.
+
+The model's FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one inference pass (matrix
+products and attention; element-wise work, gathers and the neighbour search are not counted, as in the usual
+"model FLOPs utilisation"); its CPU time is the median of ``--repeats`` passes under ``torch.inference_mode``.
+The reference is ``torch.mm`` of two 1024×1024 fp32 matrices in the same process (2·1024³ FLOPs per call).
+Reported: achieved FLOP/s, peak FLOP/s and their ratio (the fraction of peak).
+
+    python tools/bench_flops.py --out bench_flops.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from bench_harness import REPO, add_out_argument, time_call, write_report
+
+CASES = ("aspirin64", "1e4", "1e5")
+
+
+def matmul_flops_per_s(repeats: int) -> float:
+    import torch
+
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    torch.mm(a, b)
+    cpu = statistics.median(time_call(lambda: torch.mm(a, b))[1] for _ in range(max(repeats, 5)))
+    return 2 * 1024 ** 3 / cpu
+
+
+def _aspirin_case(members: int):
+    import torch
+
+    from asteroid_hpc.config.load import load_config
+    from asteroid_hpc.model import build_model
+    from asteroid_hpc.model.summary import probe_system
+
+    cfg = load_config(REPO / "configs/results/aspirin-a.yaml").model
+    n_atoms = 13
+    history, elements = probe_system(n_atoms, cfg.history_frames, density_per_A3=0.1)
+    reference = history[0, -1].double()
+    model = build_model(cfg, reference_coordinates=reference).eval()
+    return model, history.expand(members, -1, -1, -1).contiguous(), elements, cfg.delay_length - 1
+
+
+def _large_case(n_atoms: int):
+    from asteroid_hpc.config.schema import ModelConfig
+    from asteroid_hpc.model import build_model
+    from asteroid_hpc.model.summary import probe_system
+
+    cfg = ModelConfig(history_frames=4, delay_length=3, hidden_size=16, num_heads=2, encoder_layers=1,
+                      decoder_layers=1, attention="local_global", cutoff_angstrom=5.0, max_neighbors=16,
+                      num_global_tokens=4, num_rbf=8, symmetry="equivariant")
+    model = build_model(cfg).eval()
+    history, elements = probe_system(n_atoms, cfg.history_frames)
+    return model, history, elements, cfg.delay_length - 1
+
+
+def measure(case: str, repeats: int) -> dict:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    model, history, elements, steps = (_aspirin_case(64) if case == "aspirin64"
+                                       else _large_case(int(float(case))))
+    with FlopCounterMode(display=False) as counter:
+        model(history, elements, steps)
+    flops = counter.get_total_flops()
+    with torch.inference_mode():
+        model(history, elements, steps)  # warm-up
+        cpu = statistics.median(time_call(lambda: model(history, elements, steps))[1] for _ in range(repeats))
+    peak = matmul_flops_per_s(repeats)
+    return {"case": case, "batch": int(history.shape[0]), "n_atoms": int(history.shape[2]),
+            "forecast_frames": steps, "model_flops": flops, "forward_cpu_s": cpu,
+            "achieved_gflops": flops / cpu / 1e9, "matmul_peak_gflops": peak / 1e9,
+            "fraction_of_peak": flops / cpu / peak}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per case")
+    parser.add_argument("--repeats", type=int, default=3)
+    add_out_argument(parser)
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        print(json.dumps(measure(args.child, args.repeats)))
+        return
+    results = []
+    for case in args.cases:
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", case,
+                               "--threads", str(args.threads), "--repeats", str(args.repeats)],
+                              capture_output=True, text=True, env=env, check=True)
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
+        results.append(row)
+        print(f"{case:>9}: {row['achieved_gflops']:6.2f} GFLOP/s of {row['matmul_peak_gflops']:6.1f} (matmul) = "
+              f"{100 * row['fraction_of_peak']:5.1f} %  ({row['model_flops'] / 1e9:.2f} GFLOP in "
+              f"{row['forward_cpu_s']:.3f} s CPU)", flush=True)
+    write_report({"settings": {"threads": args.threads, "repeats": args.repeats}, "results": results}, args.out)
+
+
+if __name__ == "__main__":
+    main()
