@@ -42,8 +42,6 @@ def matmul_flops_per_s(repeats: int) -> float:
 
 
 def _aspirin_case(members: int):
-    import torch
-
     from asteroid_hpc.config.load import load_config
     from asteroid_hpc.model import build_model
     from asteroid_hpc.model.summary import probe_system
