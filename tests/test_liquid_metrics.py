@@ -106,3 +106,31 @@ def test_bad_inputs():
         liquid.radial_distribution(np.zeros((1, 2, 3)), [10, 10, 10, 90, 90, 90], [0, 1], r_max=6.0)
     with pytest.raises(ValueError, match="cell must be"):
         liquid.periodic_pair_lengths(np.zeros((2, 2, 3)), np.array([[0, 1]]), np.zeros((3, 6)))
+
+
+def _two_waters_and_an_ion():
+    z = np.array([8, 1, 1, 8, 1, 1, 11])
+    bonds = np.array([[0, 1], [0, 2], [4, 3], [3, 5]])
+    return z, bonds
+
+
+def test_waters_molecules_and_exclusions_from_the_bonds():
+    z, bonds = _two_waters_and_an_ion()
+    np.testing.assert_array_equal(liquid.molecule_labels(bonds, len(z)), [0, 0, 0, 1, 1, 1, 2])
+    waters = liquid.water_molecules(bonds, z)
+    assert waters.tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert liquid.excluded_pairs(bonds) == {(0, 1), (0, 2), (1, 2), (3, 4), (3, 5), (4, 5)}
+    methanol_like = np.array([6, 8, 1]), np.array([[0, 1], [1, 2]])  # an O with one H is not water
+    assert liquid.water_molecules(methanol_like[1], methanol_like[0]).shape == (0, 3)
+
+
+def test_periodic_clashes_skip_bonded_and_angle_pairs_and_see_across_faces():
+    z, bonds = _two_waters_and_an_ion()
+    cell = [12.0, 12.0, 12.0, 90.0, 90.0, 90.0]
+    water = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]])
+    frame = np.concatenate([water + [6.0, 6.0, 6.0], water + [2.0, 6.0, 6.0], [[9.0, 9.0, 9.0]]])
+    far = frame.copy()
+    near = frame.copy()
+    near[6] = [2.0 - 0.6 + 12.0, 6.0, 6.0]  # the ion 0.6 Å from the second water's O, one box length away
+    counts = liquid.periodic_clash_counts(np.stack([far, near]), cell, liquid.excluded_pairs(bonds), 0.8)
+    assert counts.tolist() == [0, 1]  # O–H (0.96 Å) and H–H (1.5 Å) are bonded/angle pairs; the ion clashes

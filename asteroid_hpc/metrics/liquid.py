@@ -139,3 +139,61 @@ def diffusion_coefficient(msd: np.ndarray, frame_fs: float, fit_from: float = 0.
         raise ValueError("too few lags to fit a diffusion coefficient")
     slope = np.polyfit(lags[pick] * frame_fs * 1e-3, msd[pick], 1)[0]
     return float(slope / 6.0)
+
+
+def molecule_labels(bonds: np.ndarray, n_atoms: int) -> np.ndarray:
+    """The molecule (connected component of the bond graph) of every atom [N]; numbered from 0."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    bonds = np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(bonds)), (bonds[:, 0], bonds[:, 1])), shape=(n_atoms, n_atoms))
+    return connected_components(graph, directed=False)[1]
+
+
+def water_molecules(bonds: np.ndarray, atomic_numbers) -> np.ndarray:
+    """[W, 3] atom indices (O, H, H) of every water: a molecule of exactly one O and two H, both bonded to it."""
+    z = np.asarray(atomic_numbers)
+    bonds = np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
+    labels = molecule_labels(bonds, len(z))
+    sizes = np.bincount(labels)
+    oxygens = np.flatnonzero((z == 8) & (sizes[labels] == 3))
+    partners = {int(o): [] for o in oxygens}
+    for i, j in bonds:
+        if int(i) in partners and z[j] == 1:
+            partners[int(i)].append(int(j))
+        elif int(j) in partners and z[i] == 1:
+            partners[int(j)].append(int(i))
+    rows = [[o, *hs] for o, hs in partners.items() if len(hs) == 2]
+    return np.array(rows, dtype=np.int64).reshape(-1, 3)
+
+
+def excluded_pairs(bonds: np.ndarray) -> set[tuple[int, int]]:
+    """Atom pairs (i < j) one or two bonds apart: they sit close by construction and are never a clash."""
+    bonds = np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
+    neighbours: dict[int, set[int]] = {}
+    for i, j in bonds:
+        neighbours.setdefault(int(i), set()).add(int(j))
+        neighbours.setdefault(int(j), set()).add(int(i))
+    pairs = {(min(i, j), max(i, j)) for i, j in bonds.tolist()}
+    for centre in neighbours.values():
+        ends = sorted(centre)
+        pairs |= {(a, b) for k, a in enumerate(ends) for b in ends[k + 1:]}
+    return pairs
+
+
+def periodic_clash_counts(frames, cell, excluded: set[tuple[int, int]], clash_angstrom: float) -> np.ndarray:
+    """Per frame [F]: pairs closer than ``clash_angstrom`` (minimum image) that are not ``excluded``."""
+    from MDAnalysis.lib.distances import self_capped_distance
+
+    x = np.asarray(frames, dtype=np.float64)
+    cells = _cells(cell, len(x))
+    counts = np.zeros(len(x), dtype=np.int64)
+    for f, (frame, box) in enumerate(zip(x, cells)):
+        if not np.isfinite(frame).all():
+            counts[f] = -1
+            continue
+        close, _ = self_capped_distance(frame, clash_angstrom, box=box.astype(np.float32))
+        close = np.sort(close, axis=1)
+        counts[f] = sum((int(i), int(j)) not in excluded for i, j in close)
+    return counts
