@@ -92,13 +92,16 @@ def test_first_peak_is_the_first_shell_not_the_global_maximum():
 def test_diffusion_of_a_random_walk():
     rng = np.random.default_rng(2)
     sigma, frame_fs = 0.05, 10.0  # Å per coordinate per frame
-    steps = rng.normal(0.0, sigma, (4000, 500, 3))
-    walk = np.cumsum(steps, axis=0)
-    msd = liquid.mean_squared_displacement(walk, max_lag=200)
+    walk = np.cumsum(rng.normal(0.0, sigma, (4000, 500, 3)), axis=0)
+    lags = liquid.msd_lags(201, count=50)
+    assert lags[0] == 1 and lags[-1] == 200
+    msd = liquid.mean_squared_displacement(walk, lags)
     expected = sigma ** 2 / (2 * frame_fs * 1e-3)  # D = 3σ² / (6 Δt)
-    assert liquid.diffusion_coefficient(msd, frame_fs) == pytest.approx(expected, rel=0.05)
+    assert liquid.diffusion_coefficient(lags * frame_fs * 1e-3, msd) == pytest.approx(expected, rel=0.05)
     drifted = walk + np.arange(4000)[:, None, None] * np.array([0.1, 0.0, 0.0])  # a whole-system drift
-    np.testing.assert_allclose(liquid.mean_squared_displacement(drifted, max_lag=200), msd, rtol=1e-9)
+    np.testing.assert_allclose(liquid.mean_squared_displacement(drifted, lags), msd, rtol=1e-9)
+    with pytest.raises(ValueError, match="lags must lie"):
+        liquid.mean_squared_displacement(walk[:10], [10])
 
 
 def test_bad_inputs():
@@ -133,4 +136,6 @@ def test_periodic_clashes_skip_bonded_and_angle_pairs_and_see_across_faces():
     near = frame.copy()
     near[6] = [2.0 - 0.6 + 12.0, 6.0, 6.0]  # the ion 0.6 Å from the second water's O, one box length away
     counts = liquid.periodic_clash_counts(np.stack([far, near]), cell, liquid.excluded_pairs(bonds), 0.8)
-    assert counts.tolist() == [0, 1]  # O–H (0.96 Å) and H–H (1.5 Å) are bonded/angle pairs; the ion clashes
+    assert counts.tolist() == [0.0, 1.0]  # O–H (0.96 Å) and H–H (1.5 Å) are bonded/angle pairs; the ion clashes
+    broken = liquid.periodic_clash_counts(np.full((1, 7, 3), np.nan), cell, set(), 0.8)
+    assert np.isnan(broken).all()

@@ -116,29 +116,32 @@ def periodic_pair_lengths(frames, pairs: np.ndarray, cell) -> np.ndarray:
                      for frame, box in zip(x, cells)]) if len(pairs) else np.zeros((len(x), 0))
 
 
-def mean_squared_displacement(unwrapped, max_lag: int, atoms=None) -> np.ndarray:
-    """MSD (Å²) at lags 0 … ``max_lag`` frames of ``unwrapped`` [F, N, 3] coordinates, averaged over every time
+def mean_squared_displacement(unwrapped, lags, atoms=None) -> np.ndarray:
+    """MSD (Å²) at each of ``lags`` (frames, ≥ 1) of ``unwrapped`` [F, N, 3] coordinates, averaged over every time
     origin and over ``atoms`` (default all), after removing the centre-of-mass (mean position) drift of the
     whole system."""
     x = np.asarray(unwrapped, dtype=np.float64)
     x = x - x.mean(axis=1, keepdims=True)
     x = x if atoms is None else x[:, np.asarray(atoms)]
-    max_lag = min(max_lag, len(x) - 1)
-    msd = np.zeros(max_lag + 1)
-    for lag in range(1, max_lag + 1):
-        msd[lag] = np.mean(np.sum((x[lag:] - x[:-lag]) ** 2, axis=-1))
-    return msd
+    lags = np.asarray(lags, dtype=np.int64)
+    if len(lags) and (lags.min() < 1 or lags.max() >= len(x)):
+        raise ValueError(f"lags must lie in 1 … {len(x) - 1} frames")
+    return np.array([np.mean(np.sum((x[lag:] - x[:-lag]) ** 2, axis=-1)) for lag in lags])
 
 
-def diffusion_coefficient(msd: np.ndarray, frame_fs: float, fit_from: float = 0.2, fit_to: float = 1.0) -> float:
-    """Self-diffusion coefficient (Å²/ps) from an MSD curve: slope / 6 of a least-squares line over the lags
-    between fractions ``fit_from`` and ``fit_to`` of the longest (skipping the short-time ballistic part)."""
-    lags = np.arange(len(msd))
-    pick = (lags >= fit_from * lags[-1]) & (lags <= fit_to * lags[-1]) & (lags > 0)
+def msd_lags(n_frames: int, count: int = 100) -> np.ndarray:
+    """At most ``count`` lags (frames) spread evenly over 1 … ``n_frames`` − 1."""
+    return np.unique(np.linspace(1, n_frames - 1, min(count, n_frames - 1)).round().astype(np.int64))
+
+
+def diffusion_coefficient(lag_ps, msd, fit_from: float = 0.2) -> float:
+    """Self-diffusion coefficient (Å²/ps) from an MSD curve at ``lag_ps``: slope / 6 of a least-squares line over
+    the lags from a fraction ``fit_from`` of the longest on (skipping the short-time ballistic part)."""
+    lag_ps, msd = np.asarray(lag_ps, dtype=np.float64), np.asarray(msd, dtype=np.float64)
+    pick = lag_ps >= fit_from * lag_ps.max()
     if pick.sum() < 2:
         raise ValueError("too few lags to fit a diffusion coefficient")
-    slope = np.polyfit(lags[pick] * frame_fs * 1e-3, msd[pick], 1)[0]
-    return float(slope / 6.0)
+    return float(np.polyfit(lag_ps[pick], msd[pick], 1)[0] / 6.0)
 
 
 def molecule_labels(bonds: np.ndarray, n_atoms: int) -> np.ndarray:
@@ -183,17 +186,15 @@ def excluded_pairs(bonds: np.ndarray) -> set[tuple[int, int]]:
 
 
 def periodic_clash_counts(frames, cell, excluded: set[tuple[int, int]], clash_angstrom: float) -> np.ndarray:
-    """Per frame [F]: pairs closer than ``clash_angstrom`` (minimum image) that are not ``excluded``."""
+    """Per frame [F] (float): pairs closer than ``clash_angstrom`` (minimum image) that are not ``excluded``; NaN for
+    a frame that is not a structure (non-finite), so that a mean over it is out of any range."""
     from MDAnalysis.lib.distances import self_capped_distance
 
     x = np.asarray(frames, dtype=np.float64)
     cells = _cells(cell, len(x))
-    counts = np.zeros(len(x), dtype=np.int64)
+    counts = np.full(len(x), np.nan)
     for f, (frame, box) in enumerate(zip(x, cells)):
-        if not np.isfinite(frame).all():
-            counts[f] = -1
-            continue
-        close, _ = self_capped_distance(frame, clash_angstrom, box=box.astype(np.float32))
-        close = np.sort(close, axis=1)
-        counts[f] = sum((int(i), int(j)) not in excluded for i, j in close)
+        if np.isfinite(frame).all():
+            close, _ = self_capped_distance(frame, clash_angstrom, box=box.astype(np.float32))
+            counts[f] = sum((int(i), int(j)) not in excluded for i, j in np.sort(close, axis=1))
     return counts
