@@ -149,7 +149,7 @@ def _md_stats(values: np.ndarray) -> dict:
             "high": np.asarray(high).tolist()}
 
 
-def _lead_blocks(n_frames: int, frame_fs: float) -> list[tuple[int, int]]:
+def lead_blocks(n_frames: int, frame_fs: float) -> list[tuple[int, int]]:
     """[lo, hi) frame ranges (0-based lead index) of lead-time blocks with 1-2-5 edges from 10 frames on."""
     edges, scale = [], 10 * frame_fs
     while scale < n_frames * frame_fs:
@@ -185,7 +185,7 @@ def score_long_rollout(forecast: np.ndarray, last_history: np.ndarray, reference
     if energy is not None:
         md["potential energy"] = _md_stats(energy["md_eV"])
     labels = [f"{chemical_symbols[z]}{i}" for i, z in enumerate(atomic_numbers)]
-    blocks = [_block(rollouts, pairs, energy, md, lead_fs, lo, hi) for lo, hi in _lead_blocks(n_frames, frame_fs)]
+    blocks = [_block(rollouts, pairs, energy, md, lead_fs, lo, hi) for lo, hi in lead_blocks(n_frames, frame_fs)]
     result = LongRolloutResult(n_rollouts, n_atoms, frame_fs, n_frames, 0, [], molecule, bonds.tolist(), labels, md,
                                _bond_table(bonds, labels, rollouts, md, lead_fs), blocks,
                                _horizons(rollouts, pairs, energy, md, lead_fs),

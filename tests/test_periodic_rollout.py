@@ -1,0 +1,112 @@
+"""Protocol L's periodic observables (asteroid_hpc.evaluation.periodic_rollout) on a synthetic water box whose
+statistics are known: the MD itself passes its own targets, a frozen or exploding forecast fails them."""
+
+import numpy as np
+import pytest
+
+from asteroid_hpc.evaluation import periodic_rollout as pr
+
+pytest.importorskip("MDAnalysis")
+
+WATER = np.array([[0.0, 0.0, 0.0], [0.9572, 0.0, 0.0], [-0.2400, 0.9266, 0.0]])  # TIP3P geometry, Å
+FRAME_FS = 10.0
+
+
+def _water_box(n_frames: int, drift_angstrom: float, oscillation_angstrom: float, seed: int = 0):
+    """216 waters on a 6×6×6 lattice (3.5 Å) in a 21 Å box: molecule centres oscillate about their sites
+    (Ornstein–Uhlenbeck: a stationary structure) and, with ``drift_angstrom`` > 0, also wander (a random walk per
+    frame: finite diffusion); every atom jitters 0.01 Å."""
+    rng = np.random.default_rng(seed)
+    sites = np.stack(np.meshgrid(*[np.arange(6) * 3.5] * 3, indexing="ij"), -1).reshape(-1, 3)
+    oscillation, drift, frames = np.zeros((216, 3)), np.zeros((216, 3)), []
+    for _ in range(n_frames):
+        oscillation = 0.8 * oscillation + rng.normal(0, oscillation_angstrom, (216, 3))
+        drift = drift + rng.normal(0, drift_angstrom, (216, 3))
+        centres = sites + oscillation + drift
+        frames.append((centres[:, None] + WATER[None]).reshape(-1, 3) + rng.normal(0, 0.01, (648, 3)))
+    z = np.tile([8, 1, 1], 216)
+    bonds = np.concatenate([[[3 * w, 3 * w + 1], [3 * w, 3 * w + 2]] for w in range(216)])
+    return np.array(frames), z, bonds, np.array([21.0, 21.0, 21.0, 90.0, 90.0, 90.0])
+
+
+def _rollouts(frames, starts, n_leads):
+    """MD's own continuations after ``starts``: (forecast [S, H, N, 3], last history frames [S, N, 3])."""
+    return np.stack([frames[s + 1:s + 1 + n_leads] for s in starts]), frames[starts]
+
+
+@pytest.fixture(scope="module")
+def box():
+    """A stationary box (no drift): structure, distances, temperature and clashes are the same at all times."""
+    frames, z, bonds, cell = _water_box(1200, drift_angstrom=0.0, oscillation_angstrom=0.08)
+    return frames, pr.PeriodicSystem.of(z, bonds, cell)
+
+
+def _met(result) -> dict:
+    return {row["target"]: row["met"] for row in result["targets"]}
+
+
+def test_system_description_from_the_bonds(box):
+    _, system = box
+    assert len(system.waters) == 216 and system.type_names == ["H–H (water)", "H–O"]
+    assert len(system.solute) == 0 and len(system.pairs) == 3 * 216
+
+
+def test_the_md_itself_meets_the_structure_and_stability_targets(box):
+    frames, system = box
+    forecast, last = _rollouts(frames, [620, 800, 950], 200)  # later stretches of the same process
+    result = pr.score_periodic_rollout(forecast, last, [frames[:600]], system, FRAME_FS, clash_angstrom=0.8)
+    distances = {row["type"]: row for row in result["distances"]}
+    assert distances["H–O"]["md_mean"] == pytest.approx(0.9572, abs=2e-3)
+    assert distances["H–H (water)"]["md_mean"] == pytest.approx(1.5139, abs=2e-3)
+    met = _met(result)
+    del met["self-diffusion, relative error"]  # no drift: both MSDs are flat, their slopes noise (next test)
+    assert all(met.values()), pr.targets_markdown(result)
+    assert result["horizon_fs"]["largest displacement"] is None
+
+
+def test_the_md_itself_meets_the_diffusion_target():
+    frames, z, bonds, cell = _water_box(900, drift_angstrom=0.02, oscillation_angstrom=0.04, seed=3)
+    system = pr.PeriodicSystem.of(z, bonds, cell)
+    forecast, last = _rollouts(frames, [420, 560, 690], 200)
+    result = pr.score_periodic_rollout(forecast, last, [frames[:400]], system, FRAME_FS, clash_angstrom=0.8)
+    dynamics = result["dynamics"]
+    expected = 3 * 0.02 ** 2 / (6 * FRAME_FS * 1e-3)  # Å²/ps of the molecules' random walk
+    assert dynamics["diffusion_md_A2_per_ps"] == pytest.approx(expected, rel=0.15)
+    assert _met(result)["self-diffusion, relative error"], pr.targets_markdown(result)
+
+
+def test_a_frozen_forecast_has_no_temperature_and_no_diffusion(box):
+    frames, system = box
+    _, last = _rollouts(frames, [620, 800], 200)
+    frozen = np.repeat(last[:, None], 200, axis=1)
+    result = pr.score_periodic_rollout(frozen, last, [frames[:600]], system, FRAME_FS, clash_angstrom=0.8)
+    met = _met(result)
+    assert not met["kinetic temperature, relative error"] and not met["self-diffusion, relative error"]
+    assert not met["H–O width ratio"] and met["H–O mean deviation (Å)"]
+    assert result["horizon_fs"]["kinetic temperature"] == FRAME_FS
+
+
+def test_an_exploding_forecast_blows_up_and_clashes(box):
+    frames, system = box
+    forecast, last = _rollouts(frames, [620, 800], 200)
+    growth = np.linspace(1.0, 1.6, 200)[None, :, None, None]
+    centre = forecast.mean(axis=2, keepdims=True)
+    exploding = centre + (forecast - centre) * growth  # molecules stretched apart, and into each other's images
+    exploding[1, 150:] += np.random.default_rng(1).normal(0, 3.0, exploding[1, 150:].shape)
+    result = pr.score_periodic_rollout(exploding, last, [frames[:600]], system, FRAME_FS, clash_angstrom=0.8)
+    met = _met(result)
+    assert not met["no blow-up (largest displacement, Å)"] and not met["no clashes (most in one frame)"]
+    assert not met["H–O mean deviation (Å)"] and not met["O–O g(r) L1 distance"]
+    assert result["horizon_fs"]["H–O distance"] is not None
+
+
+def test_a_distance_md_holds_constrained_gets_an_absolute_width_target(box):
+    frames, system = box
+    rigid = frames.copy()
+    rigid.reshape(len(frames), -1, 3, 3)[:] = rigid.reshape(len(frames), -1, 3, 3)[:, :, :1] + WATER  # exact geometry
+    forecast, last = _rollouts(rigid, [620, 800], 100)
+    result = pr.score_periodic_rollout(forecast, last, [rigid[:600]], system, FRAME_FS, clash_angstrom=0.8)
+    assert _met(result)["H–O width (Å; constrained in MD)"]
+    shaken = forecast + np.random.default_rng(4).normal(0, 0.03, forecast.shape)
+    result = pr.score_periodic_rollout(shaken, last, [rigid[:600]], system, FRAME_FS, clash_angstrom=0.8)
+    assert not _met(result)["H–O width (Å; constrained in MD)"]
