@@ -342,3 +342,16 @@ def test_real_trajectories_too_coarse_to_unwrap_are_refused(files, frame):
     with pytest.raises(UserError, match=rf"^{files[0]}: frame {frame}: atom \d+ moved half the box's smallest "
                                         r"width \(\d+\.\d+ Å\) or more"):
         Unwrapper(topology.n_atoms, topology.bonds, files[0])(chunk.coordinates, chunk.cell)
+
+
+def test_grid_shifts_are_exact_on_both_paths():
+    """Small counts take a float64 product (exact below 2^53), huge ones int64 arithmetic: both exact."""
+    from asteroid_hpc.data.unwrap import _grid_shifts
+
+    grid = Cells(np.array([BOXES["truncated octahedron"]]), "", np.arange(1)).grid
+    rng = np.random.default_rng(2)
+    for bound in (5, 2 ** 20):  # 2^20 x 2^37 (30 Å on the 2^-32 grid) x 3 is beyond 2^53: the int64 path
+        counts = rng.integers(-bound, bound + 1, size=(1, 50, 3))
+        exact = -np.array([[sum(int(c[k]) * int(grid[0, k, j]) for k in range(3)) for j in range(3)]
+                           for c in counts[0]], dtype=np.int64)
+        assert np.array_equal(_grid_shifts(counts.astype(np.float64), grid)[0], exact)

@@ -106,11 +106,12 @@ def check_cells(cell: np.ndarray, vectors: np.ndarray, where, frames: np.ndarray
 
 
 def image_counts(d: np.ndarray, cells: Cells) -> tuple[np.ndarray, np.ndarray]:
-    """Integer images n [F, M, 3] of vectors d [F, M, 3] (frame f in cell f) such that d - n·H is their
-    minimum image, and the squared lengths of those images [F, M] (exact below half the smallest width)."""
+    """Integer images n [F, M, 3] (whole numbers, as float64) of vectors d [F, M, 3] (frame f in cell f)
+    such that d - n·H is their minimum image, and the squared lengths of those images [F, M] (exact below
+    half the smallest width)."""
     counts = np.rint(np.matmul(d, cells.inverse))
     image = d - np.matmul(counts, cells.vectors)
-    return counts.astype(np.int64), np.einsum("fmk,fmk->fm", image, image)
+    return counts, np.einsum("fmk,fmk->fm", image, image)
 
 
 def _refuse_long(length2: np.ndarray, cells: Cells, where, frames: np.ndarray, what, why: str) -> None:
@@ -124,7 +125,13 @@ def _refuse_long(length2: np.ndarray, cells: Cells, where, frames: np.ndarray, w
 
 
 def _grid_shifts(counts: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """-(n·H) on the 2^-32 Å grid, int64 [F, M, 3], for counts [F, M, 3] and grid cells [F, 3, 3]."""
+    """-(n·H) on the 2^-32 Å grid, int64 [F, M, 3], for whole-number counts [F, M, 3] and grid cells
+    [F, 3, 3]: a float64 product (BLAS) where every term and sum is an integer below 2^53, hence exact."""
+    if not counts.size:
+        return np.zeros(counts.shape, np.int64)
+    if np.abs(counts).max() * np.abs(grid).max() * 3 < 2.0 ** 53:
+        return -np.matmul(counts, grid.astype(np.float64)).astype(np.int64)
+    counts = counts.astype(np.int64)
     return -sum(counts[..., k, None] * grid[:, None, k, :] for k in range(3))
 
 
@@ -240,8 +247,10 @@ class Unwrapper:
         counts, length2 = image_counts(steps, cells)
         _refuse_long(length2, cells, self.where, frames, lambda m: f"atom {m} moved",
                      "frames too far apart (or a broken trajectory) to unwrap")
-        offsets = np.cumsum(_grid_shifts(counts, cells.grid), axis=0)
-        offsets += self.offset
+        offsets = _grid_shifts(counts, cells.grid)
+        offsets[0] += self.offset
+        for f in range(1, len(offsets)):  # a running sum over frames, in place (faster than cumsum on axis 0)
+            offsets[f] += offsets[f - 1]
         self.previous, self.offset = x[-1].copy(), offsets[-1]
         return offsets
 
@@ -252,16 +261,16 @@ class Unwrapper:
         _refuse_long(length2, cell, self.where, frames,
                      lambda m: f"the bond between atoms {int(self.parents[m])} and {m} is",
                      "the topology's bonds do not fit this box")
-        placed = path_sums(self.parents, bond_images[0])  # image counts of each atom relative to its root
+        placed = path_sums(self.parents, bond_images[0].astype(np.int64))  # image counts of each atom relative to its root
         if len(self.bonds):  # rings close by themselves; a bond still split joins a molecule to its own image
             i, j = self.bonds[:, 0], self.bonds[:, 1]
             bond_counts, _ = image_counts((x0[i] - x0[j])[None], cell)
-            split = (placed[i] - placed[j] != bond_counts[0]).any(axis=1)
+            split = (placed[i] - placed[j] != bond_counts[0].astype(np.int64)).any(axis=1)
             if split.any():
                 log.warning("%s: %d bond(s) still cross the box after making molecules whole: a molecule bonded "
                             "to its own periodic image (a crystal, an infinite polymer) cannot be whole",
                             self.where, int(split.sum()))
-        offsets = _grid_shifts(placed[None], cell.grid)[0]
+        offsets = _grid_shifts(placed[None].astype(np.float64), cell.grid)[0]
         return offsets
 
 
