@@ -97,7 +97,8 @@ def bond_lengths(x, bonds):
 
 # ------------------------------------------------------------------------------ cells and minimum images
 
-@pytest.mark.parametrize("box", [*BOXES.values(), [31.0, 29.0, 35.0, 80.0, 100.0, 65.0], [40.0, 40.0, 40.0, 60.0, 60.0, 60.0]])
+@pytest.mark.parametrize("box", [*BOXES.values(), [31.0, 29.0, 35.0, 80.0, 100.0, 65.0],
+                                 [40.0, 40.0, 40.0, 60.0, 60.0, 60.0]])
 def test_cell_vectors_match_mdanalysis(box):
     from MDAnalysis.lib.mdamath import triclinic_vectors
 

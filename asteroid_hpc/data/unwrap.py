@@ -261,7 +261,7 @@ class Unwrapper:
         _refuse_long(length2, cell, self.where, frames,
                      lambda m: f"the bond between atoms {int(self.parents[m])} and {m} is",
                      "the topology's bonds do not fit this box")
-        placed = path_sums(self.parents, bond_images[0].astype(np.int64))  # image counts of each atom relative to its root
+        placed = path_sums(self.parents, bond_images[0].astype(np.int64))  # each atom's images from its root
         if len(self.bonds):  # rings close by themselves; a bond still split joins a molecule to its own image
             i, j = self.bonds[:, 0], self.bonds[:, 1]
             bond_counts, _ = image_counts((x0[i] - x0[j])[None], cell)
@@ -270,8 +270,7 @@ class Unwrapper:
                 log.warning("%s: %d bond(s) still cross the box after making molecules whole: a molecule bonded "
                             "to its own periodic image (a crystal, an infinite polymer) cannot be whole",
                             self.where, int(split.sum()))
-        offsets = _grid_shifts(placed[None].astype(np.float64), cell.grid)[0]
-        return offsets
+        return _grid_shifts(placed[None].astype(np.float64), cell.grid)[0]
 
 
 def exclusive_prefix(shifts: Sequence[np.ndarray]) -> list[np.ndarray]:
