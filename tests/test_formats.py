@@ -335,7 +335,7 @@ def _preprocess(tmp_path, name, trajectory, topology, *overrides):
 
 @pytest.mark.parametrize("name, trajectory, topology, overrides", [
     ("amber", "Amber/bala.ncdf", "Amber/bala.prmtop", ("data.timestep_fs=2",)),  # its time axis is all zeros
-    ("charmm", "tip125_tric_C36.dcd", "tip125_tric_C36.psf", ()),
+    ("gromacs-trr", "adk_oplsaa.trr", "adk_oplsaa.tpr", ()),  # rhombic dodecahedron, velocities
 ])
 def test_preprocess_real_engine_files(tmp_path, name, trajectory, topology, overrides):
     from asteroid_hpc.data.amber import read_frames
