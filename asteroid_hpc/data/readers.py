@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import UserError, user_error
 from .amber_reader import AmberReader, _check_readable
 from .frames import FrameChunk, iter_strided_chunks
-from .mda_reader import MDA_FORMATS, MdaReader, mda_format
+from .mda_reader import MDA_FORMATS, NEEDS_ATOM_COUNT, MdaReader, mda_format
 
 NETCDF_SUFFIXES = (".nc", ".ncdf", ".netcdf")
 NPZ_SUFFIXES = (".npz",)
@@ -210,6 +210,12 @@ class TrajectoryReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def needs_atom_count(path: str | os.PathLike) -> bool:
+    """True for the formats that do not hold their atom count (AMBER ASCII): their readers need ``n_atoms``."""
+    found = mda_format(Path(path))
+    return found is not None and found[0] in NEEDS_ATOM_COUNT
 
 
 def read_frames(path: str | os.PathLike, start: int = 0, stop: int | None = None, *,
