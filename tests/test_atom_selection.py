@@ -183,3 +183,57 @@ def test_ensemble_forecast_of_the_selection_and_of_the_full_system(tmp_path, who
     window = window_at(start, MemberJob(full, 0, 6, 4, {}), MemberState(6, 6, True), 6, np.asarray(heavy))
     with AmberReader(selected / "members/member_00000.nc") as a:
         np.testing.assert_array_equal(window, a.read(2, 6).coordinates)
+
+
+def test_full_system_flag_and_a_reference_in_another_format(tmp_path, whole_system):
+    """--full-system / --selected-atoms win over ensemble.write_full_system; --reference takes any trajectory
+    format (here extended XYZ of the whole system, cut to the model's atoms): its scores equal those against
+    the same frames of the model's atoms as AMBER NetCDF."""
+    from ase import Atoms
+    from ase.io import write
+
+    from asteroid_hpc.data.amber import AmberReader, read_frames
+    from tests.support.ensemble import write_trajectory
+
+    trajectory, model, heavy = whole_system
+    truth = read_frames(trajectory, 0, 40).coordinates
+    with AmberReader(trajectory) as reader:
+        numbers = reader.atomic_numbers
+    xyz = tmp_path / "truth.xyz"
+    write(xyz, [Atoms(numbers=numbers, positions=x) for x in truth], format="extxyz")
+    heavy_nc = write_trajectory(tmp_path / "truth_heavy.nc", truth[:, heavy], numbers[heavy], timestep_ps=0.0005)
+    common = ("ensemble.members=2", "ensemble.horizon_frames=6", "--reference-start", "3")
+    runs = {"full": ("--full-system", "ensemble.write_full_system=false", "--reference", xyz),
+            "selected": ("--selected-atoms", "ensemble.write_full_system=true", "--reference", heavy_nc)}
+    summaries = {}
+    for name, options in runs.items():
+        proc = run_cli("ensemble-forecast", model, trajectory, "-o", tmp_path / name, *common, *options)
+        assert proc.returncode == 0, proc.stderr
+        with AmberReader(tmp_path / name / "members/member_00000.nc") as member:
+            assert member.n_atoms == (12 if name == "full" else len(heavy))
+        summaries[name] = json.loads((tmp_path / name / "summary.json").read_text())
+    for summary in summaries.values():
+        assert summary["reference"].pop("path") and summary["reference"]["lead_times_scored"] == 6
+    assert summaries["full"]["reference"] == summaries["selected"]["reference"]
+
+
+def test_reference_reader_takes_any_format_and_the_whole_system():
+    """A reference in AMBER ASCII (no atom count of its own: the input's is used), read as the ensemble's atoms;
+    one of other atoms is a one-line error."""
+    import warnings
+
+    import MDAnalysis
+
+    from asteroid_hpc.ensemble.summary import Reference, open_reference
+
+    path = DATA / "Amber/ache.mdcrd"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no element column in the .prmtop
+        truth = MDAnalysis.Universe(str(DATA / "Amber/ache.prmtop"), str(path)).trajectory[2].positions
+    with open_reference(Reference(path, 0, 252), 252, None) as reader:
+        np.testing.assert_array_equal(reader.read(2, 3).coordinates[0], truth)
+    picked = np.array([0, 5, 9])
+    with open_reference(Reference(path, 0, 252), 3, picked) as reader:
+        np.testing.assert_array_equal(reader.read(2, 3).coordinates[0], truth[picked])
+    with pytest.raises(UserError, match=r"ache.mdcrd: has 252 atoms, the ensemble has 7$"):
+        open_reference(Reference(path, 0, 252), 7, None)

@@ -4,8 +4,8 @@ tmp_path, each fed to the command that reads it.
 Every case must give exactly one error line naming the file and the cause, exit 2, no traceback, and leave
 nothing behind that a later run could take for data (the run may create log files, nothing else).
 
-Corpus: 47 cases (see CASES) — NetCDF 7, npz 7, XYZ 5, config 5, manifest 9, weights 4, checkpoints 10
-(export 6, train --resume 4). They complement, and do not repeat, tests/test_preprocess_errors.py
+Corpus: 58 cases (see CASES) — NetCDF 7, periodic cells and time 11 (a real CHARMM file among them), npz 7,
+XYZ 5, config 5, manifest 9, weights 4, checkpoints 10 (export 6, train --resume 4). They complement, and do not repeat, tests/test_preprocess_errors.py
 (unreadable/truncated/NaN/time/empty NetCDF, npz without R or time axis), tests/test_config.py (bad
 overrides, invalid YAML, unknown keys) and the read_manifest unit tests in tests/test_data_windows.py.
 """
@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import subprocess
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ import netCDF4
 import numpy as np
 import pytest
 
+from asteroid_hpc.data.amber import AmberWriter
 from tests.support.cli import assert_user_error, run_cli
 from tests.support.data import ATOMIC_NUMBERS, preprocess_walk_dataset, random_walk, write_traj
 from tests.support.tiny import tiny_model_file
@@ -163,6 +165,102 @@ def _(ctx):
     top = ctx.d / "three.xyz"
     top.write_text("3\n\nO 0 0 0\nH 0 0 1\nH 0 1 0\n")
     return [*_preprocess(ctx, p), "--topology", top], ("three.xyz", "3 atomic numbers for 8 atoms")
+
+
+# ----------------------------------------------------------------------------------------------- periodic cells
+CUBE = (30.0, 30.0, 30.0, 90.0, 90.0, 90.0)
+
+
+def _boxed(path: Path, rows: dict | None = None, first: int = 0, default=CUBE, since: tuple | None = None) -> Path:
+    """A 300-frame walk with a unit cell per frame: ``default`` from frame ``first`` on (zeros before it),
+    frame k's cell replaced by ``rows[k]``, and with ``since = (k, row)`` every frame from k on."""
+    cells = np.zeros((300, 6))
+    cells[first:] = default
+    if since is not None:
+        cells[since[0]:] = since[1]
+    for k, row in (rows or {}).items():
+        cells[k] = row
+    with AmberWriter(path, len(ATOMIC_NUMBERS), ATOMIC_NUMBERS, cell=True, timestep_ps=0.0005) as writer:
+        writer.append(random_walk(300), cell_lengths=cells[:, :3], cell_angles=cells[:, 3:])
+    return path
+
+
+@case("cell-nan-in-a-frame")
+def _(ctx):
+    return _preprocess(ctx, _boxed(ctx.d / "nanbox.nc", {150: (np.nan,) * 6})), \
+        ("nanbox.nc", "frame 150 has no unit cell", "periodic")
+
+
+@case("cell-zero-in-a-frame")
+def _(ctx):
+    return _preprocess(ctx, _boxed(ctx.d / "zerobox.nc", {150: (0.0,) * 6})), ("zerobox.nc", "frame 150 has no unit cell")
+
+
+@case("cell-never-written-in-a-frame")
+def _(ctx):
+    return _preprocess(ctx, _boxed(ctx.d / "fillbox.nc", {200: (9.969209968386869e36,) * 6})), \
+        ("fillbox.nc", "frame 200 has no unit cell")
+
+
+@case("cell-negative-length")
+def _(ctx):
+    return _preprocess(ctx, _boxed(ctx.d / "negbox.nc", {0: (30.0, -30.0, 30.0, 90.0, 90.0, 90.0)})), \
+        ("negbox.nc", "frame 0 has a non-positive unit cell length")
+
+
+@case("cell-angle-out-of-range")
+def _(ctx):
+    return _preprocess(ctx, _boxed(ctx.d / "flatbox.nc", {10: (30.0, 30.0, 30.0, 90.0, 90.0, 180.0)})), \
+        ("flatbox.nc", "frame 10 has a unit cell angle outside (0, 180) degrees")
+
+
+@case("cell-degenerate-angles")
+def _(ctx):
+    return _preprocess(ctx, _boxed(ctx.d / "degbox.nc", default=(30.0, 30.0, 30.0, 60.0, 60.0, 120.0))), \
+        ("degbox.nc", "frame 0 has a degenerate unit cell (volume about zero")
+
+
+@case("cell-changes-shape")
+def _(ctx):
+    return _preprocess(ctx, _boxed(ctx.d / "shape.nc", since=(120, (30.0, 30.0, 30.0, 90.0, 90.0, 100.0)))), \
+        ("shape.nc", "the unit cell changes shape at frame 120")
+
+
+@case("cell-appears-mid-file")
+def _(ctx):
+    return _preprocess(ctx, _boxed(ctx.d / "late.nc", first=10)), \
+        ("late.nc", "frame 10 has a unit cell, but the first frame has none")
+
+
+@case("cell-changes-shape-real-charmm")
+def _(ctx):
+    from tests.test_formats import DATA
+
+    return [*_preprocess(ctx, DATA / "tip125_tric_C36.dcd"), "--topology", DATA / "tip125_tric_C36.psf",
+            "data.split_fractions=[1,0,0]"], \
+        ("tip125_tric_C36.dcd", "the unit cell changes shape at frame 1")
+
+
+@case("cell-periodic-and-open-inputs")
+def _(ctx):
+    boxed, open_walk = _boxed(ctx.d / "boxed.nc"), write_traj(ctx.d / "open.nc", random_walk(300))
+    return _preprocess(ctx, boxed, open_walk), ("open.nc", "periodic and open inputs cannot be mixed")
+
+
+@case("xtc-uneven-frame")
+def _(ctx):
+    from tests.test_formats import DATA
+    from tests.test_periodic_data import _universe, uneven_xtc
+
+    from asteroid_hpc.data.readers import TrajectoryReader
+
+    xtc = uneven_xtc(ctx.d / "uneven.xtc")
+    TrajectoryReader(xtc, check_time=False).close()  # MDAnalysis caches the frame offsets beside the file once
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _universe(DATA / "adk_oplsaa.tpr").select_atoms("name CA").write(str(ctx.d / "ca.pdb"))
+    return [*_preprocess(ctx, xtc), "--topology", ctx.d / "ca.pdb", "data.split_fractions=[1,0,0]"], \
+        ("uneven.xtc", "uneven time axis: frames 4 -> 5 are 130 ps apart")
 
 
 # ----------------------------------------------------------------------------------------------- npz

@@ -146,6 +146,8 @@ def test_openmm_dcd(tmp_path):
     ("adk_oplsaa.tpr", "file", {0, 1, 6, 7, 8, 11, 16}),  # TIP4P virtual sites: 0
     ("adk.psf", "masses", {1, 6, 7, 8, 16}),
     ("lammps/ifabp_apo_100mM.data.bz2", "masses", {1, 6, 7, 8, 11, 16, 17}),
+    ("lammps/albite_triclinic.data", "masses", {13}),  # "Atoms # atomic": parsed in that style
+    ("lammps/a_lot_of_bond_types.data", "masses", {1, 6, 7, 8, 9, 15, 16, 17, 35}),
     ("4x8u.pdbx", "file", {6, 7, 8}),
     ("1hvr.pdb", "file", {1, 6, 7, 8, 16}),
 ])
@@ -182,6 +184,33 @@ def test_bonds_kept_from_the_topology():
             expected = MDAnalysis.Universe(str(DATA / name)).atoms.bonds.indices
         assert np.array_equal(read_topology(DATA / name).bonds, expected)
     assert len(read_topology(DATA / "adk_open.pdb").bonds) == 0  # no CONECT records: none made up
+
+
+def test_lammps_data_in_real_units_guesses_elements_from_masses_and_says_so(caplog):
+    """A LAMMPS data file (units real: g/mol; no element column): one element per atom type from its mass,
+    logged as a guess; the atom types agree with MDAnalysis's own reading of the file."""
+    from asteroid_hpc.data.topology import read_topology
+
+    top = read_topology(DATA / "lammps/ifabp_apo_100mM.data.bz2")
+    assert "no element field for 12421 atoms; elements guessed from their masses" in caplog.text
+    universe = _universe("lammps/ifabp_apo_100mM.data.bz2", "lammps/ifabp_apo_100mM.dcd")
+    by_type = {}
+    for atom_type, z in zip(universe.atoms.types, top.atomic_numbers):
+        by_type.setdefault(atom_type, set()).add(int(z))
+    assert all(len(zs) == 1 for zs in by_type.values())
+    masses = dict(zip(universe.atoms.types, universe.atoms.masses))
+    assert {round(float(masses[t])): next(iter(zs)) for t, zs in by_type.items()} == \
+        {1: 1, 12: 6, 14: 7, 16: 8, 23: 11, 32: 16, 35: 17}
+
+
+def test_lammps_data_in_reduced_units_is_one_line_error():
+    """``units lj`` masses (all 1) are not hydrogen."""
+    from asteroid_hpc.data.topology import read_topology
+
+    with pytest.raises(UserError, match=r"chain_initial.data: cannot determine the element of atom 0 .*every mass "
+                                        r"is 1, LAMMPS reduced units \(units lj\)") as info:
+        read_topology(DATA / "lammps/chain_initial.data")
+    assert "\n" not in str(info.value)
 
 
 def test_lammps_data_with_unusable_masses_is_one_line_error():
@@ -335,7 +364,7 @@ def _preprocess(tmp_path, name, trajectory, topology, *overrides):
 
 @pytest.mark.parametrize("name, trajectory, topology, overrides", [
     ("amber", "Amber/bala.ncdf", "Amber/bala.prmtop", ("data.timestep_fs=2",)),  # its time axis is all zeros
-    ("charmm", "tip125_tric_C36.dcd", "tip125_tric_C36.psf", ()),
+    ("gromacs-trr", "adk_oplsaa.trr", "adk_oplsaa.tpr", ()),  # rhombic dodecahedron, velocities
 ])
 def test_preprocess_real_engine_files(tmp_path, name, trajectory, topology, overrides):
     from asteroid_hpc.data.amber import read_frames

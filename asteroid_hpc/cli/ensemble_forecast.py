@@ -13,7 +13,8 @@ from .common import examples, input_check_options, load_cli_config, model_argume
     "asteroid-hpc ensemble-forecast model.safetensors traj.nc -o ens/scored --reference truth.nc --reference-start 0",
     "mpiexec -n 4 asteroid-hpc ensemble-forecast model.safetensors traj.nc -o ens/run2 ensemble.members=8",
     "mpiexec -n 4 asteroid-hpc ensemble-forecast model.safetensors box.nc -o ens/big --grid 2x2   # 2 ranks per member",
-    "asteroid-hpc ensemble-forecast model.safetensors md.dcd --topology system.psf -o ens/namd",
+    "asteroid-hpc ensemble-forecast model.safetensors md.dcd --topology system.psf -o ens/namd --full-system",
+    "asteroid-hpc ensemble-forecast model.safetensors md.xtc --topology md.tpr -o ens/gmx --reference truth.xtc",
     "asteroid-hpc ensemble-forecast model.safetensors traj.nc -o ens/safe ensemble.stop_on_blowup=true",
     "srun asteroid-hpc ensemble-forecast runs/aspirin traj.nc -o ens/run3 --config configs/aspirin.yaml"))
 @model_argument(type=click.Path(exists=True))
@@ -25,14 +26,19 @@ from .common import examples, input_check_options, load_cli_config, model_argume
 @click.option("--config", type=click.Path(dir_okay=False), default=None,
               help="YAML config; its ensemble.* section applies (KEY=VALUE overrides win).")
 @click.option("--reference", type=click.Path(dir_okay=False), default=None,
-              help="AMBER NetCDF of the true continuation: RMSD, MSE and CRPS per lead time are added to the summary.")
+              help="The true continuation, in any trajectory format preprocess reads (of the model's atoms or the "
+                   "whole system; --topology as for INITIAL): RMSD, MSE and CRPS per lead time are added to the "
+                   "summary.")
 @click.option("--reference-start", default=0, show_default=True, type=click.IntRange(min=0),
               help="Frame of --reference that is the truth at lead time 1 (0 when it holds only the continuation).")
 @click.option("--grid", default=None, metavar="GROUPSxDOMAINS",
               help="Process grid, e.g. 2x2: member groups x ranks per member (sets ensemble.domains; the product "
                    "must be the number of ranks).")
+@click.option("--full-system/--selected-atoms", "full_system", default=None,
+              help="Member files hold every atom of INITIAL (the unselected ones held fixed) or only the model's "
+                   "selected atoms; overrides ensemble.write_full_system.")
 @input_check_options("INITIAL")
-def command(model, initial, overrides, outdir, config, reference, reference_start, grid, topology,
+def command(model, initial, overrides, outdir, config, reference, reference_start, grid, full_system, topology,
             allow_mismatch) -> None:
     """Roll out an ensemble of perturbed ASTEROID forecasts from the end of INITIAL (a trajectory in any format
     preprocess reads: AMBER NetCDF, .xtc/.trr, .dcd, LAMMPS dump, H5MD, .mdcrd, .npz, .xyz). Member times
@@ -58,6 +64,8 @@ def command(model, initial, overrides, outdir, config, reference, reference_star
     from ..runtime.mpi import abort_on_uncaught_exception, world
     from ..ensemble import Reference, parse_grid, run_ensemble
 
+    if full_system is not None:  # the option wins over --config and KEY=VALUE
+        overrides = (*overrides, f"ensemble.write_full_system={str(full_system).lower()}")
     cfg = load_cli_config(config, overrides)
     setup_logging(detect_launch())
     abort_on_uncaught_exception()

@@ -4,9 +4,11 @@ Layout written (the AMBER trajectory convention 1.0, classic 64-bit-offset forma
 mdtraj, cpptraj and VMD read it): dimensions ``frame`` (unlimited), ``atom``, ``spatial`` = 3; global
 attributes ``Conventions="AMBER"``, ``ConventionVersion="1.0"``, ``program``, ``programVersion``;
 ``spatial`` char variable "xyz"; ``coordinates(frame, atom, spatial)`` float32 in "angstrom";
-``time(frame)`` float32 in "picosecond"; optional ``cell_lengths``/``cell_angles`` (with the
-``cell_spatial``, ``cell_angular`` and ``label`` dimensions), ``velocities`` ("angstrom/picosecond")
-and ``forces`` ("kilocalorie/mole/angstrom").
+``time(frame)`` float32 in "picosecond"; optional ``cell_lengths`` ("angstrom") / ``cell_angles`` ("degree")
+float64 (with the ``cell_spatial`` "abc" and ``cell_angular`` "alpha"/"beta"/"gamma" label variables),
+``velocities`` float32 ("angstrom/picosecond", stored in AMBER's time unit with ``scale_factor`` 20.455 as
+pmemd and MDAnalysis write them; netCDF4 and MDAnalysis apply it on reading) and ``forces``
+("kilocalorie/mole/angstrom"). The reader lives in :mod:`.amber_reader` (re-exported here).
 
 Project extension: ``atomic_number(atom)`` int32 carries the element of each atom, so a trajectory
 needs no separate topology. Readers that do not know it ignore it.
@@ -23,14 +25,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError, user_error
-from .frames import FrameChunk
-from .netcdf_faults import fill_value, never_free, no_space
-from .units import LENGTH_TO_ANGSTROM, TIME_TO_PS, check_even_spacing, unit_factor
+from ..errors import user_error
+from .amber_reader import AmberReader, _check_readable, check_netcdf3_complete, read_frames
+from .netcdf_faults import never_free, no_space
+
+__all__ = ["AmberWriter", "AmberReader", "read_frames", "partial_path", "check_netcdf3_complete", "_check_readable",
+           "NETCDF3_FORMAT", "PARTIAL_SUFFIX", "VELOCITY_SCALE_FACTOR"]
 
 PARTIAL_SUFFIX = ".partial"
 NETCDF3_FORMAT = "NETCDF3_64BIT_OFFSET"
 CELL_ANGLE_LABELS = ("alpha", "beta ", "gamma")
+VELOCITY_SCALE_FACTOR = 20.455  # AMBER's time unit (1/20.455 ps): stored velocities x this = angstrom/ps
 
 
 def partial_path(path: str | os.PathLike) -> Path:
@@ -38,8 +43,6 @@ def partial_path(path: str | os.PathLike) -> Path:
     path = Path(path)
     return path.with_name(path.name + PARTIAL_SUFFIX)
 
-
-# --------------------------------------------------------------------------------------------- writer
 
 def _write_header(ds, program: str, program_version: str, title: str, timestep_ps: float | None,
                   attributes: dict) -> None:
@@ -70,8 +73,9 @@ def _create_variables(ds, n_atoms: int, atomic_numbers, packed: dict, *, velocit
         z.long_name = "atomic number (asteroid-hpc extension of the AMBER convention)"
         z[:] = np.asarray(atomic_numbers, dtype=np.int32)
     if velocities:
-        ds.createVariable("velocities", "f4", ("frame", "atom", "spatial"), **packed).units = \
-            "angstrom/picosecond"
+        v = ds.createVariable("velocities", "f4", ("frame", "atom", "spatial"), **packed)
+        v.units = "angstrom/picosecond"
+        v.scale_factor = VELOCITY_SCALE_FACTOR  # netCDF4 divides by it on writing (auto-scaling)
     if forces:
         ds.createVariable("forces", "f4", ("frame", "atom", "spatial"), **packed).units = \
             "kilocalorie/mole/angstrom"
@@ -243,156 +247,3 @@ class AmberWriter:
             self.close()
         elif self._ds.isopen():
             self._ds.close()  # keep the partial file: it can be resumed
-
-
-# --------------------------------------------------------------------------------------------- reader
-
-def check_netcdf3_complete(path: Path) -> None:
-    """Detect a truncated classic-format file (netCDF-C reads missing records as zeros): scipy's header
-    parser, memory-mapped so that no data is read, refuses a file shorter than its header promises."""
-    import warnings
-
-    from scipy.io import netcdf_file
-
-    with open(path, "rb") as fh:
-        magic = fh.read(4)
-    if magic not in (b"CDF\x01", b"CDF\x02"):
-        return
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            f = netcdf_file(path, "r", mmap=True)
-            f.variables.clear()
-            f.close()
-    except Exception:
-        raise user_error(path, "truncated or corrupt NetCDF file (shorter than its header says)") from None
-
-
-class AmberReader:
-    """Streaming reader of an AMBER-convention NetCDF trajectory (NETCDF3 classic/64-bit offset or NETCDF4).
-
-    Accepts float32 or float64 coordinates, a fixed or unlimited frame dimension, files with or without
-    ``time`` (a time axis of all zeros counts as absent), cell (read with the frames), velocities (read
-    with the frames when asked) and forces (:meth:`read_variable`). Coordinates in nanometres and times in
-    ns or fs (their ``units`` attributes) are converted to Å and ps; unknown units are refused. Errors in
-    the file are UserErrors naming it.
-    """
-
-    def __init__(self, path: str | os.PathLike, *, check_time: bool = False, read_velocities: bool = False) -> None:
-        import netCDF4
-
-        self.path = Path(path)
-        self.check_time = check_time  # refuse an uneven time axis (off: data.timestep_fs overrides it)
-        self.read_velocities = read_velocities  # off by default: it would double the bytes read
-        _check_readable(self.path)
-        check_netcdf3_complete(self.path)
-        try:
-            ds = netCDF4.Dataset(self.path, "r")
-        except OSError as exc:
-            cause = "not a NetCDF file" if "Unknown file format" in str(exc) else f"cannot open as NetCDF ({exc})"
-            raise user_error(self.path, cause) from None
-        ds.set_auto_mask(False)
-        self._ds = ds
-        try:
-            self._inspect()
-        except UserError:
-            ds.close()
-            raise
-
-    def _inspect(self) -> None:
-        ds = self._ds
-        if "coordinates" not in ds.variables:
-            raise user_error(self.path, "no 'coordinates' variable (not an AMBER trajectory)")
-        coords = ds["coordinates"]
-        if coords.dimensions != ("frame", "atom", "spatial"):
-            raise user_error(self.path, f"'coordinates' has dimensions {coords.dimensions}, "
-                                        "expected ('frame', 'atom', 'spatial')")
-        if coords.shape[2] != 3:
-            raise user_error(self.path, f"'coordinates' has spatial size {coords.shape[2]}, expected 3")
-        if coords.dtype not in (np.float32, np.float64):
-            raise user_error(self.path, f"'coordinates' has type {coords.dtype}, expected float32 or float64")
-        self.n_frames, self.n_atoms = int(coords.shape[0]), int(coords.shape[1])
-        self._length_factor = unit_factor(coords, LENGTH_TO_ANGSTROM, "angstrom", self.path)
-        self._time_factor = unit_factor(ds["time"], TIME_TO_PS, "picosecond", self.path) \
-            if "time" in ds.variables else 1.0
-        self.atomic_numbers: np.ndarray | None = None
-        if "atomic_number" in ds.variables:
-            z = ds["atomic_number"]
-            if z.dimensions != ("atom",):
-                raise user_error(self.path, f"'atomic_number' has dimensions {z.dimensions}, expected ('atom',)")
-            self.atomic_numbers = np.asarray(z[:], dtype=np.int64)
-        self.has_time = False
-        self.timestep_ps: float | None = None
-        if "time" in ds.variables and ds["time"].dimensions == ("frame",) and self.n_frames > 0:
-            t = ds["time"]
-            first, last = float(t[0]) * self._time_factor, float(t[self.n_frames - 1]) * self._time_factor
-            if self.n_frames == 1 or first != 0.0 or last != 0.0:
-                self.has_time = True
-                if self.n_frames > 1:
-                    if self.check_time:
-                        check_even_spacing(np.asarray(t[:], dtype=np.float64) * self._time_factor, self.path)
-                    # mean spacing, rounded to the ~6 digits that float32 time values carry
-                    self.timestep_ps = float(f"{(last - first) / (self.n_frames - 1):.6g}")
-        if "timestep_ps" in ds.ncattrs():  # exact value written by AmberWriter
-            self.timestep_ps = float(ds.timestep_ps)
-
-    # -- reading
-    def read(self, start: int, stop: int) -> FrameChunk:
-        """Frames ``start:stop`` (clipped to the file)."""
-        start, stop = max(0, start), min(stop, self.n_frames)
-        try:
-            raw = self._ds["coordinates"][start:stop]
-        except (RuntimeError, OSError) as exc:  # e.g. a corrupt compressed chunk: "NetCDF: HDF error"
-            raise user_error(self.path, f"cannot read frames {start}..{stop - 1}: corrupt data ({exc})") from None
-        coords = np.asarray(raw)
-        first_atom = coords[:, :1, 0].ravel()
-        unwritten = np.ma.getmaskarray(raw)[:, :1, 0].ravel() | (first_atom == fill_value(coords.dtype))
-        if unwritten.any():
-            raise user_error(self.path, f"coordinates of frame {start + int(np.argmax(unwritten))} were never written "
-                                        "(NetCDF fill values)")
-        if self._length_factor != 1.0:
-            coords = coords * coords.dtype.type(self._length_factor)
-        time_ps = np.asarray(self._ds["time"][start:stop], dtype=np.float64) * self._time_factor \
-            if self.has_time else None
-        velocities = cell = None
-        if self.read_velocities and "velocities" in self._ds.variables:  # netCDF4 applies scale_factor
-            velocities = np.asarray(self._ds["velocities"][start:stop]) * self._length_factor
-        if "cell_lengths" in self._ds.variables and "cell_angles" in self._ds.variables:
-            cell = np.concatenate([np.asarray(self._ds["cell_lengths"][start:stop], dtype=np.float64)
-                                   * self._length_factor,
-                                   np.asarray(self._ds["cell_angles"][start:stop], dtype=np.float64)], axis=1)
-        return FrameChunk(start, coords, time_ps, velocities, cell)
-
-    def read_variable(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Any per-frame variable (``velocities``, ``forces``, ``cell_lengths`` ...) for frames ``start:stop``."""
-        if name not in self._ds.variables:
-            raise user_error(self.path, f"no '{name}' variable")
-        return np.asarray(self._ds[name][start:stop])
-
-    def close(self) -> None:
-        if self._ds.isopen():
-            self._ds.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def _check_readable(path: Path) -> None:
-    if not path.exists():
-        raise user_error(path, "no such file")
-    if path.is_dir():
-        raise user_error(path, "is a directory, expected a trajectory file")
-    try:
-        with open(path, "rb"):
-            pass
-    except OSError as exc:
-        raise user_error(path, f"cannot read ({exc.strerror or exc})") from None
-
-
-def read_frames(path: str | os.PathLike, start: int = 0, stop: int | None = None) -> FrameChunk:
-    """Read frames ``start:stop`` of an AMBER NetCDF file at once."""
-    with AmberReader(path) as reader:
-        return reader.read(start, reader.n_frames if stop is None else stop)

@@ -104,6 +104,18 @@ def _check_digest(shard_path: Path, sha256: str | None, manifest_path: Path) -> 
     _verified.add(key)
 
 
+def box_record(cell: list[float] | None, has_velocities: bool, constant_box: bool) -> dict:
+    """What the manifest records of an input's (or the dataset's) box and velocities: ``has_velocities``,
+    ``periodic``, ``cell_kind`` (orthorhombic | triclinic | None), ``constant_box`` (None when not periodic)
+    and ``first_cell`` ([a, b, c, alpha, beta, gamma] of the first frame read, or None)."""
+    from .cells import cell_kind
+
+    periodic = cell is not None
+    return {"has_velocities": bool(has_velocities), "periodic": periodic,
+            "cell_kind": cell_kind(cell) if periodic else None, "constant_box": bool(constant_box) if periodic else None,
+            "first_cell": cell}
+
+
 @dataclass(frozen=True)
 class WindowContract:
     """The windows a dataset was cut for, as its manifest records them (the one source of these facts).

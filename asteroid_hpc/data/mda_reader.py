@@ -9,6 +9,8 @@ These files hold no elements (atomic numbers come from ``--topology``); an AMBER
 hold its atom count, which then comes from the topology. Velocities and the unit cell are carried when the
 file has them. Formats whose frames carry no time (LAMMPS dump: step numbers only; AMBER ASCII) report no
 time axis, so the frame spacing must be given (``data.timestep_fs``); MDAnalysis's made-up 1 ps is never used.
+With ``check_time``, every frame's time is checked as it is read (against the frame before it in the file,
+or the last frame read before) for an even spacing: no frame is decoded for the check alone.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import user_error
-from .amber import _check_readable
+from .amber_reader import _check_readable
 from .frames import FrameChunk
+from .units import uneven_step
 
 # suffix (after any .gz/.bz2) -> (MDAnalysis format, the frames carry their time)
 MDA_FORMATS = {".xtc": ("XTC", True), ".trr": ("TRR", True), ".dcd": ("DCD", True),
@@ -30,8 +33,6 @@ MDA_FORMATS = {".xtc": ("XTC", True), ".trr": ("TRR", True), ".dcd": ("DCD", Tru
                ".h5md": ("H5MD", True), ".h5": ("H5MD", True)}
 COMPRESSED = (".gz", ".bz2")
 NEEDS_ATOM_COUNT = ("TRJ",)
-# spacing of the first two frames vs the mean over the file beyond which the time axis is uneven
-UNEVEN_TIME_TOLERANCE = 1e-3
 
 
 def mda_format(path: Path) -> tuple[str, bool] | None:
@@ -92,21 +93,32 @@ class MdaReader:
         self.timestep_ps: float | None = None
         if self.has_time and self.n_frames > 1:
             self.timestep_ps = self._timestep_ps(check_time)
+        self.check_time = check_time and self.timestep_ps is not None
+        self._last_time: tuple[int, float] | None = None  # (frame, time) of the last frame read
+        first = self._reader.ts if self.n_frames else None  # frame 0, decoded on opening
+        self.has_velocities = bool(first is not None and first.has_velocities)
+        self.has_cell = bool(first is not None and first.dimensions is not None)
 
     def _timestep_ps(self, check: bool) -> float:
-        """The mean frame spacing; with ``check`` an uneven spacing (first two frames vs the whole file)
-        is a UserError. (A full check would decode every frame; preprocess refuses times that do not
-        increase.)"""
+        """The mean frame spacing (frames 0 and last); with ``check`` frames 0 -> 1 must be that far apart
+        (the other frames are checked as they are read: :meth:`_check_times`)."""
         first, second, last = (self._time_of(i) for i in (0, 1, self.n_frames - 1))
         mean = (last - first) / (self.n_frames - 1)
         if not np.isfinite(mean) or mean <= 0:
             raise user_error(self.path, f"time does not increase ({first:g} ps at frame 0, {last:g} ps at frame "
                                         f"{self.n_frames - 1})")
-        if check and abs((second - first) - mean) > UNEVEN_TIME_TOLERANCE * mean:
-            raise user_error(self.path, f"uneven time axis: frames 0 -> 1 are {second - first:g} ps apart, the "
-                                        f"mean spacing is {mean:g} ps (give the frame spacing to override it: "
-                                        "data.timestep_fs, evaluate --timestep-fs)")
+        if check:
+            uneven_step(np.array([first, second]), np.array([0, 1]), mean, self.path)
         return float(f"{mean:.6g}")
+
+    def _check_times(self, start: int, time_ps: np.ndarray) -> None:
+        """Frames start, start+1, ... at ``time_ps``: each (with the last frame read before them) must be
+        timestep_ps apart per frame, within the tolerance."""
+        frames = start + np.arange(len(time_ps))
+        if self._last_time is not None:  # pairs that do not move forward are not compared
+            frames = np.concatenate([[self._last_time[0]], frames])
+            time_ps = np.concatenate([[self._last_time[1]], time_ps])
+        uneven_step(time_ps, frames, self.timestep_ps, self.path)
 
     def _time_of(self, frame: int) -> float:
         return float(self._reader[frame].time)
@@ -135,6 +147,9 @@ class MdaReader:
         except Exception as exc:
             raise user_error(self.path, f"cannot read frames {start}..{stop - 1} ({type(exc).__name__}: "
                                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        if self.check_time and n:
+            self._check_times(start, time_ps)
+            self._last_time = (stop - 1, float(time_ps[-1]))
         return FrameChunk(start, coords, time_ps if self.has_time else None, velocities, cell)
 
     def close(self) -> None:

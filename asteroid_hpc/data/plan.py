@@ -28,6 +28,7 @@ import numpy as np
 
 from ..logs import get_logger
 from ..errors import UserError, user_error
+from .cells import first_cell
 from .manifest import SCHEMA_VERSION
 from .random_starts import SPLITS, random_start_plan, random_start_split
 from .readers import TrajectoryReader
@@ -49,6 +50,8 @@ class Source:
     timestep_ps: float | None  # of the raw frames, from the file
     frame_offset: int = 0  # raw frame of strided frame 0 (data.frames start + data.stride_phases offset)
     frames_raw: list[int] | None = None  # [start, stop): the input's raw frames read (data.frames)
+    cell: list[float] | None = None  # unit cell of the first frame read (a, b, c Å, angles °); None: not periodic
+    has_velocities: bool = False
 
 
 @dataclass
@@ -78,6 +81,16 @@ class Plan:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def periodic(self) -> bool:
+        """The inputs have unit cells (all or none of them: :func:`inspect_sources`); the shards store them."""
+        return any(s.cell is not None for s in self.sources)
+
+    @property
+    def velocities(self) -> bool:
+        """Every input has velocities: the shards store them."""
+        return all(s.has_velocities for s in self.sources)
 
     def raw_frame(self, source: int, frame: int) -> int:
         """The input file's frame number of strided frame ``frame`` of source ``source``."""
@@ -161,13 +174,19 @@ def inspect_sources(paths: list[Path], stride: int, topology: str | None,
                 raise user_error(topology or path, f"{len(numbers)} atomic numbers for {reader.n_atoms} atoms")
             stat = path.stat()
             start, stop = _raw_range(path, reader.n_frames, frames)
+            cell = first_cell(reader.read(start, start + 1).cell, start, path)
+            if sources and (cell is None) != (sources[0].cell is None):
+                raise user_error(path, f"{'has a unit cell' if cell else 'has no unit cell'} (first frame read), but "
+                                       f"{first} {'has none' if cell else 'has one'}: periodic and open inputs "
+                                       "cannot be mixed")
             for offset in range(start, start + stride, stride // phases):
                 if offset >= stop:
                     raise user_error(path, f"{stop - start} frames: too few for data.stride_phases={phases} "
                                            f"(phase offset {offset - start} frames)")
                 sources.append(Source(len(sources), str(path.resolve()), reader.format, stat.st_size,
                                       stat.st_mtime_ns, reader.n_frames, -(-(stop - offset) // stride),
-                                      reader.n_atoms, reader.timestep_ps, offset, [start, stop]))
+                                      reader.n_atoms, reader.timestep_ps, offset, [start, stop], cell,
+                                      bool(reader.has_velocities)))
             first = first or path
     if numbers is None:
         raise user_error(paths[0], "no atomic numbers in the input: pass --topology FILE (.prmtop/.parm7, "
@@ -334,6 +353,8 @@ def _plan_key(sources: list[Source], data, topology: str | None, history: int) -
     }
     if data.split == "random_start":  # statistics from the train windows (once from all frames): a new content
         identity["statistics"] = "train windows"
+    if any(s.cell is not None or s.has_velocities for s in sources):  # shards store them: a new content
+        identity["stored"] = "cells, velocities"
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 

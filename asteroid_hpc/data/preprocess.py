@@ -3,8 +3,9 @@
 Layout of a dataset directory::
 
     manifest.json            written last, by rank 0; the directory is data only once it exists
-    shards/shard-00000.nc    AMBER NetCDF, float32 coordinates (centred if data.center), one shard per
-                             (source, split, block of data.frames_per_shard frames)
+    shards/shard-00000.nc    AMBER NetCDF, float32 coordinates (centred if data.center), velocities and
+                             unit cells where the inputs have them, one shard per (source, split, block of
+                             data.frames_per_shard frames)
     shards/shard-00000.json  sidecar: plan key, size and sha256 of the finished shard (for resuming)
     .preprocess-plan.json    the plan of the run that is (or was) writing here
 
@@ -31,7 +32,7 @@ from ..checksum import file_digest
 from ..errors import UserError, user_error
 from ..logs import get_logger
 from ..progress import Progress
-from .manifest import FORMAT, MANIFEST, SCHEMA_VERSION
+from .manifest import FORMAT, MANIFEST, SCHEMA_VERSION, box_record
 from .plan import Plan, make_plan
 from .readers import TrajectoryReader
 from .shards import completed_shard, seal_shard, stats_every, write_shard
@@ -160,8 +161,10 @@ def _process_my_shards(plan: Plan, cfg, outdir: Path, rank: int, size: int, prog
             else:
                 path = plan.sources[shard.source].path
                 if path not in readers:
+                    # the plan checked the time axis's ends; MDAnalysis formats check each frame as it is read
                     readers[path] = TrajectoryReader(path, n_atoms=plan.sources[shard.source].n_atoms,
-                                                     check_time=False)  # the plan checked the time axis
+                                                     check_time=cfg.data.timestep_fs is None,
+                                                     velocities=plan.velocities)
                 prev = previous.get(shard.index)
                 linked = prev is not None and (prev.source, prev.split, prev.frame_stop) == \
                     (shard.source, shard.split, shard.frame_start)
@@ -209,10 +212,11 @@ def build_manifest(plan: Plan, cfg, records: list[dict], source_hashes: dict[str
         disps.merge(RunningMoments.from_dict(record["displacement_moments"]))
     keep = ("index", "file", "source", "split", "frame_start", "frame_stop", "n_frames", "dropped_frames",
             "time_first_ps", "time_last_ps", "size_bytes", "sha256")
+    changed = {r["source"] for r in records if r.get("box_changes")}
     sources = [{"index": s.index, "path": s.path, "format": s.format, "size_bytes": s.size_bytes,
                 "blake3": source_hashes[s.path], "n_frames_raw": s.n_frames_raw, "n_frames": s.n_frames,
                 "frame_offset": s.frame_offset, "frames_raw": s.frames_raw, "n_atoms": s.n_atoms,
-                "timestep_ps": s.timestep_ps}
+                "timestep_ps": s.timestep_ps, **box_record(s.cell, s.has_velocities, s.index not in changed)}
                for s in plan.sources]
     return {
         "format": FORMAT,
@@ -228,6 +232,9 @@ def build_manifest(plan: Plan, cfg, records: list[dict], source_hashes: dict[str
         "timestep_fs": plan.timestep_fs,
         "frame_stride": plan.frame_stride,
         "centered": cfg.data.center,
+        # velocities/cells stored in the shards; constant_box False: some box changes size (the model keeps
+        # the last observed box)
+        **box_record(plan.sources[0].cell, plan.velocities, not changed),
         "coordinates": {"dtype": "float32", "units": "angstrom", "compression": cfg.data.compression},
         "split": plan.split,
         "sources": sources,
@@ -297,6 +304,10 @@ def _log_written(outdir: Path, manifest: dict, n_reused: int, elapsed_s: float) 
     log.info("wrote %s: %d shards (%d reused), %d frames, %.1f MB in %.2f s (%.0f MB/s)", outdir / MANIFEST,
              len(manifest["shards"]), n_reused, sum(s["n_frames"] for s in manifest["shards"]), n_bytes / 1e6,
              elapsed_s, n_bytes / 1e6 / max(elapsed_s, 1e-9))
+    changed = [s["path"] for s in manifest["sources"] if s["periodic"] and not s["constant_box"]]
+    if changed:
+        log.warning("%s%s: the box changes size (NPT); the model will keep the last observed box", changed[0],
+                    f" (and {len(changed) - 1} more input(s))" if len(changed) > 1 else "")
     if manifest["dropped_nonfinite_frames"]:
         log.warning("dropped %d frame(s) with non-finite coordinates (--drop-nonfinite)",
                     manifest["dropped_nonfinite_frames"])

@@ -9,8 +9,9 @@
 
 Every reader has ``n_frames``, ``n_atoms``, ``atomic_numbers`` (or None), ``timestep_ps`` (or None),
 ``has_time``, ``read(start, stop) -> FrameChunk`` and ``close()``; :class:`TrajectoryReader` adds
-``iter_chunks(chunk_frames, start, stop, stride)``. Coordinates are in Å and times in ps whatever the
-file's units.
+``iter_chunks(chunk_frames, start, stop, stride)`` and ``has_velocities``. Coordinates are in Å, velocities
+in Å/ps and times in ps whatever the file's units; chunks carry the unit cell ([F, 6]) where the file has one
+(see :mod:`.cells`).
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import UserError, user_error
-from .amber import AmberReader, _check_readable
+from .amber_reader import AmberReader, _check_readable
 from .frames import FrameChunk, iter_strided_chunks
-from .mda_reader import MDA_FORMATS, MdaReader, mda_format
+from .mda_reader import MDA_FORMATS, NEEDS_ATOM_COUNT, MdaReader, mda_format
 
 NETCDF_SUFFIXES = (".nc", ".ncdf", ".netcdf")
 NPZ_SUFFIXES = (".npz",)
@@ -155,10 +156,13 @@ class TrajectoryReader:
     """Open any supported trajectory by extension and stream it in chunks of frames.
 
     ``n_atoms``: the topology's atom count (AMBER ASCII files need it; others are checked against it);
-    ``check_time``: refuse an uneven time axis (off when the frame spacing is given explicitly).
+    ``check_time``: refuse an uneven time axis (off when the frame spacing is given explicitly);
+    ``velocities``: read them (AMBER NetCDF: off by default, it doubles the bytes read; the other formats
+    decode them with the frames anyway).
     """
 
-    def __init__(self, path: str | os.PathLike, *, n_atoms: int | None = None, check_time: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike, *, n_atoms: int | None = None, check_time: bool = True,
+                 velocities: bool = False) -> None:
         self.path = Path(path)
         try:
             str(self.path).encode("utf-8")
@@ -166,7 +170,7 @@ class TrajectoryReader:
             raise user_error(self.path, "the file name is not UTF-8 (rename the file)") from None
         suffix = self.path.suffix.lower()
         if suffix in NETCDF_SUFFIXES:
-            self._backend = AmberReader(self.path, check_time=check_time)
+            self._backend = AmberReader(self.path, check_time=check_time, read_velocities=velocities)
             self.format = "amber-netcdf"
         elif mda_format(self.path) is not None:
             self._backend = MdaReader(self.path, n_atoms, check_time=check_time)
@@ -186,6 +190,7 @@ class TrajectoryReader:
     atomic_numbers = property(lambda self: self._backend.atomic_numbers)
     timestep_ps = property(lambda self: self._backend.timestep_ps)
     has_time = property(lambda self: self._backend.has_time)
+    has_velocities = property(lambda self: getattr(self._backend, "has_velocities", False))
 
     def read(self, start: int, stop: int) -> FrameChunk:
         return self._backend.read(start, stop)
@@ -205,6 +210,12 @@ class TrajectoryReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def needs_atom_count(path: str | os.PathLike) -> bool:
+    """True for the formats that do not hold their atom count (AMBER ASCII): their readers need ``n_atoms``."""
+    found = mda_format(Path(path))
+    return found is not None and found[0] in NEEDS_ATOM_COUNT
 
 
 def read_frames(path: str | os.PathLike, start: int = 0, stop: int | None = None, *,

@@ -1,6 +1,14 @@
 """One shard of a dataset: the frames of one (source, split, block) streamed from the input trajectory into
 an AMBER NetCDF file (selected, checked, centred), with their statistics, and the sidecar that lets a re-run
-keep a finished shard (plan key, size and sha256)."""
+keep a finished shard (plan key, size and sha256).
+
+Velocities (of the selected atoms) and unit cells are stored with the frames when the inputs have them
+(:attr:`Plan.velocities`, :attr:`Plan.periodic`); every chunk's cells are checked (:class:`.cells.CellCheck`).
+Centring (``data.center``) subtracts each frame's centroid from its coordinates: a translation of the whole
+frame, which leaves every minimum-image vector and the cell unchanged (the AMBER cell has no origin), so a
+periodic system stays the same system; the coordinates then no longer lie in [0, L), and a wrapped
+trajectory's centroid jumps when atoms cross a face (unwrapped coordinates do not).
+"""
 
 from __future__ import annotations
 
@@ -17,7 +25,8 @@ from ..checksum import file_digest
 from ..errors import user_error
 from ..logs import get_logger
 from .amber import AmberWriter
-from .frames import COLLAPSED, first_collapsed_frame
+from .cells import CellCheck
+from .frames import COLLAPSED, FrameChunk, first_collapsed_frame
 from .plan import Plan, Shard, Source
 from .readers import TrajectoryReader
 from .stats import RunningMoments, in_ranges
@@ -37,6 +46,8 @@ class _Frames:
         self.drop_nonfinite = drop_nonfinite
         self.path = source.path
         self.raw_frame = partial(plan.raw_frame, source.index)  # strided frame -> the input file's frame
+        self.cells = CellCheck(source.cell, source.path, self.raw_frame)
+        self.periodic, self.velocities = plan.periodic, plan.velocities
 
     def __call__(self, coords: np.ndarray, first_frame: int) -> tuple[np.ndarray, np.ndarray]:
         """(kept frames float32 [F', n, 3], their strided frame indices), in one pass for the checks
@@ -62,6 +73,24 @@ class _Frames:
             for k in range(3):  # per component: a strided pass, faster than broadcasting over [F, n, 3]
                 x[:, :, k] -= centroid[:, k, None]
         return x, index
+
+    def extras(self, chunk: FrameChunk, index: np.ndarray, first: int) -> dict:
+        """The kept frames' velocities (selected atoms) and cells, as AmberWriter.append takes them; the cells
+        checked."""
+        kept = index - first
+        self.cells(None if chunk.cell is None else chunk.cell[kept], index)
+        out = {}
+        if self.periodic:
+            out = {"cell_lengths": chunk.cell[kept, :3], "cell_angles": chunk.cell[kept, 3:]}
+        if self.velocities:
+            v = None if chunk.velocities is None else chunk.velocities[kept]
+            v = v if v is None or self.atom_indices is None else v[:, self.atom_indices]
+            finite = np.zeros(len(kept), dtype=bool) if v is None else np.isfinite(v).all(axis=(1, 2))
+            if not finite.all():
+                raise user_error(self.path, f"frame {self.raw_frame(int(index[np.argmin(finite)]))} has no "
+                                            "(finite) velocities, but the file has velocities")
+            out["velocities"] = v
+        return out
 
 
 class _ShardStatistics:
@@ -165,11 +194,12 @@ def _stream(chunks: Iterator, writer: AmberWriter, frames: _Frames, clock: _Cloc
             t = clock(chunk.time_ps, index, first)
             if not len(x):
                 continue
+            extras = frames.extras(chunk, index, first)
             if stats is not None:
                 stats.update(x, index)
             if pending_write is not None:
                 pending_write.result()
-            pending_write = io.submit(writer.append, x, time_ps=t)
+            pending_write = io.submit(writer.append, x, time_ps=t, **extras)
             clock.written(t)
             n_written += len(x)
         if pending_write is not None:
@@ -196,7 +226,7 @@ def write_shard(reader: TrajectoryReader, plan: Plan, shard: Shard, cfg, outdir:
             if linked_to_previous and crosses and shard.frame_start % every == 0 else None
         stats = _ShardStatistics(every, training, before)
     writer = AmberWriter(outdir / shard.file, len(plan.atom_indices), plan.atomic_numbers,
-                         timestep_ps=clock.timestep_ps, program="asteroid-hpc preprocess",
+                         cell=plan.periodic, velocities=plan.velocities, timestep_ps=clock.timestep_ps, program="asteroid-hpc preprocess",
                          compression=data.compression, chunk_frames=min(chunk_frames, 256),
                          attributes={"source_index": shard.source, "source_frame_start": shard.frame_start})
     chunks = reader.iter_chunks(chunk_frames, frames.raw_frame(shard.frame_start),
@@ -213,6 +243,7 @@ def write_shard(reader: TrajectoryReader, plan: Plan, shard: Shard, cfg, outdir:
     return {"index": shard.index, "file": shard.file, "source": shard.source, "split": shard.split,
             "frame_start": shard.frame_start, "frame_stop": shard.frame_stop, "n_frames": n_written,
             "dropped_frames": dropped, "time_first_ps": clock.first, "time_last_ps": clock.last,
+            "box_changes": frames.cells.box_changed,
             "coordinate_moments": (stats.coordinates if stats else RunningMoments()).to_dict(),
             "displacement_moments": (stats.displacements if stats else RunningMoments()).to_dict()}
 

@@ -5,11 +5,14 @@ data files, and every other format MDAnalysis reads as a topology; formats MDAna
 extended XYZ) go through ASE. The element of an atom comes, in this order, from
 
 1. the file's own element or atomic-number field (MDAnalysis ``elements``, when every entry is an element);
-2. the masses the file holds (nearest standard atomic weight within ``MASS_TOLERANCE_U``), logged as a guess;
+2. the masses the file holds (nearest standard atomic weight within ``MASS_TOLERANCE_U``), logged as a guess
+   (a LAMMPS data file in ``units real`` or ``metal``: g/mol; masses that are all exactly 1, LAMMPS's reduced
+   ``units lj``, name no element);
 3. the atom name: the first letter for atoms of standard residues (amino acids, nucleic acids, water), else
    MDAnalysis's name guess (never a two-letter metal for a residue atom such as CD or HG), logged as a guess.
 
-An atom none of them determines is a one-line UserError naming the file and the atom. Bonds are kept when
+An atom none of them determines is a one-line UserError naming the file and the atom. A LAMMPS data file is
+parsed in the atom style its ``Atoms # style`` comment names (MDAnalysis otherwise assumes ``full``). Bonds are kept when
 the topology holds them (``bonds`` [B, 2], atom indices), for making molecules whole across a periodic box.
 """
 
@@ -77,13 +80,36 @@ def open_universe(path: str | os.PathLike, trajectory=None):
         raise user_error(path, "no such file")
     fmt = TOPOLOGY_FORMATS.get(path.suffix.lower())
     args = [str(path)] + ([str(trajectory)] if trajectory is not None else [])
+    style = lammps_atom_style(path) if fmt == "DATA" else None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # MDAnalysis warns about every guessed attribute
-            return MDAnalysis.Universe(*args, topology_format=fmt, to_guess=())
+            return MDAnalysis.Universe(*args, topology_format=fmt, to_guess=(),
+                                       **({"atom_style": style} if style else {}))
     except Exception as exc:  # MDAnalysis raises assorted types on malformed or unknown files
         raise user_error(path, f"cannot read as a topology ({type(exc).__name__}: "
                                f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+# LAMMPS atom styles (the ``Atoms # style`` comment) -> the columns MDAnalysis's DATA parser reads
+LAMMPS_ATOM_STYLES = {"atomic": "id type x y z", "charge": "id type charge x y z",
+                      "bond": "id resid type x y z", "angle": "id resid type x y z",
+                      "molecular": "id resid type x y z", "full": "id resid type charge x y z"}
+
+
+def lammps_atom_style(path: Path) -> str | None:
+    """The MDAnalysis ``atom_style`` of a LAMMPS data file whose ``Atoms`` line names a style, else None."""
+    from MDAnalysis.lib.util import anyopen
+
+    try:
+        with anyopen(str(path), "r") as fh:
+            for line in fh:
+                if line.strip().startswith("Atoms"):
+                    _, _, comment = line.partition("#")
+                    return LAMMPS_ATOM_STYLES.get(comment.strip().split()[0].lower()) if comment.strip() else None
+    except (OSError, UnicodeDecodeError, EOFError):
+        return None  # MDAnalysis reports the unreadable file
+    return None
 
 
 def _is_guessed(universe, name: str) -> bool:
@@ -99,6 +125,11 @@ def _repartitioned(masses) -> bool:
     return bool(((masses > 1.5) & (masses < 3.9)).any())  # below helium (4.003 u)
 
 
+def _reduced_units(masses) -> bool:
+    """Masses all exactly 1: LAMMPS's reduced units (``units lj``), not hydrogen (1.008 u)."""
+    return bool(len(masses)) and bool(np.all(np.asarray(masses, dtype=np.float64) == 1.0))
+
+
 def elements_of(universe, where: str | os.PathLike) -> tuple[np.ndarray, str]:
     """(atomic numbers [N], source) of an MDAnalysis Universe's atoms (see the module docstring)."""
     atoms = universe.atoms
@@ -111,7 +142,8 @@ def elements_of(universe, where: str | os.PathLike) -> tuple[np.ndarray, str]:
         if (from_file > 0).any():
             sources.add("file")
     todo = numbers < 0
-    masses_usable = not _is_guessed(universe, "masses") and not _repartitioned(atoms.masses)
+    masses_usable = not _is_guessed(universe, "masses") and not _repartitioned(atoms.masses) \
+        and not _reduced_units(atoms.masses)
     if todo.any() and masses_usable:
         z_table, weights = _standard_masses()
         masses = np.asarray(atoms.masses, dtype=np.float64)
@@ -146,6 +178,8 @@ def elements_of(universe, where: str | os.PathLike) -> tuple[np.ndarray, str]:
                              if hasattr(atom, key))
         if not _is_guessed(universe, "masses"):
             described += f" mass {float(atom.mass):g}"
+            if _reduced_units(atoms.masses):
+                described += ": every mass is 1, LAMMPS reduced units (units lj), which name no element"
         raise user_error(where, f"cannot determine the element of atom {i} ({described}), nor of "
                                 f"{int((numbers < 0).sum()) - 1} other(s): give a topology with an element or "
                                 "atomic-number field, or standard masses")

@@ -13,6 +13,9 @@ LENGTH_TO_ANGSTROM = {"angstrom": 1.0, "angstroms": 1.0, "a": 1.0, "\u00e5": 1.0
                       "nanometers": 10.0, "nm": 10.0, "picometer": 0.01, "pm": 0.01}
 TIME_TO_PS = {"picosecond": 1.0, "picoseconds": 1.0, "ps": 1.0, "nanosecond": 1000.0, "nanoseconds": 1000.0,
               "ns": 1000.0, "femtosecond": 1e-3, "femtoseconds": 1e-3, "fs": 1e-3}
+VELOCITY_TO_ANGSTROM_PS = {"angstrom/picosecond": 1.0, "angstroms/picosecond": 1.0, "a/ps": 1.0,
+                           "\u00e5/ps": 1.0, "nanometer/picosecond": 10.0, "nanometers/picosecond": 10.0, "nm/ps": 10.0}
+ANGLE_TO_DEGREE = {"degree": 1.0, "degrees": 1.0, "deg": 1.0}
 # relative deviation of one frame spacing from the mean spacing beyond which a time axis is uneven
 UNEVEN_TIME_TOLERANCE = 1e-3
 
@@ -43,3 +46,24 @@ def check_even_spacing(time_ps: np.ndarray, path) -> None:
         raise user_error(path, f"uneven time axis: frames {worst} -> {worst + 1} are {steps[worst]:g} ps apart, "
                                f"the mean spacing is {mean:g} ps (give the frame spacing to override it: "
                                "data.timestep_fs, evaluate --timestep-fs)")
+
+
+def uneven_step(time_ps: np.ndarray, frames: np.ndarray, timestep_ps: float, path) -> None:
+    """Times ``time_ps`` of the file's ``frames`` (in reading order): every pair of neighbours whose frame
+    moves forward by k must be k x ``timestep_ps`` apart within the tolerance (plus float32 rounding of the
+    stamps), else a UserError naming the first uneven frame. Pairs that do not move forward are skipped."""
+    time_ps, frames = np.asarray(time_ps, dtype=np.float64), np.asarray(frames)
+    k = np.diff(frames)
+    steps = np.diff(time_ps)
+    forward = k > 0
+    if not forward.any():
+        return
+    slack = UNEVEN_TIME_TOLERANCE * abs(timestep_ps) * k + 4 * np.finfo(np.float32).eps * np.abs(time_ps[1:])
+    bad = forward & (~np.isfinite(steps) | (np.abs(steps - k * timestep_ps) > slack))
+    if bad.any():
+        i = int(np.argmax(bad))
+        if not steps[i] > 0:
+            raise user_error(path, f"time is not increasing (non-monotonic time) at frame {int(frames[i + 1])}")
+        raise user_error(path, f"uneven time axis: frames {int(frames[i])} -> {int(frames[i + 1])} are "
+                               f"{steps[i]:g} ps apart, the mean spacing is {timestep_ps:g} ps per frame (give the "
+                               "frame spacing to override it: data.timestep_fs, evaluate --timestep-fs)")

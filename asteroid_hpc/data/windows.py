@@ -9,6 +9,10 @@ Random-start splits (protocol A): one window per drawn start ``s`` (the last his
 The window sizes default to the ones the manifest records (:class:`~.manifest.WindowContract`); training
 takes exactly those, evaluation may ask for its model's history and its own horizon.
 
+Periodic datasets (manifest ``periodic``): each window also holds its frames' unit cells, ``"cell"`` float64
+[m + H, 6] (a, b, c Å, alpha, beta, gamma degrees); open datasets' windows are unchanged. Any stretch of a
+source with its cells and velocities: :func:`read_source_frames`.
+
 NetCDF files are opened lazily, per process: no open handle is pickled into DataLoader workers.
 """
 
@@ -106,6 +110,7 @@ class WindowDataset(Dataset):
         self.n_atoms = int(self.manifest["n_atoms"])
         self.timestep_fs = float(self.manifest["timestep_fs"])
         self.statistics = self.manifest["statistics"]
+        self.periodic = bool(self.manifest.get("periodic"))  # datasets made before cells were stored: False
         self.segments = build_segments(self.manifest)
         span = history_frames + horizon_frames
         method = self.manifest["split"]["method"]
@@ -160,22 +165,16 @@ class WindowDataset(Dataset):
 
     def read_segment(self, segment: int, start: int, stop: int) -> np.ndarray:
         """Frames ``start:stop`` (counted from the segment's first frame) of a segment, float32 [F, N, 3]."""
-        out = []
-        position = 0
-        for piece in self.segments[segment].pieces:
-            lo, hi = max(start, position), min(stop, position + piece.length)
-            if lo < hi:
-                coords = self._open(piece.file)["coordinates"]
-                out.append(np.asarray(coords[piece.offset + lo - position: piece.offset + hi - position],
-                                      dtype=np.float32))
-            position += piece.length
-            if position >= stop:
-                break
-        frames = np.concatenate(out) if len(out) != 1 else out[0]
-        if len(frames) != stop - start:
-            raise IndexError(f"frames {start}:{stop} outside segment {segment} of length "
-                             f"{self.segments[segment].length}")
-        return frames
+        return _read_pieces(self.segments[segment], start, stop,
+                            lambda file, a, b: np.asarray(self._open(file)["coordinates"][a:b], dtype=np.float32))
+
+    def read_segment_cells(self, segment: int, start: int, stop: int) -> np.ndarray:
+        """The unit cells of the same frames, float64 [F, 6] (periodic datasets only)."""
+        def cells(file, a, b):
+            shard = self._open(file)
+            return np.concatenate([shard["cell_lengths"][a:b], shard["cell_angles"][a:b]], axis=1).astype(np.float64)
+
+        return _read_pieces(self.segments[segment], start, stop, cells)
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):
@@ -184,8 +183,13 @@ class WindowDataset(Dataset):
         frames = self.read_segment(int(self._segment_of[index]), int(self._offset_of[index]),
                                    int(self._offset_of[index]) + m + self.horizon_frames)
         frames = torch.from_numpy(np.ascontiguousarray(frames))
-        return {"history": frames[:m], "target": frames[m:],
+        item = {"history": frames[:m], "target": frames[m:],
                 "atomic_numbers": torch.from_numpy(self.atomic_numbers_np), "index": int(index)}
+        if self.periodic:  # the frames' cells: a few bytes more per window
+            item["cell"] = torch.from_numpy(self.read_segment_cells(
+                int(self._segment_of[index]), int(self._offset_of[index]),
+                int(self._offset_of[index]) + m + self.horizon_frames))
+        return item
 
     def _open(self, file: str):
         if self._pid != os.getpid():  # forked into a worker: never share the parent's handles
@@ -219,3 +223,48 @@ class WindowDataset(Dataset):
                 self.close()
         except Exception:
             pass
+
+
+def _piece_ranges(segment: Segment, start: int, stop: int) -> list[tuple[str, int, int]]:
+    """(shard file, first, stop) frame ranges inside the shards that hold frames ``start:stop`` of ``segment``
+    (counted from its first frame), in order."""
+    ranges = []
+    position = 0
+    for piece in segment.pieces:
+        lo, hi = max(start, position), min(stop, position + piece.length)
+        if lo < hi:
+            ranges.append((piece.file, piece.offset + lo - position, piece.offset + hi - position))
+        position += piece.length
+        if position >= stop:
+            break
+    if start < 0 or sum(b - a for _, a, b in ranges) != stop - start:
+        raise IndexError(f"frames {start}:{stop} outside a segment of length {segment.length}")
+    return ranges
+
+
+def _read_pieces(segment: Segment, start: int, stop: int, read) -> np.ndarray:
+    """Frames ``start:stop`` of ``segment`` joined across its shards; ``read(file, a, b)`` reads one shard's."""
+    out = [read(*r) for r in _piece_ranges(segment, start, stop)]
+    return np.concatenate(out) if len(out) != 1 else out[0]
+
+
+def read_source_frames(dataset_dir: str | os.PathLike, source: int, start: int, stop: int):
+    """Strided frames ``start:stop`` of input ``source`` as the dataset stores them, as a
+    :class:`~.frames.FrameChunk`: coordinates float32 [F, N, 3] Å (centred if the dataset is), time_ps [F],
+    velocities float32 [F, N, 3] Å/ps and cell float64 [F, 6] (None where the dataset has none). The frames
+    must be stored consecutively (one split, no dropped frame between them): else a UserError."""
+    from .amber_reader import AmberReader
+    from .frames import FrameChunk, concatenate_chunks
+
+    dataset_dir = Path(dataset_dir)
+    manifest = read_manifest(dataset_dir)
+    for segment in build_segments(manifest):
+        if segment.source == source and segment.frame_start <= start and stop <= segment.frame_start + segment.length:
+            chunks = []
+            for file, a, b in _piece_ranges(segment, start - segment.frame_start, stop - segment.frame_start):
+                with AmberReader(dataset_dir / file, read_velocities=True) as reader:
+                    chunks.append(reader.read(a, b))
+            chunk = concatenate_chunks(chunks)
+            return FrameChunk(start, chunk.coordinates, chunk.time_ps, chunk.velocities, chunk.cell)
+    raise user_error(dataset_dir, f"frames {start}..{stop - 1} of input {source} are not stored consecutively in "
+                                  "the dataset (another split, a dropped frame, or past its end)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -22,7 +23,7 @@ from .progress import POLL_SECONDS, Progress
 from .rollout import MemberForecaster
 from .sizing import batch_members
 from .store import COMPLETE_FILE, TRAJECTORY_KEYS, claim_run
-from .summary import Reference, write_summary
+from .summary import Reference, open_reference, write_summary
 from .watch import Watch, initial_watch
 
 log = get_logger(__name__)
@@ -80,6 +81,8 @@ def run_ensemble(cfg: AsteroidConfig, model_path: str | os.PathLike, initial_pat
     m = model.cfg.history_frames
     initial = _initial_condition(initial_path, ens, m, cfg.data.frame_stride, model, model_path, topology,
                                  allow_mismatch)
+    if reference is not None:  # the whole system's atom count, for a reference file that does not hold its own
+        reference = replace(reference, file_atoms=initial.file_atoms)
     _check_inputs(initial, model.cfg, reference)
     watch = initial_watch(initial, ens, m)
     autocast_dtype = inference_dtype(ens.precision, device)
@@ -217,11 +220,7 @@ def _check_inputs(initial: InitialCondition, model_cfg: ModelConfig, reference: 
     if int(initial.atomic_numbers.max()) >= model_cfg.num_elements or int(initial.atomic_numbers.min()) < 0:
         raise user_error(initial.path, f"atomic numbers outside the model's [0, {model_cfg.num_elements})")
     if reference is not None:
-        from ..data.amber import AmberReader
-
-        with AmberReader(reference.path) as ref:
-            if ref.n_atoms != initial.n_atoms:
-                raise user_error(reference.path, f"has {ref.n_atoms} atoms, the initial condition {initial.n_atoms}")
+        open_reference(reference, initial.n_atoms, initial.atom_indices).close()
 
 
 def _startup_lines(ens: EnsembleConfig, grid: ProcessGrid, threads: int, initial: InitialCondition, weights: Path,

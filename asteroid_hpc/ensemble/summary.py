@@ -44,8 +44,27 @@ SUMMARY_MEMORY_BYTES = 1 << 29  # float64 working copies of one block of lead ti
 
 @dataclass
 class Reference:
+    """The true continuation: a trajectory in any format preprocess reads, of the ensemble's atoms or of the
+    whole system the model's atoms were selected from (then cut to them). ``file_atoms``: the whole system's
+    atom count, for formats that do not hold theirs (AMBER ASCII)."""
+
     path: Path
     start_frame: int = 0
+    file_atoms: Optional[int] = None
+
+
+def open_reference(reference: Reference, n_atoms: int, atom_indices: Optional[np.ndarray]):
+    """A reader of the reference as the ensemble's ``n_atoms`` atoms; UserError when it holds other atoms."""
+    from ..data.readers import TrajectoryReader, needs_atom_count
+
+    reader = TrajectoryReader(reference.path, check_time=False,
+                              n_atoms=reference.file_atoms if needs_atom_count(reference.path) else None)
+    if reader.n_atoms != n_atoms and (atom_indices is None or reader.n_atoms != reference.file_atoms):
+        reader.close()
+        raise user_error(reference.path, f"has {reader.n_atoms} atoms, the ensemble has {n_atoms}"
+                                         + (f" (of {reference.file_atoms} in the input)" if atom_indices is not None
+                                            else ""))
+    return _model_atoms(reader, n_atoms, atom_indices)
 
 
 def lead_block_frames(members: int, n_atoms: int, chunk_frames: int) -> int:
@@ -76,9 +95,7 @@ def write_summary(outdir: Path, members: int, horizon_frames: int, chunk_frames:
         readers = [_model_atoms(stack.enter_context(AmberReader(member_path(outdir, m))), n_atoms, atom_indices)
                    for m in range(members)]
         _check_member_files(readers, stopped, horizon_frames, n_atoms)
-        ref_reader = stack.enter_context(AmberReader(reference.path)) if reference else None
-        if ref_reader is not None and ref_reader.n_atoms != n_atoms:
-            raise user_error(reference.path, f"has {ref_reader.n_atoms} atoms, the ensemble has {n_atoms}")
+        ref_reader = stack.enter_context(open_reference(reference, n_atoms, atom_indices)) if reference else None
         mean_writer = stack.enter_context(AmberWriter(outdir / "mean.nc", n_atoms, atomic_numbers,
                                                       timestep_ps=timestep_ps, title="asteroid-hpc ensemble mean")) \
             if healthy else None
@@ -120,6 +137,15 @@ class _SelectedReader:
 
         chunk = self.reader.read(start, stop)
         return replace(chunk, coordinates=chunk.coordinates[:, self.atom_indices])
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _model_atoms(reader: AmberReader, n_atoms: int, atom_indices: Optional[np.ndarray]):
