@@ -1,5 +1,6 @@
 """Optimal rigid superposition (Kabsch) of atom sets [..., N, 3] in Å: NumPy versions for the metrics and
 torch versions for the model, side by side. Row-vector convention throughout: (x − centroid) @ R.
+Also the box vectors of a periodic cell from its lengths and angles (:func:`cell_matrix`).
 
 NumPy results are float64; torch is imported only by the torch functions, so the metrics stay torch-free.
 """
@@ -52,6 +53,25 @@ def kabsch_rmsd(coordinates, reference) -> np.ndarray:
     """RMSD in Å after optimal superposition (translation + rotation) of ``coordinates`` onto
     ``reference``: [..., N, 3] -> [...]."""
     return rmsd(kabsch_superpose(coordinates, reference), reference)
+
+
+def cell_matrix(lengths_angles) -> np.ndarray:
+    """Box vectors as rows [..., 3, 3] in Å from a cell [..., 6]: lengths a, b, c in Å and angles α (b, c),
+    β (a, c), γ (a, b) in degrees, as AMBER NetCDF and MDAnalysis store them; a along x, b in the xy plane.
+    A 90° angle gives an exact zero, so an orthorhombic cell is exactly diagonal. Float64."""
+    cell = np.asarray(lengths_angles, dtype=np.float64)
+    if cell.shape[-1:] != (6,):
+        raise ValueError(f"a cell is [..., 6] (lengths Å, angles °), got shape {cell.shape}")
+    a, b, c = cell[..., 0], cell[..., 1], cell[..., 2]
+    cos_alpha, cos_beta, cos_gamma = (np.where(cell[..., k] == 90.0, 0.0, np.cos(np.radians(cell[..., k])))
+                                      for k in (3, 4, 5))
+    sin_gamma = np.where(cell[..., 5] == 90.0, 1.0, np.sin(np.radians(cell[..., 5])))
+    cy = (cos_alpha - cos_beta * cos_gamma) / sin_gamma
+    cz = np.sqrt(np.clip(1.0 - cos_beta ** 2 - cy ** 2, 0.0, None))
+    zero = np.zeros_like(a)
+    rows = [np.stack([a, zero, zero], -1), np.stack([b * cos_gamma, b * sin_gamma, zero], -1),
+            np.stack([c * cos_beta, c * cy, c * cz], -1)]
+    return np.stack(rows, axis=-2)
 
 
 # ----------------------------------------------------------------------------------- torch

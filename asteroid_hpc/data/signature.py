@@ -25,8 +25,8 @@ SPACING_TOLERANCE = 1e-3  # relative difference of frame spacings still counted 
 
 def signature_of_manifest(manifest: dict) -> dict:
     """The signature of a dataset: its inputs' atom count, the selection and the selected atoms' indices
-    and elements, the frame spacing of the inputs and of the dataset (after the stride), and the topology
-    it was given."""
+    and elements, the frame spacing of the inputs and of the dataset (after the stride), the topology
+    it was given, and whether its systems are periodic (the model refuses the other kind at its entry)."""
     stride = int(manifest["frame_stride"])
     return {"input_atoms": int(manifest["sources"][0]["n_atoms"]),
             "atom_selection": manifest.get("atom_selection", "all"),
@@ -34,7 +34,8 @@ def signature_of_manifest(manifest: dict) -> dict:
             "atomic_numbers": [int(z) for z in manifest["atomic_numbers"]],
             "timestep_fs": float(manifest["timestep_fs"]), "frame_stride": stride,
             "input_timestep_fs": float(manifest["timestep_fs"]) / stride,
-            "topology": manifest.get("topology")}
+            "topology": manifest.get("topology"),
+            "periodic": bool(manifest.get("periodic") or any(s.get("periodic") for s in manifest["sources"]))}
 
 
 def recorded_topology(signature: dict | None) -> str | None:

@@ -22,8 +22,16 @@ One *pass* over a history window of m frames:
    the steps → cross-attention to the encoder memory of the same atom). Output: s_k + a correction.
 
 Horizons longer than L−1 frames roll the window forward (iterative extended horizon). Outputs are
-absolute coordinates in Å. Open boundaries only (no periodic cells). The neighbour list is built once
-per window from its last frame (atoms move little within a window) unless the caller supplies one.
+absolute coordinates in Å. The neighbour list is built once per window from its last frame (atoms move
+little within a window) unless the caller supplies one.
+
+Periodic boxes (``cell``, :mod:`asteroid_hpc.model.periodic`): every relative vector is a minimum image,
+the neighbour lists cross the faces, each frame of the window is first moved by whole lattice vectors to
+be continuous with the last one (wrapped input is safe; outputs continue from the last frame), and the
+basis vector x_last − c is zero: nothing depends on where the atoms sit in the box (c remains only the
+numerical origin of the positions, which cancels in every relative vector). ``model.reference_structure``
+and ``model.rotation_basis`` are whole-molecule vectors and refuse a cell. A model records in its data
+signature whether it was trained on periodic systems and refuses the other kind.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from ..errors import UserError
 from ..geometry import superpose_onto
 from .domain import WHOLE_SYSTEM, Domain
 from .graph import NeighborGraph, radius_graph, spatial_order
+from .periodic import as_cells, check_radius, minimum_image_shift
 from .spatial import SpatialBlock
 from .sti import readoff
 from .symmetry import (VectorHead, random_rotations, rotate_about, rotation_step, vector_feature_size,
@@ -81,6 +90,7 @@ class _Window:
     elements: Tensor  # element embedding [B, N, D]
     graph: Optional[NeighborGraph]
     domain: Domain
+    cell: Optional[Tensor]  # [B, 3, 3] Å in a periodic box, else None
 
 
 class Asteroid(nn.Module):
@@ -91,6 +101,7 @@ class Asteroid(nn.Module):
         ``model.reference_structure=training_mean`` (train computes it; saved weights carry it)."""
         super().__init__()
         self.cfg = cfg
+        self.data_signature: Optional[dict] = None  # what it was trained on (data/signature.py), set on loading
         d, m, length = cfg.hidden_size, cfg.history_frames, cfg.delay_length
         self.equivariant = cfg.symmetry == "equivariant"
         self.steps_per_pass = length - 1
@@ -135,15 +146,22 @@ class Asteroid(nn.Module):
 
     # ----------------------------------------------------------------------------------- public API
     def forward(self, history: Tensor, atomic_numbers: Tensor, horizon: int, target: Optional[Tensor] = None, *,
-                graph: Optional[NeighborGraph] = None, domain: Optional[Domain] = None) -> AsteroidOutput:
+                graph: Optional[NeighborGraph] = None, domain: Optional[Domain] = None,
+                cell: Optional[Tensor] = None) -> AsteroidOutput:
         """Forecast ``horizon`` frames after ``history`` [B, m, N, 3] (raw Å).
 
         ``target`` [B, ≥horizon, N, 3] enables teacher forcing (the decoder and the rolled windows see the
         true previous frames). ``graph`` overrides the neighbour list (used for every pass). ``domain``
         says which part of the system ``history`` holds and how it meets the rest
-        (:mod:`asteroid_hpc.model.domain`); the default is the whole system.
+        (:mod:`asteroid_hpc.model.domain`); the default is the whole system. ``cell`` [B, 3, 3] or [3, 3]:
+        the periodic box vectors as rows in Å, the same for every frame (module doc); None: open boundaries.
         """
         self._check_inputs(history, atomic_numbers, horizon, target)
+        cell = self._check_cell(cell, history, graph)
+        if cell is not None:  # each frame continuous with the last observed one (wrapped input is safe)
+            last = history[:, -1:]
+            history = history + minimum_image_shift(history - last, cell)
+            target = None if target is None else target + minimum_image_shift(target - last, cell)
         domain = WHOLE_SYSTEM if domain is None else domain
         if domain.owned_mask is not None and (self.uses_reference or self.cfg.rotation_basis):
             raise UserError("model.reference_structure and model.rotation_basis are vectors of the whole molecule: "
@@ -156,7 +174,8 @@ class Asteroid(nn.Module):
             centre = history.mean(dim=(1, 2), keepdim=True)
             history = rotate_about(history, rotation, centre)
             target = None if target is None else rotate_about(target, rotation, centre)
-        order = self._locality_order(history, graph, domain.owned_mask)
+            cell = None if cell is None else cell @ rotation.transpose(1, 2)  # the box turns with its atoms
+        order = self._locality_order(history, graph, domain.owned_mask, cell)
         if order is not None:
             history, elements = history[:, :, order], elements[:, order]
             target = None if target is None else target[:, :, order]
@@ -165,7 +184,7 @@ class Asteroid(nn.Module):
         while produced < horizon:
             steps = min(self.steps_per_pass, horizon - produced)
             teacher = None if target is None else target[:, produced:produced + steps]
-            result = self._pass(window, elements, steps, teacher, graph, domain)
+            result = self._pass(window, elements, steps, teacher, graph, domain, cell)
             first = result if first is None else first
             forecasts.append(result.forecast)
             produced += steps
@@ -183,12 +202,13 @@ class Asteroid(nn.Module):
         return output
 
     @torch.no_grad()
-    def forecast(self, history: Tensor, atomic_numbers: Tensor, n_frames: int) -> Tensor:
-        """``n_frames`` forecast frames [B, n_frames, N, 3] (eval mode, no gradients, iterative)."""
+    def forecast(self, history: Tensor, atomic_numbers: Tensor, n_frames: int, cell: Optional[Tensor] = None) -> Tensor:
+        """``n_frames`` forecast frames [B, n_frames, N, 3] (eval mode, no gradients, iterative); ``cell`` as
+        in :meth:`forward`."""
         was_training = self.training
         self.eval()
         try:
-            return self(history, atomic_numbers, n_frames).forecast
+            return self(history, atomic_numbers, n_frames, cell=cell).forecast
         finally:
             self.train(was_training)
 
@@ -209,43 +229,66 @@ class Asteroid(nn.Module):
             raise UserError(f"the model's reference structure has {len(self.reference)} atoms, the input "
                             f"{history.shape[2]} (a reference model forecasts the whole molecule it was trained on)")
 
+    def _check_cell(self, cell, history: Tensor, graph: Optional[NeighborGraph]) -> Optional[Tensor]:
+        """The periodic cell as [B, 3, 3] in the history's dtype, or None (open); refuses, in one line, a cell
+        this model cannot take or the lack of one it needs."""
+        if self.data_signature and bool(self.data_signature.get("periodic", False)) != (cell is not None):
+            raise UserError("this model was trained on periodic systems: it needs the input's cell (box vectors)"
+                            if cell is None else "this model was trained on open systems (no periodic box): it "
+                            "cannot forecast a periodic system; train one on periodic data")
+        if cell is None:
+            if graph is not None and graph.shift is not None:
+                raise UserError("the neighbour list has periodic image shifts but no cell was given")
+            return None
+        if self.uses_reference or self.cfg.rotation_basis:
+            raise UserError("model.reference_structure and model.rotation_basis are vectors of a whole molecule: "
+                            "they do not apply to a periodic box")
+        cell = as_cells(cell, history.shape[0], dtype=history.dtype, device=history.device)
+        if self.cfg.attention != "full":
+            check_radius(cell, self.cfg.cutoff_angstrom)
+            if graph is not None and graph.shift is None:
+                raise UserError("a periodic input needs a neighbour list with image shifts (radius_graph(..., cell))")
+        return cell
+
     def _locality_order(self, history: Tensor, graph: Optional[NeighborGraph],
-                        owned_mask: Optional[Tensor]) -> Optional[Tensor]:
+                        owned_mask: Optional[Tensor], cell: Optional[Tensor] = None) -> Optional[Tensor]:
         """Spatial order of the atoms for large local-attention systems; None to keep the caller's order
         (full attention, small systems, or a caller that indexes atoms itself: own graph or domains)."""
         if (self.cfg.attention == "full" or graph is not None or owned_mask is not None
                 or history.shape[2] < LOCALITY_SORT_MIN_ATOMS or self.uses_reference):
             return None
-        return spatial_order(history[0, -1])
+        return spatial_order(history[0, -1], None if cell is None else cell[0])
 
-    def _geometry(self, window: Tensor, elements: Tensor, graph: Optional[NeighborGraph], domain: Domain) -> _Window:
+    def _geometry(self, window: Tensor, elements: Tensor, graph: Optional[NeighborGraph], domain: Domain,
+                  cell: Optional[Tensor]) -> _Window:
         last = window[:, -1:]
-        centre = domain.centroid(window)
+        centre = domain.centroid(window)  # periodic: only the numerical origin of the positions
         displacements = (window[:, :-1] - last).permute(0, 2, 1, 3)  # [B, N, m-1, 3]
         parts = [displacements]
         if self.uses_reference:
             parts.append((superpose_onto(self.reference, last[:, 0]) - last[:, 0]).unsqueeze(2))
         if self.cfg.rotation_basis:
             parts.append(rotation_step(window).unsqueeze(2))
-        parts.append((last - centre).permute(0, 2, 1, 3))  # last: _basis scales it
+        arm = (last - centre).permute(0, 2, 1, 3)  # last: _basis scales it; zero in a box (no centre there)
+        parts.append(arm if cell is None else torch.zeros_like(arm))
         atom_basis = torch.cat(parts, dim=2)
         if self.cfg.attention == "full":
             graph = None
         elif graph is None:
-            graph = radius_graph(window[:, -1], self.cfg.cutoff_angstrom, self.cfg.max_neighbors)
-        return _Window(last, centre, atom_basis, self.element_embedding(elements), graph, domain)
+            graph = radius_graph(window[:, -1], self.cfg.cutoff_angstrom, self.cfg.max_neighbors, cell)
+        return _Window(last, centre, atom_basis, self.element_embedding(elements), graph, domain, cell)
 
     def _spatial(self, block: SpatialBlock, h: Tensor, positions: Tensor, geo: _Window,
                  want_vectors: bool) -> tuple[Tensor, Optional[Tensor]]:
         """Run a spatial block on every frame of h [B, T, N, D], then the domain's step after it; vectors
         [B, T, N, H, 3] when wanted."""
         batch, frames, n_atoms, d = h.shape
-        graph = None if geo.graph is None else NeighborGraph(geo.graph.index.repeat_interleave(frames, dim=0),
-                                                             geo.graph.mask.repeat_interleave(frames, dim=0))
+        graph = None if geo.graph is None else geo.graph.repeat_frames(frames)
+        cell = None if geo.cell is None or graph is not None else geo.cell.repeat_interleave(frames, dim=0)
         domain = geo.domain
         out, vectors = block(h.reshape(batch * frames, n_atoms, d), positions.reshape(batch * frames, n_atoms, 3),
                              graph, owned_mask=domain.owned_mask, reduce=domain.global_reduce,
-                             return_vectors=want_vectors)
+                             return_vectors=want_vectors, cell=cell)
         out, vectors = domain.after_spatial_block(out, vectors)
         vectors = None if vectors is None else vectors.view(batch, frames, n_atoms, -1, 3)
         return out.view(batch, frames, n_atoms, d), vectors
@@ -312,8 +355,8 @@ class Asteroid(nn.Module):
         return seeds + correction.squeeze(-2)
 
     def _pass(self, window: Tensor, elements: Tensor, steps: int, teacher: Optional[Tensor],
-              graph: Optional[NeighborGraph], domain: Domain) -> AsteroidOutput:
-        geo = self._geometry(window, elements, graph, domain)
+              graph: Optional[NeighborGraph], domain: Domain, cell: Optional[Tensor]) -> AsteroidOutput:
+        geo = self._geometry(window, elements, graph, domain, cell)
         h, token_vectors, vectors = self._encode(window, geo)
         delay = self.primary_head(h, self._basis(token_vectors, geo, vectors))  # [B, m, N, L, 3]
         reconstruction = self._conjugate(delay, geo)

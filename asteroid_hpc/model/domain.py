@@ -13,7 +13,10 @@ over the whole of it:
 
 :class:`WholeSystem` is the default: the pass holds every atom and nothing crosses a boundary. The
 ensemble's spatial decomposition (:class:`asteroid_hpc.ensemble.domains.DomainContext`) implements the
-same interface; periodic boundaries would plug in here too.
+same interface. In a periodic box the model is given the cell and its local atoms (owned + halo) in their
+own coordinates: every relative vector is then a minimum image, so a halo only has to hold the atoms within
+the cutoff of the domain by minimum-image distance (across the faces too); the centroid is then only the
+numerical origin of the positions.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ in one block. Cost per frame: O(N·K·D) local + O(N·G·D) global, linear in N 
 
 ``attention="full"`` replaces the neighbour list by all atoms (same parameters, same RBF bias): with
 a cutoff larger than the system and ``max_neighbors >= N`` the local path is mathematically the full
-path. Periodic boxes are not supported (open boundaries only).
+path. In a periodic box every relative vector x_j − x_i is a minimum image: the local path adds each
+pair's lattice shift from the neighbour list, the full path (given the ``cell``) takes the minimum image
+of every pair (:mod:`asteroid_hpc.model.periodic`).
 
 Domain decomposition: the global-token gather is a softmax over *all* atoms of the system. It is
 computed from per-partition statistics - ``max_logit`` [S, G, H], ``sum_exp`` [S, G, H] (Σ exp(l - max))
@@ -29,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .graph import NeighborGraph
+from .periodic import minimum_image
 
 SoftmaxStats = tuple[Tensor, Tensor, Tensor]
 BLOCK_ROWS = 4096  # (frame, atom) rows per local-attention block: measured fastest of 1k/4k/16k/all
@@ -77,7 +80,8 @@ class FeedForward(nn.Module):
 class SpatialBlock(nn.Module):
     """Pre-norm local-global attention over the atoms of each frame, then a feed-forward layer.
 
-    Input ``h`` [S, N, D] (S frames), ``positions`` [S, N, 3] in Å. Returns the updated features and
+    Input ``h`` [S, N, D] (S frames), ``positions`` [S, N, 3] in Å, a periodic ``cell`` [S, 3, 3] for full
+    attention (local attention takes the shifts of the neighbour list). Returns the updated features and
     ``vectors`` [S, N, H, 3] = Σ_j α_ij (x_j − x_i) per head (rotation-equivariant, translation-invariant),
     or None when not requested.
     """
@@ -125,7 +129,7 @@ class SpatialBlock(nn.Module):
 
     def forward(self, h: Tensor, positions: Tensor, graph: Optional[NeighborGraph], *,
                 owned_mask: Optional[Tensor] = None, reduce: GlobalReduce = local_reduce,
-                return_vectors: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+                return_vectors: bool = False, cell: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
         frames, n_atoms, _ = h.shape
         x = self.norm(h)
         query, keys, values = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
@@ -133,8 +137,8 @@ class SpatialBlock(nn.Module):
         # Local attention in blocks of atoms (all frames), so that the [S, atoms, K, ...] intermediates
         # stay cache-sized and the cost per atom does not grow with N (BENCHMARKS.md, model forward).
         step = n_atoms if graph is None else max(1, BLOCK_ROWS // frames)
-        parts = [self._attend(query, keys, values, positions, graph, global_kv, slice(a, a + step), return_vectors)
-                 for a in range(0, n_atoms, step)]
+        parts = [self._attend(query, keys, values, positions, graph, global_kv, slice(a, a + step), return_vectors,
+                              cell) for a in range(0, n_atoms, step)]
         mixed = parts[0][0] if len(parts) == 1 else torch.cat([p[0] for p in parts], dim=1)
         vectors = None
         if return_vectors:
@@ -145,13 +149,13 @@ class SpatialBlock(nn.Module):
 
     def _attend(self, query: Tensor, keys: Tensor, values: Tensor, positions: Tensor,
                 graph: Optional[NeighborGraph], global_kv: Optional[tuple[Tensor, Tensor]], atoms: slice,
-                return_vectors: bool) -> tuple[Tensor, Optional[Tensor]]:
+                return_vectors: bool, cell: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
         """Attention output [S, n, H, Dh] (and vectors [S, n, H, 3]) of the atoms in ``atoms``."""
         frames, n_atoms = keys.shape[:2]
         scale = 1.0 / math.sqrt(self.head_dim)
         query = query[:, atoms]
         if graph is None:  # full attention: every atom j of the frame is a neighbour of i
-            relative = positions.unsqueeze(1) - positions[:, atoms].unsqueeze(2)  # [S, n(i), N(j), 3] = x_j - x_i
+            relative = minimum_image(positions.unsqueeze(1) - positions[:, atoms].unsqueeze(2), cell)  # [S, n(i), N(j), 3]
             logits = torch.einsum("snhd,skhd->snkh", query, keys) * scale
             mix_equation, mix_values = "snkh,skhd->snhd", values
         else:  # gather the K listed neighbours of every atom: [S, n, K, ...]
@@ -160,6 +164,8 @@ class SpatialBlock(nn.Module):
             flat = (index + frames_offset).reshape(-1)
             shape = (frames, index.shape[1], index.shape[2], self.num_heads, self.head_dim)
             relative = positions.reshape(-1, 3)[flat].view(*shape[:3], 3) - positions[:, atoms].unsqueeze(2)
+            if graph.shift is not None:  # periodic: the minimum image of each pair
+                relative = relative + graph.shift[:, atoms]
             nb_keys = keys.reshape(frames * n_atoms, self.num_heads, -1)[flat].view(shape)
             nb_values = values.reshape(frames * n_atoms, self.num_heads, -1)[flat].view(shape)
             logits = torch.einsum("snhd,snkhd->snkh", query, nb_keys) * scale

@@ -86,24 +86,26 @@ class VectorHead(nn.Module):
 
 @torch.no_grad()
 def rotation_equivariance_error(model: "Asteroid", history: Tensor, atomic_numbers: Tensor, horizon: int, *,
-                                num_rotations: int = 4, seed: int = 0) -> float:
+                                num_rotations: int = 4, seed: int = 0, cell: Optional[Tensor] = None) -> float:
     """Relative rotation-equivariance error of the forecast, measured in eval mode.
 
     max over random rotations R of ‖f(R·x) − R·f(x)‖ / ‖f(x) − x_last‖ (Frobenius norms over the
     forecast displacements, rotations about the window centroid). 0 for an exactly equivariant model.
+    A periodic ``cell`` [B, 3, 3] turns with the atoms.
     """
     was_training = model.training
     model.eval()
     try:
         generator = torch.Generator().manual_seed(seed)
         centre = history.mean(dim=(1, 2), keepdim=True)
-        reference = model(history, atomic_numbers, horizon).forecast
+        reference = model(history, atomic_numbers, horizon, cell=cell).forecast
         scale = (reference - history[:, -1:]).norm().clamp_min(1e-30)
         worst = 0.0
         for _ in range(num_rotations):
             rotation = random_rotations(history.shape[0], dtype=history.dtype, device=history.device,
                                         generator=generator)
-            rotated = model(rotate_about(history, rotation, centre), atomic_numbers, horizon).forecast
+            turned_cell = None if cell is None else cell @ rotation.transpose(1, 2)
+            rotated = model(rotate_about(history, rotation, centre), atomic_numbers, horizon, cell=turned_cell).forecast
             expected = rotate_about(reference, rotation, centre)
             worst = max(worst, float((rotated - expected).norm() / scale))
         return worst
