@@ -139,3 +139,10 @@ def test_periodic_clashes_skip_bonded_and_angle_pairs_and_see_across_faces():
     assert counts.tolist() == [0.0, 1.0]  # O–H (0.96 Å) and H–H (1.5 Å) are bonded/angle pairs; the ion clashes
     broken = liquid.periodic_clash_counts(np.full((1, 7, 3), np.nan), cell, set(), 0.8)
     assert np.isnan(broken).all()
+
+
+def test_periodic_bonds_are_found_across_the_faces():
+    cell = [10.0, 10.0, 10.0, 90.0, 90.0, 90.0]
+    frame = np.array([[9.7, 5.0, 5.0], [0.66, 5.0, 5.0], [9.7, 5.8, 5.6], [5.0, 5.0, 5.0], [5.0, 5.0, 6.4]])
+    z = np.array([8, 1, 1, 18, 18])  # a water split by the x face; two argon atoms (no bonds)
+    assert liquid.detect_periodic_bonds(frame, z, cell, 0.45).tolist() == [[0, 1], [0, 2]]

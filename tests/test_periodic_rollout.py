@@ -110,3 +110,55 @@ def test_a_distance_md_holds_constrained_gets_an_absolute_width_target(box):
     shaken = forecast + np.random.default_rng(4).normal(0, 0.03, forecast.shape)
     result = pr.score_periodic_rollout(shaken, last, [rigid[:600]], system, FRAME_FS, clash_angstrom=0.8)
     assert not _met(result)["H–O width (Å; constrained in MD)"]
+
+
+def _wrapped_water_file(path, n_frames: int = 120):
+    """The drifting water box written as an MD engine would: every atom wrapped into the box, cell per frame."""
+    from asteroid_hpc.data.amber import AmberWriter
+
+    frames, z, bonds, cell = _water_box(n_frames, drift_angstrom=0.02, oscillation_angstrom=0.04, seed=5)
+    frames = frames + 7.0  # molecules sit across the faces
+    wrapped = frames - np.floor(frames / 21.0) * 21.0
+    writer = AmberWriter(path, len(z), z, cell=True, timestep_ps=FRAME_FS / 1000)
+    writer.append(wrapped, cell_lengths=np.tile(cell[:3], (n_frames, 1)), cell_angles=np.tile(cell[3:], (n_frames, 1)))
+    writer.close()
+    return frames, z
+
+
+def test_protocol_l_end_to_end_on_a_wrapped_periodic_file(tmp_path, capsys):
+    import json
+
+    from asteroid_hpc.cli.main import main
+    from asteroid_hpc.evaluation.trajectory import load_trajectory
+    from asteroid_hpc.model import load_weights, save_weights
+    from tests.support.tiny import tiny_model_file
+
+    truth, z = _wrapped_water_file(tmp_path / "water.nc")
+    loaded = load_trajectory(tmp_path / "water.nc")
+    assert loaded.cell.shape == (120, 6) and loaded.bonds is None
+    steps = np.abs(np.diff(loaded.positions, axis=0)).max()
+    assert steps < 1.0  # unwrapped: no jump by a box length between frames
+    # unwrapped up to one lattice translation per atom, constant in time (bonds from covalent radii come later)
+    shift = (loaded.positions - truth)[0]
+    np.testing.assert_allclose(loaded.positions - truth, np.broadcast_to(shift, truth.shape), atol=1e-3)
+    np.testing.assert_allclose(shift / 21.0, np.round(shift / 21.0), atol=1e-4)
+
+    model = load_weights(tiny_model_file(tmp_path / "tiny.safetensors", attention="local_global", num_rbf=4,
+                                         num_global_tokens=1, cutoff_angstrom=4.0))
+    model.data_signature = {"input_atoms": len(z), "atom_indices": list(range(len(z))),
+                            "atomic_numbers": [int(v) for v in z], "timestep_fs": FRAME_FS, "frame_stride": 1,
+                            "input_timestep_fs": FRAME_FS, "topology": None, "periodic": True}
+    path = save_weights(model, tmp_path / "periodic.safetensors")
+    out = tmp_path / "eval"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(path), str(tmp_path / "water.nc"), "-o", str(out), "--protocol", "L",
+              "--rollout-ps", "0.5", "--rollout-stride-fs", "10", "--rollout-starts", "4"])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 0, captured.err
+    record = json.loads((out / "results.json").read_text())["long_rollout"]
+    assert record["kind"] == "periodic" and record["n_rollouts"] == 4 and record["rollout_frames"] == 50
+    assert record["waters"] == 216 and record["cell"] == [21.0, 21.0, 21.0, 90.0, 90.0, 90.0]
+    assert "covalent radii" in " ".join(record["notes"])
+    table = (out / "results.md").read_text()
+    assert "### Targets" in table and "O–O g(r) L1 distance" in table
+    assert (out / "long_rollout.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

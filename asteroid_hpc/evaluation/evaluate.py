@@ -122,10 +122,12 @@ def _evaluate_trajectories(model, data_paths, protocols, settings, sampling, loa
             results[-1].training_overlap = _training_overlap(model, data_paths, fingerprints, parts)
     long_result = None
     if LONG_ROLLOUT in protocols:
-        from .long_rollout import long_rollout
-
         _check_rollout_spacing(model, settings, loading or {})
-        long_result = long_rollout(model, trajectories, settings, batch_size=settings.batch_size)
+        if trajectories[0].cell is not None:
+            from .periodic_protocol import periodic_long_rollout as run_long_rollout
+        else:
+            from .long_rollout import long_rollout as run_long_rollout
+        long_result = run_long_rollout(model, trajectories, settings, batch_size=settings.batch_size)
     return results, long_result
 
 

@@ -38,10 +38,16 @@ PROTOCOL_HISTORY_FRAMES = {"B": 10, "C": 10}  # A: peers give one frame + veloci
 class Trajectory:
     """Positions of one contiguous trajectory in memory."""
 
-    positions: np.ndarray  # [F, N, 3] Å
+    positions: np.ndarray  # [F, N, 3] Å (a periodic trajectory: unwrapped, continuous in time)
     atomic_numbers: np.ndarray  # [N]
     frame_fs: float  # time between consecutive frames
     source: str
+    cell: np.ndarray | None = None  # [F, 6] lengths (Å) and angles (°) of a periodic trajectory; None: open
+    bonds: np.ndarray | None = None  # [B, 2] the topology's bonds among these atoms, when it has them
+
+    def cells_at(self, frames: np.ndarray) -> np.ndarray | None:
+        """The box [S, 6] at each of ``frames`` (None for an open system)."""
+        return None if self.cell is None else self.cell[np.asarray(frames)]
 
 
 @dataclass
@@ -63,6 +69,7 @@ class ProtocolSamples:
     # [S, N, 3]: the input's frame just after each start (one frame of the file, whatever the history
     # spacing), for the peers' one-frame input velocity; None where the protocol does not have it (window)
     next_frame: np.ndarray | None = None
+    cell: np.ndarray | None = None  # [S, 6]: the box of each sample's last history frame (periodic systems)
 
     @property
     def lead_time_fs(self) -> np.ndarray:
@@ -194,7 +201,7 @@ def protocol_a(traj: Trajectory, *, split: str, history_frames: int, history_str
                                      "split_seed": A_SEED, "atoms": "heavy" if heavy_input else "all (heavy scored)",
                                      "history_frames": history_frames, "history_stride_frames": stride,
                                      **_range_setting(frame_range)},
-                           notes=notes, next_frame=traj.positions[starts + 1][:, atoms])
+                           notes=notes, next_frame=traj.positions[starts + 1][:, atoms], cell=traj.cells_at(starts))
 
 
 def protocol_b(traj: Trajectory, *, split: str, history_frames: int, a_history_stride_frames: int = 375,
@@ -216,7 +223,7 @@ def protocol_b(traj: Trajectory, *, split: str, history_frames: int, a_history_s
                            settings={"margin_frames": plan.margin_frames, "split_sizes": list(plan.kept_sizes),
                                      "split_seed": A_SEED, "atoms": "heavy", "history_frames": history_frames,
                                      "history_stride_frames": stride, **_range_setting(frame_range)},
-                           notes=notes, next_frame=traj.positions[starts + 1][:, heavy])
+                           notes=notes, next_frame=traj.positions[starts + 1][:, heavy], cell=traj.cells_at(starts))
 
 
 def protocol_c(traj: Trajectory, *, split: str, history_frames: int, max_samples: int | None = None,
@@ -242,7 +249,7 @@ def protocol_c(traj: Trajectory, *, split: str, history_frames: int, max_samples
                                      "split_bounds_downsampled": [lo, hi], "window_stride_downsampled": 1,
                                      "atoms": "all", "history_frames": history_frames,
                                      "predicted_frames": C_PREDICTED_FRAMES, "history_stride_frames": stride},
-                           notes=notes, next_frame=traj.positions[last_history + 1])
+                           notes=notes, next_frame=traj.positions[last_history + 1], cell=traj.cells_at(last_history))
 
 
 def pool_samples(parts: list[ProtocolSamples], sources: list[str]) -> ProtocolSamples:
@@ -261,12 +268,17 @@ def pool_samples(parts: list[ProtocolSamples], sources: list[str]) -> ProtocolSa
     notes = list(dict.fromkeys(note for part in parts for note in part.notes))
     settings = {**first.settings, "trajectories": list(sources),
                 "samples_per_trajectory": [len(part.history) for part in parts]}
-    following = None if any(p.next_frame is None for p in parts) else np.concatenate(
-        [p.next_frame for p in parts])
+    def joined(name: str) -> np.ndarray | None:
+        values = [getattr(p, name) for p in parts]
+        return None if any(v is None for v in values) else np.concatenate(values)
+
+    if len({p.cell is None for p in parts}) > 1:
+        raise UserError(f"{sources[0]}: periodic and open trajectories cannot be evaluated together")
     return ProtocolSamples(first.protocol, first.split, np.concatenate([p.history for p in parts]),
                            np.concatenate([p.target for p in parts]), first.atomic_numbers, first.scored_atoms,
                            first.lead_steps, first.history_stride_frames, first.frame_fs,
-                           np.concatenate([p.start_frames for p in parts]), settings, notes, following)
+                           np.concatenate([p.start_frames for p in parts]), settings, notes, joined("next_frame"),
+                           joined("cell"))
 
 
 def _range_setting(frame_range: tuple[int, int] | None) -> dict:

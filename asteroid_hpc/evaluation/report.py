@@ -123,6 +123,17 @@ def _per_trajectory_table(result: ProtocolResult, scale: str) -> list[str]:
     return lines
 
 
+def _long_rollout_report(result):
+    """The report module of a protocol-L result: a periodic system's, or a molecule's."""
+    from .periodic_protocol import PeriodicRolloutResult
+
+    if isinstance(result, PeriodicRolloutResult):
+        from . import periodic_report as report
+    else:
+        from . import long_rollout_report as report
+    return report
+
+
 def results_markdown(results: list[ProtocolResult], header: dict, long_rollout=None) -> str:
     data = header["data"] if isinstance(header["data"], str) else "`, `".join(header["data"])
     lines = ["# Evaluation", "", f"- model: `{header['model']}`", f"- data: `{data}`",
@@ -138,9 +149,7 @@ def results_markdown(results: list[ProtocolResult], header: dict, long_rollout=N
              "reference structure) is the model's reference superposed onto the last frame", ""]
     sections = [protocol_markdown(r) for r in results]
     if long_rollout is not None:
-        from .long_rollout_report import long_rollout_markdown
-
-        sections.append(long_rollout_markdown(long_rollout))
+        sections.append(_long_rollout_report(long_rollout).long_rollout_markdown(long_rollout))
     return "\n".join(lines) + "\n" + "\n".join(sections)
 
 
@@ -173,11 +182,10 @@ def write_outputs(results: list[ProtocolResult], out_dir: str | os.PathLike, hea
     paths = {"markdown": out / RESULTS_MD, "json": out / RESULTS_JSON}
     record = {**header, "protocols": [asdict(r) for r in results]}
     if long_rollout is not None:
-        from .long_rollout_report import LONG_ROLLOUT_PNG, long_rollout_record, plot_long_rollout
-
-        record["long_rollout"] = long_rollout_record(long_rollout)
-        paths["long_rollout_plot"] = out / LONG_ROLLOUT_PNG
-        plot_long_rollout(long_rollout, paths["long_rollout_plot"])
+        report = _long_rollout_report(long_rollout)
+        record["long_rollout"] = report.long_rollout_record(long_rollout)
+        paths["long_rollout_plot"] = out / report.LONG_ROLLOUT_PNG
+        report.plot_long_rollout(long_rollout, paths["long_rollout_plot"])
     write_json_atomic(paths["json"], record, indent=2, sort_keys=False)
     write_text_atomic(paths["markdown"], results_markdown(results, header, long_rollout))
     if results:

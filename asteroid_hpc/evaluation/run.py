@@ -150,11 +150,15 @@ def model_forecast(model, samples: ProtocolSamples, batch_size: int = 64, device
     """The model's forecast at the samples' lead times, ``batch_size`` samples at a time: [S, H, N, 3] float64 Å."""
     import torch
 
+    from ..geometry import cell_matrix
+
     atomic_numbers = torch.as_tensor(np.asarray(samples.atomic_numbers), dtype=torch.long, device=device)
     pick = samples.lead_steps - 1
     outputs = []
     for first in range(0, len(samples.history), batch_size):
         history = torch.as_tensor(samples.history[first:first + batch_size], dtype=torch.float32, device=device)
-        frames = model.forecast(history, atomic_numbers, samples.forecast_frames)
+        cell = None if samples.cell is None else torch.as_tensor(
+            cell_matrix(samples.cell[first:first + batch_size]), dtype=torch.float32, device=device)
+        frames = model.forecast(history, atomic_numbers, samples.forecast_frames, cell=cell)
         outputs.append(frames[:, pick].double().cpu().numpy())
     return np.concatenate(outputs)

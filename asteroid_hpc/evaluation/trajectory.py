@@ -49,7 +49,8 @@ def load_trajectory(path: str | os.PathLike, timestep_fs: float | None = None, *
     with TrajectoryReader(path, n_atoms=None if from_topology is None else len(from_topology),
                           check_time=timestep_fs is None) as reader:
         atomic_numbers = input_atomic_numbers(path, reader.atomic_numbers, from_topology, reader.n_atoms)
-        positions = np.asarray(reader.read(0, reader.n_frames).coordinates, dtype=np.float32)
+        chunk = reader.read(0, reader.n_frames)
+        positions, cell = np.asarray(chunk.coordinates, dtype=np.float32), _periodic_cells(chunk.cell, path)
         file_timestep_ps = reader.timestep_ps
     if timestep_fs is None:
         if file_timestep_ps is None or file_timestep_ps <= 0:
@@ -64,7 +65,47 @@ def load_trajectory(path: str | os.PathLike, timestep_fs: float | None = None, *
         raise user_error(path, f"frame {collapsed}: {COLLAPSED}")
     check_against_model(signature, atomic_numbers, float(timestep_fs), path, model, allow_mismatch)
     selected = model_atoms(signature, len(atomic_numbers))
+    bonds = _topology_bonds(path, topology, signature, len(atomic_numbers), selected)
     if selected is not None:
         log.info("%s", selection_note(signature, path))
         positions, atomic_numbers = positions[:, selected], atomic_numbers[selected]
-    return Trajectory(positions, atomic_numbers, float(timestep_fs), str(path))
+    if cell is not None:
+        positions = _unwrapped(positions, cell, bonds, path)
+    return Trajectory(positions, atomic_numbers, float(timestep_fs), str(path), cell, bonds)
+
+
+def _periodic_cells(cell: np.ndarray | None, path: Path) -> np.ndarray | None:
+    """The boxes [F, 6] of a periodic file (checked as preprocess checks them), None for an open one."""
+    from ..data.cells import CellCheck, first_cell
+
+    first = None if cell is None else first_cell(cell, 0, path)
+    if first is None:
+        return None
+    CellCheck(first, path, int)(cell, np.arange(len(cell)))
+    return np.asarray(cell, dtype=np.float64)
+
+
+def _topology_bonds(path: Path, topology: str | None, signature: dict | None, n_atoms: int,
+                    selected: np.ndarray | None) -> np.ndarray | None:
+    """The topology's bonds among the loaded atoms (renumbered after a selection), None without them."""
+    from ..data.signature import recorded_topology
+    from ..data.topology import read_topology
+    from ..data.unwrap import selected_bonds
+
+    topology = topology or recorded_topology(signature)
+    if topology is None:
+        return None
+    read = read_topology(topology)
+    if len(read.atomic_numbers) != n_atoms or not len(read.bonds):
+        return None
+    bonds = read.bonds
+    return bonds if selected is None else selected_bonds(bonds, selected, n_atoms)
+
+
+def _unwrapped(positions: np.ndarray, cell: np.ndarray, bonds: np.ndarray | None, path: Path) -> np.ndarray:
+    """A periodic trajectory made continuous (molecules whole, no jumps across the faces) as preprocess does."""
+    from ..data.unwrap import Unwrapper
+
+    if bonds is None:
+        log.info("%s: no bonds from a topology: atoms unwrapped one by one", path)
+    return Unwrapper(positions.shape[1], bonds, path)(positions, cell).astype(np.float32)

@@ -38,4 +38,5 @@ def window_samples(dataset_dir: str | os.PathLike, *, split: str, history_frames
         np.arange(dataset.n_atoms), np.arange(1, horizon_frames + 1), 1, dataset.timestep_fs, starts,
         settings={"dataset_split": manifest["split"].get("method"), "frame_stride": manifest["frame_stride"],
                   "history_frames": history_frames, "horizon_frames": horizon_frames},
-        notes=notes)
+        notes=notes, cell=np.stack([item["cell"][history_frames - 1].numpy() for item in items])
+        if "cell" in items[0] else None)

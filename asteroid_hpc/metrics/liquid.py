@@ -198,3 +198,21 @@ def periodic_clash_counts(frames, cell, excluded: set[tuple[int, int]], clash_an
             close, _ = self_capped_distance(frame, clash_angstrom, box=box.astype(np.float32))
             counts[f] = sum((int(i), int(j)) not in excluded for i, j in np.sort(close, axis=1))
     return counts
+
+
+def detect_periodic_bonds(frame, atomic_numbers, cell, tolerance_angstrom: float) -> np.ndarray:
+    """Bonds [B, 2] (i < j) of one frame in a periodic ``cell``: pairs closer (minimum image) than the sum of their
+    covalent radii plus ``tolerance_angstrom``, as :func:`asteroid_hpc.metrics.physics.detect_bonds` on open systems."""
+    from MDAnalysis.lib.distances import self_capped_distance
+
+    from .physics import COVALENT_RADII_ANGSTROM, NOBLE_GASES
+
+    z = np.asarray(atomic_numbers)
+    radii = COVALENT_RADII_ANGSTROM[z]
+    reach = 2 * float(np.nanmax(radii)) + tolerance_angstrom
+    pairs, dist = self_capped_distance(np.asarray(frame, dtype=np.float64), reach,
+                                       box=np.asarray(cell, dtype=np.float32))
+    pairs = np.sort(pairs, axis=1)
+    bonded = dist < radii[pairs[:, 0]] + radii[pairs[:, 1]] + tolerance_angstrom
+    bonded &= ~np.isin(z[pairs], NOBLE_GASES).any(axis=1)
+    return pairs[bonded][np.lexsort((pairs[bonded][:, 1], pairs[bonded][:, 0]))].astype(np.int64)
