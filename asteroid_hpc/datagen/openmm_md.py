@@ -6,8 +6,9 @@ equilibration box (LangevinMiddleIntegrator), one frame every ``frame_interval_f
 deterministic forces: a seed and a thread count give one trajectory.
 
 Work folder ``<out>.partial/``: the settings (``spec.json``), the topology, the DCD frames so far and
-``state.npz``: an OpenMM checkpoint with the number of frames it follows and the timings, saved after every
-chunk of ``chunk_frames`` frames (after the frames are on disk). Each production chunk runs in a fresh
+``state.npz``: an OpenMM checkpoint with the number of frames it follows and the timings, saved at the end of
+the equilibration and after every chunk of ``chunk_frames`` frames (once those frames are on disk); a run
+killed during minimisation or equilibration starts again from the beginning. Each production chunk runs in a fresh
 OpenMM Context loaded from the last checkpoint, whether the run was interrupted or not: OpenMM's CPU platform
 is not bit-reproducible across a checkpoint loaded into a live Context (measured: 1e-5 Å apart after 100
 steps), but a fresh Context from the same checkpoint is, so a killed run re-run with the same settings gives
