@@ -187,15 +187,15 @@ def _equilibrate(spec: OpenMMRunSpec, md, work: Path) -> None:
     sim.step(spec.equilibration_steps)
     end = time.perf_counter()
     state = sim.context.getState(getPositions=True, getVelocities=True, enforcePeriodicBox=True)
+    box = state.getPeriodicBoxVectors()
     log.info("%s: minimised %.0f -> %.0f kJ/mol in %.1f s; %d %s equilibration steps in %.1f s", md.name, before,
              after, minimized - start, spec.equilibration_steps, spec.equilibration_ensemble, end - minimized)
 
     production = _simulation(spec, md.topology, md.system)  # constant volume: the last equilibration box
-    production.context.setPeriodicBoxVectors(*state.getPeriodicBoxVectors())
+    production.context.setPeriodicBoxVectors(*box)
     production.context.setPositions(state.getPositions())
     production.context.setVelocities(state.getVelocities())
     production.context.setStepCount(0)
-    box = state.getPeriodicBoxVectors()
     md.topology.setPeriodicBoxVectors(box)  # the CRYST1 record of the topology
     write_pdb_with_bonds(work / "topology.pdb", md.topology, state.getPositions())
     info = {"box_nm": [box[i][i].value_in_unit(unit.nanometer) for i in range(3)],
@@ -290,7 +290,8 @@ def _finish(spec: OpenMMRunSpec, md, work: Path, out_path: Path, command: str | 
         temperature_K={"mean": float(temperatures.mean()), "std": float(temperatures.std()),
                        "samples": len(temperatures)},
         dcd_bytes=(work / "trajectory.dcd").stat().st_size, versions=package_versions(GENERATOR_PACKAGES))
-    os.replace(work / "topology.pdb", report.topology)
+    if (work / "topology.pdb").exists():  # else a killed _finish already moved it
+        os.replace(work / "topology.pdb", report.topology)
     write_text_atomic(out_path.with_name(out_path.name + ".json"), json.dumps(asdict(report), indent=1) + "\n")
     write_report_md(out_path.with_suffix(".md"), report)
     os.replace(work / "trajectory.dcd", out_path)
