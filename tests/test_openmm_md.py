@@ -131,6 +131,24 @@ def test_tool_killed_resumes_to_the_same_frames(water, tmp_path):
     assert "exists, skipped" in subprocess.run(args, check=True, capture_output=True, text=True).stderr
 
 
+def test_run_killed_while_finishing_completes_on_the_next_run(water, tmp_path, monkeypatch):
+    import asteroid_hpc.datagen.openmm_report as openmm_report
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "finishing.dcd"
+    monkeypatch.setattr(openmm_report, "write_report_md", killed)  # after the topology moved, before the DCD
+    with pytest.raises(KeyboardInterrupt):
+        generate_openmm_md(_spec(), out, progress=False)
+    assert out.with_suffix(".pdb").exists() and not out.exists()
+    monkeypatch.undo()
+    assert generate_openmm_md(_spec(), out, progress=False).n_frames == 40
+    assert not work_dir(out).exists()
+    for got, want in zip(_frames(out), _frames(water)):
+        np.testing.assert_array_equal(got, want)
+
+
 def _frames_done(state: Path) -> int:
     try:
         with np.load(state) as npz:
