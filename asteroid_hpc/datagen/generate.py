@@ -9,7 +9,6 @@ renamed, a JSON report is written beside it, and the chunk folder is removed.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -23,9 +22,9 @@ from ..atomic import atomic_output, write_text_atomic
 from ..logs import get_logger
 from ..progress import Progress
 from ..provenance import package_versions
-from ..errors import user_error
 from .energy import check_conservation, measure_conservation
 from .molecules import canonical_name, get_molecule
+from .workdir import check_spec, exclusive
 from .xtb import DEFAULT_FRICTION_PER_FS, XTB_METHOD, run_nve_chunk, set_state, start_state
 
 log = get_logger(__name__)
@@ -102,33 +101,6 @@ def _complete_chunks(chunks: Path, n_chunks: int) -> int:
     return done
 
 
-@contextlib.contextmanager
-def _exclusive(chunks: Path):
-    """One process per output: a second one fails instead of writing the same chunks (flock, freed on exit)."""
-    import fcntl
-
-    chunks.mkdir(parents=True, exist_ok=True)
-    with open(chunks / "lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise user_error(chunks, "another process is generating this trajectory") from None
-        yield
-
-
-def _check_spec(spec: XtbRunSpec, chunks: Path) -> None:
-    meta = chunks / "spec.json"
-    wanted = asdict(spec)
-    if meta.exists():
-        found = json.loads(meta.read_text())
-        if found != wanted:
-            diff = sorted(k for k in wanted if found.get(k) != wanted[k])
-            raise user_error(chunks, f"unfinished run made with other settings ({', '.join(diff)}); "
-                                      "delete it or rerun with the same settings")
-        return
-    write_text_atomic(meta, json.dumps(wanted, indent=1))
-
-
 def generate_xtb_netcdf(spec: XtbRunSpec, out_path: str | os.PathLike, *, write_velocities: bool = False,
                         max_chunks: int | None = None, progress: bool | None = None,
                         max_drift_meV_per_ps_per_atom: float = 1.0,
@@ -142,8 +114,8 @@ def generate_xtb_netcdf(spec: XtbRunSpec, out_path: str | os.PathLike, *, write_
 
     out_path = Path(out_path)
     chunks = chunk_dir(out_path)
-    with _exclusive(chunks), single_threaded():
-        _check_spec(spec, chunks)
+    with exclusive(chunks), single_threaded():
+        check_spec(chunks, asdict(spec))
         done = _complete_chunks(chunks, spec.n_chunks)
         mol = get_molecule(spec.molecule)
         if done == 0:
