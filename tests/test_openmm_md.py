@@ -243,3 +243,41 @@ def test_villin_runs_with_hbond_constraints(tmp_path):
     lengths = np.linalg.norm(positions[:, x_h[:, 0]] - positions[:, x_h[:, 1]], axis=-1)
     np.testing.assert_allclose(lengths[0], lengths[1], atol=2e-3)  # bonds to H constrained
     assert read_topology(tmp_path / "villin.pdb").n_atoms == 8867
+
+
+def test_cost_against_openmm_on_the_same_periodic_system(water, tmp_path):
+    """tools/cost_report.py on a periodic system: OpenMM on the trajectory's own PDB system and the model from
+    its last frames, both timed in one run; ns/day follow from the measured CPU times."""
+    import json
+    import subprocess
+    import sys
+
+    from asteroid_hpc.data.topology import read_topology
+    from asteroid_hpc.evaluation.cost_periodic import PeriodicCostReport
+    from asteroid_hpc.model import load_weights, save_weights
+    from tests.support.cli import REPO, cli_env
+    from tests.support.tiny import tiny_model_file
+
+    report = PeriodicCostReport("water", 774, 100, 5e-3, 10.0, 20, 1, 2.5e-2, 1000)
+    assert report.openmm_ns_per_day == pytest.approx(86400 / 5e-3 * 2e-6)  # 34.56 ns/day
+    assert report.forecast_ns_per_day == pytest.approx(86400 / 2.5e-2 * 10e-6)  # also 34.56
+    assert "forecast / OpenMM: 1.00x" in report.markdown()
+
+    topology = water.with_suffix(".pdb")
+    z = read_topology(topology).atomic_numbers
+    model = load_weights(tiny_model_file(tmp_path / "tiny.safetensors", attention="local_global", num_rbf=4,
+                                         num_global_tokens=1, cutoff_angstrom=4.0))
+    model.data_signature = {"input_atoms": len(z), "atom_indices": list(range(len(z))),
+                            "atomic_numbers": [int(v) for v in z], "timestep_fs": 10.0, "frame_stride": 1,
+                            "input_timestep_fs": 10.0, "topology": None, "periodic": True}
+    path = save_weights(model, tmp_path / "periodic.safetensors")
+    out = tmp_path / "cost.json"
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "cost_report.py"), str(path), "water",
+                           "--trajectory", str(water), "--topology", str(topology), "--frames", "4",
+                           "--md-steps", "20", "-o", str(out)], capture_output=True, text=True, timeout=300,
+                          env=cli_env())
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(out.read_text())
+    assert record["n_atoms"] == len(z) and record["forecast_stride_fs"] == 10.0
+    assert record["openmm_cpu_seconds_per_step"] > 0 and record["model_cpu_seconds_per_frame"] > 0
+    assert record["speedup"] == pytest.approx(record["forecast_ns_per_day"] / record["openmm_ns_per_day"])
