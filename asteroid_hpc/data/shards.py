@@ -90,8 +90,9 @@ class _Frames:
         """(kept frames float32 [F', n, 3], their strided frame indices): selected and checked, unwrapped
         (``cell``: the chunk's cells [F, 6]), centred in place."""
         x, sums, index = self.select(coords, first_frame)
+        kept = None if cell is None else cell[index - first_frame]
+        self.cells(kept, index)
         if self.unwrapper is not None and len(x):
-            kept = None if cell is None else cell[index - first_frame]
             x = self.unwrapper(x, kept, self.raw_frames(index)).astype(np.float32)
             sums = np.matmul(np.ones(x.shape[1], dtype=np.float32), x)
         return self.centred(x, sums), index
@@ -105,10 +106,9 @@ class _Frames:
         return x
 
     def extras(self, chunk: FrameChunk, index: np.ndarray, first: int) -> dict:
-        """The kept frames' velocities (selected atoms) and cells, as AmberWriter.append takes them; the cells
-        checked."""
+        """The kept frames' velocities (selected atoms) and cells (checked by :meth:`__call__`), as
+        AmberWriter.append takes them."""
         kept = index - first
-        self.cells(None if chunk.cell is None else chunk.cell[kept], index)
         out = {}
         if self.periodic:
             out = {"cell_lengths": chunk.cell[kept, :3], "cell_angles": chunk.cell[kept, 3:]}

@@ -114,6 +114,7 @@ def advance(reader, frames, unwrapper: Unwrapper, start: int, stop: int, chunk_f
         x, _, index = frames.select(chunk.coordinates, first, gap=gap)
         if len(x):
             cell = None if chunk.cell is None else chunk.cell[index - first]
+            frames.cells(cell, index)  # the shard checks first (a cell that changes shape: that line)
             unwrapper.advance(x, cell, frames.raw_frames(index))
 
 
