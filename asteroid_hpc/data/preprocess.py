@@ -6,13 +6,17 @@ Layout of a dataset directory::
     shards/shard-00000.nc    AMBER NetCDF, float32 coordinates (centred if data.center), velocities and
                              unit cells where the inputs have them, one shard per (source, split, block of
                              data.frames_per_shard frames)
-    shards/shard-00000.json  sidecar: plan key, size and sha256 of the finished shard (for resuming)
+    shards/shard-00000.json  sidecar: plan key, size and sha256 of the finished shard (for resuming), and
+                             its unwrapping shift (periodic inputs, data.unwrap)
     .preprocess-plan.json    the plan of the run that is (or was) writing here
 
 Under MPI the shards are dealt out round-robin (shard i → rank i mod K); each is written by one rank
 under a temporary name and renamed when complete. A re-run with the same plan key (same inputs and
 options) keeps every shard whose sidecar matches the file's size and sha256, so a killed run resumes.
 Memory stays bounded by one chunk of frames (``data.chunk_frames``, capped at 32 MiB of raw frames).
+Periodic inputs (``data.unwrap``) are read twice: pass 1 of the unwrapping on every rank, one broadcast per
+shard to chain the ranks' ranges, then the shards (:mod:`.unwrap_ranges`); the shards are bit-identical
+whatever the number of ranks, and a resumed run takes a finished shard's shift from its sidecar.
 """
 
 from __future__ import annotations

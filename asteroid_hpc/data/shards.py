@@ -1,13 +1,16 @@
 """One shard of a dataset: the frames of one (source, split, block) streamed from the input trajectory into
-an AMBER NetCDF file (selected, checked, centred), with their statistics, and the sidecar that lets a re-run
-keep a finished shard (plan key, size and sha256).
+an AMBER NetCDF file (selected, checked, unwrapped, centred), with their statistics, and the sidecar that lets
+a re-run keep a finished shard (plan key, size and sha256; the shard's unwrapping shift).
+
+Periodic inputs with ``data.unwrap`` are unwrapped before centring (:mod:`.unwrap_ranges`: pass 1 in
+:class:`UnwrapPassOne`, pass 2 in :func:`write_shard`): whole molecules, no jump across the box.
 
 Velocities (of the selected atoms) and unit cells are stored with the frames when the inputs have them
 (:attr:`Plan.velocities`, :attr:`Plan.periodic`); every chunk's cells are checked (:class:`.cells.CellCheck`).
 Centring (``data.center``) subtracts each frame's centroid from its coordinates: a translation of the whole
 frame, which leaves every minimum-image vector and the cell unchanged (the AMBER cell has no origin), so a
-periodic system stays the same system; the coordinates then no longer lie in [0, L), and a wrapped
-trajectory's centroid jumps when atoms cross a face (unwrapped coordinates do not).
+periodic system stays the same system; the coordinates then no longer lie in [0, L) (with data.unwrap=false,
+a wrapped trajectory's centroid jumps when atoms cross a face).
 """
 
 from __future__ import annotations

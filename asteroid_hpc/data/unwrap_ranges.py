@@ -133,9 +133,9 @@ def unwrap_starts(plan: Plan, world, mine: set[int], shift_of: Callable[[Shard, 
     the same on every rank) or None. ``shift_of(shard, range_start)`` gives a range's shift (pass 1, or
     recorded; raises UserError for bad input). Collective: every rank calls it."""
     starts: dict[int, str | None] = {}
-    error: tuple[int, str] | None = None
-    for source, chain in chains(plan).items():
+    for chain in chains(plan).values():  # one source at a time: its offsets only in memory
         shifts: dict[int, np.ndarray] = {}
+        error: tuple[int, str] | None = None
         for k, (shard, range_start) in enumerate(chain):
             if shard.index in mine and error is None:
                 try:

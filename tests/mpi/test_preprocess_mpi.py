@@ -72,5 +72,5 @@ def test_two_ranks_unwrap_a_water_box_as_one_and_resume_the_same(tmp_path):
     again = run_mpi(2, "-m", "asteroid_hpc", "preprocess", traj, "-o", tmp_path / "two", *opts, timeout=180,
                     mpi4py_runner=False)
     assert again.returncode == 0, again.stderr
-    assert "(resuming)" in again.stderr and "(6 reused)" in again.stderr
+    assert "(resuming)" in again.stderr and "8 shards (7 reused)" in again.stderr, again.stderr
     assert dataset_fingerprint(tmp_path / "two") == reference
