@@ -24,12 +24,16 @@ TRICLINIC = [28.0, 28.0, 28.0, 60.0, 60.0, 90.0]  # rhombic dodecahedron
 N_WATERS = 40
 
 
-def water_box(root: Path, box=BOX, n_frames: int = 120, seed: int = 3, nan_frames=()) -> tuple[Path, Path, dict]:
+def water_box(root: Path, box=BOX, n_frames: int = 120, seed: int = 3, nan_frames=(),
+              jump_frame: int | None = None) -> tuple[Path, Path, dict]:
     """A wrapped water box: ``N_WATERS`` rigid waters diffusing (0.5 Å steps) through ``box``, every atom
     of every frame at a random periodic image (molecules split across faces, jumps of a box length), written
-    with AmberWriter (cells per frame); its topology as a PDB with CONECT bonds. Returns (trajectory,
-    topology, truth: the continuous frames and the bonds)."""
+    with AmberWriter (cells per frame); its topology as a PDB with CONECT bonds. ``jump_frame``: every atom
+    moves by (8, 8, 8) Å there (no wrap tells it from a jump). Returns (trajectory, topology, truth: the
+    continuous frames and the bonds)."""
     x, bonds, _ = molecular_trajectory(box, n_frames=n_frames, seed=seed, counts=(N_WATERS, 0, 0))
+    if jump_frame is not None:
+        x[jump_frame:] += 8.0
     cells = np.tile(np.asarray(box, float), (n_frames, 1))
     wrapped = wrap_at_random(x, cells, seed=seed + 1).astype(np.float32)
     for f in nan_frames:

@@ -74,3 +74,18 @@ def test_two_ranks_unwrap_a_water_box_as_one_and_resume_the_same(tmp_path):
     assert again.returncode == 0, again.stderr
     assert "(resuming)" in again.stderr and "8 shards (7 reused)" in again.stderr, again.stderr
     assert dataset_fingerprint(tmp_path / "two") == reference
+
+
+def test_a_step_too_long_to_unwrap_on_one_rank_is_one_line_on_two(tmp_path):
+    """Pass 1 fails on rank 1 only (the jump lies in shard 1): both ranks stop, exit 2, one error line."""
+    from tests.test_preprocess_unwrap import water_box
+
+    traj, pdb, _ = water_box(tmp_path, jump_frame=20)
+    proc = run_mpi(2, "-m", "asteroid_hpc", "preprocess", traj, "-o", tmp_path / "out", "--topology", pdb,
+                   "data.frames_per_shard=16", "data.split_fractions=[1,0,0]", "model.history_frames=4",
+                   "data.horizon_frames=3", "--no-progress", timeout=180, mpi4py_runner=False)
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert errors and all("water.nc: frame 20: atom " in line and "moved half the box's smallest width" in line
+                          for line in errors)
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
