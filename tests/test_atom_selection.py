@@ -67,7 +67,8 @@ def test_selection_language_on_a_real_topology():
 def test_preprocess_records_a_language_selection(tmp_path):
     out = tmp_path / "ow"
     proc = run_cli("preprocess", DATA / "adk_oplsaa.xtc", "--topology", DATA / "adk_oplsaa.tpr", "-o", out,
-                   "--no-progress", "data.split_fractions=[1,0,0]", "data.atom_selection=resname SOL and name OW")
+                   "--no-progress", "data.split_fractions=[1,0,0]", "data.atom_selection=resname SOL and name OW",
+                   "data.unwrap=false")  # water 100 ps apart: too far to unwrap
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["atom_selection"] == "resname SOL and name OW"

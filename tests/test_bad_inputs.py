@@ -4,7 +4,7 @@ tmp_path, each fed to the command that reads it.
 Every case must give exactly one error line naming the file and the cause, exit 2, no traceback, and leave
 nothing behind that a later run could take for data (the run may create log files, nothing else).
 
-Corpus: 58 cases (see CASES) — NetCDF 7, periodic cells and time 11 (a real CHARMM file among them), npz 7,
+Corpus: 59 cases (see CASES) — NetCDF 7, periodic cells, unwrapping and time 12 (a real CHARMM file among them), npz 7,
 XYZ 5, config 5, manifest 9, weights 4, checkpoints 10 (export 6, train --resume 4). They complement, and do not repeat, tests/test_preprocess_errors.py
 (unreadable/truncated/NaN/time/empty NetCDF, npz without R or time axis), tests/test_config.py (bad
 overrides, invalid YAML, unknown keys) and the read_manifest unit tests in tests/test_data_windows.py.
@@ -239,6 +239,18 @@ def _(ctx):
     return [*_preprocess(ctx, DATA / "tip125_tric_C36.dcd"), "--topology", DATA / "tip125_tric_C36.psf",
             "data.split_fractions=[1,0,0]"], \
         ("tip125_tric_C36.dcd", "the unit cell changes shape at frame 1")
+
+
+@case("unwrap-stride-too-large")
+def _(ctx):
+    # atoms drifting 0.25 Å per frame along (1, 1, 1) in a 21 Å cube: 40 frames apart, a step of (10, 10, 10) Å
+    x = random_walk(300) + 0.25 * np.arange(300, dtype=np.float32)[:, None, None]
+    cells = np.tile([21.0, 21.0, 21.0, 90.0, 90.0, 90.0], (300, 1))
+    path = ctx.d / "drift.nc"
+    with AmberWriter(path, len(ATOMIC_NUMBERS), ATOMIC_NUMBERS, cell=True, timestep_ps=0.0005) as writer:
+        writer.append(x, cell_lengths=cells[:, :3], cell_angles=cells[:, 3:])
+    return [*_preprocess(ctx, path), "data.frame_stride=40", "data.split_fractions=[1,0,0]"], \
+        ("drift.nc", "frame 40: atom 0 moved half the box's smallest width", "use a smaller data.frame_stride")
 
 
 @case("cell-periodic-and-open-inputs")

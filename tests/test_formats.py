@@ -364,7 +364,8 @@ def _preprocess(tmp_path, name, trajectory, topology, *overrides):
 
 @pytest.mark.parametrize("name, trajectory, topology, overrides", [
     ("amber", "Amber/bala.ncdf", "Amber/bala.prmtop", ("data.timestep_fs=2",)),  # its time axis is all zeros
-    ("gromacs-trr", "adk_oplsaa.trr", "adk_oplsaa.tpr", ()),  # rhombic dodecahedron, velocities
+    # rhombic dodecahedron, velocities; its water (frames 100 ps apart) cannot be unwrapped: the file's coordinates
+    ("gromacs-trr", "adk_oplsaa.trr", "adk_oplsaa.tpr", ("data.unwrap=false",)),
 ])
 def test_preprocess_real_engine_files(tmp_path, name, trajectory, topology, overrides):
     from asteroid_hpc.data.amber import read_frames
@@ -395,7 +396,9 @@ def test_preprocess_without_topology_names_the_formats(tmp_path):
 
 @pytest.mark.slow
 def test_preprocess_gromacs_xtc_with_tpr(tmp_path):
-    proc, out = _preprocess(tmp_path, "gromacs", "adk_oplsaa.xtc", "adk_oplsaa.tpr", "data.atom_selection=heavy")
+    # heavy atoms include the water oxygens, 100 ps apart: too far to unwrap (test_preprocess_unwrap unwraps the protein)
+    proc, out = _preprocess(tmp_path, "gromacs", "adk_oplsaa.xtc", "adk_oplsaa.tpr", "data.atom_selection=heavy",
+                            "data.unwrap=false")
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["timestep_fs"] == pytest.approx(100000.0, rel=1e-5)  # 100 ps frames
@@ -462,15 +465,18 @@ def test_trained_model_records_its_signature_and_refuses_other_inputs(tmp_path_f
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("trajectory, topology", [("adk_dims.dcd", "adk.psf"), ("adk_oplsaa.xtc", "adk_oplsaa.tpr")])
-def test_two_ranks_split_one_long_file(tmp_path, trajectory, topology):
+@pytest.mark.parametrize("trajectory, topology, options", [
+    ("adk_dims.dcd", "adk.psf", ()),
+    # periodic: its protein is unwrapped (the water, 100 ps apart, cannot be), the ranges chained across ranks
+    ("adk_oplsaa.xtc", "adk_oplsaa.tpr", ("data.atom_selection=protein",))])
+def test_two_ranks_split_one_long_file(tmp_path, trajectory, topology, options):
     """The frames of one .dcd/.xtc are dealt to two ranks by shard (random access by frame offsets): the same
     dataset as one process, each rank writing some of it."""
     from tests.support.cli import run_mpi
     from tests.support.data import dataset_fingerprint
 
     opts = ["--topology", DATA / topology, "data.split_fractions=[1,0,0]", "data.frames_per_shard=3",
-            "--no-progress"]
+            "--no-progress", *options]
     one = run_cli("preprocess", DATA / trajectory, "-o", tmp_path / "one", *opts, timeout=300)
     assert one.returncode == 0, one.stderr
     two = run_mpi(2, "-m", "asteroid_hpc", "preprocess", DATA / trajectory, "-o", tmp_path / "two", *opts,

@@ -119,9 +119,10 @@ def test_selection_applies_to_velocities_and_triclinic_cells_are_kept(tmp_path):
     out = tmp_path / "ds"
     _run_preprocess(out, DATA / "adk_oplsaa.trr", "--topology", DATA / "adk_oplsaa.tpr",
                     "data.atom_selection=protein and name CA", "data.frames_per_shard=5",
-                    "data.split_fractions=[1,0,0]", "data.center=false")
+                    "data.split_fractions=[1,0,0]", "data.center=false", "data.unwrap=false")
     manifest = json.loads((out / "manifest.json").read_text())
     assert (manifest["periodic"], manifest["cell_kind"], manifest["has_velocities"]) == (True, "triclinic", True)
+    assert manifest["unwrapped"] is False  # data.unwrap=false: the file's own coordinates, compared below
     universe = _universe(DATA / "adk_oplsaa.tpr", DATA / "adk_oplsaa.trr")
     selected = universe.select_atoms("protein and name CA").indices
     assert manifest["atom_indices"] == selected.tolist()

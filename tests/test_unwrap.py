@@ -131,21 +131,28 @@ def test_half_widths_of_the_standard_boxes():
 
 
 @pytest.mark.parametrize("cell, cause", [
-    ([np.nan] * 6, "no unit cell (NaN)"), ([0.0] * 6, "no unit cell (all zero)"),
-    ([20, -20, 20, 90, 90, 90], "a cell length is not positive"),
-    ([20, 20, 20, 90, 180, 90], "a cell angle is outside (0, 180)"),
-    ([20, 20, 20, 120, 120, 120], "the cell is degenerate")])
-def test_a_bad_cell_is_one_line_naming_the_frame(cell, cause):
+    ([np.nan] * 6, "has no unit cell (missing, NaN or zero), but the file is periodic"),
+    ([0.0] * 6, "has no unit cell (missing, NaN or zero)"),
+    ([20, -20, 20, 90, 90, 90], "has a non-positive unit cell length"),
+    ([20, 20, 20, 90, 180, 90], "has a unit cell angle outside (0, 180) degrees"),
+    ([20, 20, 20, 120, 120, 120], "has a degenerate unit cell")])
+def test_a_bad_cell_is_the_same_one_line_as_preprocess_gives(cell, cause):
+    """The cells are checked by data.cells alone: unwrapping and the shard checks give the same line."""
+    from asteroid_hpc.data.cells import CellCheck
+
     cells = np.tile([20.0, 20, 20, 90, 90, 90], (5, 1))
     cells[3] = cell
     with pytest.raises(UserError) as err:
         Unwrapper(2, where="traj.dcd")(np.zeros((5, 2, 3)) + 1.0, cells)
     message = str(err.value)
-    assert message.startswith("traj.dcd: frame 3: ") and cause in message and "\n" not in message
+    assert message.startswith(f"traj.dcd: frame 3 {cause}") and "\n" not in message
+    with pytest.raises(UserError) as err:
+        CellCheck(cells[0].tolist(), "traj.dcd", lambda f: f)(cells, np.arange(5))
+    assert str(err.value) == message
 
 
 def test_a_periodic_chunk_without_cells_is_refused():
-    with pytest.raises(UserError, match="traj.nc: frame 0: no unit cell in a periodic trajectory"):
+    with pytest.raises(UserError, match="^traj.nc: frame 0 has no unit cell .*, but the file is periodic$"):
         Unwrapper(2, where="traj.nc")(np.ones((3, 2, 3)), None)
 
 

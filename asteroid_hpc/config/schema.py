@@ -35,6 +35,9 @@ class DataConfig:
     # "all", "heavy", "indices:0,1,5-9", or the MDAnalysis selection language ("protein and not name H*")
     atom_selection: str = "all"
     center: bool = True  # subtract each frame's centroid when preprocessing
+    # periodic inputs: make molecules whole and remove the jumps across the box (false: keep the file's
+    # coordinates, e.g. an input already unwrapped); open inputs: no effect
+    unwrap: bool = True
     split: str = "chronological"  # "chronological" (gap between splits), "random_start" (protocol A) or "by_file"
     split_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     val_inputs: list[str] = field(default_factory=list)  # by_file: inputs (paths or globs) that are wholly val
@@ -70,6 +73,7 @@ class DataConfig:
         _check(self.split == "by_file" or not (self.val_inputs or self.test_inputs),
                "data.val_inputs and data.test_inputs apply only to data.split=by_file")
         _one_of("data.compression", self.compression, ("none", "zlib"))
+        _check(isinstance(self.unwrap, bool), f"data.unwrap must be true or false (got {self.unwrap!r})")
         sel = self.atom_selection
         _check(isinstance(sel, str) and bool(sel.strip()),
                f"data.atom_selection must be 'all', 'heavy', 'indices:...' or an MDAnalysis selection (got {sel!r})")

@@ -53,6 +53,19 @@ def check_cell_values(cell: np.ndarray, frames, path) -> None:
             raise user_error(path, f"frame {int(frames[k])} has {what}: {_described(cell[k])}")
 
 
+def check_periodic_cells(cell: np.ndarray | None, frames, path) -> None:
+    """The one check of the cells [F, 6] of frames of a periodic file (preprocess and unwrapping alike): every
+    frame has one (None: the chunk has none), with valid values (:func:`check_cell_values`)."""
+    if not len(frames):
+        return
+    missing = np.ones(len(frames), dtype=bool) if cell is None else cell_missing(cell)
+    if missing.any():
+        k = int(np.argmax(missing))
+        raise user_error(path, f"frame {int(frames[k])} has no unit cell (missing, NaN or zero), but the file is "
+                               "periodic")
+    check_cell_values(cell, frames, path)
+
+
 def _described(cell: np.ndarray) -> str:
     return f"lengths {cell[0]:g} {cell[1]:g} {cell[2]:g} A, angles {cell[3]:g} {cell[4]:g} {cell[5]:g} degrees"
 
@@ -83,12 +96,8 @@ class CellCheck:
                 raise user_error(self.path, f"frame {self.raw_frame(int(index[k]))} has a unit cell, but the first "
                                             "frame has none (a periodic file needs the cell of every frame)")
             return
-        if cell is None or cell_missing(cell).any():
-            k = 0 if cell is None else int(np.argmax(cell_missing(cell)))
-            raise user_error(self.path, f"frame {self.raw_frame(int(index[k]))} has no unit cell (missing, NaN or "
-                                        "zero), but the file is periodic")
         frames = [self.raw_frame(int(i)) for i in index]
-        check_cell_values(cell, frames, self.path)
+        check_periodic_cells(cell, frames, self.path)
         turned = (np.abs(cell[:, 3:] - self.first[3:]) > ANGLE_TOLERANCE_DEG).any(axis=1)
         if turned.any():
             k = int(np.argmax(turned))

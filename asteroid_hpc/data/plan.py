@@ -78,6 +78,7 @@ class Plan:
     # "train windows", "count": n, "ranges": {source index (str): [[start, stop), ...] strided, sorted}}
     training: dict
     topology: str | None = None  # absolute path of --topology, recorded so that later commands find it
+    unwrap: bool = False  # periodic inputs with data.unwrap: the shards hold unwrapped coordinates
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -347,8 +348,10 @@ def _plan_key(sources: list[Source], data, topology: str | None, history: int) -
         "schema_version": SCHEMA_VERSION,
         "inputs": [(s.path, s.size_bytes, s.mtime_ns) for s in sources],
         "topology": topology and str(Path(topology).resolve()),
-        # data.frames unset leaves the keys of datasets made before it existed unchanged
-        "data": {k: v for k, v in vars(data).items() if k not in ignored and not (k == "frames" and v is None)},
+        # data.frames unset, and data.unwrap of open inputs (no effect), leave the keys of datasets made
+        # before they existed unchanged
+        "data": {k: v for k, v in vars(data).items() if k not in ignored and not (k == "frames" and v is None)
+                 and not (k == "unwrap" and all(s.cell is None for s in sources))},
         "history_frames": history,
     }
     if data.split == "random_start":  # statistics from the train windows (once from all frames): a new content
@@ -381,4 +384,4 @@ def make_plan(inputs: list[str], cfg, topology: str | None = None) -> Plan:
                 "ranges": training_ranges}
     return Plan(_plan_key(sources, data, topology, history), sources, shards, atom_indices,
                 [int(numbers[i]) for i in atom_indices], stride, timestep_fs, split, training,
-                topology and str(Path(topology).resolve()))
+                topology and str(Path(topology).resolve()), data.unwrap and any(s.cell is not None for s in sources))

@@ -6,13 +6,17 @@ Layout of a dataset directory::
     shards/shard-00000.nc    AMBER NetCDF, float32 coordinates (centred if data.center), velocities and
                              unit cells where the inputs have them, one shard per (source, split, block of
                              data.frames_per_shard frames)
-    shards/shard-00000.json  sidecar: plan key, size and sha256 of the finished shard (for resuming)
+    shards/shard-00000.json  sidecar: plan key, size and sha256 of the finished shard (for resuming), and
+                             its unwrapping shift (periodic inputs, data.unwrap)
     .preprocess-plan.json    the plan of the run that is (or was) writing here
 
 Under MPI the shards are dealt out round-robin (shard i → rank i mod K); each is written by one rank
 under a temporary name and renamed when complete. A re-run with the same plan key (same inputs and
 options) keeps every shard whose sidecar matches the file's size and sha256, so a killed run resumes.
 Memory stays bounded by one chunk of frames (``data.chunk_frames``, capped at 32 MiB of raw frames).
+Periodic inputs (``data.unwrap``) are read twice: pass 1 of the unwrapping on every rank, one broadcast per
+shard to chain the ranks' ranges, then the shards (:mod:`.unwrap_ranges`); the shards are bit-identical
+whatever the number of ranks, and a resumed run takes a finished shard's shift from its sidecar.
 """
 
 from __future__ import annotations
@@ -33,9 +37,9 @@ from ..errors import UserError, user_error
 from ..logs import get_logger
 from ..progress import Progress
 from .manifest import FORMAT, MANIFEST, SCHEMA_VERSION, box_record
-from .plan import Plan, make_plan
+from .plan import Plan, Shard, make_plan
 from .readers import TrajectoryReader
-from .shards import completed_shard, seal_shard, stats_every, write_shard
+from .shards import UnwrapPassOne, completed_shard, seal_shard, stats_every, write_shard
 from .stats import RunningMoments
 
 log = get_logger(__name__)
@@ -134,14 +138,35 @@ def _lower_priority() -> None:
         pass
 
 
-def _process_my_shards(plan: Plan, cfg, outdir: Path, rank: int, size: int, progress: bool):
+class _Readers:
+    """One open reader per input file, opened when first needed."""
+
+    def __init__(self, plan: Plan, cfg) -> None:
+        self.plan, self.cfg = plan, cfg
+        self.open: dict[str, TrajectoryReader] = {}
+
+    def __call__(self, shard: Shard) -> TrajectoryReader:
+        source = self.plan.sources[shard.source]
+        if source.path not in self.open:
+            # the plan checked the time axis's ends; MDAnalysis formats check each frame as it is read
+            self.open[source.path] = TrajectoryReader(source.path, n_atoms=source.n_atoms,
+                                                      check_time=self.cfg.data.timestep_fs is None,
+                                                      velocities=self.plan.velocities)
+        return self.open[source.path]
+
+    def close(self) -> None:
+        for reader in self.open.values():
+            reader.close()
+
+
+def _process_my_shards(plan: Plan, cfg, outdir: Path, w, progress: bool):
+    rank, size = w.rank, w.size
     mine = [s for s in plan.shards if s.index % size == rank]
     every = stats_every(plan, cfg.data.stats_max_frames)  # once: it sums over all shards
     previous = {s.index: p for p, s in zip(plan.shards, plan.shards[1:])}
-    readers: dict[str, TrajectoryReader] = {}  # by input file
+    readers = _Readers(plan, cfg)
     futures: dict[int, Future] = {}
     records: dict[int, dict] = {}
-    error: tuple[int, str] | None = None
     delay_s = float(os.environ.get(SHARD_DELAY_ENV, "0") or 0)
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checksum", initializer=_lower_priority)
     first_source_of = {}  # input file -> its first source (phases of one file share the file)
@@ -151,38 +176,35 @@ def _process_my_shards(plan: Plan, cfg, outdir: Path, rank: int, size: int, prog
                      for path, index in first_source_of.items() if index % size == rank}
     bar = Progress("preprocess (rank 0)", len(mine), unit="shard", enabled=progress and rank == 0,
                    every=max(1, len(mine) // 10))  # log lines: about every 10 %
-    reused = 0
+    reused, shard = 0, None
     try:
-        for done, shard in enumerate(mine, 1):
-            record = completed_shard(outdir, shard, plan.key)
-            if record is not None:
-                records[shard.index] = record
+        done = {s.index: completed_shard(outdir, s, plan.key) for s in mine}
+        unwrap = UnwrapPassOne(plan, cfg, outdir, w, mine, done, readers) if plan.unwrap else None
+        error = None if unwrap is None else unwrap.error
+        for n_done, shard in enumerate(mine if error is None else [], 1):
+            if done[shard.index] is not None:
+                records[shard.index] = done[shard.index]
                 reused += 1
             else:
-                path = plan.sources[shard.source].path
-                if path not in readers:
-                    # the plan checked the time axis's ends; MDAnalysis formats check each frame as it is read
-                    readers[path] = TrajectoryReader(path, n_atoms=plan.sources[shard.source].n_atoms,
-                                                     check_time=cfg.data.timestep_fs is None,
-                                                     velocities=plan.velocities)
                 prev = previous.get(shard.index)
                 linked = prev is not None and (prev.source, prev.split, prev.frame_stop) == \
                     (shard.source, shard.split, shard.frame_start)
-                record = write_shard(readers[path], plan, shard, cfg, outdir, linked, every)
-                futures[shard.index] = pool.submit(seal_shard, outdir, shard, record, plan.key, rank)
+                record = write_shard(readers(shard), plan, shard, cfg, outdir, linked, every,
+                                     unwrap and unwrap.start(shard))
+                futures[shard.index] = pool.submit(seal_shard, outdir, shard, record, plan.key, rank,
+                                                   unwrap and unwrap.sidecar(shard))
                 if delay_s:
                     time.sleep(delay_s)
-            bar.update(done, f"shards on rank 0: {done}/{len(mine)}")
+            bar.update(n_done, f"shards on rank 0: {n_done}/{len(mine)}")
     except UserError as exc:
-        error = (shard.index, str(exc))
+        error = (shard.index if shard else 0, str(exc))
     except OSError as exc:  # a full disk: write_shard removed its partial file; the run is refused
-        if exc.errno not in NO_SPACE:
+        if exc.errno not in NO_SPACE or shard is None:
             raise
         error = (shard.index, str(user_error(outdir, f"no space left to write {shard.file} ({exc.strerror})")))
     finally:
         bar.close()
-        for reader in readers.values():
-            reader.close()
+        readers.close()
         records.update({i: f.result() for i, f in futures.items()})
         hashes = {i: f.result() for i, f in source_hashes.items()}
         pool.shutdown()
@@ -232,6 +254,7 @@ def build_manifest(plan: Plan, cfg, records: list[dict], source_hashes: dict[str
         "timestep_fs": plan.timestep_fs,
         "frame_stride": plan.frame_stride,
         "centered": cfg.data.center,
+        "unwrapped": plan.unwrap,  # periodic inputs with data.unwrap: whole molecules, no jumps across the box
         # velocities/cells stored in the shards; constant_box False: some box changes size (the model keeps
         # the last observed box)
         **box_record(plan.sources[0].cell, plan.velocities, not changed),
@@ -334,7 +357,7 @@ def run_preprocess(inputs: list[str], outdir: str | os.PathLike, cfg, *, overwri
                  len(plan.sources), len(plan.atom_indices), n_frames, len(plan.shards), outdir, w.size,
                  " (resuming)" if status == "resume" else "")
 
-    records, hashes, error, reused = _process_my_shards(plan, cfg, outdir, w.rank, w.size, progress)
+    records, hashes, error, reused = _process_my_shards(plan, cfg, outdir, w, progress)
     gathered = w.gather((records, hashes, error, reused), root=0)
     kind, value = w.bcast(_write_manifest(plan, cfg, outdir, gathered) if w.rank == 0 else None)
     if kind == "error":

@@ -1,13 +1,16 @@
 """One shard of a dataset: the frames of one (source, split, block) streamed from the input trajectory into
-an AMBER NetCDF file (selected, checked, centred), with their statistics, and the sidecar that lets a re-run
-keep a finished shard (plan key, size and sha256).
+an AMBER NetCDF file (selected, checked, unwrapped, centred), with their statistics, and the sidecar that lets
+a re-run keep a finished shard (plan key, size and sha256; the shard's unwrapping shift).
+
+Periodic inputs with ``data.unwrap`` are unwrapped before centring (:mod:`.unwrap_ranges`: pass 1 in
+:class:`UnwrapPassOne`, pass 2 in :func:`write_shard`): whole molecules, no jump across the box.
 
 Velocities (of the selected atoms) and unit cells are stored with the frames when the inputs have them
 (:attr:`Plan.velocities`, :attr:`Plan.periodic`); every chunk's cells are checked (:class:`.cells.CellCheck`).
 Centring (``data.center``) subtracts each frame's centroid from its coordinates: a translation of the whole
 frame, which leaves every minimum-image vector and the cell unchanged (the AMBER cell has no origin), so a
-periodic system stays the same system; the coordinates then no longer lie in [0, L), and a wrapped
-trajectory's centroid jumps when atoms cross a face (unwrapped coordinates do not).
+periodic system stays the same system; the coordinates then no longer lie in [0, L) (with data.unwrap=false,
+a wrapped trajectory's centroid jumps when atoms cross a face).
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ from .frames import COLLAPSED, FrameChunk, first_collapsed_frame
 from .plan import Plan, Shard, Source
 from .readers import TrajectoryReader
 from .stats import RunningMoments, in_ranges
+from .unwrap import OFFSET_UNIT_ANGSTROM, Unwrapper
+from .unwrap_ranges import (NO_BONDS, Start, advance, chains, decode_offset, encode_offset, range_shift,
+                            selected_topology_bonds, step_hint, unwrap_starts, unwrapper_at)
 
 log = get_logger(__name__)
 
@@ -37,21 +43,33 @@ MAX_CHUNK_BYTES = 32 << 20
 
 
 class _Frames:
-    """Selection, checks and centring applied to every chunk of input frames."""
+    """Selection, checks, unwrapping (periodic inputs, data.unwrap: :attr:`unwrapper`, set per shard) and
+    centring applied to every chunk of input frames, in that order (centring wrapped coordinates would be
+    meaningless)."""
 
     def __init__(self, plan: Plan, center: bool, drop_nonfinite: bool, source: Source) -> None:
         self.atom_indices = None if plan.atom_indices == list(range(plan.sources[0].n_atoms)) \
             else np.asarray(plan.atom_indices)
+        self.n_selected = len(plan.atom_indices)
         self.center = center
         self.drop_nonfinite = drop_nonfinite
         self.path = source.path
+        self.stride, self.frame_offset = plan.frame_stride, source.frame_offset
         self.raw_frame = partial(plan.raw_frame, source.index)  # strided frame -> the input file's frame
         self.cells = CellCheck(source.cell, source.path, self.raw_frame)
         self.periodic, self.velocities = plan.periodic, plan.velocities
+        self.unwrapper: Unwrapper | None = None
 
-    def __call__(self, coords: np.ndarray, first_frame: int) -> tuple[np.ndarray, np.ndarray]:
-        """(kept frames float32 [F', n, 3], their strided frame indices), in one pass for the checks
-        and the centroid (a matrix product with ones) and one in place for the centring."""
+    def raw_frames(self, index: np.ndarray) -> np.ndarray:
+        """The input file's frame numbers of strided frames ``index``."""
+        return self.frame_offset + np.asarray(index) * self.stride
+
+    def select(self, coords: np.ndarray, first_frame: int, gap: bool = False
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(kept frames float32 [F', n, 3] of the selected atoms, their coordinate sums [F', 3], their strided
+        frame indices), in one pass for the checks and the sums (a matrix product with ones). Non-finite
+        frames are refused, or dropped with data.drop_nonfinite; ``gap``: frames no shard holds (read only
+        to unwrap through them): non-finite ones dropped, no further checks."""
         x = coords if self.atom_indices is None else coords[:, self.atom_indices]
         x = np.ascontiguousarray(x, dtype=np.float32)  # readers return fresh arrays: no copy when float32
         if not x.flags.writeable:  # e.g. np.frombuffer over the bytes of an .npz member
@@ -60,25 +78,40 @@ class _Frames:
         sums = np.matmul(np.ones(x.shape[1], dtype=np.float32), x)  # [F, 3]; NaN/Inf in a frame spreads to its sum
         finite = np.isfinite(sums).all(axis=1)
         if not finite.all():
-            if not self.drop_nonfinite:
+            if not (self.drop_nonfinite or gap):
                 bad = self.raw_frame(int(index[np.argmin(finite)]))
                 raise user_error(self.path, f"non-finite coordinates (NaN or Inf) in frame {bad}; pass "
                                             "--drop-nonfinite to skip such frames")
             x, sums, index = x[finite], sums[finite], index[finite]
-        collapsed = first_collapsed_frame(x)
+        collapsed = None if gap else first_collapsed_frame(x)
         if collapsed is not None:
             raise user_error(self.path, f"frame {self.raw_frame(int(index[collapsed]))}: {COLLAPSED}")
+        return x, sums, index
+
+    def __call__(self, coords: np.ndarray, first_frame: int, cell: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """(kept frames float32 [F', n, 3], their strided frame indices): selected and checked, unwrapped
+        (``cell``: the chunk's cells [F, 6]), centred in place."""
+        x, sums, index = self.select(coords, first_frame)
+        kept = None if cell is None else cell[index - first_frame]
+        self.cells(kept, index)
+        if self.unwrapper is not None and len(x):
+            x = self.unwrapper(x, kept, self.raw_frames(index)).astype(np.float32)
+            sums = np.matmul(np.ones(x.shape[1], dtype=np.float32), x)
+        return self.centred(x, sums), index
+
+    def centred(self, x: np.ndarray, sums: np.ndarray) -> np.ndarray:
+        """``x`` [F, n, 3] float32 minus each frame's centroid (``sums`` / n), in place (data.center)."""
         if self.center and len(x):
             centroid = sums / np.float32(x.shape[1])
             for k in range(3):  # per component: a strided pass, faster than broadcasting over [F, n, 3]
                 x[:, :, k] -= centroid[:, k, None]
-        return x, index
+        return x
 
     def extras(self, chunk: FrameChunk, index: np.ndarray, first: int) -> dict:
-        """The kept frames' velocities (selected atoms) and cells, as AmberWriter.append takes them; the cells
-        checked."""
+        """The kept frames' velocities (selected atoms) and cells (checked by :meth:`__call__`), as
+        AmberWriter.append takes them."""
         kept = index - first
-        self.cells(None if chunk.cell is None else chunk.cell[kept], index)
         out = {}
         if self.periodic:
             out = {"cell_lengths": chunk.cell[kept, :3], "cell_angles": chunk.cell[kept, 3:]}
@@ -131,15 +164,19 @@ def _training_ranges(plan: Plan, shard: Shard) -> list[list[int]]:
             if r[0] < shard.frame_stop and r[1] > shard.frame_start]
 
 
-def _previous_frame(reader: TrajectoryReader, frames: _Frames, frame: int) -> tuple[np.ndarray, int] | None:
+def _previous_frame(reader: TrajectoryReader, frames: _Frames, frame: int,
+                    offset: np.ndarray | None) -> tuple[np.ndarray, int] | None:
     """The frame just before a shard (same source and split), for the displacement across the boundary,
-    or None when it is non-finite (dropped or reported by the shard holding it)."""
+    or None when it is non-finite (dropped or reported by the shard holding it). ``offset``: its unwrapping
+    offset (int64 [n, 3]; the shard's start offset), None when not unwrapped."""
     coords = reader.read(frames.raw_frame(frame), frames.raw_frame(frame) + 1).coordinates
-    selected = coords if frames.atom_indices is None else coords[:, frames.atom_indices]
-    if not np.isfinite(selected).all():
+    x, sums, _ = frames.select(coords, frame, gap=True)
+    if not len(x):
         return None
-    x, _ = frames(coords, frame)
-    return x[0], frame
+    if offset is not None:  # as Unwrapper.__call__ gives it: raw + offset, in float64
+        x = (x.astype(np.float64) + offset * OFFSET_UNIT_ANGSTROM).astype(np.float32)
+        sums = np.matmul(np.ones(x.shape[1], dtype=np.float32), x)
+    return frames.centred(x, sums)[0], frame
 
 
 def _chunk_frames(n_atoms: int, stride: int, wanted: int) -> int:
@@ -188,7 +225,7 @@ def _stream(chunks: Iterator, writer: AmberWriter, frames: _Frames, clock: _Cloc
         while (chunk := next_chunk.result()) is not None:
             next_chunk = io.submit(next, chunks, None)
             first = (chunk.start - frame_offset) // stride
-            x, index = frames(chunk.coordinates, first)
+            x, index = frames(chunk.coordinates, first, chunk.cell)
             if len(index) < len(chunk.coordinates):
                 dropped.extend(sorted(set(range(first, first + len(chunk.coordinates))) - set(index.tolist())))
             t = clock(chunk.time_ps, index, first)
@@ -210,19 +247,23 @@ def _stream(chunks: Iterator, writer: AmberWriter, frames: _Frames, clock: _Cloc
 
 
 def write_shard(reader: TrajectoryReader, plan: Plan, shard: Shard, cfg, outdir: Path,
-                linked_to_previous: bool, every: int) -> dict:
+                linked_to_previous: bool, every: int, start: Start | None = None) -> dict:
     """Stream the shard's frames into its NetCDF file; return its record (without size and checksum).
-    ``every``: the statistics sample every ``every``-th frame (:func:`stats_every`)."""
+    ``every``: the statistics sample every ``every``-th frame (:func:`stats_every`); ``start``: where the
+    unwrapping of the shard's range begins (pass 2, :mod:`.unwrap_ranges`), None: not unwrapped."""
     data = cfg.data
     source = plan.sources[shard.source]
     frames = _Frames(plan, data.center, data.drop_nonfinite, source)
     chunk_frames = _chunk_frames(source.n_atoms, plan.frame_stride, data.chunk_frames)
+    if start is not None:  # through the gap before the shard (if any) to its first frame
+        frames.unwrapper = unwrapper_at(reader, frames, start, step_hint(plan.frame_stride))
+        advance(reader, frames, frames.unwrapper, start.range_start, shard.frame_start, chunk_frames, gap=True)
     clock = _Clock(frames, plan.timestep_fs / 1000.0)
     stats = None
     training = _training_ranges(plan, shard)
     if training:
         crosses = in_ranges(training, [shard.frame_start - 1, shard.frame_start]).all()  # frame before: training
-        before = _previous_frame(reader, frames, shard.frame_start - 1) \
+        before = _previous_frame(reader, frames, shard.frame_start - 1, start and start.offset) \
             if linked_to_previous and crosses and shard.frame_start % every == 0 else None
         stats = _ShardStatistics(every, training, before)
     writer = AmberWriter(outdir / shard.file, len(plan.atom_indices), plan.atomic_numbers,
@@ -248,17 +289,63 @@ def write_shard(reader: TrajectoryReader, plan: Plan, shard: Shard, cfg, outdir:
             "displacement_moments": (stats.displacements if stats else RunningMoments()).to_dict()}
 
 
+class UnwrapPassOne:
+    """Pass 1 of the unwrapping of this rank's shards and where pass 2 of each begins (:mod:`.unwrap_ranges`):
+    a finished shard's shift comes from its sidecar, the others' from their frames (kept for their sidecars).
+    Collective: every rank runs it."""
+
+    def __init__(self, plan: Plan, cfg, outdir: Path, w, mine: list[Shard], done: dict, readers) -> None:
+        self.plan, self.cfg, self.outdir, self.done, self.readers = plan, cfg, outdir, done, readers
+        self.n = len(plan.atom_indices)
+        self.bonds = selected_topology_bonds(plan)
+        if self.bonds is None and w.rank == 0:
+            log.info(NO_BONDS)
+        self.shifts: dict[int, str] = {}  # shard index -> its shift (encoded), computed here
+        self.range_start = {shard.index: a for chain in chains(plan).values() for shard, a in chain}
+        self.starts, self.error = unwrap_starts(plan, w, {s.index for s in mine}, self._shift)
+
+    def _shift(self, shard: Shard, range_start: int) -> np.ndarray:
+        recorded = sidecar_entry(self.outdir, shard, "unwrap_shift") if self.done[shard.index] is not None else None
+        if recorded is not None:
+            return decode_offset(recorded, self.n)
+        plan, data = self.plan, self.cfg.data
+        source = plan.sources[shard.source]
+        frames = _Frames(plan, data.center, data.drop_nonfinite, source)
+        shift = range_shift(self.readers(shard), frames, shard, range_start, self.bonds,
+                            _chunk_frames(source.n_atoms, plan.frame_stride, data.chunk_frames),
+                            step_hint(plan.frame_stride))
+        self.shifts[shard.index] = encode_offset(shift)
+        return shift
+
+    def start(self, shard: Shard) -> Start:
+        offset = self.starts[shard.index]
+        return Start(self.range_start[shard.index], None if offset is None else decode_offset(offset, self.n),
+                     self.bonds)
+
+    def sidecar(self, shard: Shard) -> dict | None:
+        return {"unwrap_shift": self.shifts[shard.index]} if shard.index in self.shifts else None
+
+
 def _sidecar(outdir: Path, shard: Shard) -> Path:
     return (outdir / shard.file).with_suffix(".json")
 
 
-def seal_shard(outdir: Path, shard: Shard, record: dict, plan_key: str, rank: int) -> dict:
-    """Checksum the finished shard and write its sidecar (runs in the background thread)."""
+def seal_shard(outdir: Path, shard: Shard, record: dict, plan_key: str, rank: int, extra: dict | None = None) -> dict:
+    """Checksum the finished shard and write its sidecar (runs in the background thread); ``extra``: more
+    entries of the sidecar (read back by :func:`sidecar_entry`)."""
     path = outdir / shard.file
     record = dict(record, size_bytes=path.stat().st_size, sha256=file_digest(path))
-    write_json_atomic(_sidecar(outdir, shard), {"plan_key": plan_key, "written_by_rank": rank, "record": record},
-                      sort_keys=False)
+    write_json_atomic(_sidecar(outdir, shard), {"plan_key": plan_key, "written_by_rank": rank, "record": record,
+                                                **(extra or {})}, sort_keys=False)
     return record
+
+
+def sidecar_entry(outdir: Path, shard: Shard, name: str):
+    """Entry ``name`` of a shard's sidecar (one :func:`completed_shard` accepted), or None."""
+    try:
+        return json.loads(_sidecar(outdir, shard).read_text()).get(name)
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def completed_shard(outdir: Path, shard: Shard, plan_key: str) -> dict | None:

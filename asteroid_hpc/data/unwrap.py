@@ -37,12 +37,12 @@ import numpy as np
 
 from ..errors import user_error
 from ..logs import get_logger
+from .cells import check_periodic_cells
 
 log = get_logger(__name__)
 
 OFFSET_UNIT_ANGSTROM = 2.0 ** -32  # offsets are int64 multiples of this: exact sums in any order
 _BLOCK_ATOM_FRAMES = 1 << 18  # frames x atoms per vectorised step: bounded temporaries (~6 MB per array)
-_MIN_SHAPE = 1e-2  # volume / (a b c) below this: a degenerate (flat) cell
 
 
 class Cells:
@@ -50,9 +50,10 @@ class Cells:
     inverses, half their smallest perpendicular widths [F] and H on the 2^-32 Å grid (int64)."""
 
     def __init__(self, cell, where, frames: np.ndarray) -> None:
+        check_periodic_cells(None if cell is None else np.asarray(cell, dtype=np.float64).reshape(-1, 6), frames,
+                             where)
         cell = np.asarray(cell, dtype=np.float64).reshape(-1, 6)
         self.vectors = cell_vectors(cell)
-        check_cells(cell, self.vectors, where, frames)
         h = self.vectors
         volume = h[:, 0, 0] * h[:, 1, 1] * h[:, 2, 2]
         areas = np.stack([np.linalg.norm(np.cross(h[:, (i + 1) % 3], h[:, (i + 2) % 3]), axis=-1)
@@ -70,13 +71,14 @@ class Cells:
 
 def cell_vectors(cell: np.ndarray) -> np.ndarray:
     """Box vectors as rows [..., 3, 3] of cells [..., 6] (lengths Å, angles °), MDAnalysis's convention
-    (``triclinic_vectors``); an angle of exactly 90° gives exact zeros. Unchecked: see :func:`check_cells`."""
+    (``triclinic_vectors``); an angle of exactly 90° gives exact zeros. Unchecked: see
+    :func:`.cells.check_periodic_cells`."""
     cell = np.asarray(cell, dtype=np.float64)
     lengths, angles = cell[..., :3], cell[..., 3:]
     cos = np.where(angles == 90.0, 0.0, np.cos(np.radians(angles)))
     sin_gamma = np.where(angles[..., 2] == 90.0, 1.0, np.sin(np.radians(angles[..., 2])))
     cx = cos[..., 1]
-    with np.errstate(divide="ignore", invalid="ignore"):  # a flat cell (gamma 0 or 180) is refused by check_cells
+    with np.errstate(divide="ignore", invalid="ignore"):  # a flat cell: refused by cells.check_periodic_cells
         cy = (cos[..., 0] - cos[..., 1] * cos[..., 2]) / sin_gamma
     h = np.zeros(cell.shape[:-1] + (3, 3))
     h[..., 0, 0] = lengths[..., 0]
@@ -86,23 +88,6 @@ def cell_vectors(cell: np.ndarray) -> np.ndarray:
     h[..., 2, 1] = lengths[..., 2] * cy
     h[..., 2, 2] = lengths[..., 2] * np.sqrt(np.maximum(1.0 - cx ** 2 - cy ** 2, 0.0))
     return h
-
-
-def check_cells(cell: np.ndarray, vectors: np.ndarray, where, frames: np.ndarray) -> None:
-    """One line naming the first frame whose cell is missing (NaN), non-positive or degenerate."""
-    with np.errstate(invalid="ignore"):
-        shape = np.abs(vectors[:, 0, 0] * vectors[:, 1, 1] * vectors[:, 2, 2]) / np.prod(cell[:, :3], axis=1)
-    problems = [(~np.isfinite(cell).all(axis=1), "no unit cell (NaN)"),
-                ((cell == 0).all(axis=1), "no unit cell (all zero)"),
-                ((cell[:, :3] <= 0).any(axis=1), "a cell length is not positive"),
-                (((cell[:, 3:] <= 0) | (cell[:, 3:] >= 180)).any(axis=1), "a cell angle is outside (0, 180)°"),
-                (~(shape >= _MIN_SHAPE), "the cell is degenerate (its angles leave almost no volume)")]
-    bad = [(int(np.argmax(mask)), k) for k, (mask, _) in enumerate(problems) if mask.any()]
-    if bad:  # the first frame with a problem, its first problem in the order above
-        first, k = min(bad)
-        cause = problems[k][1]
-        values = ", ".join(f"{v:g}" for v in cell[first])
-        raise user_error(where, f"frame {int(frames[first])}: {cause}: cell [{values}] (lengths Å, angles °)")
 
 
 def image_counts(d: np.ndarray, cells: Cells) -> tuple[np.ndarray, np.ndarray]:
@@ -184,9 +169,13 @@ class Unwrapper:
     """Unwraps the chunks of one source, one after another, keeping only the last raw frame and its offset
     (the module docstring has the rule and how ranges of a source compose exactly)."""
 
-    def __init__(self, n_atoms: int, bonds: np.ndarray | None = None, where="trajectory") -> None:
+    STEP_HINT = "frames too far apart (or a broken trajectory) to unwrap"
+
+    def __init__(self, n_atoms: int, bonds: np.ndarray | None = None, where="trajectory",
+                 step_hint: str = STEP_HINT) -> None:
         self.n_atoms = n_atoms
         self.where = where
+        self.step_hint = step_hint  # the end of the one line refusing a step too long to unwrap
         self.bonds = np.empty((0, 2), np.int64) if bonds is None else np.asarray(bonds, np.int64).reshape(-1, 2)
         self.parents = spanning_parents(n_atoms, self.bonds)
         self.previous: np.ndarray | None = None  # [N, 3] float64: the last raw frame seen
@@ -194,11 +183,12 @@ class Unwrapper:
         self.frames_seen = 0
 
     @classmethod
-    def after(cls, previous_frame: np.ndarray, offset: np.ndarray | None = None, where="trajectory") -> "Unwrapper":
+    def after(cls, previous_frame: np.ndarray, offset: np.ndarray | None = None, where="trajectory",
+              step_hint: str = STEP_HINT) -> "Unwrapper":
         """Continue a source after raw frame ``previous_frame`` [N, 3], whose offset is ``offset`` (int64
         [N, 3], 2^-32 Å; None: 0, for pass 1 of a range). No molecule is made whole again."""
         previous = np.asarray(previous_frame, dtype=np.float64)
-        out = cls(len(previous), None, where)
+        out = cls(len(previous), None, where, step_hint)
         out.previous = previous.copy()
         out.offset = np.zeros((len(previous), 3), np.int64) if offset is None else np.array(offset, np.int64)
         return out
@@ -227,9 +217,6 @@ class Unwrapper:
         if x.ndim != 3 or x.shape[1:] != (self.n_atoms, 3):
             raise ValueError(f"coordinates of shape {x.shape}, expected [frames, {self.n_atoms}, 3]")
         frames = np.arange(self.frames_seen, self.frames_seen + len(x)) if frames is None else np.asarray(frames)
-        if cell is None:
-            raise user_error(self.where, f"frame {int(frames[0]) if len(frames) else 0}: no unit cell in a "
-                                         "periodic trajectory")
         cells = Cells(cell, self.where, frames)
         step = max(1, _BLOCK_ATOM_FRAMES // max(1, self.n_atoms))
         for a in range(0, len(x), step):
@@ -245,8 +232,7 @@ class Unwrapper:
             return np.concatenate([self.offset[None], self._block_offsets(x[1:], cells[1:], frames[1:])])
         steps = np.diff(x, axis=0, prepend=self.previous[None])
         counts, length2 = image_counts(steps, cells)
-        _refuse_long(length2, cells, self.where, frames, lambda m: f"atom {m} moved",
-                     "frames too far apart (or a broken trajectory) to unwrap")
+        _refuse_long(length2, cells, self.where, frames, lambda m: f"atom {m} moved", self.step_hint)
         offsets = _grid_shifts(counts, cells.grid)
         offsets[0] += self.offset
         for f in range(1, len(offsets)):  # a running sum over frames, in place (faster than cumsum on axis 0)
