@@ -13,6 +13,20 @@ from typing import Any, Iterator, Optional
 from ..errors import UserError
 
 
+def window_cells(batch: dict, history_frames: int, device=None, dtype=None):
+    """The periodic box of each window of ``batch`` as box vectors [B, 3, 3] (Å, rows), or None for open
+    systems: the cell of the last history frame (constant volume; in an NPT box the last observed one)."""
+    cell = batch.get("cell")
+    if cell is None:
+        return None
+    import torch
+
+    from ..geometry import cell_matrix
+
+    vectors = torch.from_numpy(cell_matrix(cell[:, history_frames - 1].double().cpu().numpy()))
+    return vectors.to(device=device, dtype=dtype)
+
+
 class BatchStream:
     """Endless micro-batches (dicts of tensors) drawn through ``sampler``; state = (epoch, position)."""
 
