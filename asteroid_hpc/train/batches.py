@@ -27,6 +27,13 @@ def window_cells(batch: dict, history_frames: int, device=None, dtype=None):
     return vectors.to(device=device, dtype=dtype)
 
 
+def box_keywords(batch: dict, history_frames: int, device=None, dtype=None) -> dict:
+    """The model's keyword for the batch's box: ``{"cell": [B, 3, 3]}`` (:func:`window_cells`), or nothing for
+    an open system (its forward is called exactly as before boxes existed)."""
+    cell = window_cells(batch, history_frames, device, dtype)
+    return {} if cell is None else {"cell": cell}
+
+
 class BatchStream:
     """Endless micro-batches (dicts of tensors) drawn through ``sampler``; state = (epoch, position)."""
 

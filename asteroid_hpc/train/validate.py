@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UserError
-from .batches import window_cells
+from .batches import box_keywords
 
 
 def validation_indices(n_windows: int, per_rank: int, rank: int, world_size: int) -> list[int]:
@@ -40,8 +40,8 @@ def per_lead_mse(engine, dataset, indices: list[int], micro_batch_size: int, hor
             for batch in DataLoader(dataset, batch_size=micro_batch_size, sampler=indices):
                 history = batch["history"].to(device=device, dtype=dtype)
                 target = batch["target"].to(device=device, dtype=torch.float64)
-                cell = window_cells(batch, history.shape[1], device, dtype)  # None: an open system
-                forecast = engine(history, batch["atomic_numbers"].to(device), horizon, cell=cell).forecast
+                box = box_keywords(batch, history.shape[1], device, dtype)
+                forecast = engine(history, batch["atomic_numbers"].to(device), horizon, **box).forecast
                 error = (forecast.to(torch.float64) - target[:, :horizon]).pow(2)
                 squared += error.sum(dim=(0, 2, 3))
                 count += error[:, 0].numel()
