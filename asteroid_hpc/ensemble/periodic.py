@@ -7,7 +7,9 @@ and wrapped files read back as continuous trajectories.
   last one, and its forecasts continue from there. Only what is written is wrapped (:class:`OutputWrap`):
   ``ensemble.output_wrap=molecules`` puts every molecule whole with its centre (mean position) in the box, as MD
   engines write (molecules from the topology's bonds when ``--topology`` gives them, else each atom alone);
-  ``none`` writes the continuous coordinates (for MSD and diffusion).
+  ``none`` writes the continuous coordinates (for MSD and diffusion). A run continued after a kill starts from
+  the written frames: bit for bit the uninterrupted run with ``none``; with ``molecules`` equal within the
+  float32 rounding of the wrapped coordinates (about 1e-6 Å), since the model only sees relative vectors.
 - The summary reads member files (wrapped or not) back as continuous trajectories from their starting frame
   (:class:`ContinuousReader`), so the ensemble mean, the spread and the scores never see a jump across a face.
 """
