@@ -12,9 +12,16 @@
 Times are the forecast wall time the run records in summary.json (model loading and the summary excluded).
 Boxes are generated once into --data-dir (OpenMM, 4 frames = the bench model's window).
 
+``--periodic``: every system of 1-4 is instead a periodic water box (rigid TIP3P-geometry waters on a
+jittered cubic lattice at liquid-water density, 0.1 atoms/Å³, the cell in every frame, atoms wrapped into
+the box one by one so molecules straddle the faces): minimum-image neighbour lists, periodic halos across
+the faces with --grid 1x2, member files with cells (wrapped per atom: no topology). Synthetic structure,
+real costs: the timing depends on the atom density and the cutoff, not on the water's physics.
+
     python tools/bench_ensemble.py --out bench_ensemble.json
     python tools/bench_ensemble.py --sizes 10000 20000 --members-atoms 2000 --skip-domains
     python tools/bench_ensemble.py --batched-only --out bench_batched.json
+    python tools/bench_ensemble.py --periodic --sizes 50000 100000 200000 --out bench_ensemble_periodic.json
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=T
 """
 
 
-def ensure_box(data_dir: Path, n_atoms: int, frames: int) -> Path:
+def ensure_argon_box(data_dir: Path, n_atoms: int, frames: int) -> Path:
     from asteroid_hpc.datagen.lj import LIQUID_ARGON_TEMPERATURE_K, lj_argon_box, write_lj_box
 
     path = data_dir / f"argon_{n_atoms}.nc"
@@ -54,6 +61,37 @@ def ensure_box(data_dir: Path, n_atoms: int, frames: int) -> Path:
         box = lj_argon_box(n_atoms, frames, seed=0, equilibration_steps=200, stride=20)
         write_lj_box(path, box, seed=0, temperature_K=LIQUID_ARGON_TEMPERATURE_K)
         print(f"generated {path}: {n_atoms} atoms, OpenMM {box.ms_per_step:.1f} ms/step", flush=True)
+    return path
+
+
+WATER_SPACING_ANGSTROM = 3.104  # one water per 29.9 Å³: 0.1003 atoms/Å³, liquid water at 300 K
+WATER_GEOMETRY = ((0.0, 0.0, 0.0), (0.9572, 0.0, 0.0), (-0.2400, 0.9266, 0.0))  # TIP3P O, H, H (Å)
+
+
+def ensure_water_box(data_dir: Path, n_atoms: int, frames: int) -> Path:
+    """A periodic water box of about ``n_atoms`` atoms (a lattice of nx × n × n waters, nx closest to the
+    count: within 1/nx of it), ``frames`` frames."""
+    import numpy as np
+
+    from asteroid_hpc.data.amber import AmberWriter
+
+    side = max(4, round((n_atoms / 3) ** (1 / 3)))
+    lattice = (max(4, round(n_atoms / 3 / side ** 2)), side, side)
+    path = data_dir / f"water_{n_atoms}.nc"
+    if not path.exists():
+        rng = np.random.default_rng(0)
+        n_waters, edges = int(np.prod(lattice)), np.asarray(lattice) * WATER_SPACING_ANGSTROM
+        sites = np.stack(np.meshgrid(*[np.arange(n) * WATER_SPACING_ANGSTROM for n in lattice], indexing="ij"),
+                         -1).reshape(-1, 3) + rng.normal(scale=0.1, size=(n_waters, 3))
+        turns = np.linalg.qr(rng.normal(size=(n_waters, 3, 3)))[0]
+        molecules = (sites[:, None] + np.asarray(WATER_GEOMETRY) @ turns.transpose(0, 2, 1)).reshape(-1, 3)
+        coords = molecules + np.cumsum(rng.normal(scale=0.02, size=(frames, 3 * n_waters, 3)), axis=0)
+        coords -= np.floor(coords / edges) * edges  # each atom into the box on its own
+        with AmberWriter(path, 3 * n_waters, np.tile([8, 1, 1], n_waters), timestep_ps=0.01, cell=True) as writer:
+            writer.append(coords.astype(np.float32), cell_lengths=np.tile(edges, (frames, 1)),
+                          cell_angles=np.full((frames, 3), 90.0))
+        print(f"generated {path}: {3 * n_waters} atoms in a periodic box of {' x '.join(f'{e:.1f}' for e in edges)} A",
+              flush=True)
     return path
 
 
@@ -85,6 +123,7 @@ def forecast(model: Path, initial: Path, outdir: Path, *settings: str, ranks: in
     summary = json.loads((outdir / "summary.json").read_text())
     peaks = [int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("PEAK_RSS_KB")]
     return {"forecast_s": summary["forecast_wall_seconds"], "process_wall_s": time.perf_counter() - started,
+            "atoms": summary["n_atoms"],
             "peak_rss_mb_max_rank": max(peaks) / 1024 if peaks else None}
 
 
@@ -152,6 +191,8 @@ def main() -> None:
     parser.add_argument("--batched-members", type=int, default=64)
     parser.add_argument("--batched-batch", type=int, default=64)
     parser.add_argument("--batched-horizon", type=int, default=40)
+    parser.add_argument("--periodic", action="store_true",
+                        help="periodic water boxes instead of open argon boxes for scaling, memory, members, domains")
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/asteroid-bench-ensemble"))
     add_out_argument(parser)
     args = parser.parse_args()
@@ -159,7 +200,9 @@ def main() -> None:
     runs = args.data_dir / "runs"
     model = ensure_model(args.data_dir)
     frames = BENCH_MODEL["history_frames"]
-    report: dict = {"load_average_at_start": os.getloadavg(), "model": BENCH_MODEL, "cpus": os.cpu_count()}
+    report: dict = {"load_average_at_start": os.getloadavg(), "model": BENCH_MODEL, "cpus": os.cpu_count(),
+                    "system": "periodic water box" if args.periodic else "open argon box"}
+    ensure_box = ensure_water_box if args.periodic else ensure_argon_box
     if args.batched_only:
         report["batched_members"] = batched_members(args, runs)
         report["load_average_at_end"] = os.getloadavg()

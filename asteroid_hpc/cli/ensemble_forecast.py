@@ -16,6 +16,8 @@ from .common import examples, input_check_options, load_cli_config, model_argume
     "asteroid-hpc ensemble-forecast model.safetensors md.dcd --topology system.psf -o ens/namd --full-system",
     "asteroid-hpc ensemble-forecast model.safetensors md.xtc --topology md.tpr -o ens/gmx --reference truth.xtc",
     "asteroid-hpc ensemble-forecast model.safetensors traj.nc -o ens/safe ensemble.stop_on_blowup=true",
+    "asteroid-hpc ensemble-forecast water.safetensors water.nc --topology water.pdb -o ens/water   # periodic box",
+    "asteroid-hpc ensemble-forecast water.safetensors water.nc -o ens/msd ensemble.output_wrap=none",
     "srun asteroid-hpc ensemble-forecast runs/aspirin traj.nc -o ens/run3 --config configs/aspirin.yaml"))
 @model_argument(type=click.Path(exists=True))
 @click.argument("initial", type=click.Path())
@@ -56,6 +58,13 @@ def command(model, initial, overrides, outdir, config, reference, reference_star
 
     Under mpiexec/srun, members are dealt to groups of ensemble.domains ranks; a group shares one member by
     spatial domain decomposition (for large systems).
+
+    Periodic systems (INITIAL has a unit cell; the model must have been trained on periodic data, and a model
+    trained on open systems refuses them): the box of INITIAL's last starting frame is kept for the whole
+    forecast, neighbours and domain halos reach across the faces, and member files carry the cell of every
+    frame. ensemble.output_wrap=molecules (default) writes every molecule whole with its centre in the box, as
+    MD engines do (molecules from --topology's bonds, else each atom alone); =none writes continuous, unwrapped
+    coordinates (for MSD and diffusion).
     """
     from pathlib import Path
 

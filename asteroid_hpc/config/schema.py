@@ -225,6 +225,9 @@ class EnsembleConfig:
     # a model of a selection of the atoms (data.atom_selection) given the whole system: member files hold every
     # atom, the unselected ones held at their positions in the member's last starting frame (summary: selected)
     write_full_system: bool = False
+    # periodic systems: member files' coordinates "molecules" (each molecule whole, its centre in the box, as MD
+    # engines write; molecules from --topology's bonds, else each atom) or "none" (unwrapped: continuous, for MSD)
+    output_wrap: str = "molecules"
 
     def __post_init__(self) -> None:
         _check(self.members >= 1, "ensemble.members must be >= 1")
@@ -242,6 +245,7 @@ class EnsembleConfig:
         _check(self.neighbor_skin_angstrom >= 0, "ensemble.neighbor_skin_angstrom must be >= 0")
         _one_of("ensemble.device", self.device, ("auto", "cpu", "cuda"))
         _one_of("ensemble.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        _one_of("ensemble.output_wrap", self.output_wrap, ("molecules", "none"))
 
 
 @dataclass

@@ -25,7 +25,8 @@ import torch
 from ..atomic import write_json_atomic
 from ..data.amber import AmberReader, partial_path
 from ..logs import get_logger
-from .member import MemberJob, _flush, _open_writer, _resume_point
+from .member import MemberJob, _flush, _open_writer, _resume_point, output_wrap
+from .periodic import OutputWrap
 from .perturb import InitialCondition, held_frame, starting_window
 from .rollout import MemberForecaster
 from .store import is_finished, marker_path, member_path
@@ -74,6 +75,7 @@ class MemberStream:
     initial: InitialCondition
     previous: np.ndarray  # the frame before the next one, for the displacement check
     held: Optional[np.ndarray] = None  # full-system files: all atoms, the unselected ones stay here
+    wrap: Optional[OutputWrap] = None  # a periodic box: how the file holds the coordinates
     writer: object = None
     frames_done: int = 0  # frames in the file
     buffer: list = field(default_factory=list)
@@ -102,12 +104,12 @@ class MemberStream:
             return
         self.buffer.append(frames)
         if sum(len(b) for b in self.buffer) >= self.job.chunk_frames:
-            self.frames_done = _flush(self.writer, self.buffer, self.frames_done, self.initial, self.held)
+            self.frames_done = _flush(self.writer, self.buffer, self.frames_done, self.initial, self.held, self.wrap)
             progress.report(self.job.member, self.frames_done, self.state.have, False)
 
     def finish(self, stopped: bool, progress) -> None:
         """Flush, close (the rename), then the marker: only now does the member count as finished."""
-        self.frames_done = _flush(self.writer, self.buffer, self.frames_done, self.initial, self.held)
+        self.frames_done = _flush(self.writer, self.buffer, self.frames_done, self.initial, self.held, self.wrap)
         self.writer.close()
         marker = {"member": self.job.member, "frames": self.frames_done, "resumed_from_frame": self.state.have,
                   "seconds_this_run": round(time.monotonic() - self.began, 3)}
@@ -153,7 +155,9 @@ def _run_batch(batch: list[tuple[MemberJob, MemberState]], forecaster: MemberFor
         windows = np.stack([window_at(starting_window(initial, ensemble_cfg, job.member, m), job, state, start,
                                       initial.atom_indices) for job, state in riders])
     windows = group.bcast(windows, root=0)
-    streams = [MemberStream(job, state, initial, windows[i][-1], held_frame(initial, ensemble_cfg, job.member))
+    wrap = output_wrap(initial, ensemble_cfg.output_wrap, ensemble_cfg.write_full_system
+                       and initial.atom_indices is not None) if is_root else None
+    streams = [MemberStream(job, state, initial, windows[i][-1], held_frame(initial, ensemble_cfg, job.member), wrap)
                if is_root and not state.finished else None for i, (job, state) in enumerate(riders)]
     try:
         for stream in streams:

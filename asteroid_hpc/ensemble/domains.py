@@ -16,7 +16,10 @@ activations) and runs the model on its *local* atoms only: the atoms it owns plu
 - After the pass the owners' forecasts are all-gathered, so every rank again holds the whole window.
 
 :class:`DomainContext` is the model's :class:`~asteroid_hpc.model.domain.Domain` for one of several domains;
-:class:`SingleDomain` the one for a group of one rank. Only open boundaries are supported, as in the model.
+:class:`SingleDomain` the one for a group of one rank. In a periodic box (the model is then given the cell)
+the slabs are cut across the box's widest pair of faces in wrapped coordinates and the halos reach across
+the faces (:func:`periodic_slab_coordinates`); the local atoms keep their own (unwrapped) coordinates, since
+the model takes the minimum image of every relative vector.
 """
 
 from __future__ import annotations
@@ -51,21 +54,25 @@ class Decomposition:
         return self.local[domain][:self.n_owned[domain]]
 
 
-def decompose(positions: np.ndarray, domains: int, cutoff_angstrom: float) -> Decomposition:
+def decompose(positions: np.ndarray, domains: int, cutoff_angstrom: float,
+              cell: Optional[np.ndarray] = None) -> Decomposition:
     """Slabs of equal atom count along the longest axis of ``positions`` [N, 3], with cutoff halos.
 
     ``positions`` [B, N, 3] (a batch of members, the same atoms): the slabs are the first member's, and each
     domain's halo is the union of every member's, so each member's owned atoms find all their neighbours
     among the local atoms (a halo atom more than needed is harmless: its rows are the owners' after every
-    spatial block). With one member this is exactly the [N, 3] decomposition."""
+    spatial block). With one member this is exactly the [N, 3] decomposition. In a periodic box (``cell``
+    [3, 3], vectors as rows) the slabs and halos are periodic (:func:`periodic_slab_coordinates`)."""
     batch = positions[None] if positions.ndim == 2 else positions
     n_atoms = batch.shape[1]
     if n_atoms < domains:
         raise ValueError(f"{n_atoms} atoms cannot be split into {domains} domains")
-    axis = int(np.argmax(np.ptp(batch[0], axis=0)))
-    coordinates = batch[:, :, axis].astype(np.float64)  # [B, N]
-    coordinate = coordinates[0]
-    order = np.argsort(coordinate, kind="stable")
+    if cell is None:
+        axis = int(np.argmax(np.ptp(batch[0], axis=0)))
+        coordinates, width = batch[:, :, axis].astype(np.float64), None  # [B, N]
+    else:
+        coordinates, width = periodic_slab_coordinates(batch, cell)
+    order = np.argsort(coordinates[0], kind="stable")
     bounds = np.linspace(0, n_atoms, domains + 1).round().astype(np.int64)
     owner = np.empty(n_atoms, dtype=np.int64)
     reach = cutoff_angstrom * CUTOFF_MARGIN
@@ -77,8 +84,7 @@ def decompose(positions: np.ndarray, domains: int, cutoff_angstrom: float) -> De
     for d in range(domains):
         near = np.zeros(n_atoms, dtype=bool)
         for member in coordinates:  # the owned slab's extent in each member's coordinates
-            low, high = member[owned[d]].min(), member[owned[d]].max()
-            near |= (member >= low - reach) & (member <= high + reach)
+            near |= _near_slab(member, owned[d], reach, width)
         halos.append(np.flatnonzero(near & (owner != d)))
     send = [[np.empty(0, dtype=np.int64) for _ in range(domains)] for _ in range(domains)]
     recv = [[np.empty(0, dtype=np.int64) for _ in range(domains)] for _ in range(domains)]
@@ -91,6 +97,39 @@ def decompose(positions: np.ndarray, domains: int, cutoff_angstrom: float) -> De
                 send[s][d] = np.searchsorted(owned[s], halos[d][from_s])
     local = [np.concatenate([owned[d], halos[d]]) for d in range(domains)]
     return Decomposition(local, [len(o) for o in owned], send, recv)
+
+
+def periodic_slab_coordinates(batch: np.ndarray, cell: np.ndarray) -> tuple[np.ndarray, float]:
+    """Each atom's position [B, N] (Å, in [0, width)) across the box's widest pair of faces, and that width.
+
+    Slabs are cut between planes parallel to those faces, in the wrapped (fractional) coordinate. The
+    perpendicular distance between two atoms' planes, taken around the box, never exceeds their
+    minimum-image distance, so a halo of every atom within the cutoff of a slab in this coordinate holds all
+    the owned atoms' minimum-image neighbours, across the faces too."""
+    from ..model.periodic import perpendicular_widths
+
+    cell = np.asarray(cell, dtype=np.float64)
+    widths = perpendicular_widths(cell)
+    axis = int(np.argmax(widths))
+    fraction = batch.astype(np.float64) @ np.linalg.inv(cell)[:, axis]
+    width = float(widths[axis])
+    return (fraction - np.floor(fraction)) * width, width
+
+
+def _near_slab(coordinate: np.ndarray, owned: np.ndarray, reach: float, width: Optional[float]) -> np.ndarray:
+    """[N] True for the atoms within ``reach`` of the extent of the ``owned`` atoms' ``coordinate`` [N]; around
+    a box of ``width`` (periodic: the owned atoms' shortest covering arc) when it is not None."""
+    values = coordinate[owned]
+    if width is None:
+        return (coordinate >= values.min() - reach) & (coordinate <= values.max() + reach)
+    ordered = np.sort(values)
+    gaps = np.diff(np.concatenate([ordered, ordered[:1] + width]))  # the gap after each owned atom, around
+    k = int(np.argmax(gaps))
+    start = ordered[(k + 1) % len(ordered)]  # the arc runs from after the largest gap ...
+    length = width - gaps[k]  # ... to just before it
+    after = np.mod(coordinate - start, width)  # each atom's distance along the box from the arc's start
+    outside = np.minimum(after - length, width - after)
+    return (after <= length) | (outside <= reach)
 
 
 class SingleDomain(WholeSystem):

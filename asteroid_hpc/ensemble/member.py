@@ -16,7 +16,8 @@ import numpy as np
 
 from ..data.amber import AmberReader, AmberWriter, partial_path
 from ..logs import get_logger
-from .perturb import InitialCondition
+from .periodic import OutputWrap
+from .perturb import InitialCondition, model_bonds
 from .store import member_path
 
 log = get_logger(__name__)
@@ -29,6 +30,7 @@ class MemberJob:
     horizon_frames: int
     chunk_frames: int
     attributes: dict  # written into the member file
+    output_wrap: str = "molecules"  # periodic systems: ensemble.output_wrap (recorded in the file)
 
 
 def _resume_point(job: MemberJob, steps_per_pass: int) -> int:
@@ -52,17 +54,28 @@ def lead_times_ps(lead: np.ndarray, timestep_ps: float | None, end_time_ps: floa
     return end_time_ps + lead * timestep_ps if timestep_ps else np.zeros(len(lead))
 
 
+def output_wrap(initial: InitialCondition, mode: str, full_system: bool = False) -> Optional[OutputWrap]:
+    """How a periodic system's member files hold its coordinates (``ensemble.output_wrap``); None: open."""
+    if initial.cell is None:
+        return None
+    if full_system:
+        return OutputWrap(mode, initial.cell, initial.file_atoms, initial.bonds)
+    return OutputWrap(mode, initial.cell, initial.n_atoms, model_bonds(initial))
+
+
 def _open_writer(job: MemberJob, initial: InitialCondition, frames_done: int,
                  full_system: bool = False) -> AmberWriter:
-    """The member's file: the model's atoms, or (``full_system``) all atoms of the initial trajectory."""
+    """The member's file: the model's atoms, or (``full_system``) all atoms of the initial trajectory; with the
+    cell of every frame in a periodic box."""
     path = member_path(job.outdir, job.member)
     if frames_done:
         return AmberWriter.resume(path)
     partial_path(path).unlink(missing_ok=True)
     n_atoms, numbers = (initial.file_atoms, initial.file_numbers) if full_system else \
         (initial.n_atoms, initial.atomic_numbers)
-    return AmberWriter(path, n_atoms, numbers, timestep_ps=initial.timestep_ps,
-                       title=f"asteroid-hpc ensemble member {job.member}", attributes=job.attributes)
+    attributes = job.attributes if initial.cell is None else {**job.attributes, "output_wrap": job.output_wrap}
+    return AmberWriter(path, n_atoms, numbers, timestep_ps=initial.timestep_ps, cell=initial.cell is not None,
+                       title=f"asteroid-hpc ensemble member {job.member}", attributes=attributes)
 
 
 def full_frames(frames: np.ndarray, held: np.ndarray, atom_indices: np.ndarray) -> np.ndarray:
@@ -73,8 +86,9 @@ def full_frames(frames: np.ndarray, held: np.ndarray, atom_indices: np.ndarray) 
 
 
 def _flush(writer: AmberWriter, buffer: list[np.ndarray], frames_done: int, initial: InitialCondition,
-           held: Optional[np.ndarray] = None) -> int:
-    """Append the buffered frames (with ``held``: as full-system frames, :func:`full_frames`)."""
+           held: Optional[np.ndarray] = None, wrap: Optional[OutputWrap] = None) -> int:
+    """Append the buffered frames (with ``held``: as full-system frames, :func:`full_frames`; in a periodic box
+    as ``wrap`` puts them, with the cell of every frame)."""
     if not buffer:
         return frames_done
     frames = np.concatenate(buffer)
@@ -83,5 +97,10 @@ def _flush(writer: AmberWriter, buffer: list[np.ndarray], frames_done: int, init
         frames = full_frames(frames, held, initial.atom_indices)
     lead = frames_done + 1 + np.arange(len(frames))  # lead time j is frame j after the window's last frame
     # times continue the initial trajectory's: appended to it, a member reads as one trajectory
-    writer.append(frames, lead_times_ps(lead, initial.timestep_ps, initial.end_time_ps))
+    times = lead_times_ps(lead, initial.timestep_ps, initial.end_time_ps)
+    if wrap is None:
+        writer.append(frames, times)
+    else:
+        lengths, angles = wrap.cell_arrays(len(frames))
+        writer.append(wrap(frames), times, cell_lengths=lengths, cell_angles=angles)
     return frames_done + len(frames)

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..config.schema import EnsembleConfig
 from ..errors import user_error
+from .periodic import box_of
 
 
 def member_rng(seed: int, member: int) -> np.random.Generator:
@@ -47,6 +48,9 @@ class InitialCondition:
     # then the selected atoms'), and the elements of all the file's atoms
     atom_indices: Optional[np.ndarray] = None
     file_numbers: Optional[np.ndarray] = None
+    # a periodic system: the cell [6] (Å, °) of end_frame, the box of the whole forecast (ensemble/periodic.py)
+    cell: Optional[np.ndarray] = None
+    bonds: Optional[np.ndarray] = None  # [B, 2] of the file's atoms from --topology (molecules of the output)
 
     @property
     def file_atoms(self) -> int:
@@ -91,7 +95,7 @@ def inspect_initial(path: str | Path, cfg: EnsembleConfig, history_frames: int,
         end_time_ps = float(end_chunk.time_ps[0]) if end_chunk.time_ps is not None else \
             end * (reader.timestep_ps or 0.0)
         return InitialCondition(path, reader.n_frames, reader.n_atoms, np.array(numbers, dtype=np.int64),
-                                timestep_ps, end, frame_stride, end_time_ps)
+                                timestep_ps, end, frame_stride, end_time_ps, cell=box_of(end_chunk.cell, path, end))
 
 
 def select_initial(initial: InitialCondition, atom_indices: Optional[np.ndarray]) -> InitialCondition:
@@ -100,6 +104,15 @@ def select_initial(initial: InitialCondition, atom_indices: Optional[np.ndarray]
         return initial
     return replace(initial, n_atoms=len(atom_indices), atomic_numbers=initial.atomic_numbers[atom_indices],
                    atom_indices=np.asarray(atom_indices), file_numbers=initial.atomic_numbers)
+
+
+def model_bonds(initial: InitialCondition) -> Optional[np.ndarray]:
+    """The topology's bonds between the model's atoms (numbered among them), or None without a topology."""
+    if initial.bonds is None or initial.atom_indices is None:
+        return initial.bonds
+    from ..data.unwrap import selected_bonds
+
+    return selected_bonds(initial.bonds, initial.atom_indices, initial.file_atoms)
 
 
 def member_end_frame(initial: InitialCondition, cfg: EnsembleConfig, member: int) -> int:

@@ -8,6 +8,8 @@ the forecast frames come back to the host (to be written). With a group of sever
 domain-decomposed (:mod:`asteroid_hpc.ensemble.domains`; a batch shares one decomposition whose halos
 cover every member). With ``ensemble.neighbor_skin_angstrom`` the neighbour lists of a one-rank group are
 Verlet lists (:mod:`asteroid_hpc.model.neighbors`), rebuilt only when an atom has moved half the skin.
+In a periodic box every forward (batched, Verlet lists, domains) is given the box (minimum images across the
+faces); the rollout stays continuous (:mod:`asteroid_hpc.ensemble.periodic`).
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ class MemberForecaster:
     (:func:`asteroid_hpc.runtime.device.inference_dtype`), None for fp32."""
 
     def __init__(self, model, atomic_numbers: np.ndarray, group, device: str = "cpu", *,
-                 skin_angstrom: float = 0.0, autocast_dtype=None):
+                 skin_angstrom: float = 0.0, autocast_dtype=None, cell: Optional[np.ndarray] = None):
         self.model = model.eval()
+        # a periodic box: its vectors as rows [3, 3] Å (geometry.cell_matrix), given to every forward
+        self.cell = None if cell is None else np.asarray(cell, dtype=np.float64)
+        self._cell_on_device = None if cell is None else torch.as_tensor(self.cell, dtype=torch.float32).to(device)
         self.group = group
         self.device = device
         self.history_frames = model.cfg.history_frames
@@ -97,19 +102,22 @@ class MemberForecaster:
         self.passes += 1
         with autocast(self.autocast_dtype, str(self.device)):
             if self.group.size == 1:
-                graph = self.neighbors.graph(windows[:, -1]) if self.neighbors is not None else None
-                out = self.model(windows, self._numbers_on_device, steps, graph=graph, domain=SingleDomain()).forecast
+                cell = self._cell_on_device
+                graph = self.neighbors.graph(windows[:, -1], cell) if self.neighbors is not None else None
+                out = self.model(windows, self._numbers_on_device, steps, graph=graph, domain=SingleDomain(),
+                                 cell=cell).forecast
                 return out.float()
             return self._decomposed_pass(windows, steps)
 
     def _decomposed_pass(self, windows: Tensor, steps: int) -> Tensor:
         batch, _, n_atoms, _ = windows.shape
-        parts = decompose(windows[:, -1].cpu().numpy(), self.group.size, self.model.cfg.cutoff_angstrom)
+        parts = decompose(windows[:, -1].cpu().numpy(), self.group.size, self.model.cfg.cutoff_angstrom, self.cell)
         domain = DomainContext(self.group, parts, n_atoms, self.device)
         local = parts.local[self.group.rank]
         index = torch.from_numpy(local).to(windows.device)
         history = windows.index_select(2, index)
-        out = self.model(history, self.atomic_numbers[local].to(self.device), steps, domain=domain).forecast
+        out = self.model(history, self.atomic_numbers[local].to(self.device), steps, domain=domain,
+                         cell=self._cell_on_device).forecast
         owned_frames = out[:, :, :parts.n_owned[self.group.rank]].float().cpu().numpy()
         frames = np.empty((batch, steps, n_atoms, 3), dtype=np.float32)
         for rank, piece in enumerate(self.group.allgather(owned_frames)):

@@ -15,9 +15,11 @@ from ..runtime.launch import detect_launch
 from ..logs import get_logger
 from ..runtime.mpi import world
 from ..errors import UserError, user_error
+from ..geometry import cell_matrix
 from .grid import ProcessGrid, split_group
 from .batch import run_members
-from .member import MemberJob
+from .member import MemberJob, output_wrap
+from .periodic import check_box, describe_box
 from .perturb import InitialCondition, inspect_initial, select_initial, starting_window
 from .progress import POLL_SECONDS, Progress
 from .rollout import MemberForecaster
@@ -90,7 +92,8 @@ def run_ensemble(cfg: AsteroidConfig, model_path: str | os.PathLike, initial_pat
     continuing = claim_run(outdir, identity) if w.rank == 0 else None
     continuing = w.bcast(continuing, root=0)
     forecaster = MemberForecaster(model, initial.atomic_numbers, split_group(w, grid), device,
-                                  skin_angstrom=ens.neighbor_skin_angstrom, autocast_dtype=autocast_dtype)
+                                  skin_angstrom=ens.neighbor_skin_angstrom, autocast_dtype=autocast_dtype,
+                                  cell=None if initial.cell is None else cell_matrix(initial.cell))
     batch = batch_members(ens, model.cfg, initial.n_atoms, len(grid.members_of(grid.group, ens.members)))
     if w.rank == 0:
         log.info(startup_summary(info, device=device, config_hash=config_hash(cfg), run_dir=outdir,
@@ -169,6 +172,9 @@ def _run_identity(weights: Path, initial: InitialCondition, ens: EnsembleConfig,
         identity["write_full_system"] = ens.write_full_system
     if autocast_dtype is not None:
         identity["precision"] = str(autocast_dtype).replace("torch.", "")
+    if initial.cell is not None:  # what member files hold of a periodic system
+        identity["cell"] = [round(float(v), 6) for v in initial.cell]
+        identity["output_wrap"] = ens.output_wrap
     if ens.stop_on_blowup:  # the thresholds then decide where a member's file ends
         identity["stop_on_blowup"] = {"bond_angstrom": ens.blowup_bond_angstrom,
                                       "displacement_angstrom": ens.blowup_displacement_angstrom}
@@ -183,7 +189,9 @@ def _finish(outdir: Path, ens: EnsembleConfig, initial: InitialCondition, histor
                             initial.timestep_ps, reference, extra=extra, watch=watch,
                             starting_frames=[starting_window(initial, ens, member, history_frames)[-1]
                                              for member in range(ens.members)], end_time_ps=initial.end_time_ps,
-                            atom_indices=initial.atom_indices)
+                            atom_indices=initial.atom_indices, wrap=output_wrap(initial, ens.output_wrap),
+                            initial_frame=None if initial.cell is None else
+                            initial.read(initial.end_frame, initial.end_frame + 1)[0])
     write_json_atomic(outdir / COMPLETE_FILE, {"members": ens.members, "horizon_frames": ens.horizon_frames},
                       indent=2)
     return summary
@@ -206,6 +214,12 @@ def _initial_condition(path, ens: EnsembleConfig, history_frames: int, frame_str
                               input_topology_numbers(Path(path), topology, signature))
     input_fs = None if initial.timestep_ps is None else initial.timestep_ps * 1000.0 / frame_stride
     check_against_model(signature, initial.atomic_numbers, input_fs, path, model_path, allow_mismatch)
+    check_box(initial.cell, path, model)
+    if initial.cell is not None:
+        initial = replace(initial, bonds=_topology_bonds(topology, initial.file_atoms))
+        log.info("%s: %s (frame %d), kept for the whole forecast; member files: output_wrap=%s%s", path,
+                 describe_box(initial.cell), initial.end_frame, ens.output_wrap,
+                 "" if ens.output_wrap == "none" or initial.bonds is not None else " (no topology: each atom alone)")
     selected = model_atoms(signature, initial.n_atoms)
     if selected is not None:
         log.info("%s%s", selection_note(signature, path),
@@ -213,6 +227,18 @@ def _initial_condition(path, ens: EnsembleConfig, history_frames: int, frame_str
     elif ens.write_full_system:
         log.warning("ensemble.write_full_system: the model takes every atom of %s; member files hold them all", path)
     return select_initial(initial, selected)
+
+
+def _topology_bonds(topology: Optional[str], n_atoms: int):
+    """The bonds [B, 2] of ``--topology`` (its molecules are wrapped whole), or None without one (or none in it)."""
+    if topology is None:
+        return None
+    from ..data.topology import read_topology
+
+    bonds = read_topology(topology).bonds
+    if len(bonds) and int(bonds.max()) >= n_atoms:
+        raise user_error(topology, f"has bonds between atoms beyond the {n_atoms} atoms of the initial trajectory")
+    return bonds if len(bonds) else None
 
 
 def _check_inputs(initial: InitialCondition, model_cfg: ModelConfig, reference: Optional[Reference]) -> None:
@@ -233,7 +259,9 @@ def _startup_lines(ens: EnsembleConfig, grid: ProcessGrid, threads: int, initial
         "batching": f"{batch} members per forward (rank 0), precision {ens.precision}, neighbour lists "
                     + (f"kept with a {ens.neighbor_skin_angstrom} A skin" if ens.neighbor_skin_angstrom
                        else "rebuilt every pass"),
-        "system": f"{initial.n_atoms} atoms{_of_file(initial)}, window of {model_cfg.history_frames} frames "
+        "system": f"{initial.n_atoms} atoms{_of_file(initial)}"
+                  f"{'' if initial.cell is None else ' in a ' + describe_box(initial.cell)}, window of "
+                  f"{model_cfg.history_frames} frames "
                   f"{initial.frame_stride} "
                   f"apart ending at frame {initial.end_frame} of {initial.path}",
         "model": f"{weights} ({model_cfg.delay_length - 1} frames per pass, cutoff {model_cfg.cutoff_angstrom} A)"}
@@ -250,8 +278,8 @@ def _forecast_members(w, grid: ProcessGrid, forecaster: MemberForecaster, initia
     attributes = {"ensemble_seed": ens.seed, "perturbation": ens.perturbation, "noise_angstrom": ens.noise_angstrom,
                   "initial_condition": str(initial.path), "initial_end_frame": initial.end_frame,
                   "model_sha256": model_sha256}
-    jobs = [MemberJob(outdir, member, ens.horizon_frames, ens.chunk_frames, {**attributes, "member": member})
-            for member in grid.members_of(grid.group, ens.members)]
+    jobs = [MemberJob(outdir, member, ens.horizon_frames, ens.chunk_frames, {**attributes, "member": member},
+                      ens.output_wrap) for member in grid.members_of(grid.group, ens.members)]
     run_members(jobs, forecaster, initial, ens, progress, watch, batch)
     progress.wait_all()
 

@@ -34,6 +34,7 @@ from ..geometry import rmsd
 from ..metrics.errors import mse_per_lead_time
 from ..logs import get_logger
 from .member import lead_times_ps
+from .periodic import ContinuousReader, OutputWrap
 from .store import marker_path, member_path
 from .watch import Watch
 
@@ -75,12 +76,16 @@ def lead_block_frames(members: int, n_atoms: int, chunk_frames: int) -> int:
 def write_summary(outdir: Path, members: int, horizon_frames: int, chunk_frames: int, atomic_numbers: np.ndarray,
                   timestep_ps: Optional[float], reference: Optional[Reference], extra: dict,
                   watch: Optional[Watch] = None, starting_frames: Optional[list] = None,
-                  end_time_ps: float = 0.0, atom_indices: Optional[np.ndarray] = None) -> dict:
+                  end_time_ps: float = 0.0, atom_indices: Optional[np.ndarray] = None,
+                  wrap: Optional[OutputWrap] = None, initial_frame: Optional[np.ndarray] = None) -> dict:
     """Stream over lead times of every member file: mean.nc, summary.nc, summary.json (see the module
     docstring). With ``watch`` (and each member's last starting frame, ``starting_frames``) the members are
     checked for blow-ups, bonds and clashes; members stopped early (their marker says so) stay out of the
     ensemble statistics. Times continue from ``end_time_ps``, the initial window's last frame. Full-system
-    member files (``ensemble.write_full_system``) are read as the model's atoms ``atom_indices``."""
+    member files (``ensemble.write_full_system``) are read as the model's atoms ``atom_indices``. A periodic
+    system (``wrap``: how member files hold it): members are read as continuous trajectories from their starting
+    frames, the reference from ``initial_frame`` (the unperturbed window's last frame), and mean.nc is written
+    as the members are, with the cell."""
     import netCDF4
 
     n_atoms = len(atomic_numbers)
@@ -96,9 +101,12 @@ def write_summary(outdir: Path, members: int, horizon_frames: int, chunk_frames:
                    for m in range(members)]
         _check_member_files(readers, stopped, horizon_frames, n_atoms)
         ref_reader = stack.enter_context(open_reference(reference, n_atoms, atom_indices)) if reference else None
+        if wrap is not None:  # continuous in time: no jump across a face reaches the statistics
+            readers = [ContinuousReader(r, starting_frames[m], wrap.cell) for m, r in enumerate(readers)]
+            ref_reader = None if ref_reader is None else ContinuousReader(ref_reader, initial_frame, wrap.cell)
         mean_writer = stack.enter_context(AmberWriter(outdir / "mean.nc", n_atoms, atomic_numbers,
-                                                      timestep_ps=timestep_ps, title="asteroid-hpc ensemble mean")) \
-            if healthy else None
+                                                      timestep_ps=timestep_ps, title="asteroid-hpc ensemble mean",
+                                                      cell=wrap is not None)) if healthy else None
         nc = stack.enter_context(netCDF4.Dataset(nc_tmp, "w", format=NETCDF3_FORMAT))
         variables = _create_summary_variables(nc, members, n_atoms, reference is not None and bool(healthy),
                                               watch is not None)
@@ -111,7 +119,7 @@ def write_summary(outdir: Path, members: int, horizon_frames: int, chunk_frames:
             if not healthy:
                 continue
             mean = _mean_and_spread_block(variables, coords, mean_writer, lead_times_ps(
-                np.arange(first + 1, stop + 1), timestep_ps, end_time_ps), first, stop, totals, last)
+                np.arange(first + 1, stop + 1), timestep_ps, end_time_ps), first, stop, totals, last, wrap)
             if ref_reader is not None:
                 _score_block(variables, coords, mean, ref_reader, reference.start_frame, first, stop, totals, last,
                              healthy)
@@ -166,12 +174,17 @@ def _check_member_files(readers: list[AmberReader], stopped: dict[int, dict], ho
 
 
 def _mean_and_spread_block(variables: dict, coords: np.ndarray, mean_writer: AmberWriter, time_ps: np.ndarray,
-                           first: int, stop: int, totals: dict, last: dict) -> np.ndarray:
-    """Ensemble mean (appended to mean.nc at ``time_ps``) and spread of lead times first+1 … stop; returns
-    the mean."""
+                           first: int, stop: int, totals: dict, last: dict,
+                           wrap: Optional[OutputWrap] = None) -> np.ndarray:
+    """Ensemble mean (appended to mean.nc at ``time_ps``; in a periodic box as ``wrap`` puts it, with the cell)
+    and spread of lead times first+1 … stop; returns the mean."""
     mean = ensemble_mean(coords)
     spread = ensemble_spread_per_atom(coords)
-    mean_writer.append(mean.astype(np.float32), time_ps)
+    if wrap is None:
+        mean_writer.append(mean.astype(np.float32), time_ps)
+    else:
+        lengths, angles = wrap.cell_arrays(len(mean))
+        mean_writer.append(wrap(mean), time_ps, cell_lengths=lengths, cell_angles=angles)
     variables["spread_per_atom"][first:stop] = spread
     spread_rms = np.sqrt((spread ** 2).mean(axis=1))
     variables["spread_rms"][first:stop] = spread_rms

@@ -5,17 +5,21 @@ Bonds come from covalent radii on the last frame of the unperturbed starting win
 reference length is its mean over that window, so every member is checked against the same numbers
 whatever rank runs it. The same checks run twice on the same float32 frames: on a group's root while the
 member rolls out (a warning, and with ``ensemble.stop_on_blowup`` an early stop), and in the summary
-from the member files (``summary.json`` lists blown-up members; ``summary.nc`` holds the series).
+from the member files (``summary.json`` lists blown-up members; ``summary.nc`` holds the series). In a periodic box
+bonds, displacements and clashes are minimum-image distances, so wrapped files read as unwrapped ones do.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
 from ..config.schema import EnsembleConfig
 from ..metrics import physics
+from ..metrics.liquid import periodic_clash_counts, periodic_pair_lengths
+from .periodic import minimum_image_steps, periodic_bonds
 
 
 @dataclass
@@ -36,25 +40,39 @@ class Watch:
     bond_angstrom: float
     displacement_angstrom: float
     clash_angstrom: float
+    cell: Optional[np.ndarray] = None  # a periodic box [6] (Å, °): every distance is a minimum image
 
     @classmethod
-    def from_window(cls, window: np.ndarray, atomic_numbers, cfg: EnsembleConfig) -> "Watch":
-        """The watch of a starting window [m, N, 3] (unperturbed) with ``cfg``'s thresholds."""
+    def from_window(cls, window: np.ndarray, atomic_numbers, cfg: EnsembleConfig,
+                    cell: Optional[np.ndarray] = None) -> "Watch":
+        """The watch of a starting window [m, N, 3] (unperturbed) with ``cfg``'s thresholds, in the periodic box
+        ``cell`` [6] if given."""
         from ase.data import chemical_symbols
 
-        bonds = physics.detect_bonds(window[-1], atomic_numbers)
-        return cls(bonds, physics.bond_lengths(window, bonds).mean(axis=0),
-                   [chemical_symbols[int(z)] for z in atomic_numbers], cfg.blowup_bond_angstrom,
-                   cfg.blowup_displacement_angstrom, cfg.clash_angstrom)
+        bonds = physics.detect_bonds(window[-1], atomic_numbers) if cell is None else \
+            periodic_bonds(window[-1], atomic_numbers, cell)
+        watch = cls(bonds, np.zeros(len(bonds)), [chemical_symbols[int(z)] for z in atomic_numbers],
+                    cfg.blowup_bond_angstrom, cfg.blowup_displacement_angstrom, cfg.clash_angstrom, cell)
+        watch.reference_lengths = watch.bond_lengths(window).mean(axis=0)
+        return watch
+
+    def bond_lengths(self, frames: np.ndarray) -> np.ndarray:
+        """The lengths [F, B] of the watched bonds (minimum images in a box)."""
+        if self.cell is None:
+            return physics.bond_lengths(frames, self.bonds)
+        return periodic_pair_lengths(frames, self.bonds, self.cell)
 
     def check(self, frames: np.ndarray, previous: np.ndarray) -> FrameChecks:
         """Checks of ``frames`` [F, N, 3], the first one measured from ``previous`` [N, 3]."""
         frames = np.asarray(frames, dtype=np.float64)
-        before = np.concatenate([np.asarray(previous, dtype=np.float64)[None], frames[:-1]])
-        step = np.linalg.norm(frames - before, axis=-1)
+        if self.cell is None:
+            before = np.concatenate([np.asarray(previous, dtype=np.float64)[None], frames[:-1]])
+            step = np.linalg.norm(frames - before, axis=-1)
+        else:
+            step = minimum_image_steps(frames, previous, self.cell)
         step = np.where(np.isfinite(step), step, np.inf)
         if len(self.bonds):
-            deviation = np.abs(physics.bond_lengths(frames, self.bonds) - self.reference_lengths)
+            deviation = np.abs(self.bond_lengths(frames) - self.reference_lengths)
             deviation = np.where(np.isfinite(deviation), deviation, np.inf)
             worst = deviation.argmax(axis=1)
             largest = deviation[np.arange(len(frames)), worst]
@@ -63,7 +81,10 @@ class Watch:
         return FrameChecks(largest, worst, step.max(axis=1), step.argmax(axis=1))
 
     def clashes(self, frames: np.ndarray) -> np.ndarray:
-        return physics.clash_counts(frames, self.bonds, self.clash_angstrom)
+        if self.cell is None:
+            return physics.clash_counts(frames, self.bonds, self.clash_angstrom)
+        bonded = {(int(i), int(j)) for i, j in self.bonds}  # the same exclusions as in an open system
+        return periodic_clash_counts(frames, self.cell, bonded, self.clash_angstrom)
 
     def first_blowup(self, checks: FrameChecks, first_lead: int) -> dict | None:
         """{"first_frame": lead time in frames, "cause": …} of the first blown-up frame (leads first_lead …)."""
@@ -92,4 +113,4 @@ def initial_watch(initial, cfg: EnsembleConfig, history_frames: int) -> Watch:
     """The watch of the unperturbed starting window of ``initial`` (an InitialCondition)."""
     first = initial.end_frame - (history_frames - 1) * initial.frame_stride
     window = initial.read(first, initial.end_frame + 1)
-    return Watch.from_window(window, initial.atomic_numbers, cfg)
+    return Watch.from_window(window, initial.atomic_numbers, cfg, initial.cell)

@@ -13,6 +13,27 @@ from typing import Any, Iterator, Optional
 from ..errors import UserError
 
 
+def window_cells(batch: dict, history_frames: int, device=None, dtype=None):
+    """The periodic box of each window of ``batch`` as box vectors [B, 3, 3] (Å, rows), or None for open
+    systems: the cell of the last history frame (constant volume; in an NPT box the last observed one)."""
+    cell = batch.get("cell")
+    if cell is None:
+        return None
+    import torch
+
+    from ..geometry import cell_matrix
+
+    vectors = torch.from_numpy(cell_matrix(cell[:, history_frames - 1].double().cpu().numpy()))
+    return vectors.to(device=device, dtype=dtype)
+
+
+def box_keywords(batch: dict, history_frames: int, device=None, dtype=None) -> dict:
+    """The model's keyword for the batch's box: ``{"cell": [B, 3, 3]}`` (:func:`window_cells`), or nothing for
+    an open system (its forward is called exactly as before boxes existed)."""
+    cell = window_cells(batch, history_frames, device, dtype)
+    return {} if cell is None else {"cell": cell}
+
+
 class BatchStream:
     """Endless micro-batches (dicts of tensors) drawn through ``sampler``; state = (epoch, position)."""
 

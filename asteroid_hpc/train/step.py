@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from .batches import BatchStream
+from .batches import BatchStream, box_keywords
 
 LOSS_TERMS = ("primary", "conjugate", "consistency", "forecast")
 
@@ -51,7 +51,8 @@ def optimizer_step(engine, stream: BatchStream, t, device: str, dtype, want_grad
         history = batch["history"].to(device=device, dtype=dtype)
         target = batch["target"].to(device=device, dtype=dtype)
         teacher = target if t.teacher_forcing else None  # None: the loss sees the model's own rollout
-        output = engine(history, batch["atomic_numbers"].to(device), target.shape[1], teacher)
+        box = box_keywords(batch, history.shape[1], device, dtype)
+        output = engine(history, batch["atomic_numbers"].to(device), target.shape[1], teacher, **box)
         total, parts = sti_losses(output, history, target, t.loss_weights)
         engine.backward(total)
         if want_grad_norm and micro == t.grad_accum_steps - 1:

@@ -171,7 +171,8 @@ class Trainer:
         t, sess = self.t, self.sess
         seed_all(t.seed)  # the same initial weights on every rank
         model = build_model(self.cfg.model, self.reference)
-        summary = model_summary(model)
+        summary = model_summary(model)  # an open probe system: before the signature's periodic flag applies
+        model.data_signature = self.data_signature()  # periodic or not: the model refuses the other kind
         seed_all(t.seed + 1000 * sess.rank)  # per-rank streams (rotation augmentation)
         self.ds_config = build_deepspeed_config(t, sess.world_size, sess.precision)
         optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)

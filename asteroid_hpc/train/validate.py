@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UserError
+from .batches import box_keywords
 
 
 def validation_indices(n_windows: int, per_rank: int, rank: int, world_size: int) -> list[int]:
@@ -39,7 +40,8 @@ def per_lead_mse(engine, dataset, indices: list[int], micro_batch_size: int, hor
             for batch in DataLoader(dataset, batch_size=micro_batch_size, sampler=indices):
                 history = batch["history"].to(device=device, dtype=dtype)
                 target = batch["target"].to(device=device, dtype=torch.float64)
-                forecast = engine(history, batch["atomic_numbers"].to(device), horizon).forecast
+                box = box_keywords(batch, history.shape[1], device, dtype)
+                forecast = engine(history, batch["atomic_numbers"].to(device), horizon, **box).forecast
                 error = (forecast.to(torch.float64) - target[:, :horizon]).pow(2)
                 squared += error.sum(dim=(0, 2, 3))
                 count += error[:, 0].numel()

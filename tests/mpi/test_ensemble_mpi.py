@@ -10,19 +10,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support.ensemble import ensemble_model_file, lj_like_box, molecule_trajectory
+from tests.support.ensemble import (ensemble_model_file, lj_like_box, molecule_trajectory, periodic_model_file,
+                                    water_box_frames, water_box_trajectory, water_topology)
 from tests.support.cli import cli_env, run_cli, run_mpi
 
 pytestmark = pytest.mark.mpi
 ENV = cli_env(OMP_NUM_THREADS="1")  # the same torch thread count in every run
+# 128 waters in a 24.8 x 12.4 x 12.4 A box: two slabs of 12.4 A with 5 A halos leave atoms out of each domain
+WATER_LATTICE = (8, 4, 4)
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ensemble-mpi")
+    _, water_numbers, _, _ = water_box_frames(WATER_LATTICE)
     return {"model": ensemble_model_file(root / "tiny.safetensors"),
             "molecule": molecule_trajectory(root / "molecule.nc", n_frames=12),
-            "box": lj_like_box(root / "box.nc", n_atoms=400)}
+            "box": lj_like_box(root / "box.nc", n_atoms=400),
+            "periodic_model": periodic_model_file(root / "periodic.safetensors", water_numbers),
+            "water": water_box_trajectory(root / "water.nc", lattice=WATER_LATTICE),
+            "water_topology": water_topology(root / "water.pdb", len(water_numbers) // 3)}
 
 
 def forecast_args(files, initial: str, outdir: Path, *overrides: str) -> list[str]:
@@ -118,3 +125,34 @@ def test_a_batch_of_members_split_over_domains_equals_one_rank(files, tmp_path):
     assert np.abs(reference - members(tmp_path / "alone", 2)).max() <= 1e-5
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["forecast_passes"]["batch_members"] == [2] and summary["forecast_passes"]["forwards"] == 4
+
+
+def test_a_periodic_box_split_over_domains_equals_one_rank(files, tmp_path):
+    """Two members of a periodic water box (atoms wrapped into it, molecules cut by the faces) in one batch,
+    split over 2 ranks whose halos reach across the faces, equal the 1-rank run; molecules cross the faces
+    during the rollout (the written, wrapped files jump by a box length where the continuous ones do not)."""
+    from asteroid_hpc.data.amber import read_frames
+
+    settings = ("ensemble.members=2", "ensemble.horizon_frames=12", "ensemble.chunk_frames=4",
+                "ensemble.noise_angstrom=0.3", "ensemble.batch_members=2", "--topology", str(files["water_topology"]))
+    runs = {}
+    for wrap in ("none", "molecules"):
+        one = run_cli("ensemble-forecast", files["periodic_model"], files["water"], "-o", tmp_path / f"one-{wrap}",
+                      *settings, f"ensemble.output_wrap={wrap}", env=ENV)
+        assert one.returncode == 0, one.stderr
+        runs[wrap] = members(tmp_path / f"one-{wrap}", 2)
+    two = run_mpi(2, "-m", "asteroid_hpc", "ensemble-forecast", files["periodic_model"], files["water"], "-o",
+                  tmp_path / "two", *settings, "ensemble.output_wrap=none", "--grid", "1x2", env=ENV, timeout=240,
+                  mpi4py_runner=False)
+    assert two.returncode == 0, two.stderr
+    assert "1 member groups x 2 domains" in two.stderr and "periodic box 24.8 x 12.4 x 12.4 A" in two.stderr
+    reference, split = runs["none"], members(tmp_path / "two", 2)
+    assert np.abs(reference - split).max() <= 1e-5, np.abs(reference - split).max()
+    assert np.abs(reference[:, -1] - reference[:, 0]).max() > 1e-2  # the atoms do move
+    start = read_frames(files["water"]).coordinates[-1]
+    left_box = (reference < 0) | (reference >= np.array([24.8, 12.4, 12.4]))
+    assert left_box.any() and not ((start < 0) | (start > np.array([24.8, 12.4, 12.4]))).any()  # across the faces
+    centres = runs["molecules"].reshape(2, 12, -1, 3, 3).mean(axis=3)
+    assert (np.abs(np.diff(centres, axis=1)) > 6.0).any()  # a molecule re-wrapped: it crossed a face
+    watches = [json.loads((tmp_path / run / "summary.json").read_text())["watch"] for run in ("one-none", "two")]
+    assert watches[0] == watches[1] and watches[0]["bonds"] >= 256

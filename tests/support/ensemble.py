@@ -63,3 +63,84 @@ def member_frames(outdir: Path, member: int) -> np.ndarray:
     from asteroid_hpc.data.amber import read_frames
 
     return read_frames(outdir / "members" / f"member_{member:05d}.nc").coordinates
+
+
+WATER_GEOMETRY = np.array([[0.0, 0.0, 0.0], [0.9572, 0.0, 0.0], [-0.2400, 0.9266, 0.0]])  # TIP3P O, H, H in Å
+
+
+def water_box_frames(lattice=(4, 4, 4), n_frames: int = 12, spacing_angstrom: float = 3.1, seed: int = 0,
+                     drift_angstrom: float = 0.05):
+    """A water-like periodic box: ``lattice`` (waters along x, y, z) rigid waters on a jittered lattice whose
+    first layer sits on the box's faces (atoms start on both sides of them), each molecule drifting (a random
+    walk of ``drift_angstrom`` per frame) and every atom jittering 0.01 Å. Returns (unwrapped frames [F, N, 3]
+    float64, atomic numbers [N], bonds [B, 2], cell [6]: ``lattice × spacing`` Å, orthorhombic)."""
+    rng = np.random.default_rng(seed)
+    n_waters = int(np.prod(lattice))
+    edges = np.asarray(lattice, dtype=np.float64) * spacing_angstrom
+    sites = np.stack(np.meshgrid(*[np.arange(n) * spacing_angstrom for n in lattice], indexing="ij"),
+                     -1).reshape(-1, 3)
+    sites = sites + rng.normal(scale=0.1, size=sites.shape)  # the layer at 0 straddles the faces
+    turns = [np.linalg.qr(rng.normal(size=(3, 3)))[0] for _ in range(n_waters)]
+    molecules = np.stack([WATER_GEOMETRY @ q.T for q in turns])  # [W, 3, 3]
+    walk = np.cumsum(rng.normal(scale=drift_angstrom, size=(n_frames, n_waters, 1, 3)), axis=0)
+    frames = (sites[None, :, None] + molecules[None] + walk).reshape(n_frames, -1, 3)
+    frames = frames + rng.normal(scale=0.01, size=frames.shape)
+    numbers = np.tile([8, 1, 1], n_waters)
+    bonds = np.concatenate([[[3 * w, 3 * w + 1], [3 * w, 3 * w + 2]] for w in range(n_waters)])
+    return frames, numbers, bonds, np.array([*edges, 90.0, 90.0, 90.0])
+
+
+def wrap_atoms(frames: np.ndarray, cell: np.ndarray) -> np.ndarray:
+    """Every atom put into an orthorhombic box [0, L) on its own (as some engines write: molecules broken)."""
+    return frames - np.floor(frames / cell[:3]) * cell[:3]
+
+
+def write_periodic_trajectory(path: Path, frames: np.ndarray, atomic_numbers, cell: np.ndarray,
+                              timestep_ps: float = 0.01) -> Path:
+    """An AMBER NetCDF trajectory with the cell of every frame."""
+    from asteroid_hpc.data.amber import AmberWriter
+
+    with AmberWriter(path, frames.shape[1], atomic_numbers, timestep_ps=timestep_ps, cell=True) as writer:
+        writer.append(frames.astype(np.float32), cell_lengths=np.tile(cell[:3], (len(frames), 1)),
+                      cell_angles=np.tile(cell[3:], (len(frames), 1)))
+    return path
+
+
+def water_box_trajectory(path: Path, n_frames: int = 12, wrapped: bool = True, **box) -> Path:
+    """:func:`water_box_frames` written with cells, each atom wrapped into the box (``wrapped``) or not."""
+    frames, numbers, _, cell = water_box_frames(n_frames=n_frames, **box)
+    return write_periodic_trajectory(path, wrap_atoms(frames, cell) if wrapped else frames, numbers, cell)
+
+
+def water_topology(path: Path, n_waters: int = 64) -> Path:
+    """A PDB topology of ``n_waters`` waters (O, H, H each) with their O–H bonds (CONECT records), for --topology."""
+    lines = []
+    for w in range(n_waters):
+        for k, name in enumerate(("O", "H1", "H2")):
+            serial = 3 * w + k + 1
+            lines.append(f"HETATM{serial:5d} {name:<4} HOH A{w + 1:4d}    {0.0:8.3f}{0.0:8.3f}{0.0:8.3f}"
+                         f"  1.00  0.00          {name[0]:>2}")
+    lines += [f"CONECT{3 * w + 1:5d}{3 * w + 2:5d}{3 * w + 3:5d}" for w in range(n_waters)]
+    path.write_text("\n".join(lines + ["END"]) + "\n")
+    return path
+
+
+def periodic_signature(numbers, timestep_fs: float = 10.0) -> dict:
+    """The data signature of a model trained on periodic inputs of these atoms (data/signature.py)."""
+    numbers = [int(z) for z in numbers]
+    return {"input_atoms": len(numbers), "atom_selection": "all", "atom_indices": list(range(len(numbers))),
+            "atomic_numbers": numbers, "timestep_fs": timestep_fs, "frame_stride": 1,
+            "input_timestep_fs": timestep_fs, "topology": None, "periodic": True}
+
+
+def periodic_model_file(path: Path, numbers, seed: int = 0, **changes) -> Path:
+    """The ensemble tests' tiny model, signed as trained on periodic inputs of ``numbers``."""
+    import torch
+
+    from asteroid_hpc.model import build_model, save_weights
+    from tests.support.tiny import tiny_model_config
+
+    torch.manual_seed(seed)
+    model = build_model(tiny_model_config(**{**ENSEMBLE_MODEL, **changes}))
+    model.data_signature = periodic_signature(numbers)
+    return save_weights(model, path)
