@@ -10,7 +10,7 @@ import torch
 from asteroid_hpc.config.schema import LossWeights, ModelConfig, TrainConfig
 from asteroid_hpc.errors import UserError
 from asteroid_hpc.geometry import cell_matrix
-from asteroid_hpc.model import build_model, load_weights, save_weights, sti_losses
+from asteroid_hpc.model import build_model, load_weights, rotation_equivariance_error, save_weights, sti_losses
 from asteroid_hpc.model.domain import WholeSystem
 from asteroid_hpc.model.symmetry import random_rotations, rotate_about
 from asteroid_hpc.model.thermal import SCALE_FLOOR_ANGSTROM, gaussian_nll
@@ -121,6 +121,7 @@ def test_rotating_the_input_rotates_the_mean_and_leaves_the_scale_unchanged():
                            None if target is None else rotate_about(target, rotation, centre), mean_only=True)
             assert torch.allclose(turned.forecast, rotate_about(base.forecast, rotation, centre), atol=1e-9)
             assert torch.allclose(turned.scale, base.scale, rtol=1e-9)
+    assert rotation_equivariance_error(model, history, Z, 2 * L, num_rotations=2) < 1e-9  # on the means
 
 
 def test_a_stochastic_model_round_trips_through_its_weights_file(tmp_path):
