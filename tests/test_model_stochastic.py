@@ -10,7 +10,8 @@ import torch
 from asteroid_hpc.config.schema import LossWeights, ModelConfig, TrainConfig
 from asteroid_hpc.errors import UserError
 from asteroid_hpc.geometry import cell_matrix
-from asteroid_hpc.model import build_model, load_weights, rotation_equivariance_error, save_weights, sti_losses
+from asteroid_hpc.model import (AsteroidOutput, ThermalOutput, build_model, load_weights, rotation_equivariance_error,
+                                save_weights, sti_losses)
 from asteroid_hpc.model.domain import WholeSystem
 from asteroid_hpc.model.symmetry import random_rotations, rotate_about
 from asteroid_hpc.model.thermal import SCALE_FLOOR_ANGSTROM, gaussian_nll
@@ -50,7 +51,7 @@ def test_models_saved_before_stochastic_existed_forecast_exactly_as_before():
     assert model.cfg.stochastic is False and not hasattr(model, "scale_head")
     expected = torch.from_numpy(np.load(FIXTURES / "old_plain_model_forecast.npz")["forecast"])
     output = model.eval()(history, elements, 4, generator=seeded(1))
-    assert output.scale is None and torch.equal(output.forecast, expected)  # a generator changes nothing
+    assert type(output) is AsteroidOutput and torch.equal(output.forecast, expected)  # a generator changes nothing
     assert torch.equal(model.forecast(history, elements, 4, mean_only=True), expected)
 
 
@@ -60,6 +61,7 @@ def test_the_mean_of_a_stochastic_model_is_the_deterministic_model_with_the_same
     plain, noisy = model_of(), model_of(stochastic=True)
     assert set(noisy.state_dict()) - set(plain.state_dict()) == {k for k in noisy.state_dict() if "scale_head" in k}
     history, future = window(), window(seed=5, frames=2 * L)
+    assert type(noisy(history, Z, 2)) is ThermalOutput and type(plain(history, Z, 2)) is AsteroidOutput
     assert torch.equal(plain.forecast(history, Z, 2 * L), noisy.forecast(history, Z, 2 * L, mean_only=True))
     assert torch.equal(plain(history, Z, 2 * L, future).forecast, noisy(history, Z, 2 * L, future).forecast)
     assert not torch.allclose(noisy.forecast(history, Z, 2 * L), plain.forecast(history, Z, 2 * L), atol=1e-4)

@@ -75,16 +75,25 @@ class AsteroidOutput(NamedTuple):
 
     ``forecast`` [B, H, N, 3]; from the first pass over the given history: ``hankel`` [B, m, L, N, 3]
     (entry [t, i] predicts frame t+i), ``reconstruction`` [B, m, N, 3] (conjugate Ψ of the observed
-    frames) and ``readoff`` [B, L−1, N, 3] (anti-diagonal means: the STI forecast). ``scale`` [B, H, N] Å:
-    each forecast step's σ (``model.stochastic``; None otherwise); the forecast is then the teacher-forced
-    means, the sampled steps or, with ``mean_only``, the path of the means.
+    frames) and ``readoff`` [B, L−1, N, 3] (anti-diagonal means: the STI forecast).
     """
 
     forecast: Tensor
     hankel: Tensor
     reconstruction: Tensor
     readoff: Tensor
-    scale: Optional[Tensor] = None
+
+
+class ThermalOutput(NamedTuple):
+    """A ``model.stochastic`` model's outputs: those of :class:`AsteroidOutput`, then ``scale`` [B, H, N] Å,
+    each forecast step's σ. ``forecast`` holds the teacher-forced means, the sampled steps or, with
+    ``mean_only``, the path of the means."""
+
+    forecast: Tensor
+    hankel: Tensor
+    reconstruction: Tensor
+    readoff: Tensor
+    scale: Tensor
 
 
 @dataclass
@@ -157,7 +166,7 @@ class Asteroid(nn.Module):
     def forward(self, history: Tensor, atomic_numbers: Tensor, horizon: int, target: Optional[Tensor] = None, *,
                 graph: Optional[NeighborGraph] = None, domain: Optional[Domain] = None,
                 cell: Optional[Tensor] = None, mean_only: bool = False,
-                generator: Optional[torch.Generator] = None) -> AsteroidOutput:
+                generator: Optional[torch.Generator] = None) -> AsteroidOutput | ThermalOutput:
         """Forecast ``horizon`` frames after ``history`` [B, m, N, 3] (raw Å).
 
         ``target`` [B, ≥horizon, N, 3] enables teacher forcing (the decoder and the rolled windows see the
@@ -194,10 +203,10 @@ class Asteroid(nn.Module):
         while produced < horizon:
             steps = min(self.steps_per_pass, horizon - produced)
             teacher = None if target is None else target[:, produced:produced + steps]
-            result = self._pass(window, elements, steps, teacher, graph, domain, cell, sample, generator)
+            result, scale = self._pass(window, elements, steps, teacher, graph, domain, cell, sample, generator)
             first = result if first is None else first
             forecasts.append(result.forecast)
-            scales.append(result.scale)
+            scales.append(scale)
             produced += steps
             if produced < horizon:  # a sampled pass rolls its samples into the window
                 window = torch.cat([window, result.forecast if teacher is None else teacher], dim=1)[:, -m:]
@@ -212,7 +221,7 @@ class Asteroid(nn.Module):
             undo = rotation.transpose(1, 2)
             output = AsteroidOutput(*(rotate_about(t, undo, centre.view(batch, *([1] * (t.dim() - 2)), 3))
                                       for t in (output.forecast, output.hankel, output.reconstruction, output.readoff)))
-        return output if scale is None else output._replace(scale=scale)  # σ is rotation invariant
+        return output if scale is None else ThermalOutput(*output, scale)  # σ is rotation invariant
 
     @torch.no_grad()
     def forecast(self, history: Tensor, atomic_numbers: Tensor, n_frames: int, cell: Optional[Tensor] = None, *,
@@ -336,7 +345,7 @@ class Asteroid(nn.Module):
 
     def _pass(self, window: Tensor, elements: Tensor, steps: int, teacher: Optional[Tensor],
               graph: Optional[NeighborGraph], domain: Domain, cell: Optional[Tensor], sample: bool = False,
-              generator: Optional[torch.Generator] = None) -> AsteroidOutput:
+              generator: Optional[torch.Generator] = None) -> tuple[AsteroidOutput, Optional[Tensor]]:
         geo = self._geometry(window, elements, graph, domain, cell)
         h, token_vectors, vectors = self._encode(window, geo)
         delay = self.primary_head(h, self._basis(token_vectors, geo, vectors))  # [B, m, N, L, 3]
@@ -363,7 +372,7 @@ class Asteroid(nn.Module):
                 previous = torch.cat([first_previous, generated], dim=1)
             forecast = generated
         last = geo.last
-        return AsteroidOutput(forecast + last, hankel + last.unsqueeze(1), reconstruction + last, seeds + last, scale)
+        return AsteroidOutput(forecast + last, hankel + last.unsqueeze(1), reconstruction + last, seeds + last), scale
 
 
 def build_model(cfg: ModelConfig | AsteroidConfig, reference_coordinates=None) -> Asteroid:
