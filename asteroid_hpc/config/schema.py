@@ -114,6 +114,9 @@ class ModelConfig:
     # itself is derived data: train computes it, the model's state (weights, checkpoints) carries it.
     reference_structure: str = "none"
     rotation_basis: bool = False  # the window's rigid rotation per frame, continued, joins the per-atom vectors
+    # a scale σ per atom and step beside the mean: free-running steps are sampled, x = μ + σ·ε (thermal motion);
+    # trained by train.loss_weights.nll on the teacher-forced steps (docs/method.md, thermal forecasts)
+    stochastic: bool = False
 
     def __post_init__(self) -> None:
         _check(self.history_frames >= 2, "model.history_frames must be >= 2")
@@ -134,15 +137,17 @@ class ModelConfig:
 
 @dataclass
 class LossWeights:
-    """Weights of the STI loss terms (STICM uses 3 : 1 : 3) and the supervised forecast loss."""
+    """Weights of the STI loss terms (STICM uses 3 : 1 : 3), the supervised forecast loss and, for a
+    ``model.stochastic`` model, the Gaussian negative log-likelihood of its teacher-forced steps."""
 
     primary: float = 3.0
     conjugate: float = 1.0
     consistency: float = 3.0
     forecast: float = 1.0
+    nll: float = 1.0  # applies to stochastic models only (nats per coordinate)
 
     def __post_init__(self) -> None:
-        for name in ("primary", "conjugate", "consistency", "forecast"):
+        for name in ("primary", "conjugate", "consistency", "forecast", "nll"):
             _check(getattr(self, name) >= 0, f"train.loss_weights.{name} must be >= 0")
 
 

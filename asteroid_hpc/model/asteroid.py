@@ -20,6 +20,8 @@ One *pass* over a history window of m frames:
    p_k (the last observed frame for k = 0; the teacher frame k−1 when a target is given, else the
    generated one), then ``decoder_layers`` × (spatial block within step k → causal self-attention over
    the steps → cross-attention to the encoder memory of the same atom). Output: s_k + a correction.
+   With ``model.stochastic`` also a scale σ_k per atom (:mod:`asteroid_hpc.model.thermal`): when not
+   teacher-forced each step then samples x_k = μ_k + σ_k ε and feeds the sample forward (``mean_only``: μ).
 
 Horizons longer than L−1 frames roll the window forward (iterative extended horizon). Outputs are
 absolute coordinates in Å. The neighbour list is built once per window from its last frame (atoms move
@@ -47,12 +49,14 @@ from ..errors import UserError
 from ..geometry import superpose_onto
 from .domain import WHOLE_SYSTEM, Domain
 from .graph import NeighborGraph, radius_graph, spatial_order
-from .periodic import as_cells, check_radius, minimum_image_shift
+from .inputs import check_cell, check_domain, check_inputs
+from .periodic import minimum_image_shift
 from .spatial import SpatialBlock
 from .sti import readoff
 from .symmetry import (VectorHead, random_rotations, rotate_about, rotation_step, vector_feature_size,
                        vector_features)
 from .temporal import TemporalBlock
+from .thermal import ScaleHead, sample_step
 
 # From this many atoms on, local attention runs on the atoms in spatial (k-d tree) order and restores the
 # caller's order on the outputs: the neighbour gathers then hit the cache. At 2·10^5 atoms this cut the
@@ -78,6 +82,18 @@ class AsteroidOutput(NamedTuple):
     hankel: Tensor
     reconstruction: Tensor
     readoff: Tensor
+
+
+class ThermalOutput(NamedTuple):
+    """A ``model.stochastic`` model's outputs: those of :class:`AsteroidOutput`, then ``scale`` [B, H, N] Å,
+    each forecast step's σ. ``forecast`` holds the teacher-forced means, the sampled steps or, with
+    ``mean_only``, the path of the means."""
+
+    forecast: Tensor
+    hankel: Tensor
+    reconstruction: Tensor
+    readoff: Tensor
+    scale: Tensor
 
 
 @dataclass
@@ -143,11 +159,14 @@ class Asteroid(nn.Module):
                                               for _ in range(cfg.decoder_layers))
         self.decoder_norm = nn.LayerNorm(d)
         self.decoder_head = VectorHead(d, 1, self.num_basis, self.equivariant)
+        if cfg.stochastic:  # absent otherwise: deterministic models keep their parameters and outputs exactly
+            self.scale_head = ScaleHead(d)
 
     # ----------------------------------------------------------------------------------- public API
     def forward(self, history: Tensor, atomic_numbers: Tensor, horizon: int, target: Optional[Tensor] = None, *,
                 graph: Optional[NeighborGraph] = None, domain: Optional[Domain] = None,
-                cell: Optional[Tensor] = None) -> AsteroidOutput:
+                cell: Optional[Tensor] = None, mean_only: bool = False,
+                generator: Optional[torch.Generator] = None) -> AsteroidOutput | ThermalOutput:
         """Forecast ``horizon`` frames after ``history`` [B, m, N, 3] (raw Å).
 
         ``target`` [B, ≥horizon, N, 3] enables teacher forcing (the decoder and the rolled windows see the
@@ -155,17 +174,17 @@ class Asteroid(nn.Module):
         says which part of the system ``history`` holds and how it meets the rest
         (:mod:`asteroid_hpc.model.domain`); the default is the whole system. ``cell`` [B, 3, 3] or [3, 3]:
         the periodic box vectors as rows in Å, the same for every frame (module doc); None: open boundaries.
+        A stochastic model without ``target`` samples every step from ``generator`` (torch's global one when
+        None) unless ``mean_only``: then it follows its means. Deterministic models ignore both.
         """
-        self._check_inputs(history, atomic_numbers, horizon, target)
-        cell = self._check_cell(cell, history, graph)
+        check_inputs(self, history, atomic_numbers, horizon, target)
+        sample = self.cfg.stochastic and target is None and not mean_only
+        cell = check_cell(self, cell, history, graph)
         if cell is not None:  # each frame continuous with the last observed one (wrapped input is safe)
             last = history[:, -1:]
             history = history + minimum_image_shift(history - last, cell)
             target = None if target is None else target + minimum_image_shift(target - last, cell)
-        domain = WHOLE_SYSTEM if domain is None else domain
-        if domain.owned_mask is not None and (self.uses_reference or self.cfg.rotation_basis):
-            raise UserError("model.reference_structure and model.rotation_basis are vectors of the whole molecule: "
-                            "they cannot be split into spatial domains (use one rank per member)")
+        domain = check_domain(self, WHOLE_SYSTEM if domain is None else domain, sample)
         batch, m, n_atoms, _ = history.shape
         elements = atomic_numbers.expand(batch, n_atoms) if atomic_numbers.dim() == 1 else atomic_numbers
         rotation = None
@@ -179,77 +198,45 @@ class Asteroid(nn.Module):
         if order is not None:
             history, elements = history[:, :, order], elements[:, order]
             target = None if target is None else target[:, :, order]
-        window, forecasts, first = history, [], None
+        window, forecasts, scales, first = history, [], [], None
         produced = 0
         while produced < horizon:
             steps = min(self.steps_per_pass, horizon - produced)
             teacher = None if target is None else target[:, produced:produced + steps]
-            result = self._pass(window, elements, steps, teacher, graph, domain, cell)
+            result, scale = self._pass(window, elements, steps, teacher, graph, domain, cell, sample, generator)
             first = result if first is None else first
             forecasts.append(result.forecast)
+            scales.append(scale)
             produced += steps
-            if produced < horizon:
+            if produced < horizon:  # a sampled pass rolls its samples into the window
                 window = torch.cat([window, result.forecast if teacher is None else teacher], dim=1)[:, -m:]
+        scale = torch.cat(scales, dim=1) if self.cfg.stochastic else None
         output = AsteroidOutput(torch.cat(forecasts, dim=1), first.hankel, first.reconstruction, first.readoff)
         if order is not None:
             inverse = torch.argsort(order)
             output = AsteroidOutput(*(t[..., inverse, :] for t in
                                       (output.forecast, output.hankel, output.reconstruction, output.readoff)))
+            scale = None if scale is None else scale[..., inverse]
         if rotation is not None:
             undo = rotation.transpose(1, 2)
             output = AsteroidOutput(*(rotate_about(t, undo, centre.view(batch, *([1] * (t.dim() - 2)), 3))
                                       for t in (output.forecast, output.hankel, output.reconstruction, output.readoff)))
-        return output
+        return output if scale is None else ThermalOutput(*output, scale)  # σ is rotation invariant
 
     @torch.no_grad()
-    def forecast(self, history: Tensor, atomic_numbers: Tensor, n_frames: int, cell: Optional[Tensor] = None) -> Tensor:
+    def forecast(self, history: Tensor, atomic_numbers: Tensor, n_frames: int, cell: Optional[Tensor] = None, *,
+                 mean_only: bool = False, generator: Optional[torch.Generator] = None) -> Tensor:
         """``n_frames`` forecast frames [B, n_frames, N, 3] (eval mode, no gradients, iterative); ``cell`` as
-        in :meth:`forward`."""
+        in :meth:`forward`. A stochastic model samples (``generator`` seeds it) unless ``mean_only``: the
+        means score MSE (protocols A, B, C), the samples the physics (protocol L, ensembles)."""
         was_training = self.training
         self.eval()
         try:
-            return self(history, atomic_numbers, n_frames, cell=cell).forecast
+            return self(history, atomic_numbers, n_frames, cell=cell, mean_only=mean_only, generator=generator).forecast
         finally:
             self.train(was_training)
 
     # ----------------------------------------------------------------------------------- internals
-    def _check_inputs(self, history: Tensor, atomic_numbers: Tensor, horizon: int, target: Optional[Tensor]) -> None:
-        m = self.cfg.history_frames
-        if history.dim() != 4 or history.shape[1] != m or history.shape[-1] != 3:
-            raise UserError(f"history must be [B, {m}, N, 3] (model.history_frames={m}), got {list(history.shape)}")
-        if horizon < 1:
-            raise UserError(f"horizon must be >= 1 frame, got {horizon}")
-        if atomic_numbers.shape[-1] != history.shape[2]:
-            raise UserError(f"atomic_numbers has {atomic_numbers.shape[-1]} atoms, history has {history.shape[2]}")
-        if atomic_numbers.numel() and (int(atomic_numbers.min()) < 0 or int(atomic_numbers.max()) >= self.cfg.num_elements):
-            raise UserError(f"atomic numbers must lie in [0, model.num_elements={self.cfg.num_elements})")
-        if target is not None and (target.shape[1] < horizon or target.shape[2:] != history.shape[2:]):
-            raise UserError(f"target must be [B, >= {horizon}, N, 3], got {list(target.shape)}")
-        if self.uses_reference and len(self.reference) != history.shape[2]:
-            raise UserError(f"the model's reference structure has {len(self.reference)} atoms, the input "
-                            f"{history.shape[2]} (a reference model forecasts the whole molecule it was trained on)")
-
-    def _check_cell(self, cell, history: Tensor, graph: Optional[NeighborGraph]) -> Optional[Tensor]:
-        """The periodic cell as [B, 3, 3] in the history's dtype, or None (open); refuses, in one line, a cell
-        this model cannot take or the lack of one it needs."""
-        if self.data_signature and bool(self.data_signature.get("periodic", False)) != (cell is not None):
-            raise UserError("this model was trained on periodic systems: it needs the input's cell (box vectors)"
-                            if cell is None else "this model was trained on open systems (no periodic box): it "
-                            "cannot forecast a periodic system; train one on periodic data")
-        if cell is None:
-            if graph is not None and graph.shift is not None:
-                raise UserError("the neighbour list has periodic image shifts but no cell was given")
-            return None
-        if self.uses_reference or self.cfg.rotation_basis:
-            raise UserError("model.reference_structure and model.rotation_basis are vectors of a whole molecule: "
-                            "they do not apply to a periodic box")
-        cell = as_cells(cell, history.shape[0], dtype=history.dtype, device=history.device)
-        if self.cfg.attention != "full":
-            check_radius(cell, self.cfg.cutoff_angstrom)
-            if graph is not None and graph.shift is None:
-                raise UserError("a periodic input needs a neighbour list with image shifts (radius_graph(..., cell))")
-        return cell
-
     def _locality_order(self, history: Tensor, graph: Optional[NeighborGraph],
                         owned_mask: Optional[Tensor], cell: Optional[Tensor] = None) -> Optional[Tensor]:
         """Spatial order of the atoms for large local-attention systems; None to keep the caller's order
@@ -340,8 +327,9 @@ class Asteroid(nn.Module):
         h = self.conjugate_hidden(self.conjugate_input(features) + geo.elements.unsqueeze(1))
         return self.conjugate_head(h, delay).squeeze(-2)
 
-    def _decode(self, seeds: Tensor, previous: Tensor, memory: Tensor, geo: _Window) -> Tensor:
-        """Decoder over steps 0 … K−1: seeds and previous-frame displacements [B, K, N, 3] -> displacements."""
+    def _decode(self, seeds: Tensor, previous: Tensor, memory: Tensor, geo: _Window) -> tuple[Tensor, Optional[Tensor]]:
+        """Decoder over steps 0 … K−1: seeds and previous-frame displacements [B, K, N, 3] -> displacements
+        [B, K, N, 3] and, for a stochastic model, their scales σ [B, K, N] (Å), else None."""
         batch = seeds.shape[0]
         token_vectors = torch.stack([seeds, previous], dim=3)
         h = self._tokens(self.decoder_input, token_vectors, geo, self.step_embedding)
@@ -351,11 +339,13 @@ class Asteroid(nn.Module):
             last_layer = index == len(self.decoder_spatial) - 1
             h, vectors = self._spatial(spatial, h, positions, geo, self.equivariant and last_layer)
             h = self._per_frame(temporal(self._per_atom(h), memory), batch)
-        correction = self.decoder_head(self.decoder_norm(h), self._basis(token_vectors, geo, vectors))
-        return seeds + correction.squeeze(-2)
+        h = self.decoder_norm(h)
+        correction = self.decoder_head(h, self._basis(token_vectors, geo, vectors))
+        return seeds + correction.squeeze(-2), self.scale_head(h) if self.cfg.stochastic else None
 
     def _pass(self, window: Tensor, elements: Tensor, steps: int, teacher: Optional[Tensor],
-              graph: Optional[NeighborGraph], domain: Domain, cell: Optional[Tensor]) -> AsteroidOutput:
+              graph: Optional[NeighborGraph], domain: Domain, cell: Optional[Tensor], sample: bool = False,
+              generator: Optional[torch.Generator] = None) -> tuple[AsteroidOutput, Optional[Tensor]]:
         geo = self._geometry(window, elements, graph, domain, cell)
         h, token_vectors, vectors = self._encode(window, geo)
         delay = self.primary_head(h, self._basis(token_vectors, geo, vectors))  # [B, m, N, L, 3]
@@ -366,15 +356,23 @@ class Asteroid(nn.Module):
         first_previous = torch.zeros_like(seeds[:, :1])  # the last observed frame, as a displacement
         if teacher is not None:  # teacher forcing: one parallel pass
             previous = torch.cat([first_previous, teacher[:, :steps - 1] - geo.last], dim=1)
-            forecast = self._decode(seeds[:, :steps], previous, memory, geo)
+            forecast, scale = self._decode(seeds[:, :steps], previous, memory, geo)
+        elif sample:  # step k is drawn around its mean; the draw is what later steps see
+            drawn, scales, previous = [], [], first_previous
+            for k in range(steps):
+                mean, scale = self._decode(seeds[:, :k + 1], previous, memory, geo)
+                drawn.append(sample_step(mean[:, -1:], scale[:, -1:], generator))
+                scales.append(scale[:, -1:])
+                previous = torch.cat([first_previous, *drawn], dim=1)
+            forecast, scale = torch.cat(drawn, dim=1), torch.cat(scales, dim=1)
         else:  # autoregressive: step k sees the frames generated before it
             previous = first_previous
             for k in range(steps):
-                generated = self._decode(seeds[:, :k + 1], previous, memory, geo)
+                generated, scale = self._decode(seeds[:, :k + 1], previous, memory, geo)
                 previous = torch.cat([first_previous, generated], dim=1)
             forecast = generated
         last = geo.last
-        return AsteroidOutput(forecast + last, hankel + last.unsqueeze(1), reconstruction + last, seeds + last)
+        return AsteroidOutput(forecast + last, hankel + last.unsqueeze(1), reconstruction + last, seeds + last), scale
 
 
 def build_model(cfg: ModelConfig | AsteroidConfig, reference_coordinates=None) -> Asteroid:

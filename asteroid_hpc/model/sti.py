@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING, Optional
 import torch
 from torch import Tensor
 
+from .thermal import gaussian_nll
+
 if TYPE_CHECKING:  # pragma: no cover
     from ..config.schema import LossWeights
-    from .asteroid import AsteroidOutput
+    from .asteroid import AsteroidOutput, ThermalOutput
 
 
 def antidiagonal_means(hankel: Tensor) -> Tensor:
@@ -77,15 +79,19 @@ def primary_loss(hankel: Tensor, known_frames: Tensor) -> Tensor:
     return total / count
 
 
-def sti_losses(output: "AsteroidOutput", history: Tensor, target: Optional[Tensor],
-               weights: "LossWeights") -> tuple[Tensor, dict[str, Tensor]]:
-    """The four ASTEROID losses (Å², per coordinate) and their weighted sum.
+def sti_losses(output: "AsteroidOutput | ThermalOutput", history: Tensor, target: Optional[Tensor],
+               weights: "LossWeights", conditional: Optional["ThermalOutput"] = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """The four ASTEROID losses (Å², per coordinate), for a stochastic model a fifth, and their weighted sum.
 
     - ``primary``: masked MSE of the Hankel entries against every known frame (history, and the
       target frames when ``target`` is given);
     - ``conjugate``: MSE of the conjugate Ψ reconstruction against the observed frames;
     - ``consistency``: anti-diagonal variance of the Hankel tensor;
-    - ``forecast``: MSE of the forecast against ``target`` (0 without a target).
+    - ``forecast``: MSE of the forecast against ``target`` (0 without a target);
+    - ``nll`` (only for a :class:`ThermalOutput`, i.e. ``model.stochastic``, and when a target is given):
+      Gaussian negative log-likelihood of the target under the teacher-forced steps (nats per coordinate,
+      :func:`asteroid_hpc.model.thermal.gaussian_nll`), from ``conditional`` — the teacher-forced output
+      when ``output`` is a free-running one — else from ``output`` (which must then be teacher-forced).
 
     Returns ``(total, parts)`` where ``parts`` holds detached scalar tensors.
     """
@@ -100,5 +106,8 @@ def sti_losses(output: "AsteroidOutput", history: Tensor, target: Optional[Tenso
     else:
         horizon = min(target.shape[1], output.forecast.shape[1])
         parts["forecast"] = (output.forecast[:, :horizon] - target[:, :horizon]).pow(2).mean()
+        conditional = output if conditional is None else conditional
+        if getattr(conditional, "scale", None) is not None:  # a ThermalOutput
+            parts["nll"] = gaussian_nll(conditional.forecast, conditional.scale, target)
     total = sum(getattr(weights, name) * value for name, value in parts.items())
     return total, {name: value.detach() for name, value in parts.items()}

@@ -91,21 +91,22 @@ def rotation_equivariance_error(model: "Asteroid", history: Tensor, atomic_numbe
 
     max over random rotations R of ‖f(R·x) − R·f(x)‖ / ‖f(x) − x_last‖ (Frobenius norms over the
     forecast displacements, rotations about the window centroid). 0 for an exactly equivariant model.
-    A periodic ``cell`` [B, 3, 3] turns with the atoms.
+    A periodic ``cell`` [B, 3, 3] turns with the atoms. A stochastic model is measured on its means.
     """
     was_training = model.training
     model.eval()
     try:
         generator = torch.Generator().manual_seed(seed)
         centre = history.mean(dim=(1, 2), keepdim=True)
-        reference = model(history, atomic_numbers, horizon, cell=cell).forecast
+        reference = model(history, atomic_numbers, horizon, cell=cell, mean_only=True).forecast
         scale = (reference - history[:, -1:]).norm().clamp_min(1e-30)
         worst = 0.0
         for _ in range(num_rotations):
             rotation = random_rotations(history.shape[0], dtype=history.dtype, device=history.device,
                                         generator=generator)
             turned_cell = None if cell is None else cell @ rotation.transpose(1, 2)
-            rotated = model(rotate_about(history, rotation, centre), atomic_numbers, horizon, cell=turned_cell).forecast
+            rotated = model(rotate_about(history, rotation, centre), atomic_numbers, horizon, cell=turned_cell,
+                            mean_only=True).forecast
             expected = rotate_about(reference, rotation, centre)
             worst = max(worst, float((rotated - expected).norm() / scale))
         return worst

@@ -8,7 +8,7 @@ from typing import Optional
 
 from .batches import BatchStream, box_keywords
 
-LOSS_TERMS = ("primary", "conjugate", "consistency", "forecast")
+LOSS_TERMS = ("primary", "conjugate", "consistency", "forecast", "nll")  # nll: 0 for deterministic models
 
 
 def lr_lambda(warmup_steps: int, decay_steps: int):
@@ -51,15 +51,28 @@ def optimizer_step(engine, stream: BatchStream, t, device: str, dtype, want_grad
         history = batch["history"].to(device=device, dtype=dtype)
         target = batch["target"].to(device=device, dtype=dtype)
         teacher = target if t.teacher_forcing else None  # None: the loss sees the model's own rollout
+        numbers = batch["atomic_numbers"].to(device)
         box = box_keywords(batch, history.shape[1], device, dtype)
-        output = engine(history, batch["atomic_numbers"].to(device), target.shape[1], teacher, **box)
-        total, parts = sti_losses(output, history, target, t.loss_weights)
+        if is_stochastic(engine):  # free-running: the path of the means; the NLL needs teacher-forced steps
+            output = engine(history, numbers, target.shape[1], teacher, mean_only=True, **box)
+            conditional = output if teacher is not None else engine(history, numbers, target.shape[1], target, **box)
+            total, parts = sti_losses(output, history, target, t.loss_weights, conditional)
+        else:
+            output = engine(history, numbers, target.shape[1], teacher, **box)
+            total, parts = sti_losses(output, history, target, t.loss_weights)
         engine.backward(total)
         if want_grad_norm and micro == t.grad_accum_steps - 1:
             own_norm = _plain_grad_norm(engine)
         engine.step()
-        sums += torch.tensor([float(total.detach())] + [float(parts[k]) for k in LOSS_TERMS], dtype=torch.float64)
+        sums += torch.tensor([float(total.detach())] + [float(parts.get(k, 0.0)) for k in LOSS_TERMS],
+                             dtype=torch.float64)
     return sums / t.grad_accum_steps, own_norm
+
+
+def is_stochastic(engine) -> bool:
+    """Whether the engine's (or plain) module is a ``model.stochastic`` model."""
+    module = getattr(engine, "module", engine)
+    return bool(getattr(getattr(module, "cfg", None), "stochastic", False))
 
 
 def _plain_grad_norm(engine) -> Optional[float]:

@@ -1,4 +1,5 @@
-"""Validation: per-lead-time MSE (Å², mean over windows, atoms and x, y, z) of the free-running forecast.
+"""Validation: per-lead-time MSE (Å², mean over windows, atoms and x, y, z) of the free-running forecast
+(of a stochastic model: the path of its means).
 
 Every rank evaluates the same number of batches (ZeRO-3 gathers parameters collectively in every
 forward), on its share of a fixed, evenly spread subset of the validation split; squared errors and
@@ -33,6 +34,9 @@ def per_lead_mse(engine, dataset, indices: list[int], micro_batch_size: int, hor
         raise UserError("validation split has fewer windows than ranks; lower the world size or add data")
     squared = torch.zeros(horizon, dtype=torch.float64, device=device)
     count = torch.zeros(1, dtype=torch.float64, device=device)
+    from .step import is_stochastic
+
+    mean_only = {"mean_only": True} if is_stochastic(engine) else {}  # MSE scores a stochastic model's means
     was_training = engine.training
     engine.eval()
     try:
@@ -41,7 +45,7 @@ def per_lead_mse(engine, dataset, indices: list[int], micro_batch_size: int, hor
                 history = batch["history"].to(device=device, dtype=dtype)
                 target = batch["target"].to(device=device, dtype=torch.float64)
                 box = box_keywords(batch, history.shape[1], device, dtype)
-                forecast = engine(history, batch["atomic_numbers"].to(device), horizon, **box).forecast
+                forecast = engine(history, batch["atomic_numbers"].to(device), horizon, **box, **mean_only).forecast
                 error = (forecast.to(torch.float64) - target[:, :horizon]).pow(2)
                 squared += error.sum(dim=(0, 2, 3))
                 count += error[:, 0].numel()

@@ -1,0 +1,66 @@
+"""Thermal (stochastic) forecasts: a per-atom scale σ beside the decoder's mean, its Gaussian likelihood, and
+the sampled step (docs/method.md §2, "Thermal (stochastic) forecasts").
+
+With ``model.stochastic`` each decoder step k predicts, per atom, the mean μ_k of the next frame and a scale
+σ_k > 0 (Å, one scalar per atom: rotation invariant), so that a step is x_k = μ_k + σ_k ε, ε ~ N(0, I₃).
+Both model frame k given the frames before it (the teacher-forced, one-step conditional): exactly what an
+autoregressive sampler needs. A deterministic forecast trained on MSE converges to the conditional mean and
+freezes beyond the predictability horizon; sampling each step and feeding the sample forward keeps the
+thermal motion over any horizon.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# σ never falls below this (Å): log σ stays finite and the float32 rounding of absolute coordinates
+# (≈ 5e-7 Å at 5 Å) stays far below the scale it is measured against.
+SCALE_FLOOR_ANGSTROM = 1e-4
+INITIAL_SCALE_ANGSTROM = 0.01  # σ of an untrained head: the size of one MD step's unpredictable part
+HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+class ScaleHead(nn.Module):
+    """Decoder features [..., D] -> σ [...] in Å: softplus of a small MLP, plus the floor. The features are
+    rotation invariant in "equivariant" mode, so σ is too."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.GELU(), nn.Linear(hidden_size, 1))
+        nn.init.zeros_(self.net[-1].weight)  # starts at INITIAL_SCALE_ANGSTROM for every atom
+        with torch.no_grad():
+            initial = INITIAL_SCALE_ANGSTROM - SCALE_FLOOR_ANGSTROM
+            self.net[-1].bias.fill_(math.log(math.expm1(initial)))  # inverse softplus
+
+    def forward(self, h: Tensor) -> Tensor:
+        return F.softplus(self.net(h).squeeze(-1)) + SCALE_FLOOR_ANGSTROM
+
+
+def sample_step(mean: Tensor, scale: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    """One sampled step: ``mean`` [..., N, 3] + ``scale`` [..., N] · ε, ε ~ N(0, I₃) drawn from ``generator``
+    (torch's global generator when None)."""
+    noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+    return mean + scale.unsqueeze(-1) * noise
+
+
+def gaussian_nll(mean: Tensor, scale: Tensor, target: Tensor) -> Tensor:
+    """Negative log-likelihood per coordinate (mean over frames, atoms and x, y, z; nats) of ``target``
+    [B, ≥H, N, 3] under N(``mean``, ``scale``² I₃), ``mean`` [B, H, N, 3] and ``scale`` [B, H, N] Å.
+
+    ``mean`` and ``target`` must come from a teacher-forced pass, so each frame is scored given the true
+    previous frame: the residual target_k − μ_k is the residual of the one-step increment x_k − x_{k−1}.
+    The mean is detached: σ learns from the residuals, the mean from the forecast MSE alone (the NLL's 1/σ²
+    weights would otherwise re-weight the mean's training atom by atom). Computed in float32 at least; σ is
+    floored at :data:`SCALE_FLOOR_ANGSTROM`, so log σ is finite.
+    """
+    dtype = torch.promote_types(mean.dtype, torch.float32)
+    horizon = mean.shape[1]
+    residual = target[:, :horizon].to(dtype) - mean.detach().to(dtype)
+    sigma = scale.to(dtype).unsqueeze(-1)
+    nll = 0.5 * (residual / sigma).pow(2) + torch.log(sigma) + HALF_LOG_2PI
+    return nll.mean()
