@@ -162,3 +162,22 @@ def test_protocol_l_end_to_end_on_a_wrapped_periodic_file(tmp_path, capsys):
     table = (out / "results.md").read_text()
     assert "### Targets" in table and "O–O g(r) L1 distance" in table
     assert (out / "long_rollout.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_error_protocols_in_a_box_skip_superposition_and_rigid_body_baselines(box):
+    from asteroid_hpc.evaluation.protocols import ProtocolSamples
+    from asteroid_hpc.evaluation.run import score_samples
+
+    frames, system = box
+    starts = np.array([10, 50, 90])
+    history = np.stack([frames[s - 3:s + 1] for s in starts])
+    target = np.stack([frames[s + 1:s + 3] for s in starts])
+    samples = ProtocolSamples("C", "test", history, target, system.atomic_numbers, np.arange(648), np.array([1, 2]), 1,
+                              FRAME_FS, starts, cell=np.tile(system.cell, (3, 1)))
+    result = score_samples(samples, None)
+    assert "persistence" in result.headline and "constant rotation" not in result.headline
+    assert "aligned history mean" not in result.headline and not result.superposed_headline
+    assert any("periodic system" in note for note in result.notes)
+    open_result = score_samples(ProtocolSamples("C", "test", history, target, system.atomic_numbers, np.arange(648),
+                                                np.array([1, 2]), 1, FRAME_FS, starts), None)
+    assert "constant rotation" in open_result.headline and open_result.superposed_headline

@@ -109,6 +109,7 @@ def reference_structure_forecast(history, lead_steps, reference) -> np.ndarray:
 REFERENCE_BASELINE = "training mean structure"  # scored when the model carries a reference structure
 CONSTANT_VELOCITY = "constant velocity (history spacing)"
 ONE_FRAME_VELOCITY = "constant velocity (1-frame)"  # the peers'; scored when the samples carry the next frame
+RIGID_BODY_BASELINES = ("aligned history mean", "constant rotation")  # molecules only: not scored in a box
 BASELINES = {"persistence": persistence_forecast, CONSTANT_VELOCITY: constant_velocity_forecast,
              "history mean": history_mean_forecast, "aligned history mean": aligned_history_mean_forecast,
              "constant rotation": constant_rotation_forecast}

@@ -125,7 +125,7 @@ def long_rollout(model, trajectories: list[Trajectory], settings, *, batch_size:
     log.info("protocol L: %d rollouts of %d frames (%g ps, %g fs apart) from %d-frame windows", len(starts), n_frames,
              n_frames * frame_fs / 1000.0, frame_fs, m)
     began = time.perf_counter()
-    forecast = model_forecast(model, samples, batch_size=batch_size)  # [S, H, N, 3]
+    forecast = model_forecast(model, samples, batch_size=batch_size, seed=settings.seed)  # [S, H, N, 3]
     model_seconds = time.perf_counter() - began
     log.info("protocol L: rollouts in %.1f s", model_seconds)
     reference = [t.positions[::s].astype(np.float64) for t, s in zip(trajectories, strides)]

@@ -74,7 +74,7 @@ def periodic_long_rollout(model, trajectories: list[Trajectory], settings, *,
     log.info("protocol L (periodic, %d atoms): %d rollouts of %d frames (%g ps, %g fs apart)", len(atomic_numbers),
              len(starts), n_frames, n_frames * frame_fs / 1000.0, frame_fs)
     began = time.perf_counter()
-    forecast = model_forecast(model, samples, batch_size=batch_size)
+    forecast = model_forecast(model, samples, batch_size=batch_size, seed=settings.seed)
     model_seconds = time.perf_counter() - began
     log.info("protocol L: rollouts in %.1f s", model_seconds)
     if any(not np.allclose(t.cell, t.cell[0]) for t in trajectories):

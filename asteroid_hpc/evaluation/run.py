@@ -10,7 +10,7 @@ import numpy as np
 from ..logs import get_logger
 from ..errors import UserError
 from ..metrics import ade_fde, mse_per_lead_time, superposed_mse_per_lead_time
-from .baselines import (BASELINES, CONSTANT_VELOCITY, ONE_FRAME_VELOCITY, REFERENCE_BASELINE,
+from .baselines import (BASELINES, CONSTANT_VELOCITY, ONE_FRAME_VELOCITY, REFERENCE_BASELINE, RIGID_BODY_BASELINES,
                         one_frame_velocity_forecast, reference_structure_forecast)
 from .protocols import PROTOCOL_HISTORY_FRAMES, ProtocolSamples
 
@@ -73,7 +73,10 @@ def score_samples(samples: ProtocolSamples, model_prediction: np.ndarray | None,
     atoms = samples.scored_atoms
     target = samples.target[:, :, atoms]
     predictions = {} if model_prediction is None else {MODEL_LABEL: model_prediction}
+    periodic = samples.cell is not None  # a box has no rigid-body motion to superpose or continue
     for name, baseline in BASELINES.items():
+        if periodic and name in RIGID_BODY_BASELINES:
+            continue
         predictions[name] = baseline(samples.history, samples.lead_steps)
         if name == CONSTANT_VELOCITY and samples.next_frame is not None:
             predictions[ONE_FRAME_VELOCITY] = one_frame_velocity_forecast(
@@ -85,9 +88,10 @@ def score_samples(samples: ProtocolSamples, model_prediction: np.ndarray | None,
         prediction = prediction[:, :, atoms]
         per_lead[name] = mse_per_lead_time(prediction, target).tolist()
         headline[name] = headline_metrics(samples.protocol, prediction, target)
-        superposed = superposed_mse_per_lead_time(prediction, target)
-        superposed_per_lead[name] = superposed.tolist()
-        superposed_headline[name] = mse_headline(samples.protocol, superposed)
+        if not periodic:
+            superposed = superposed_mse_per_lead_time(prediction, target)
+            superposed_per_lead[name] = superposed.tolist()
+            superposed_headline[name] = mse_headline(samples.protocol, superposed)
     per_trajectory = []
     counts = samples.settings.get("samples_per_trajectory", [])
     if len(counts) > 1:
@@ -97,6 +101,9 @@ def score_samples(samples: ProtocolSamples, model_prediction: np.ndarray | None,
                 name: headline_metrics(samples.protocol, prediction[lo:hi, :, atoms], target[lo:hi])
                 for name, prediction in predictions.items()}})
     notes = list(samples.notes)
+    if periodic:
+        notes.append("periodic system: no superposition and no rigid-body baselines (aligned history mean, "
+                     "constant rotation): a box of liquid does not turn as one body")
     k = samples.history.shape[1]
     if expected_history_frames is not None and k != expected_history_frames:
         notes.append(f"deviation: the protocol gives {expected_history_frames} history frames, the model takes {k}")
@@ -146,19 +153,26 @@ def build_samples(protocol: str, traj, *, split: str, history_frames: int, max_s
     raise ValueError(f"unknown trajectory protocol {protocol!r}")
 
 
-def model_forecast(model, samples: ProtocolSamples, batch_size: int = 64, device: str = "cpu") -> np.ndarray:
-    """The model's forecast at the samples' lead times, ``batch_size`` samples at a time: [S, H, N, 3] float64 Å."""
+def model_forecast(model, samples: ProtocolSamples, batch_size: int = 64, device: str = "cpu",
+                   seed: int = 0) -> np.ndarray:
+    """The model's forecast at the samples' lead times, ``batch_size`` samples at a time: [S, H, N, 3] float64 Å.
+
+    A stochastic model (``model.stochastic``) gives its path of means for the error protocols (MSE wants the
+    conditional mean) and samples, from a generator seeded with ``seed``, for protocol L (physics wants the
+    distribution); a deterministic model ignores both."""
     import torch
 
     from ..geometry import cell_matrix
 
     atomic_numbers = torch.as_tensor(np.asarray(samples.atomic_numbers), dtype=torch.long, device=device)
     pick = samples.lead_steps - 1
+    sampling = {"mean_only": samples.protocol != "L",
+                "generator": torch.Generator(device=device).manual_seed(seed)}
     outputs = []
     for first in range(0, len(samples.history), batch_size):
         history = torch.as_tensor(samples.history[first:first + batch_size], dtype=torch.float32, device=device)
         cell = None if samples.cell is None else torch.as_tensor(
             cell_matrix(samples.cell[first:first + batch_size]), dtype=torch.float32, device=device)
-        frames = model.forecast(history, atomic_numbers, samples.forecast_frames, cell=cell)
+        frames = model.forecast(history, atomic_numbers, samples.forecast_frames, cell=cell, **sampling)
         outputs.append(frames[:, pick].double().cpu().numpy())
     return np.concatenate(outputs)
