@@ -49,10 +49,41 @@ class NeighborGraph:
         return int(self.index.shape[-1])
 
 
+def finite_stand_in(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(``coords`` [B, N, 3] with every system that holds a non-finite coordinate replaced by a finite one,
+    the indices of those systems). A rollout that came apart must not stop the search for the others: its
+    stand-in's lists are then replaced by :func:`isolate_rows`."""
+    broken = np.flatnonzero(~np.isfinite(coords).all(axis=(1, 2)))
+    if not len(broken):
+        return coords, broken
+    finite = np.flatnonzero(np.isfinite(coords).all(axis=(1, 2)))
+    stand_in = coords.copy()
+    stand_in[broken] = coords[finite[0]] if len(finite) else np.arange(coords.shape[1])[:, None] * [1e6, 0.0, 0.0]
+    return stand_in, broken
+
+
+def isolate_rows(graph: NeighborGraph, rows: np.ndarray) -> NeighborGraph:
+    """``graph`` with systems ``rows`` given no neighbour but each atom itself (their forecast is lost anyway)."""
+    if not len(rows):
+        return graph
+    index, mask = graph.index.clone(), graph.mask.clone()
+    rows = torch.as_tensor(rows, device=index.device)
+    index[rows] = torch.arange(index.shape[1], device=index.device).view(1, -1, 1)
+    mask[rows] = False
+    mask[rows, :, 0] = True
+    shift = None if graph.shift is None else graph.shift.clone()
+    if shift is not None:
+        shift[rows] = 0
+    return NeighborGraph(index, mask, shift)
+
+
 def spatial_order(positions: Tensor, cell: Optional[Tensor] = None) -> Tensor:
     """A permutation [N] that puts atoms close in space close in memory (the k-d tree's leaf order) of
-    ``positions`` [N, 3], anywhere in space; with a ``cell`` [3, 3], of the positions wrapped into it."""
+    ``positions`` [N, 3], anywhere in space; with a ``cell`` [3, 3], of the positions wrapped into it (the
+    identity for positions that are not all finite)."""
     coords = positions.detach().cpu().double().numpy()
+    if not np.isfinite(coords).all():
+        return torch.arange(len(coords), device=positions.device)
     if cell is not None:
         coords = wrap_into_cell(coords, cell.detach().cpu().double().numpy())[0]
     tree = cKDTree(coords)
@@ -72,12 +103,13 @@ def radius_graph(positions: Tensor | np.ndarray, cutoff_angstrom: float, max_nei
     coords = positions.detach().cpu().double().numpy() if isinstance(positions, Tensor) else np.asarray(positions, float)
     if coords.ndim == 2:
         coords = coords[None]
+    coords, broken = finite_stand_in(coords)
     batch, n_atoms, _ = coords.shape
     width = min(max_neighbors, n_atoms)
     if cell is not None:
         dtype = positions.dtype if isinstance(positions, Tensor) else torch.float64
-        return _periodic_radius_graph(coords, as_cells(cell, batch, dtype=torch.float64).cpu().numpy(), cutoff_angstrom,
-                                      width).to(device, dtype)
+        return isolate_rows(_periodic_radius_graph(coords, as_cells(cell, batch, dtype=torch.float64).cpu().numpy(),
+                                                   cutoff_angstrom, width), broken).to(device, dtype)
     index = np.empty((batch, n_atoms, width), dtype=np.int64)
     mask = np.empty((batch, n_atoms, width), dtype=bool)
     for b in range(batch):
@@ -90,7 +122,7 @@ def radius_graph(positions: Tensor | np.ndarray, cutoff_angstrom: float, max_nei
         self_index = np.arange(n_atoms)[:, None]
         index[b] = np.where(valid, idx, self_index)
         mask[b] = valid
-    return NeighborGraph(torch.from_numpy(index).to(device), torch.from_numpy(mask).to(device))
+    return isolate_rows(NeighborGraph(torch.from_numpy(index).to(device), torch.from_numpy(mask).to(device)), broken)
 
 
 def _periodic_radius_graph(coords: np.ndarray, cells: np.ndarray, cutoff_angstrom: float, width: int) -> NeighborGraph:

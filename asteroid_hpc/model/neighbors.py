@@ -22,7 +22,7 @@ import torch
 from scipy.spatial import cKDTree
 from torch import Tensor
 
-from .graph import NeighborGraph
+from .graph import NeighborGraph, finite_stand_in, isolate_rows
 from .periodic import PeriodicImages, as_cells
 
 FIRST_CANDIDATE_WIDTH = 32  # candidates per atom tried first; doubled until every atom's fit
@@ -32,11 +32,11 @@ def candidate_lists(positions: Tensor, radius_angstrom: float, cell: Optional[Te
     """Every atom within ``radius_angstrom`` of each atom (self included) of ``positions`` [B, N, 3], padded
     to the largest count (padding masked, pointing at the atom itself); minimum images with their shifts in a
     periodic ``cell`` ([3, 3] or [B, 3, 3] Å)."""
-    coords = positions.detach().cpu().double().numpy()
+    coords, broken = finite_stand_in(positions.detach().cpu().double().numpy())
     batch, n_atoms, _ = coords.shape
     if cell is not None:
-        return _periodic_candidates(coords, as_cells(cell, batch, dtype=torch.float64).cpu().numpy(),
-                                    radius_angstrom).to(positions.device, positions.dtype)
+        return isolate_rows(_periodic_candidates(coords, as_cells(cell, batch, dtype=torch.float64).cpu().numpy(),
+                                                 radius_angstrom), broken).to(positions.device, positions.dtype)
     trees = [cKDTree(coords[b]) for b in range(batch)]
     width = min(FIRST_CANDIDATE_WIDTH, n_atoms)
     while True:
@@ -49,7 +49,8 @@ def candidate_lists(positions: Tensor, radius_angstrom: float, cell: Optional[Te
     idx = np.stack([i.reshape(n_atoms, width) for _, i in found])
     valid = np.isfinite(dist)
     index = np.where(valid, idx, np.arange(n_atoms)[None, :, None])
-    return NeighborGraph(torch.from_numpy(index).to(positions.device), torch.from_numpy(valid).to(positions.device))
+    return isolate_rows(NeighborGraph(torch.from_numpy(index).to(positions.device),
+                                      torch.from_numpy(valid).to(positions.device)), broken)
 
 
 def _periodic_candidates(coords: np.ndarray, cells: np.ndarray, radius_angstrom: float) -> NeighborGraph:
