@@ -1,6 +1,8 @@
 """Protocol L's periodic observables (asteroid_hpc.evaluation.periodic_rollout) on a synthetic water box whose
 statistics are known: the MD itself passes its own targets, a frozen or exploding forecast fails them."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -181,3 +183,27 @@ def test_error_protocols_in_a_box_skip_superposition_and_rigid_body_baselines(bo
     open_result = score_samples(ProtocolSamples("C", "test", history, target, system.atomic_numbers, np.arange(648),
                                                 np.array([1, 2]), 1, FRAME_FS, starts), None)
     assert "constant rotation" in open_result.headline and open_result.superposed_headline
+
+
+def test_a_solute_is_scored_and_a_broken_rollout_does_not_stop_the_scores(box):
+    """A 24-atom chain (a solute) among the waters: Rg and RMSD of its heavy atoms; one rollout blowing up to
+    inf and NaN leaves the others' numbers and NaN (out of every range) for itself."""
+    frames, water_system = box
+    chain = np.stack([np.arange(24) * 1.5, np.zeros(24), np.zeros(24)], -1) + [1.0, 1.7, 1.7]
+    jitter = np.random.default_rng(6).normal(0, 0.02, (len(frames), 24, 3))
+    every = np.concatenate([frames, chain[None] + jitter], axis=1)
+    z = np.concatenate([water_system.atomic_numbers, np.full(24, 6)])
+    bonds = np.concatenate([np.concatenate([[[3 * w, 3 * w + 1], [3 * w, 3 * w + 2]] for w in range(216)]),
+                            [[648 + i, 649 + i] for i in range(23)]])
+    system = pr.PeriodicSystem.of(z, bonds, water_system.cell)
+    assert len(system.solute) == 24 and len(system.waters) == 216
+    forecast, last = _rollouts(every, [620, 800], 100)
+    forecast[1, 60:] = np.inf
+    forecast[1, 80:] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning leaks to the user
+        result = pr.score_periodic_rollout(forecast, last, [every[:600]], system, FRAME_FS, clash_angstrom=0.8)
+    assert "solute RMSD" in result["horizon_fs"] and "solute_rmsd_angstrom" in result["blocks"][0]
+    assert not _met(result)["no blow-up (largest displacement, Å)"]
+    assert result["blocks"][0]["solute_rg_angstrom"] == pytest.approx(np.sqrt(((np.arange(24) * 1.5 - 17.25) ** 2)
+                                                                               .mean()), rel=0.01)

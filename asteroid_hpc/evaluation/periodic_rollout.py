@@ -25,6 +25,7 @@ target (the mean tolerance) instead of one relative to MD's ~0.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -173,7 +174,16 @@ def _rollout_observables(forecast: np.ndarray, last_history: np.ndarray, system:
     if len(system.solute):
         solute = forecast[:, :, system.solute]
         out["rg"] = np.stack([physics.radius_of_gyration(f, system.atomic_numbers[system.solute]) for f in solute])
-        out["rmsd"] = np.stack([kabsch_rmsd(f[leads], p[system.solute]) for f, p in zip(solute, last_history)])
+        out["rmsd"] = np.stack([_finite_rmsd(f[leads], p[system.solute]) for f, p in zip(solute, last_history)])
+    return out
+
+
+def _finite_rmsd(frames: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Kabsch RMSD [F] of ``frames`` from ``start``; NaN for a frame that is not a structure (came apart)."""
+    out = np.full(len(frames), np.nan)
+    finite = np.isfinite(frames).all(axis=(1, 2)) & (np.abs(frames).max(axis=(1, 2), initial=0.0) < 1e12)
+    if finite.any():
+        out[finite] = kabsch_rmsd(frames[finite], start)
     return out
 
 
@@ -185,15 +195,17 @@ def score_periodic_rollout(forecast: np.ndarray, last_history: np.ndarray, refer
     n_leads = forecast.shape[1]
     lead_fs = np.arange(1, n_leads + 1) * frame_fs
     md = _md_observables(reference, system, frame_fs, n_leads, clash_angstrom)
-    rollout = _rollout_observables(forecast, last_history, system, frame_fs, clash_angstrom)
-    result = {"n_rollouts": int(forecast.shape[0]), "n_atoms": int(forecast.shape[2]), "frame_fs": frame_fs,
-              "rollout_frames": n_leads, "cell": system.cell.tolist(), "waters": int(len(system.waters)),
-              "solute_heavy_atoms": int(len(system.solute)),
-              "distances": _distance_table(md, rollout, system),
-              "structure": _structure(md, rollout), "dynamics": _dynamics(md, rollout, frame_fs),
-              "blocks": [_block(rollout, lead_fs, lo, hi, system) for lo, hi in lead_blocks(n_leads, frame_fs)],
-              "horizon_fs": _horizons(md, rollout, lead_fs, system)}
-    result["targets"] = _targets(md, rollout, result)
+    with np.errstate(all="ignore"), warnings.catch_warnings():  # rollouts that came apart give NaN, by design
+        warnings.simplefilter("ignore", RuntimeWarning)
+        rollout = _rollout_observables(forecast, last_history, system, frame_fs, clash_angstrom)
+        result = {"n_rollouts": int(forecast.shape[0]), "n_atoms": int(forecast.shape[2]), "frame_fs": frame_fs,
+                  "rollout_frames": n_leads, "cell": system.cell.tolist(), "waters": int(len(system.waters)),
+                  "solute_heavy_atoms": int(len(system.solute)),
+                  "distances": _distance_table(md, rollout, system),
+                  "structure": _structure(md, rollout), "dynamics": _dynamics(md, rollout, frame_fs),
+                  "blocks": [_block(rollout, lead_fs, lo, hi, system) for lo, hi in lead_blocks(n_leads, frame_fs)],
+                  "horizon_fs": _horizons(md, rollout, lead_fs, system)}
+        result["targets"] = _targets(md, rollout, result)
     return result
 
 
