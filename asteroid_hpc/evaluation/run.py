@@ -10,8 +10,8 @@ import numpy as np
 from ..logs import get_logger
 from ..errors import UserError
 from ..metrics import ade_fde, mse_per_lead_time, superposed_mse_per_lead_time
-from .baselines import (BASELINES, CONSTANT_VELOCITY, ONE_FRAME_VELOCITY, REFERENCE_BASELINE, RIGID_BODY_BASELINES,
-                        one_frame_velocity_forecast, reference_structure_forecast)
+from .baselines import (BASELINES, CONSTANT_VELOCITY, ONE_FRAME_VELOCITY, REFERENCE_BASELINE,
+                        RIGID_BODY_BASELINES, one_frame_velocity_forecast, reference_structure_forecast)
 from .protocols import PROTOCOL_HISTORY_FRAMES, ProtocolSamples
 
 log = get_logger(__name__)
