@@ -152,6 +152,25 @@ class XyzReader:
         pass
 
 
+class ReaderView:
+    """A reader of another reader's frames, changed on the way (a selection of atoms, unwrapped coordinates):
+    the path, frame and atom counts are the underlying reader's unless the view sets others; closing the view
+    closes it."""
+
+    def __init__(self, reader) -> None:
+        self.reader = reader
+        self.path, self.n_frames, self.n_atoms = reader.path, reader.n_frames, reader.n_atoms
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class TrajectoryReader:
     """Open any supported trajectory by extension and stream it in chunks of frames.
 

@@ -20,6 +20,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..data.readers import ReaderView
 from ..errors import user_error
 from ..geometry import cell_matrix
 
@@ -87,14 +88,13 @@ class OutputWrap:
         return (x - shift[:, self.labels]).astype(np.float32)
 
 
-class ContinuousReader:
+class ContinuousReader(ReaderView):
     """A reader whose frames, read in order (``read(a, b)`` then ``read(b, c)`` ...), come back continuous in
     time from ``previous`` [N, 3] (the frame before the first one read): every step is made a minimum image in
     the box ``cell`` [6]. Frames already continuous come back unchanged, bit for bit."""
 
     def __init__(self, reader, previous: np.ndarray, cell: np.ndarray):
-        self.reader = reader
-        self.path, self.n_frames, self.n_atoms = reader.path, reader.n_frames, reader.n_atoms
+        super().__init__(reader)
         self.vectors = cell_matrix(np.asarray(cell, dtype=np.float64))
         self.inverse = np.linalg.inv(self.vectors)
         self.previous_raw = np.asarray(previous, dtype=np.float64)
@@ -117,15 +117,6 @@ class ContinuousReader:
             return chunk
         coordinates = (raw - counts @ self.vectors).astype(chunk.coordinates.dtype)
         return replace(chunk, coordinates=coordinates)
-
-    def close(self) -> None:
-        self.reader.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def periodic_bonds(frame: np.ndarray, atomic_numbers, cell: np.ndarray,

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..atomic import atomic_output, write_json_atomic
 from ..data.amber import NETCDF3_FORMAT, AmberReader, AmberWriter
+from ..data.readers import ReaderView
 from ..errors import user_error
 from ..metrics.ensemble import crps_per_lead_time, ensemble_mean, ensemble_spread_per_atom, rmsd_per_lead_time
 from ..geometry import rmsd
@@ -133,27 +134,18 @@ def write_summary(outdir: Path, members: int, horizon_frames: int, chunk_frames:
     return summary
 
 
-class _SelectedReader:
+class _SelectedReader(ReaderView):
     """A full-system member file read as the model's atoms."""
 
     def __init__(self, reader: AmberReader, atom_indices: np.ndarray):
-        self.reader, self.atom_indices = reader, atom_indices
-        self.path, self.n_frames, self.n_atoms = reader.path, reader.n_frames, len(atom_indices)
+        super().__init__(reader)
+        self.atom_indices, self.n_atoms = atom_indices, len(atom_indices)
 
     def read(self, start: int, stop: int):
         from dataclasses import replace
 
         chunk = self.reader.read(start, stop)
         return replace(chunk, coordinates=chunk.coordinates[:, self.atom_indices])
-
-    def close(self) -> None:
-        self.reader.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _model_atoms(reader: AmberReader, n_atoms: int, atom_indices: Optional[np.ndarray]):
