@@ -213,3 +213,48 @@ def test_an_unsigned_open_model_still_forecasts_open_systems(water, tmp_path):
     assert "periodic box" not in proc.stderr
     with AmberReader(tmp_path / "out" / "members" / "member_00000.nc") as reader:
         assert reader.read(0, 1).cell is None
+
+
+def test_members_hold_the_distances_the_starting_window_holds_fixed(water, tmp_path):
+    """Rigid waters (no jitter): ensemble.constraints=auto keeps every O–H and H–H of every member at its length."""
+    from asteroid_hpc.data.amber import read_frames
+
+    rigid = water_box_trajectory(tmp_path / "rigid.nc", jitter_angstrom=0.0)
+    runs = {}
+    for setting in ("auto", "none"):
+        proc = run_cli("ensemble-forecast", water["model"], rigid, "-o", tmp_path / setting, "--topology",
+                       water["topology"], "ensemble.members=2", "ensemble.horizon_frames=6", "ensemble.output_wrap=none",
+                       f"ensemble.constraints={setting}", env=ENV)
+        assert proc.returncode == 0, proc.stderr
+        assert ("192 bond and 1–3 distances" in proc.stderr) == (setting == "auto")
+        runs[setting] = [read_frames(tmp_path / setting / "members" / f"member_{m:05d}.nc").coordinates
+                         for m in range(2)]
+    start = read_frames(rigid).coordinates[-1]  # each atom wrapped alone: minimum images
+    edges = water["cell"][:3]
+
+    def length(x, a, b):
+        vector = x[..., a::3, :] - x[..., b::3, :]
+        return np.linalg.norm(vector - edges * np.round(vector / edges), axis=-1)
+
+    for setting, members in runs.items():
+        for frames in members:
+            deviation = max(np.abs(length(frames, a, b) - length(start, a, b)).max() for a, b in ((0, 1), (0, 2), (1, 2)))
+            assert (deviation < 1e-4) == (setting == "auto"), (setting, deviation)
+
+
+def test_spatial_domains_log_that_the_constraints_are_not_held(water, tmp_path, caplog):
+    from asteroid_hpc.config.schema import EnsembleConfig
+    from asteroid_hpc.ensemble.perturb import inspect_initial
+    from asteroid_hpc.ensemble.run import _held_distances
+    from dataclasses import replace
+
+    from asteroid_hpc.data.topology import read_topology
+
+    rigid = water_box_trajectory(tmp_path / "rigid.nc", jitter_angstrom=0.0)
+    initial = inspect_initial(rigid, EnsembleConfig(), 4)
+    initial = replace(initial, bonds=read_topology(water["topology"]).bonds)
+    assert len(_held_distances(initial, EnsembleConfig(), 4, True)) == 192
+    with caplog.at_level("WARNING"):
+        assert _held_distances(initial, EnsembleConfig(domains=2), 4, True) is None
+    assert "not held" in caplog.text and "ensemble.domains=1" in caplog.text
+    assert _held_distances(initial, EnsembleConfig(constraints="none"), 4, True) is None

@@ -218,6 +218,36 @@ def test_a_training_step_scores_the_nll_on_teacher_forced_steps(teacher_forcing)
     assert model.scale_head.net[-1].bias.grad.abs().sum() > 0  # σ learns (its last layer starts at zero weight)
 
 
+@pytest.mark.parametrize("noise", [0.0, 0.05])
+def test_training_input_noise_moves_the_history_and_never_the_targets(noise):
+    from asteroid_hpc.train.step import optimizer_step
+
+    torch.manual_seed(0)
+    model = model_of().train()
+    frames = window(frames=M + L)
+    batch = {"history": frames[:, :M], "target": frames[:, M:], "atomic_numbers": Z}
+    seen = []
+
+    class Recording(_Engine):
+        def __call__(self, *args, **kwargs):
+            seen.append((args[0].detach().clone(), args[3].detach().clone()))
+            return self.module(*args, **kwargs)
+
+    class OneBatch:
+        def next(self):
+            return batch
+
+    optimizer_step(Recording(model), OneBatch(), TrainConfig(input_noise_angstrom=noise), "cpu", torch.float64,
+                   want_grad_norm=False)
+    (history, target), = seen
+    assert torch.equal(target, batch["target"].double())
+    difference = history - batch["history"].double()
+    if noise == 0:
+        assert torch.equal(difference, torch.zeros_like(difference))
+    else:  # independent Gaussian noise of the given width on every coordinate of every history frame
+        assert float(difference.std()) == pytest.approx(noise, rel=0.15) and abs(float(difference.mean())) < noise / 5
+
+
 def _random_walks(count: int, frames: int, gen: torch.Generator, drift_std: float, step_std: float) -> torch.Tensor:
     """[count, frames, N, 3]: each window a rigid drift v ~ N(0, drift_std²) per frame plus N(0, step_std²) steps."""
     start = torch.randn(count, 1, N, 3, generator=gen) * 1.5

@@ -281,3 +281,46 @@ def test_cost_against_openmm_on_the_same_periodic_system(water, tmp_path):
     assert record["n_atoms"] == len(z) and record["forecast_stride_fs"] == 10.0
     assert record["openmm_cpu_seconds_per_step"] > 0 and record["model_cpu_seconds_per_frame"] > 0
     assert record["speedup"] == pytest.approx(record["forecast_ns_per_day"] / record["openmm_ns_per_day"])
+
+
+def test_the_distances_openmm_constrains_are_found_and_held_by_a_rollout(water, tmp_path, capsys):
+    """Rigid TIP3P (SETTLE): every O–H and H–H is found fixed in real frames and protocol L's rollouts keep them."""
+    import torch
+
+    from asteroid_hpc.cli.main import main
+    from asteroid_hpc.data.topology import read_topology
+    from asteroid_hpc.geometry import cell_matrix
+    from asteroid_hpc.model import load_weights, save_weights
+    from asteroid_hpc.model.constraints import held_distances
+    from tests.support.tiny import tiny_model_file
+
+    positions, cells = _frames(water)
+    topology = read_topology(water.with_suffix(".pdb"))
+    cell = torch.as_tensor(cell_matrix(cells[:1]))
+    held = held_distances(topology.bonds, topology.atomic_numbers)(torch.as_tensor(positions[None, :4]), cell)
+    assert len(held) == 3 * 258
+    lengths = held.lengths[0].numpy()
+    assert np.isclose(lengths, TIP3P_OH_ANGSTROM, atol=1e-4).sum() == 2 * 258
+    assert np.isclose(lengths, TIP3P_HH_ANGSTROM, atol=1e-4).sum() == 258
+
+    model = load_weights(tiny_model_file(tmp_path / "tiny.safetensors", attention="local_global", num_rbf=4,
+                                         num_global_tokens=1, cutoff_angstrom=4.0))
+    z = topology.atomic_numbers
+    model.data_signature = {"input_atoms": len(z), "atom_indices": list(range(len(z))),
+                            "atomic_numbers": [int(v) for v in z], "timestep_fs": 10.0, "frame_stride": 1,
+                            "input_timestep_fs": 10.0, "topology": None, "periodic": True}
+    path = save_weights(model, tmp_path / "periodic.safetensors")
+    scored = {}
+    for setting in ("auto", "none"):
+        out = tmp_path / setting
+        with pytest.raises(SystemExit) as exit_info:
+            main(["evaluate", str(path), str(water), "--topology", str(water.with_suffix(".pdb")), "-o", str(out),
+                  "--protocol", "L", "--rollout-ps", "0.1", "--rollout-stride-fs", "10", "--rollout-starts", "2",
+                  f"evaluate.constraints={setting}"])
+        assert exit_info.value.code == 0, capsys.readouterr().err
+        record = json.loads((out / "results.json").read_text())["long_rollout"]
+        scored[setting] = {row["type"]: row for row in record["distances"]}
+        assert ("774 bond and 1–3 distances" in " ".join(record["notes"])) == (setting == "auto")
+    for name in ("H–O", "H–H (water)"):
+        assert abs(scored["auto"][name]["mean_deviation"]) < 1e-4 and scored["auto"][name]["forecast_width"] < 1e-4
+        assert scored["none"][name]["forecast_width"] > 1e-3  # the untrained model alone breaks them

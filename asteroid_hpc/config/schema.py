@@ -176,6 +176,9 @@ class TrainConfig:
     log_every: int = 10
     loss_weights: LossWeights = field(default_factory=LossWeights)
     teacher_forcing: bool = True  # forecast loss on teacher-forced passes; false: on the free-running rollout
+    # Gaussian noise (Å, per coordinate) added to every history frame of a training window, the targets left true:
+    # the model learns to steer a slightly wrong window back, as its own rollouts need (learned simulators' trick)
+    input_noise_angstrom: float = 0.0
     deepspeed: dict[str, Any] = field(default_factory=dict)  # advanced keys passed to DeepSpeed as-is
 
     def __post_init__(self) -> None:
@@ -197,6 +200,7 @@ class TrainConfig:
         _check(self.val_every >= 1 and self.val_batches >= 1, "train.val_every and val_batches must be >= 1")
         _check(self.early_stopping_patience >= 0, "train.early_stopping_patience must be >= 0")
         _check(self.log_every >= 1, "train.log_every must be >= 1")
+        _check(self.input_noise_angstrom >= 0, "train.input_noise_angstrom must be >= 0")
 
 
 @dataclass
@@ -233,9 +237,14 @@ class EnsembleConfig:
     # periodic systems: member files' coordinates "molecules" (each molecule whole, its centre in the box, as MD
     # engines write; molecules from --topology's bonds, else each atom) or "none" (unwrapped: continuous, for MSD)
     output_wrap: str = "molecules"
+    # "auto": the --topology's bonds and 1–3 distances that the unperturbed starting window holds fixed (rigid
+    # water, constrained X–H) are held at their lengths after every forecast step (asteroid_hpc.model.constraints;
+    # one rank per member); "none": never
+    constraints: str = "auto"
 
     def __post_init__(self) -> None:
         _check(self.members >= 1, "ensemble.members must be >= 1")
+        _one_of("ensemble.constraints", self.constraints, ("auto", "none"))
         _check(self.horizon_frames >= 1, "ensemble.horizon_frames must be >= 1")
         _one_of("ensemble.perturbation", self.perturbation, ("gaussian", "frames"))
         _check(self.noise_angstrom >= 0, "ensemble.noise_angstrom must be >= 0")
@@ -278,6 +287,9 @@ class EvaluateConfig:
     clash_angstrom: float = 0.8  # protocol L: non-bonded pairs closer than this are clashes
     bond_tolerance_angstrom: float = 0.45  # protocol L: bonded when closer than r_i + r_j + this (covalent radii)
     energy_samples: int = 16  # protocol L: log-spaced frames per rollout given a GFN2-xTB energy (known molecules)
+    # periodic protocol L: "auto" holds the bonds and 1–3 distances the history holds fixed (rigid water, X–H
+    # constraints) at their lengths after every forecast step (asteroid_hpc.model.constraints); "none": never
+    constraints: str = "auto"
 
     def __post_init__(self) -> None:
         for protocol in self.protocols:
@@ -296,6 +308,7 @@ class EvaluateConfig:
         _check(self.long_rollout_ps > 0 and self.long_rollout_stride_fs > 0,
                "evaluate.long_rollout_ps and long_rollout_stride_fs must be > 0")
         _check(self.long_rollout_starts >= 1, "evaluate.long_rollout_starts must be >= 1")
+        _one_of("evaluate.constraints", self.constraints, ("auto", "none"))
         _check(self.clash_angstrom > 0 and self.bond_tolerance_angstrom >= 0,
                "evaluate.clash_angstrom must be > 0 and evaluate.bond_tolerance_angstrom >= 0")
         _check(self.energy_samples >= 0, "evaluate.energy_samples must be >= 0")

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
+from ..model.constraints import Constraints
 from ..model.neighbors import VerletNeighbors
 from ..runtime.device import autocast
 from .domains import DomainContext, SingleDomain, decompose
@@ -29,11 +30,14 @@ from .domains import DomainContext, SingleDomain, decompose
 class MemberForecaster:
     """Runs members of one group: ``group`` is its communicator (size = domains). ``skin_angstrom`` > 0:
     Verlet neighbour lists (one-rank groups); ``autocast_dtype``: the inference precision on CUDA
-    (:func:`asteroid_hpc.runtime.device.inference_dtype`), None for fp32."""
+    (:func:`asteroid_hpc.runtime.device.inference_dtype`), None for fp32; ``constraints``: the distances every
+    step is projected onto (one-rank groups; lengths [1, C], the same for every member)."""
 
     def __init__(self, model, atomic_numbers: np.ndarray, group, device: str = "cpu", *,
-                 skin_angstrom: float = 0.0, autocast_dtype=None, cell: Optional[np.ndarray] = None):
+                 skin_angstrom: float = 0.0, autocast_dtype=None, cell: Optional[np.ndarray] = None,
+                 constraints: Optional[Constraints] = None):
         self.model = model.eval()
+        self.constraints = None if constraints is None else constraints.to(device=device, dtype=torch.float32)
         # a periodic box: its vectors as rows [3, 3] Å (geometry.cell_matrix), given to every forward
         self.cell = None if cell is None else np.asarray(cell, dtype=np.float64)
         self._cell_on_device = None if cell is None else torch.as_tensor(self.cell, dtype=torch.float32).to(device)
@@ -51,6 +55,9 @@ class MemberForecaster:
         if group.size > 1 and model.cfg.attention == "full":
             raise UserError("ensemble.domains > 1 needs a model with local attention (model.attention=local_global); "
                             "this model uses full attention")
+        if group.size > 1 and constraints is not None:
+            raise UserError("constraint projection runs on whole systems only: with ensemble.domains > 1 set "
+                            "ensemble.constraints=none")
 
     @property
     def uses_verlet_lists(self) -> bool:
@@ -105,7 +112,7 @@ class MemberForecaster:
                 cell = self._cell_on_device
                 graph = self.neighbors.graph(windows[:, -1], cell) if self.neighbors is not None else None
                 out = self.model(windows, self._numbers_on_device, steps, graph=graph, domain=SingleDomain(),
-                                 cell=cell).forecast
+                                 cell=cell, constraints=self.constraints).forecast
                 return out.float()
             return self._decomposed_pass(windows, steps)
 

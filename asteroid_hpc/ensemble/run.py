@@ -8,6 +8,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
+import torch
+
 from ..atomic import write_json_atomic
 from ..checksum import file_digest
 from ..config.schema import AsteroidConfig, EnsembleConfig, ModelConfig
@@ -20,7 +22,7 @@ from .grid import ProcessGrid, split_group
 from .batch import run_members
 from .member import MemberJob, output_wrap
 from .periodic import check_box, describe_box
-from .perturb import InitialCondition, inspect_initial, select_initial, starting_window
+from .perturb import InitialCondition, inspect_initial, model_bonds, select_initial, starting_window
 from .progress import POLL_SECONDS, Progress
 from .rollout import MemberForecaster
 from .sizing import batch_members
@@ -93,7 +95,8 @@ def run_ensemble(cfg: AsteroidConfig, model_path: str | os.PathLike, initial_pat
     continuing = w.bcast(continuing, root=0)
     forecaster = MemberForecaster(model, initial.atomic_numbers, split_group(w, grid), device,
                                   skin_angstrom=ens.neighbor_skin_angstrom, autocast_dtype=autocast_dtype,
-                                  cell=None if initial.cell is None else cell_matrix(initial.cell))
+                                  cell=None if initial.cell is None else cell_matrix(initial.cell),
+                                  constraints=_held_distances(initial, ens, m, w.rank == 0))
     batch = batch_members(ens, model.cfg, initial.n_atoms, len(grid.members_of(grid.group, ens.members)))
     if w.rank == 0:
         log.info(startup_summary(info, device=device, config_hash=config_hash(cfg), run_dir=outdir,
@@ -195,6 +198,29 @@ def _finish(outdir: Path, ens: EnsembleConfig, initial: InitialCondition, histor
     write_json_atomic(outdir / COMPLETE_FILE, {"members": ens.members, "horizon_frames": ens.horizon_frames},
                       indent=2)
     return summary
+
+
+def _held_distances(initial: InitialCondition, ens: EnsembleConfig, history_frames: int, speak: bool):
+    """The constraints of ``ensemble.constraints=auto`` (the topology's bonds and 1–3 distances the unperturbed
+    starting window holds fixed), or None: off, no topology bonds, none fixed, or spatial domains (logged)."""
+    bonds = model_bonds(initial)
+    if ens.constraints == "none" or bonds is None or len(bonds) == 0:
+        return None
+    from ..model.constraints import held_distances
+
+    end = initial.end_frame
+    window = initial.read(end - (history_frames - 1) * initial.frame_stride, end + 1)
+    cell = None if initial.cell is None else torch.as_tensor(cell_matrix(initial.cell)[None])
+    held = held_distances(bonds, initial.atomic_numbers)(torch.as_tensor(window[None], dtype=torch.float64), cell)
+    if held is not None and ens.domains > 1:
+        if speak:
+            log.warning("%d distances are fixed in the starting window (MD's constraints) but are not held: "
+                        "constraint projection needs one rank per member (ensemble.domains=1)", len(held))
+        return None
+    if held is not None and speak:
+        log.info("constraints: %d bond and 1–3 distances fixed in the starting window are held at their lengths "
+                 "after every forecast step (ensemble.constraints=auto)", len(held))
+    return None if held is None else held.to(dtype=torch.float32)
 
 
 def _initial_condition(path, ens: EnsembleConfig, history_frames: int, frame_stride: int, model, model_path,

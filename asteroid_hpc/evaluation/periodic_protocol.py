@@ -53,6 +53,21 @@ def _bonds(trajectories: list[Trajectory], settings, notes: list[str]) -> np.nda
                                         settings.bond_tolerance_angstrom)
 
 
+def _held_note(samples: ProtocolSamples) -> str:
+    """What the rollouts hold fixed (the projection's constraints, found on all starting windows at once)."""
+    import torch
+
+    from ..geometry import cell_matrix
+    from ..model.constraints import held_distances
+
+    history = torch.as_tensor(samples.history, dtype=torch.float64)
+    held = held_distances(samples.bonds, samples.atomic_numbers)(history, torch.as_tensor(cell_matrix(samples.cell)))
+    if held is None:
+        return "constraints: no bond or 1–3 distance is fixed in the starting windows; nothing held"
+    return (f"constraints: {len(held)} bond and 1–3 distances fixed in every starting window (MD's constraints) are "
+            "held at their lengths after every forecast step (evaluate.constraints=auto)")
+
+
 def periodic_long_rollout(model, trajectories: list[Trajectory], settings, *,
                           batch_size: int = 64) -> PeriodicRolloutResult:
     """Run protocol L (``settings``: the ``evaluate`` config section) with ``model`` on periodic ``trajectories``."""
@@ -68,11 +83,15 @@ def periodic_long_rollout(model, trajectories: list[Trajectory], settings, *,
     history = np.stack([trajectories[f].positions[last - strides[f] * np.arange(m - 1, -1, -1)] for f, last in starts])
     cells = np.stack([trajectories[f].cell[last] for f, last in starts])
     atomic_numbers = np.asarray(trajectories[0].atomic_numbers)
+    bonds = _bonds(trajectories, settings, notes)
     samples = ProtocolSamples("L", "all", history, np.zeros((len(starts), 0) + history.shape[2:]), atomic_numbers,
                               np.arange(len(atomic_numbers)), np.arange(1, n_frames + 1), 1, frame_fs,
-                              np.array([last for _, last in starts]), cell=cells)
+                              np.array([last for _, last in starts]), cell=cells,
+                              bonds=bonds if settings.constraints == "auto" else None)
     log.info("protocol L (periodic, %d atoms): %d rollouts of %d frames (%g ps, %g fs apart)", len(atomic_numbers),
              len(starts), n_frames, n_frames * frame_fs / 1000.0, frame_fs)
+    if samples.bonds is not None:
+        notes.append(_held_note(samples))
     began = time.perf_counter()
     forecast = model_forecast(model, samples, batch_size=batch_size, seed=settings.seed)
     model_seconds = time.perf_counter() - began
@@ -80,7 +99,7 @@ def periodic_long_rollout(model, trajectories: list[Trajectory], settings, *,
     if any(not np.allclose(t.cell, t.cell[0]) for t in trajectories):
         notes.append("the box changes size in the reference (NPT): rollouts keep their last observed box; the "
                      "observables use the last reference frame's box")
-    system = PeriodicSystem.of(atomic_numbers, _bonds(trajectories, settings, notes), trajectories[0].cell[-1])
+    system = PeriodicSystem.of(atomic_numbers, bonds, trajectories[0].cell[-1])
     began = time.perf_counter()
     reference = [t.positions[::s].astype(np.float64) for t, s in zip(trajectories, strides)]
     scores = score_periodic_rollout(forecast, history[:, -1], reference, system, frame_fs, settings.clash_angstrom)

@@ -267,10 +267,22 @@ def _first_exit_fs(values: np.ndarray, md_values: np.ndarray, at_fs: np.ndarray)
     return None if exit_at is None else float(at_fs[exit_at])
 
 
+def _distance_exit_fs(values: np.ndarray, md_values: np.ndarray, at_fs: np.ndarray) -> float | None:
+    """As :func:`_first_exit_fs` for a distance type's mean, whose MD range is widened to ± the mean-deviation
+    target where MD holds it constrained (its range is then the file's rounding, ~1e-6 Å)."""
+    low, high = physics.md_range(md_values)
+    if high - low < CONSTRAINED_WIDTH_ANGSTROM:
+        centre = float(np.nanmean(md_values))
+        low, high = centre - TARGETS["distance_mean_angstrom"], centre + TARGETS["distance_mean_angstrom"]
+    exit_at = physics.first_exit(values, low, high)
+    return None if exit_at is None else float(at_fs[exit_at])
+
+
 def _horizons(md: dict, rollout: dict, lead_fs: np.ndarray, system: PeriodicSystem) -> dict:
     """Each observable's physical horizon: the first lead time (fs) its rollout mean leaves MD's range."""
-    horizon = {f"{name} distance": _first_exit_fs(rollout["type_means"][:, :, t].mean(axis=0), md["type_means"][:, t],
-                                                  lead_fs) for t, name in enumerate(system.type_names)}
+    horizon = {f"{name} distance": _distance_exit_fs(rollout["type_means"][:, :, t].mean(axis=0),
+                                                     md["type_means"][:, t], lead_fs)
+               for t, name in enumerate(system.type_names)}
     horizon["largest displacement"] = _first_exit_fs(rollout["displacement"].mean(axis=0), md["displacement"], lead_fs)
     horizon["kinetic temperature"] = _first_exit_fs(rollout["temperature"][:, :-1].mean(axis=0), md["temperature"],
                                                     lead_fs[:-1])

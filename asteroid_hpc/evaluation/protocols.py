@@ -70,6 +70,9 @@ class ProtocolSamples:
     # spacing), for the peers' one-frame input velocity; None where the protocol does not have it (window)
     next_frame: np.ndarray | None = None
     cell: np.ndarray | None = None  # [S, 6]: the box of each sample's last history frame (periodic systems)
+    # [B, 2] the topology's bonds between the input atoms: with their 1–3 pairs, the candidates for the distances
+    # the forecast holds fixed where the history holds them fixed (model.constraints); None: no projection
+    bonds: np.ndarray | None = None
 
     @property
     def lead_time_fs(self) -> np.ndarray:

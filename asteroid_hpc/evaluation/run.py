@@ -159,12 +159,15 @@ def model_forecast(model, samples: ProtocolSamples, batch_size: int = 64, device
 
     A stochastic model (``model.stochastic``) gives its path of means for the error protocols (MSE wants the
     conditional mean) and samples, from a generator seeded with ``seed``, for protocol L (physics wants the
-    distribution); a deterministic model ignores both."""
+    distribution); a deterministic model ignores both. With ``samples.bonds``, each batch's rollouts hold the
+    distances its histories hold fixed (:func:`asteroid_hpc.model.constraints.held_distances`)."""
     import torch
 
     from ..geometry import cell_matrix
+    from ..model.constraints import held_distances
 
     atomic_numbers = torch.as_tensor(np.asarray(samples.atomic_numbers), dtype=torch.long, device=device)
+    find = held_distances(samples.bonds, samples.atomic_numbers)
     pick = samples.lead_steps - 1
     sampling = {"mean_only": samples.protocol != "L",
                 "generator": torch.Generator(device=device).manual_seed(seed)}
@@ -173,6 +176,8 @@ def model_forecast(model, samples: ProtocolSamples, batch_size: int = 64, device
         history = torch.as_tensor(samples.history[first:first + batch_size], dtype=torch.float32, device=device)
         cell = None if samples.cell is None else torch.as_tensor(
             cell_matrix(samples.cell[first:first + batch_size]), dtype=torch.float32, device=device)
-        frames = model.forecast(history, atomic_numbers, samples.forecast_frames, cell=cell, **sampling)
+        frames = model.forecast(history, atomic_numbers, samples.forecast_frames, cell=cell, **sampling,
+                                constraints=find(history, cell))
         outputs.append(frames[:, pick].double().cpu().numpy())
     return np.concatenate(outputs)
+

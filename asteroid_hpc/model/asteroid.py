@@ -23,9 +23,8 @@ One *pass* over a history window of m frames:
    With ``model.stochastic`` also a scale σ_k per atom (:mod:`asteroid_hpc.model.thermal`): when not
    teacher-forced each step then samples x_k = μ_k + σ_k ε and feeds the sample forward (``mean_only``: μ).
 
-Horizons longer than L−1 frames roll the window forward (iterative extended horizon). Outputs are
-absolute coordinates in Å. The neighbour list is built once per window from its last frame (atoms move
-little within a window) unless the caller supplies one.
+Horizons longer than L−1 frames roll the window forward (iterative extended horizon). Outputs are absolute
+coordinates in Å. The neighbour list is built once per window from its last frame unless the caller gives one.
 
 Periodic boxes (``cell``, :mod:`asteroid_hpc.model.periodic`): every relative vector is a minimum image,
 the neighbour lists cross the faces, each frame of the window is first moved by whole lattice vectors to
@@ -47,6 +46,7 @@ from torch import Tensor, nn
 from ..config.schema import AsteroidConfig, ModelConfig
 from ..errors import UserError
 from ..geometry import superpose_onto
+from .constraints import Constraints, held_steps
 from .domain import WHOLE_SYSTEM, Domain
 from .graph import NeighborGraph, radius_graph, spatial_order
 from .inputs import check_cell, check_domain, check_inputs
@@ -166,7 +166,8 @@ class Asteroid(nn.Module):
     def forward(self, history: Tensor, atomic_numbers: Tensor, horizon: int, target: Optional[Tensor] = None, *,
                 graph: Optional[NeighborGraph] = None, domain: Optional[Domain] = None,
                 cell: Optional[Tensor] = None, mean_only: bool = False,
-                generator: Optional[torch.Generator] = None) -> AsteroidOutput | ThermalOutput:
+                generator: Optional[torch.Generator] = None,
+                constraints: Optional[Constraints] = None) -> AsteroidOutput | ThermalOutput:
         """Forecast ``horizon`` frames after ``history`` [B, m, N, 3] (raw Å).
 
         ``target`` [B, ≥horizon, N, 3] enables teacher forcing (the decoder and the rolled windows see the
@@ -176,7 +177,7 @@ class Asteroid(nn.Module):
         the periodic box vectors as rows in Å, the same for every frame (module doc); None: open boundaries.
         A stochastic model without ``target`` samples every step from ``generator`` (torch's global one when
         None) unless ``mean_only``: then it follows its means. Deterministic models ignore both.
-        """
+        ``constraints`` (:mod:`.constraints`): distances each free-running step is projected onto."""
         check_inputs(self, history, atomic_numbers, horizon, target)
         sample = self.cfg.stochastic and target is None and not mean_only
         cell = check_cell(self, cell, history, graph)
@@ -184,8 +185,9 @@ class Asteroid(nn.Module):
             last = history[:, -1:]
             history = history + minimum_image_shift(history - last, cell)
             target = None if target is None else target + minimum_image_shift(target - last, cell)
-        domain = check_domain(self, WHOLE_SYSTEM if domain is None else domain, sample)
-        batch, m, n_atoms, _ = history.shape
+        hold = None if constraints is None or target is not None else (constraints, cell)
+        domain = check_domain(self, WHOLE_SYSTEM if domain is None else domain, sample, hold is not None)
+        batch, _, n_atoms, _ = history.shape
         elements = atomic_numbers.expand(batch, n_atoms) if atomic_numbers.dim() == 1 else atomic_numbers
         rotation = None
         if self.training and not self.equivariant:  # "augment": a random rotation per window
@@ -198,20 +200,9 @@ class Asteroid(nn.Module):
         if order is not None:
             history, elements = history[:, :, order], elements[:, order]
             target = None if target is None else target[:, :, order]
-        window, forecasts, scales, first = history, [], [], None
-        produced = 0
-        while produced < horizon:
-            steps = min(self.steps_per_pass, horizon - produced)
-            teacher = None if target is None else target[:, produced:produced + steps]
-            result, scale = self._pass(window, elements, steps, teacher, graph, domain, cell, sample, generator)
-            first = result if first is None else first
-            forecasts.append(result.forecast)
-            scales.append(scale)
-            produced += steps
-            if produced < horizon:  # a sampled pass rolls its samples into the window
-                window = torch.cat([window, result.forecast if teacher is None else teacher], dim=1)[:, -m:]
-        scale = torch.cat(scales, dim=1) if self.cfg.stochastic else None
-        output = AsteroidOutput(torch.cat(forecasts, dim=1), first.hankel, first.reconstruction, first.readoff)
+        if hold is not None:  # as the atoms now stand (turned by "augment", in locality order)
+            hold = (hold[0] if order is None else hold[0].reordered(order), cell)
+        output, scale = self._passes(history, elements, horizon, target, graph, domain, cell, sample, generator, hold)
         if order is not None:
             inverse = torch.argsort(order)
             output = AsteroidOutput(*(t[..., inverse, :] for t in
@@ -225,14 +216,16 @@ class Asteroid(nn.Module):
 
     @torch.no_grad()
     def forecast(self, history: Tensor, atomic_numbers: Tensor, n_frames: int, cell: Optional[Tensor] = None, *,
-                 mean_only: bool = False, generator: Optional[torch.Generator] = None) -> Tensor:
-        """``n_frames`` forecast frames [B, n_frames, N, 3] (eval mode, no gradients, iterative); ``cell`` as
-        in :meth:`forward`. A stochastic model samples (``generator`` seeds it) unless ``mean_only``: the
+                 mean_only: bool = False, generator: Optional[torch.Generator] = None,
+                 constraints: Optional[Constraints] = None) -> Tensor:
+        """``n_frames`` forecast frames [B, n_frames, N, 3] (eval mode, no gradients, iterative); ``cell`` and
+        ``constraints`` as in :meth:`forward`. A stochastic model samples (``generator`` seeds it) unless ``mean_only``: the
         means score MSE (protocols A, B, C), the samples the physics (protocol L, ensembles)."""
         was_training = self.training
         self.eval()
         try:
-            return self(history, atomic_numbers, n_frames, cell=cell, mean_only=mean_only, generator=generator).forecast
+            return self(history, atomic_numbers, n_frames, cell=cell, mean_only=mean_only, generator=generator,
+                        constraints=constraints).forecast
         finally:
             self.train(was_training)
 
@@ -343,10 +336,34 @@ class Asteroid(nn.Module):
         correction = self.decoder_head(h, self._basis(token_vectors, geo, vectors))
         return seeds + correction.squeeze(-2), self.scale_head(h) if self.cfg.stochastic else None
 
+    def _passes(self, history: Tensor, elements: Tensor, horizon: int, target: Optional[Tensor],
+                graph: Optional[NeighborGraph], domain: Domain, cell: Optional[Tensor], sample: bool,
+                generator: Optional[torch.Generator], hold: Optional[tuple]) -> tuple[AsteroidOutput, Optional[Tensor]]:
+        """Passes until ``horizon`` frames, each rolling its forecast (or the teacher's frames) into the window;
+        the first pass's Hankel, reconstruction and read-off, and the σ of every step (stochastic models)."""
+        m = self.cfg.history_frames
+        window, forecasts, scales, first = history, [], [], None
+        produced = 0
+        while produced < horizon:
+            steps = min(self.steps_per_pass, horizon - produced)
+            teacher = None if target is None else target[:, produced:produced + steps]
+            result, scale = self._pass(window, elements, steps, teacher, graph, domain, cell, sample, generator, hold)
+            first = result if first is None else first
+            forecasts.append(result.forecast)
+            scales.append(scale)
+            produced += steps
+            if produced < horizon:  # a sampled pass rolls its samples into the window
+                window = torch.cat([window, result.forecast if teacher is None else teacher], dim=1)[:, -m:]
+        scale = torch.cat(scales, dim=1) if self.cfg.stochastic else None
+        return AsteroidOutput(torch.cat(forecasts, dim=1), first.hankel, first.reconstruction, first.readoff), scale
+
     def _pass(self, window: Tensor, elements: Tensor, steps: int, teacher: Optional[Tensor],
               graph: Optional[NeighborGraph], domain: Domain, cell: Optional[Tensor], sample: bool = False,
-              generator: Optional[torch.Generator] = None) -> tuple[AsteroidOutput, Optional[Tensor]]:
+              generator: Optional[torch.Generator] = None,
+              hold: Optional[tuple] = None) -> tuple[AsteroidOutput, Optional[Tensor]]:
+        """One pass; ``hold`` = (constraints, cell) projects each free-running step (forward's doc)."""
         geo = self._geometry(window, elements, graph, domain, cell)
+        held = (lambda d: d) if hold is None else (lambda d: held_steps(d, geo.last, *hold))
         h, token_vectors, vectors = self._encode(window, geo)
         delay = self.primary_head(h, self._basis(token_vectors, geo, vectors))  # [B, m, N, L, 3]
         reconstruction = self._conjugate(delay, geo)
@@ -361,7 +378,7 @@ class Asteroid(nn.Module):
             drawn, scales, previous = [], [], first_previous
             for k in range(steps):
                 mean, scale = self._decode(seeds[:, :k + 1], previous, memory, geo)
-                drawn.append(sample_step(mean[:, -1:], scale[:, -1:], generator))
+                drawn.append(held(sample_step(mean[:, -1:], scale[:, -1:], generator)))
                 scales.append(scale[:, -1:])
                 previous = torch.cat([first_previous, *drawn], dim=1)
             forecast, scale = torch.cat(drawn, dim=1), torch.cat(scales, dim=1)
@@ -369,6 +386,8 @@ class Asteroid(nn.Module):
             previous = first_previous
             for k in range(steps):
                 generated, scale = self._decode(seeds[:, :k + 1], previous, memory, geo)
+                if hold is not None:  # the earlier steps as already held, the new one projected
+                    generated = torch.cat([previous[:, 1:], held(generated[:, -1:])], dim=1)
                 previous = torch.cat([first_previous, generated], dim=1)
             forecast = generated
         last = geo.last

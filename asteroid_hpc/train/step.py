@@ -49,6 +49,8 @@ def optimizer_step(engine, stream: BatchStream, t, device: str, dtype, want_grad
     for micro in range(t.grad_accum_steps):
         batch = stream.next()
         history = batch["history"].to(device=device, dtype=dtype)
+        if t.input_noise_angstrom > 0:  # the targets stay the true frames: the model learns to correct the window
+            history = history + t.input_noise_angstrom * torch.randn_like(history)
         target = batch["target"].to(device=device, dtype=dtype)
         teacher = target if t.teacher_forcing else None  # None: the loss sees the model's own rollout
         numbers = batch["atomic_numbers"].to(device)

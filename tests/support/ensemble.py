@@ -69,10 +69,10 @@ WATER_GEOMETRY = np.array([[0.0, 0.0, 0.0], [0.9572, 0.0, 0.0], [-0.2400, 0.9266
 
 
 def water_box_frames(lattice=(4, 4, 4), n_frames: int = 12, spacing_angstrom: float = 3.1, seed: int = 0,
-                     drift_angstrom: float = 0.05):
+                     drift_angstrom: float = 0.05, jitter_angstrom: float = 0.01):
     """A water-like periodic box: ``lattice`` (waters along x, y, z) rigid waters on a jittered lattice whose
     first layer sits on the box's faces (atoms start on both sides of them), each molecule drifting (a random
-    walk of ``drift_angstrom`` per frame) and every atom jittering 0.01 Å. Returns (unwrapped frames [F, N, 3]
+    walk of ``drift_angstrom`` per frame) and every atom jittering ``jitter_angstrom`` (0: rigid waters). Returns (unwrapped frames [F, N, 3]
     float64, atomic numbers [N], bonds [B, 2], cell [6]: ``lattice × spacing`` Å, orthorhombic)."""
     rng = np.random.default_rng(seed)
     n_waters = int(np.prod(lattice))
@@ -84,7 +84,7 @@ def water_box_frames(lattice=(4, 4, 4), n_frames: int = 12, spacing_angstrom: fl
     molecules = np.stack([WATER_GEOMETRY @ q.T for q in turns])  # [W, 3, 3]
     walk = np.cumsum(rng.normal(scale=drift_angstrom, size=(n_frames, n_waters, 1, 3)), axis=0)
     frames = (sites[None, :, None] + molecules[None] + walk).reshape(n_frames, -1, 3)
-    frames = frames + rng.normal(scale=0.01, size=frames.shape)
+    frames = frames + rng.normal(scale=jitter_angstrom, size=frames.shape)
     numbers = np.tile([8, 1, 1], n_waters)
     bonds = np.concatenate([[[3 * w, 3 * w + 1], [3 * w, 3 * w + 2]] for w in range(n_waters)])
     return frames, numbers, bonds, np.array([*edges, 90.0, 90.0, 90.0])
