@@ -120,6 +120,15 @@ def member_end_frame(initial: InitialCondition, cfg: EnsembleConfig, member: int
     return initial.end_frame - (member * cfg.frame_spacing if cfg.perturbation == "frames" else 0)
 
 
+def member_initial(initial: InitialCondition, cfg: EnsembleConfig, member: int) -> InitialCondition:
+    """The initial condition as member ``member`` sees it: its forecast times continue from its own window's last
+    frame (``frames`` perturbation: ``member · frame_spacing`` frames before the unperturbed window's)."""
+    back = initial.end_frame - member_end_frame(initial, cfg, member)
+    if not back or not initial.timestep_ps:
+        return initial
+    return replace(initial, end_time_ps=initial.end_time_ps - back * initial.timestep_ps / initial.frame_stride)
+
+
 def held_frame(initial: InitialCondition, cfg: EnsembleConfig, member: int) -> Optional[np.ndarray]:
     """With ``ensemble.write_full_system`` and a selection: all atoms [N_file, 3] of the member's last starting
     frame (unperturbed), where the unselected atoms stay; else None (member files hold the model's atoms)."""
