@@ -8,7 +8,8 @@ deterministic and continuing from flushed frames needs no random state.
 - ``gaussian``: one displacement per atom, N(0, σ²) per coordinate with σ = ``noise_angstrom``, added to
   every frame of the window (the configuration moves, the window's own frame-to-frame motion is kept).
 - ``frames``: member k's window ends ``k · frame_spacing`` frames before ``start_frame`` (then, if
-  ``noise_angstrom`` > 0, Gaussian noise as above as well).
+  ``noise_angstrom`` > 0, Gaussian noise as above as well); its file's time stamps continue from its own
+  window's last frame (:func:`member_initial`), the ensemble mean's and summary's from the unperturbed one's.
 
 A model trained on a selection of its inputs' atoms forecasts those atoms of a whole initial trajectory
 (:func:`select_initial`); with ``ensemble.write_full_system`` its member files hold every atom, the others
