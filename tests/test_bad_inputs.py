@@ -4,7 +4,8 @@ tmp_path, each fed to the command that reads it.
 Every case must give exactly one error line naming the file and the cause, exit 2, no traceback, and leave
 nothing behind that a later run could take for data (the run may create log files, nothing else).
 
-Corpus: 59 cases (see CASES) — NetCDF 7, periodic cells, unwrapping and time 12 (a real CHARMM file among them), npz 7,
+Corpus: 61 cases (see CASES) — NetCDF 7, periodic cells, unwrapping and time 14 (real CHARMM, GROMACS and OpenMM
+files among them), npz 7,
 XYZ 5, config 5, manifest 9, weights 4, checkpoints 10 (export 6, train --resume 4). They complement, and do not repeat, tests/test_preprocess_errors.py
 (unreadable/truncated/NaN/time/empty NetCDF, npz without R or time axis), tests/test_config.py (bad
 overrides, invalid YAML, unknown keys) and the read_manifest unit tests in tests/test_data_windows.py.
@@ -273,6 +274,32 @@ def _(ctx):
         _universe(DATA / "adk_oplsaa.tpr").select_atoms("name CA").write(str(ctx.d / "ca.pdb"))
     return [*_preprocess(ctx, xtc), "--topology", ctx.d / "ca.pdb", "data.split_fractions=[1,0,0]"], \
         ("uneven.xtc", "uneven time axis: frames 4 -> 5 are 130 ps apart")
+
+
+@case("wrapped-without-cell-jumps-real-openmm")
+def _(ctx):
+    # a real TIP3P box from the project's OpenMM tool, molecules wrapped whole, written again without its cell
+    from tests.test_wrapped_inputs import openmm_water_frames
+
+    frames, numbers, pdb = openmm_water_frames(ctx.d / "md")
+    path = write_traj(ctx.d / "water_nocell.nc", frames, numbers, timestep_ps=0.01)
+    return [*_preprocess(ctx, path), "--topology", pdb, "data.split_fractions=[1,0,0]"], \
+        ("water_nocell.nc", "jumps", "nearly the system's extent", "the file has no unit cell")
+
+
+@case("wrapped-without-cell-cut-bonds-real-gromacs")
+def _(ctx):
+    # GROMACS's solvated adenylate kinase, written again by MDAnalysis as an XTC without its box
+    from tests.test_formats import DATA
+    from tests.test_wrapped_inputs import adk_xtc_without_cell
+
+    from asteroid_hpc.data.readers import TrajectoryReader
+
+    xtc = adk_xtc_without_cell(ctx.d / "adk_nocell.xtc")
+    TrajectoryReader(xtc, check_time=False).close()  # MDAnalysis caches the frame offsets beside the file once
+    return [*_preprocess(ctx, xtc), "--topology", DATA / "adk_oplsaa.tpr",
+            "data.timestep_fs=100", "data.split_fractions=[1,0,0]"], \
+        ("adk_nocell.xtc", "the bond", "long in frame 0", "the file has no unit cell")
 
 
 # ----------------------------------------------------------------------------------------------- npz

@@ -43,6 +43,22 @@ def test_batched_members_equal_one_at_a_time(files, tmp_path):
     assert passes[1]["batch_members"] == [4] and passes[1]["devices"] == ["cpu"]
 
 
+def test_frames_perturbation_times_continue_each_members_own_window(files, tmp_path):
+    """ensemble.perturbation=frames: member k's window ends k·frame_spacing frames earlier, and so do its time
+    stamps: lead 1 of member k is one frame after its own window's last frame, in the initial file's time."""
+    from asteroid_hpc.data.amber import AmberReader
+
+    forecast(files, tmp_path / "f", "ensemble.members=3", "ensemble.perturbation=frames", "ensemble.frame_spacing=4",
+             "ensemble.noise_angstrom=0")
+    with AmberReader(files["molecule"]) as reader:
+        dt, initial_times = reader.timestep_ps, reader.read(0, reader.n_frames).time_ps
+    for m in range(3):
+        with AmberReader(tmp_path / "f" / "members" / f"member_{m:05d}.nc") as reader:
+            times = reader.read_variable("time", 0, reader.n_frames)
+        end = 20 - 4 * m  # the member's window's last frame (ensemble.start_frame=20)
+        assert np.allclose(times, initial_times[end] + dt * np.arange(1, 13), atol=1e-4), (m, times[:3])
+
+
 def _truncate_to_partial(outdir: Path, member: int, frames: int) -> None:
     """Make member ``member`` look killed after ``frames`` flushed frames: a partial file, no marker."""
     from asteroid_hpc.data.amber import AmberReader, AmberWriter

@@ -33,6 +33,7 @@ from .manifest import SCHEMA_VERSION
 from .random_starts import SPLITS, random_start_plan, random_start_split
 from .readers import TrajectoryReader
 from .selection import select_atoms
+from .wrapped import check_bonds_whole
 
 log = get_logger(__name__)
 
@@ -154,8 +155,14 @@ def inspect_sources(paths: list[Path], stride: int, topology: str | None,
                     check_time: bool = True) -> tuple[list[Source], np.ndarray]:
     """Open every input's header, check that they agree, and return its ``phases`` subsamplings of the
     raw frames ``frames`` ([start, stop), None: all) as sources, with the atomic numbers."""
+    from .topology import read_topology
+
     sources: list[Source] = []
-    numbers = topology_numbers(topology) if topology else None
+    bonds = None  # the topology's, to refuse a file without a cell whose molecules are cut by a box face
+    numbers = None
+    if topology:
+        read = read_topology(topology)
+        numbers, bonds = read.atomic_numbers, read.bonds
     first: Path | None = None
     for path in paths:
         with TrajectoryReader(path, n_atoms=None if numbers is None else len(numbers),
@@ -175,7 +182,10 @@ def inspect_sources(paths: list[Path], stride: int, topology: str | None,
                 raise user_error(topology or path, f"{len(numbers)} atomic numbers for {reader.n_atoms} atoms")
             stat = path.stat()
             start, stop = _raw_range(path, reader.n_frames, frames)
-            cell = first_cell(reader.read(start, start + 1).cell, start, path)
+            first_frame = reader.read(start, start + 1)
+            cell = first_cell(first_frame.cell, start, path)
+            if cell is None:
+                check_bonds_whole(path, first_frame.coordinates[0], bonds, start)
             if sources and (cell is None) != (sources[0].cell is None):
                 raise user_error(path, f"{'has a unit cell' if cell else 'has no unit cell'} (first frame read), but "
                                        f"{first} {'has none' if cell else 'has one'}: periodic and open inputs "

@@ -336,6 +336,16 @@ def _log_written(outdir: Path, manifest: dict, n_reused: int, elapsed_s: float) 
                     manifest["dropped_nonfinite_frames"])
 
 
+def _log_partial_velocities(plan: Plan) -> None:
+    """Shards store velocities only when every input has them (:attr:`Plan.velocities`): when only some do,
+    one line names those without."""
+    lacking = list(dict.fromkeys(s.path for s in plan.sources if not s.has_velocities))
+    if lacking and any(s.has_velocities for s in plan.sources):
+        log.warning("%s%s: no velocities, so no input's velocities are stored (the shards hold them only when "
+                    "every input has them)", lacking[0],
+                    f" (and {len(lacking) - 1} more input(s))" if len(lacking) > 1 else "")
+
+
 def run_preprocess(inputs: list[str], outdir: str | os.PathLike, cfg, *, overwrite: bool = False,
                    topology: str | None = None, progress: bool = True) -> dict:
     """Preprocess ``inputs`` into ``outdir`` on every rank of the MPI world; returns the manifest."""
@@ -356,6 +366,7 @@ def run_preprocess(inputs: list[str], outdir: str | os.PathLike, cfg, *, overwri
         log.info("preprocess: %d input(s), %d atoms selected, %d frames → %d shards in %s on %d rank(s)%s",
                  len(plan.sources), len(plan.atom_indices), n_frames, len(plan.shards), outdir, w.size,
                  " (resuming)" if status == "resume" else "")
+        _log_partial_velocities(plan)
 
     records, hashes, error, reused = _process_my_shards(plan, cfg, outdir, w, progress)
     gathered = w.gather((records, hashes, error, reused), root=0)

@@ -25,8 +25,10 @@ import numpy as np
 
 from ..errors import UserError, user_error
 from .amber_reader import AmberReader, _check_readable
+from .cells import cell_missing
 from .frames import FrameChunk, iter_strided_chunks
 from .mda_reader import MDA_FORMATS, NEEDS_ATOM_COUNT, MdaReader, mda_format
+from .wrapped import JumpCheck
 
 NETCDF_SUFFIXES = (".nc", ".ncdf", ".netcdf")
 NPZ_SUFFIXES = (".npz",)
@@ -178,6 +180,10 @@ class TrajectoryReader:
     ``check_time``: refuse an uneven time axis (off when the frame spacing is given explicitly);
     ``velocities``: read them (AMBER NetCDF: off by default, it doubles the bytes read; the other formats
     decode them with the frames anyway).
+
+    Frames without a unit cell are checked as they are read for atoms jumping across a box, within a chunk and
+    from one chunk to the next that follows it (:class:`.wrapped.JumpCheck`): a periodic trajectory wrapped
+    into its box, written without its cell, is refused rather than read as an open system.
     """
 
     def __init__(self, path: str | os.PathLike, *, n_atoms: int | None = None, check_time: bool = True,
@@ -203,6 +209,7 @@ class TrajectoryReader:
         else:
             raise user_error(self.path, f"unknown trajectory format '{suffix}' (expected one of "
                                         f"{' '.join(SUFFIXES)})")
+        self._jumps = JumpCheck(self.path)
 
     n_frames = property(lambda self: self._backend.n_frames)
     n_atoms = property(lambda self: self._backend.n_atoms)
@@ -212,14 +219,21 @@ class TrajectoryReader:
     has_velocities = property(lambda self: getattr(self._backend, "has_velocities", False))
 
     def read(self, start: int, stop: int) -> FrameChunk:
-        return self._backend.read(start, stop)
+        return self._checked(self._backend.read(start, stop), 1)
 
     def iter_chunks(self, chunk_frames: int, start: int = 0, stop: int | None = None,
                     stride: int = 1) -> Iterator[FrameChunk]:
         """Frames ``start:stop:stride`` in chunks of at most ``chunk_frames`` frames."""
         if hasattr(self._backend, "iter_chunks"):
-            return self._backend.iter_chunks(chunk_frames, start, stop, stride)
-        return iter_strided_chunks(self._backend, chunk_frames, start, stop, stride)
+            chunks = self._backend.iter_chunks(chunk_frames, start, stop, stride)
+        else:
+            chunks = iter_strided_chunks(self._backend, chunk_frames, start, stop, stride)
+        return (self._checked(chunk, stride) for chunk in chunks)
+
+    def _checked(self, chunk: FrameChunk, stride: int) -> FrameChunk:
+        if chunk.cell is None or cell_missing(chunk.cell).all():
+            self._jumps(chunk.coordinates, chunk.start, stride)
+        return chunk
 
     def close(self) -> None:
         self._backend.close()

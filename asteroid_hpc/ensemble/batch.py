@@ -27,7 +27,7 @@ from ..data.amber import AmberReader, partial_path
 from ..logs import get_logger
 from .member import MemberJob, _flush, _open_writer, _resume_point, output_wrap
 from .periodic import OutputWrap
-from .perturb import InitialCondition, held_frame, starting_window
+from .perturb import InitialCondition, held_frame, member_initial, starting_window
 from .rollout import MemberForecaster
 from .store import is_finished, marker_path, member_path
 from .watch import Watch
@@ -157,7 +157,8 @@ def _run_batch(batch: list[tuple[MemberJob, MemberState]], forecaster: MemberFor
     windows = group.bcast(windows, root=0)
     wrap = output_wrap(initial, ensemble_cfg.output_wrap, ensemble_cfg.write_full_system
                        and initial.atom_indices is not None) if is_root else None
-    streams = [MemberStream(job, state, initial, windows[i][-1], held_frame(initial, ensemble_cfg, job.member), wrap)
+    streams = [MemberStream(job, state, member_initial(initial, ensemble_cfg, job.member), windows[i][-1],
+                            held_frame(initial, ensemble_cfg, job.member), wrap)
                if is_root and not state.finished else None for i, (job, state) in enumerate(riders)]
     try:
         for stream in streams:

@@ -8,7 +8,8 @@ deterministic and continuing from flushed frames needs no random state.
 - ``gaussian``: one displacement per atom, N(0, σ²) per coordinate with σ = ``noise_angstrom``, added to
   every frame of the window (the configuration moves, the window's own frame-to-frame motion is kept).
 - ``frames``: member k's window ends ``k · frame_spacing`` frames before ``start_frame`` (then, if
-  ``noise_angstrom`` > 0, Gaussian noise as above as well).
+  ``noise_angstrom`` > 0, Gaussian noise as above as well); its file's time stamps continue from its own
+  window's last frame (:func:`member_initial`), the ensemble mean's and summary's from the unperturbed one's.
 
 A model trained on a selection of its inputs' atoms forecasts those atoms of a whole initial trajectory
 (:func:`select_initial`); with ``ensemble.write_full_system`` its member files hold every atom, the others
@@ -118,6 +119,15 @@ def model_bonds(initial: InitialCondition) -> Optional[np.ndarray]:
 def member_end_frame(initial: InitialCondition, cfg: EnsembleConfig, member: int) -> int:
     """The file frame member ``member``'s unperturbed starting window ends at."""
     return initial.end_frame - (member * cfg.frame_spacing if cfg.perturbation == "frames" else 0)
+
+
+def member_initial(initial: InitialCondition, cfg: EnsembleConfig, member: int) -> InitialCondition:
+    """The initial condition as member ``member`` sees it: its forecast times continue from its own window's last
+    frame (``frames`` perturbation: ``member · frame_spacing`` frames before the unperturbed window's)."""
+    back = initial.end_frame - member_end_frame(initial, cfg, member)
+    if not back or not initial.timestep_ps:
+        return initial
+    return replace(initial, end_time_ps=initial.end_time_ps - back * initial.timestep_ps / initial.frame_stride)
 
 
 def held_frame(initial: InitialCondition, cfg: EnsembleConfig, member: int) -> Optional[np.ndarray]:

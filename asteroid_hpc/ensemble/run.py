@@ -246,6 +246,12 @@ def _initial_condition(path, ens: EnsembleConfig, history_frames: int, frame_str
         log.info("%s: %s (frame %d), kept for the whole forecast; member files: output_wrap=%s%s", path,
                  describe_box(initial.cell), initial.end_frame, ens.output_wrap,
                  "" if ens.output_wrap == "none" or initial.bonds is not None else " (no topology: each atom alone)")
+    elif topology is not None:  # an open input: no molecule of its topology may be cut by a box face
+        from ..data.readers import read_frames
+        from ..data.wrapped import check_bonds_whole
+
+        end = read_frames(path, initial.end_frame, initial.end_frame + 1, n_atoms=initial.file_atoms)
+        check_bonds_whole(path, end.coordinates[0], _topology_bonds(topology, initial.file_atoms), initial.end_frame)
     selected = model_atoms(signature, initial.n_atoms)
     if selected is not None:
         log.info("%s%s", selection_note(signature, path),

@@ -71,6 +71,10 @@ def load_trajectory(path: str | os.PathLike, timestep_fs: float | None = None, *
         positions, atomic_numbers = positions[:, selected], atomic_numbers[selected]
     if cell is not None:
         positions = _unwrapped(positions, cell, bonds, path)
+    else:  # an open input: no molecule of its topology may be cut by a box face
+        from ..data.wrapped import check_bonds_whole
+
+        check_bonds_whole(path, positions[0], bonds)
     return Trajectory(positions, atomic_numbers, float(timestep_fs), str(path), cell, bonds)
 
 
