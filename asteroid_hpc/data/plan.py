@@ -10,9 +10,10 @@ long-stride windows one trajectory yields). With ``data.frames = [start, stop]``
 Training frames: every statistic or structure that training derives from the data (normalisation
 statistics, the reference structure) comes from the plan's ``training`` ranges only, per source: the train
 range (chronological), whole train inputs (by_file), or the frames of the kept train starts' windows
-(random_start; ``data.random_start_draw=peers``: the peers' starts, drawn on each input's own frames). A frame that only validation or test windows hold never enters them; with random_start a
-train window may share frames with a val/test window (the peers' draw allows it), and such frames count
-as training frames, since the model trains on them.
+(random_start; ``data.random_start_draw=peers``: the peers' starts, drawn on each input's own frames). A
+frame that only validation or test windows hold never enters them; with random_start a train window may
+share frames with a val/test window (the peers' draw allows it), and such frames count as training frames,
+since the model trains on them.
 """
 
 from __future__ import annotations
