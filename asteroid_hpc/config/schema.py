@@ -45,6 +45,9 @@ class DataConfig:
     split_seed: int = 100
     random_start_counts: list[int] = field(default_factory=lambda: [500, 2000, 2000])  # train/val/test starts
     random_start_margin_frames: int = 10000  # protocol A draws starts from frames [margin : -margin]
+    # "per_source": each source (phase) draws on its strided frames; "peers": one draw per input file on its
+    # own frames, exactly the peers' starts, each window ending on one (needs stride_phases = frame_stride)
+    random_start_draw: str = "per_source"
     compression: str = "none"  # "none" or "zlib" for shards (NETCDF4); measured in BENCHMARKS.md
     drop_nonfinite: bool = False
     timestep_fs: Optional[float] = None  # override when inputs carry no time variable
@@ -84,6 +87,11 @@ class DataConfig:
         _check(len(self.random_start_counts) == 3 and all(c >= 0 for c in self.random_start_counts),
                "data.random_start_counts must be three non-negative integers (train, val, test)")
         _check(self.random_start_margin_frames >= 0, "data.random_start_margin_frames must be >= 0")
+        _one_of("data.random_start_draw", self.random_start_draw, ("per_source", "peers"))
+        _check(self.random_start_draw == "per_source" or (self.split == "random_start" and self.frames is None
+                                                          and self.stride_phases == self.frame_stride),
+               "data.random_start_draw=peers needs data.split=random_start, whole inputs (no data.frames) and "
+               f"data.stride_phases = data.frame_stride ({self.frame_stride}), so that a phase holds every start")
 
 
 # A retired ModelConfig key: older weights files and checkpoints carry the reference structure under it

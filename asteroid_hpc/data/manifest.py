@@ -146,9 +146,10 @@ class WindowContract:
 
 
 def longest_run_frames(manifest: dict, split: str) -> int:
-    """The most consecutive (strided) frames of ``split`` in one source: no window can be longer."""
+    """The most consecutive (strided) frames of ``split`` in one source: no window can be longer. A random-start
+    dataset's shards (split "all") hold the windows of every split."""
     runs: dict[object, list[list[int]]] = {}
-    for shard in sorted((s for s in manifest["shards"] if s.get("split") == split),
+    for shard in sorted((s for s in manifest["shards"] if s.get("split") in (split, "all")),
                         key=lambda s: (str(s["source"]), s["frame_start"])):
         source_runs = runs.setdefault(str(shard["source"]), [])
         if source_runs and source_runs[-1][1] == shard["frame_start"]:

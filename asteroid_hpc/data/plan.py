@@ -10,9 +10,10 @@ long-stride windows one trajectory yields). With ``data.frames = [start, stop]``
 Training frames: every statistic or structure that training derives from the data (normalisation
 statistics, the reference structure) comes from the plan's ``training`` ranges only, per source: the train
 range (chronological), whole train inputs (by_file), or the frames of the kept train starts' windows
-(random_start). A frame that only validation or test windows hold never enters them; with random_start a
-train window may share frames with a val/test window (the peers' draw allows it), and such frames count
-as training frames, since the model trains on them.
+(random_start; ``data.random_start_draw=peers``: the peers' starts, drawn on each input's own frames). A
+frame that only validation or test windows hold never enters them; with random_start a train window may
+share frames with a val/test window (the peers' draw allows it), and such frames count as training frames,
+since the model trains on them.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ..logs import get_logger
 from ..errors import UserError, user_error
 from .cells import first_cell
 from .manifest import SCHEMA_VERSION
-from .random_starts import SPLITS, random_start_plan, random_start_split
+from .random_starts import SPLITS, peers_starts_on_phases, random_start_plan, random_start_split
 from .readers import TrajectoryReader
 from .selection import select_atoms
 from .wrapped import check_bonds_whole
@@ -324,21 +325,27 @@ def _random_start(sources: list[Source], data, history: int, horizon: int) -> Sp
              "horizon_frames": horizon, "starts": {name: [] for name in SPLITS}}
     parts, training = [], {}
     scaled: dict[tuple[str, str], list[str]] = {}  # (input, what is used) -> its phases: said once
+    peers = data.random_start_draw == "peers"
+    if peers:  # one draw on each input's own frames, each start given to the phase that holds it
+        split.update(draw="peers", starts=peers_starts_on_phases(sources, data, history, horizon))
     for source in sources:
-        try:
-            starts = random_start_plan(source.n_frames, before_frames=history - 1, after_frames=horizon,
-                                       margin_frames=data.random_start_margin_frames,
-                                       sizes=tuple(data.random_start_counts))
-        except UserError as exc:
-            raise user_error(source.path, str(exc)) from None
-        if starts.scaled:
-            split.setdefault("scaled", {})[str(source.index)] = starts.describe()
-            phase = (source.frame_offset - source.frames_raw[0]) * data.stride_phases // data.frame_stride
-            scaled.setdefault((source.path, starts.describe()), []).append(str(phase))
-        # source k draws with seed + k, so a single input reproduces numpy.random.seed(seed) exactly
-        draws = random_start_split(source.n_frames, starts, data.split_seed + source.index)
-        for name in SPLITS:
-            split["starts"][name].extend([source.index, int(s)] for s in draws[name])
+        if peers:
+            draws = {"train": [s for k, s in split["starts"]["train"] if k == source.index]}
+        else:
+            try:
+                starts = random_start_plan(source.n_frames, before_frames=history - 1, after_frames=horizon,
+                                           margin_frames=data.random_start_margin_frames,
+                                           sizes=tuple(data.random_start_counts))
+            except UserError as exc:
+                raise user_error(source.path, str(exc)) from None
+            if starts.scaled:
+                split.setdefault("scaled", {})[str(source.index)] = starts.describe()
+                phase = (source.frame_offset - source.frames_raw[0]) * data.stride_phases // data.frame_stride
+                scaled.setdefault((source.path, starts.describe()), []).append(str(phase))
+            # source k draws with seed + k, so a single input reproduces numpy.random.seed(seed) exactly
+            draws = random_start_split(source.n_frames, starts, data.split_seed + source.index)
+            for name in SPLITS:
+                split["starts"][name].extend([source.index, int(s)] for s in draws[name])
         # a window holds history frames up to its start s (the last observed frame) and horizon frames after
         windows = _merged([(int(s) - history + 1, int(s) + horizon + 1) for s in draws["train"]])
         if windows:
@@ -361,7 +368,8 @@ def _plan_key(sources: list[Source], data, topology: str | None, history: int) -
         # data.frames unset, and data.unwrap of open inputs (no effect), leave the keys of datasets made
         # before they existed unchanged
         "data": {k: v for k, v in vars(data).items() if k not in ignored and not (k == "frames" and v is None)
-                 and not (k == "unwrap" and all(s.cell is None for s in sources))},
+                 and not (k == "unwrap" and all(s.cell is None for s in sources))
+                 and not (k == "random_start_draw" and v == "per_source")},
         "history_frames": history,
     }
     if data.split == "random_start":  # statistics from the train windows (once from all frames): a new content

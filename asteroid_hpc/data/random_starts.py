@@ -8,6 +8,9 @@ earlier draws left, and only then the first 500 / 2000 / 2000 of each kept. A st
 observed frame. A trajectory too short for the margin and sizes asked for (not the peers' setting) gets
 the smallest margin that fits the history and the last target, and sizes scaled down in proportion,
 drawn directly.
+
+``data.random_start_draw=peers`` (:func:`peers_starts_on_phases`) draws once on each input file's own frames,
+whatever the frame stride, and gives each start to the stride phase that holds it: the peers' starts exactly.
 """
 
 from __future__ import annotations
@@ -83,4 +86,43 @@ def random_start_split(n_frames: int, plan: RandomStartPlan, seed: int = PEERS_S
         chosen = rng.choice(np.flatnonzero(~taken), size=drawn, replace=False)
         taken[chosen] = True
         starts[name] = chosen[:kept] + plan.margin_frames
+    return starts
+
+
+def peers_starts_on_phases(sources, data, history_frames: int, horizon_frames: int) -> dict[str, list[list[int]]]:
+    """``data.random_start_draw=peers``: the peers' draw on each input file's own frames (not on a
+    subsampling), every start given to the phase that holds it. ``sources`` are the plan's sources (the
+    phases of one input share its ``path``; ``frame_offset`` is a phase's first raw frame), ``data`` the
+    DataConfig (its frame stride, split seed, margin and counts, in the input's own frames); returns
+    ``{split: [[source index, strided frame], ...]}`` in the draw's order, input after input, each input
+    drawn with the same seed (as ``evaluate`` draws each file). A start ``s`` is a window's last history
+    frame, so with history and targets ``frame_stride`` raw frames apart its forecast begins at raw frame
+    ``s + frame_stride``, as protocol A's at that history stride. UserError when an input is too short for
+    the unscaled recipe or a start lies on no phase (fewer phases than ``frame_stride``)."""
+    frame_stride, margin_frames, sizes = data.frame_stride, data.random_start_margin_frames, \
+        tuple(data.random_start_counts)
+    starts: dict[str, list[list[int]]] = {name: [] for name in SPLITS}
+    by_path: dict[str, list] = {}
+    for source in sources:
+        by_path.setdefault(source.path, []).append(source)
+    before, after = (history_frames - 1) * frame_stride, horizon_frames * frame_stride
+    for path, phases in by_path.items():
+        n_raw = phases[0].n_frames_raw
+        try:
+            plan = random_start_plan(n_raw, before_frames=before, after_frames=after, margin_frames=margin_frames,
+                                     sizes=sizes)
+        except UserError:
+            plan = None
+        if plan is None or plan.scaled:
+            raise UserError(f"{path}: {n_raw} frames are too few for the peers' draw (data.random_start_draw=peers): "
+                            f"{'/'.join(map(str, sizes))} starts from frames [{margin_frames} : -{margin_frames}], a "
+                            f"margin that must hold {before} history and {after} target frames; it is not scaled down")
+        phase_at = {int(source.frame_offset): source for source in phases}
+        for name, drawn in random_start_split(n_raw, plan, data.split_seed).items():
+            for s in (int(s) for s in drawn):
+                phase = phase_at.get(s % frame_stride)
+                if phase is None:
+                    raise UserError(f"{path}: the peers' {name} start {s} lies on none of the {len(phases)} phases of "
+                                    f"data.frame_stride={frame_stride}: set data.stride_phases={frame_stride}")
+                starts[name].append([phase.index, (s - int(phase.frame_offset)) // frame_stride])
     return starts

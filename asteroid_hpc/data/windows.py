@@ -4,7 +4,9 @@ A *segment* is a run of consecutive frames of one source in one split (a dropped
 ends a segment). Windows may span shard boundaries inside a segment, never segments, sources or splits.
 Chronological and by-file splits: every window start in the split's segments, ``window_stride`` apart.
 Random-start splits (protocol A): one window per drawn start ``s`` (the last history frame), history
-``s-m+1..s`` and targets ``s+1..s+H``; starts whose window meets a dropped frame are skipped.
+``s-m+1..s`` and targets ``s+1..s+H``; starts whose window meets a dropped frame are skipped. With
+``data.random_start_draw=peers`` the starts are the peers' own, drawn on the input's frames and each kept by
+the stride phase that holds it (:func:`~.random_starts.peers_starts_on_phases`), in the draw's order.
 
 The window sizes default to the ones the manifest records (:class:`~.manifest.WindowContract`); training
 takes exactly those, evaluation may ask for its model's history and its own horizon.
