@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 from ..logs import get_logger
 from ..errors import user_error
 from .manifest import read_manifest, window_contract
-from .plan import SPLITS
+from .random_starts import SPLITS
 
 log = get_logger(__name__)
 
