@@ -18,8 +18,7 @@ system (its CPU platform, one thread), reported as simulated ns per day; the mod
 Examples:
   python tools/cost_report.py model.safetensors aspirin --stride 10 -o cost/aspirin.json
   python tools/cost_report.py model.safetensors ethanol --stride 10 --frames 100 --batch-size 8 -o cost/ethanol.json
-  python tools/cost_report.py --config configs/results/aspirin-a.yaml aspirin --stride 75 --batch-size 1 auto \
-      -o cost/aspirin-a.json
+  python tools/cost_report.py --config configs/results/aspirin-a.yaml aspirin --stride 75 --batch-size 1 auto -o a.json
   python tools/cost_report.py water-model water --trajectory water.dcd --topology water.pdb -o cost/water.json
 """
 
