@@ -151,3 +151,15 @@ def test_unconstrained_xtb_md_holds_nothing():
     bonds = detect_bonds(traj.positions[0], traj.atomic_numbers)
     windows = np.stack([traj.positions[s:s + 40:10] for s in (0, 500, 1000)])
     assert cons.held_distances(bonds, traj.atomic_numbers)(torch.as_tensor(windows), None) is None
+
+
+def test_the_colours_cover_every_pair_once_and_never_share_an_atom():
+    frames = _rigid_waters(30, 4, seed=7)
+    numbers, bonds = _water_topology(30)
+    found = cons.held_distances(bonds, numbers)(torch.as_tensor(frames[None]), None)
+    assert len(found.colours) == 3  # a triangle needs three
+    every = torch.cat(found.colours).sort().values
+    assert torch.equal(every, torch.arange(len(found)))
+    for colour in found.colours:
+        atoms = found.pairs[colour].reshape(-1)
+        assert len(torch.unique(atoms)) == len(atoms)

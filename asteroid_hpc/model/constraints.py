@@ -10,14 +10,17 @@ H–H of a water) and keeps those whose length is the same in every frame of eve
 float32 files leave ~1e-5 Å), never a flexible bond (thermal vibration moves a bond by ~0.01–0.05 Å within
 a few frames). An unconstrained trajectory (e.g. xTB MD) gives none, and nothing changes.
 
-Projection (:func:`project`): the mass-weighted correction along each pair's current vector, all pairs at
-once (Jacobi), repeated until every length is within ``tolerance`` of its target; each atom moves in inverse
-proportion to its mass, so the molecule's centre of mass stays put. Periodic pairs use the minimum image.
+Projection (:func:`project`): the mass-weighted correction along each pair's current vector, as SHAKE
+iterates it (Gauss–Seidel), but vectorised: the pairs are coloured so that no two of one colour share an atom
+(a water's triangle takes 3 colours, a CH3 group 3), each colour is corrected at once, colour after colour,
+and sweeps repeat until every length is within ``tolerance`` of its target (about 5–10 sweeps from 0.03 Å
+errors). Each atom moves in inverse proportion to its mass, so a molecule's centre of mass stays put.
+Periodic pairs use the minimum image.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -29,9 +32,6 @@ from .periodic import minimum_image_shift
 CONSTANT_LENGTH_ANGSTROM = 1e-3  # largest range of a pair's length over a window that counts as held fixed
 PROJECTION_TOLERANCE_ANGSTROM = 1e-5
 MAX_ITERATIONS = 200
-# Jacobi steps over pairs that share atoms (a water's triangle, a CH3 group) overshoot at full length; this
-# fraction of each pair's correction converges for every such group (the largest share of one atom is 3 pairs).
-RELAXATION = 0.5
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class Constraints:
     pairs: Tensor
     lengths: Tensor
     inverse_mass: Tensor
+    colours: list[Tensor]  # indices into pairs, one tensor per colour: no two pairs of a colour share an atom
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -49,11 +50,25 @@ class Constraints:
     def reordered(self, order: Tensor) -> "Constraints":
         """The same constraints on atoms permuted to ``order`` (new atom k = old atom order[k])."""
         new_index = torch.argsort(order)
-        return Constraints(new_index[self.pairs], self.lengths, self.inverse_mass[order])
+        return replace(self, pairs=new_index[self.pairs], inverse_mass=self.inverse_mass[order])
 
     def to(self, device=None, dtype=None) -> "Constraints":
         return Constraints(self.pairs.to(device), self.lengths.to(device=device, dtype=dtype),
-                           self.inverse_mass.to(device=device, dtype=dtype))
+                           self.inverse_mass.to(device=device, dtype=dtype), [c.to(device) for c in self.colours])
+
+
+def _colours(pairs: Tensor) -> list[Tensor]:
+    """A greedy edge colouring of ``pairs`` [C, 2]: index tensors of the pairs of each colour."""
+    taken: dict[int, set[int]] = {}  # atom -> colours of its pairs so far
+    colour_of = []
+    for i, j in pairs.tolist():
+        used = taken.setdefault(i, set()) | taken.setdefault(j, set())
+        colour = next(c for c in range(len(used) + 1) if c not in used)
+        taken[i].add(colour)
+        taken[j].add(colour)
+        colour_of.append(colour)
+    colour_of = torch.as_tensor(colour_of, dtype=torch.long, device=pairs.device)
+    return [torch.nonzero(colour_of == c).flatten() for c in range(int(colour_of.max()) + 1)]
 
 
 def _pair_vectors(positions: Tensor, pairs: Tensor, cell: Optional[Tensor]) -> Tensor:
@@ -79,7 +94,8 @@ def find_constraints(history: Tensor, candidates, masses, cell: Optional[Tensor]
     masses = torch.as_tensor(masses, dtype=torch.float64, device=history.device)
     if masses.shape != (n_atoms,) or not bool((masses > 0).all()):
         raise UserError(f"constraints need a positive mass for each of the {n_atoms} atoms")
-    return Constraints(pairs[held], lengths[:, -1, held].to(history.dtype), (1.0 / masses).to(history.dtype))
+    return Constraints(pairs[held], lengths[:, -1, held].to(history.dtype), (1.0 / masses).to(history.dtype),
+                       _colours(pairs[held]))
 
 
 def held_distances(bonds, atomic_numbers):
@@ -111,14 +127,18 @@ def project(positions: Tensor, constraints: Constraints, cell: Optional[Tensor] 
     share_i = weights[pairs[:, 0]] / (weights[pairs[:, 0]] + weights[pairs[:, 1]])  # [C]
     image = _pair_vectors(x, pairs, _double(cell)) - _pair_vectors(x, pairs, None)  # lattice shifts, fixed
     for _ in range(MAX_ITERATIONS):
-        vectors = _pair_vectors(x, pairs, None) + image  # [B, C, 3]
-        length = torch.linalg.vector_norm(vectors, dim=-1).clamp_min(1e-12)
-        excess = length - target
-        if not bool((excess.abs() > tolerance).any()):  # NaN rows (a blown-up forecast) leave the loop at once
+        converged = True
+        for colour in constraints.colours:  # distinct atoms within a colour: each pair takes its whole correction
+            i, j = pairs[colour, 0], pairs[colour, 1]
+            vectors = x[:, j] - x[:, i] + image[:, colour]  # [B, c, 3]
+            length = torch.linalg.vector_norm(vectors, dim=-1).clamp_min(1e-12)
+            excess = length - target[:, colour]
+            converged &= not bool((excess.abs() > tolerance).any())  # NaN rows (blown up) never hold it back
+            step = (excess / length).unsqueeze(-1) * vectors
+            x = x.index_add(1, i, step * share_i[colour].view(1, -1, 1))
+            x = x.index_add(1, j, -step * (1.0 - share_i[colour]).view(1, -1, 1))
+        if converged:
             break
-        step = RELAXATION * (excess / length).unsqueeze(-1) * vectors  # the pair's correction, split by mass
-        x = x.index_add(1, pairs[:, 0], step * share_i.view(1, -1, 1))
-        x = x.index_add(1, pairs[:, 1], -step * (1.0 - share_i).view(1, -1, 1))
     return x.to(positions.dtype)
 
 
@@ -130,5 +150,5 @@ def held_steps(displacements: Tensor, last: Tensor, constraints: Constraints, ce
     lengths = constraints.lengths
     lengths = lengths if len(lengths) == 1 else lengths.repeat_interleave(steps, dim=0)
     box = None if cell is None else cell.repeat_interleave(steps, dim=0)
-    held = project(frames, Constraints(constraints.pairs, lengths, constraints.inverse_mass), box)
+    held = project(frames, replace(constraints, lengths=lengths), box)
     return held.view(batch, steps, n_atoms, 3) - last
