@@ -10,7 +10,10 @@ Cases (one process each, one thread unless ``--threads``):
 
 The model's FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one inference pass (matrix
 products and attention; element-wise work, gathers and the neighbour search are not counted, as in the usual
-"model FLOPs utilisation"); its CPU time is the median of ``--repeats`` passes under ``torch.inference_mode``.
+"model FLOPs utilisation"), with the spatial attention in its einsum formulation
+(``asteroid_hpc.model.spatial_reference.counted_formulation``: every contraction a counted product; the fast
+path computes the local ones element-wise, which the counter would miss). Its CPU time is the median of
+``--repeats`` passes of the model as it runs (the fast path) under ``torch.inference_mode``.
 The reference is ``torch.mm`` of two 1024×1024 fp32 matrices in the same process (2·1024³ FLOPs per call).
 Reported: achieved FLOP/s, peak FLOP/s and their ratio (the fraction of peak).
 
@@ -74,7 +77,9 @@ def measure(case: str, repeats: int) -> dict:
     torch.manual_seed(0)
     model, history, elements, steps = (_aspirin_case(64) if case == "aspirin64"
                                        else _large_case(int(float(case))))
-    with FlopCounterMode(display=False) as counter:
+    from asteroid_hpc.model.spatial_reference import counted_formulation
+
+    with counted_formulation(), FlopCounterMode(display=False) as counter:
         model(history, elements, steps)
     flops = counter.get_total_flops()
     with torch.inference_mode():

@@ -6,6 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .asteroid import Asteroid
+from .spatial_reference import counted_formulation
 
 LIQUID_DENSITY_PER_A3 = 0.021  # atoms/Å^3 (liquid argon): the probe system's density
 
@@ -39,7 +40,8 @@ def model_summary(model: Asteroid, n_atoms: int = 64) -> dict[str, float]:
     was_training = model.training
     model.eval()
     try:
-        with FlopCounterMode(display=False) as counter:  # (under no_grad its module tracker fails)
+        # the einsum formulation of the spatial attention: every contraction counted (spatial_reference)
+        with counted_formulation(), FlopCounterMode(display=False) as counter:  # (no_grad: its tracker fails)
             model(history, elements, steps)
     finally:
         model.train(was_training)
