@@ -13,7 +13,7 @@ from asteroid_hpc.config.schema import ModelConfig
 from asteroid_hpc.model import build_model, load_weights, merge_softmax_partials, model_summary
 from asteroid_hpc.model.graph import radius_graph
 from asteroid_hpc.model.spatial import SpatialBlock
-from asteroid_hpc.model.spatial_reference import counted_formulation
+from asteroid_hpc.model.spatial_reference import count_flops, counted_formulation
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CELL = torch.diag(torch.tensor([9.0, 8.0, 10.0]))
@@ -111,8 +111,9 @@ def test_saved_models_reproduce_their_stored_forecasts(name):
     assert (forecast - expected).abs().max() <= 1e-5
 
 
-def test_flop_count_counts_the_einsum_formulation():
-    """The count is the reference formulation's; the fast path's own products are a subset of it."""
+def test_flop_count_counts_the_einsum_formulation_and_the_temporal_attention():
+    """The count is the reference formulation's (the fast path's own products are a subset of it) plus the
+    temporal attention's q·kᵀ and α·v, which torch's counter misses on CPU."""
     cfg = ModelConfig(history_frames=4, delay_length=3, hidden_size=16, num_heads=2, encoder_layers=1,
                       decoder_layers=1, attention="local_global", cutoff_angstrom=5.0, max_neighbors=16,
                       num_global_tokens=4, num_rbf=8, symmetry="equivariant")
@@ -127,5 +128,9 @@ def test_flop_count_counts_the_einsum_formulation():
         counts.append(counter.get_total_flops())
     fast, reference = counts
     assert 0 < fast < reference
+    # temporal: encoder self-attention over 4 frames; decoder steps 1 and 2 (self over k+1, cross to 4 frames)
+    per_pair = 2 * 2 * 200 * 2 * 8  # (q·kᵀ + α·v) · atoms · heads · head channels, per (query, key) frame pair
+    temporal = per_pair * (4 * 4 + (1 * 1 + 2 * 2) + (1 * 4 + 2 * 4))
+    assert count_flops(lambda: model(history, elements, 2)) == reference + temporal
     summary = model_summary(model, n_atoms=200)
-    assert summary["flops_per_forecast_frame"] * 2 == reference  # one pass of 2 frames, the same shapes
+    assert summary["flops_per_forecast_frame"] * 2 == reference + temporal  # one pass of 2 frames, same shapes

@@ -5,17 +5,20 @@ small contractions (q·k over a head's channels, Σ_k α_k v_k, Σ_k α_k (x_k �
 and sums, which ``torch.utils.flop_counter.FlopCounterMode`` does not see. :func:`reference_attend` is the
 formulation it replaced, with every contraction an einsum (a counted batched product); it computes the same
 function (tests/test_spatial_fast.py). :func:`counted_formulation` swaps it in, so that a FLOP count is
-the count of the model's mathematical operations whichever way they are executed.
+the count of the model's mathematical operations whichever way they are executed; :func:`count_flops`
+counts one call that way, with the temporal attention too (torch's counter has no formula for the CPU
+flash-attention kernel that ``scaled_dot_product_attention`` runs on, and counted it as zero).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import Tensor
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from .graph import NeighborGraph
 from .periodic import minimum_image
@@ -73,3 +76,18 @@ def counted_formulation() -> Iterator[None]:
         yield
     finally:
         SpatialBlock._attend = fast
+
+
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """Torch's count for its other attention kernels: q·kᵀ and α·v (causal masks not discounted)."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def count_flops(run: Callable[[], Any]) -> int:
+    """The FLOPs (matrix products and attention) of ``run()``, every contraction of the spatial attention and
+    the temporal attention's products included; run it outside ``no_grad`` (the counter's module tracker
+    fails there)."""
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
+    with counted_formulation(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        run()
+    return counter.get_total_flops()
