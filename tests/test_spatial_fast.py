@@ -134,3 +134,28 @@ def test_flop_count_counts_the_einsum_formulation_and_the_temporal_attention():
     assert count_flops(lambda: model(history, elements, 2)) == reference + temporal
     summary = model_summary(model, n_atoms=200)
     assert summary["flops_per_forecast_frame"] * 2 == reference + temporal  # one pass of 2 frames, same shapes
+
+
+def test_compile_blocks_wraps_every_block_and_falls_back_to_eager():
+    from asteroid_hpc.model.compiled import compile_blocks
+
+    cfg = ModelConfig(history_frames=4, delay_length=3, hidden_size=16, num_heads=2, encoder_layers=2,
+                      decoder_layers=1, attention="local_global", cutoff_angstrom=3.0, max_neighbors=8,
+                      num_global_tokens=2, num_rbf=6, symmetry="equivariant")
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    history = torch.rand(1, 4, 20, 3) * 6.0
+    elements = torch.full((20,), 6)
+    expected = model.forecast(history, elements, 4)
+    calls = []
+
+    def broken_compiler(forward):
+        def compiled(*args, **kwargs):
+            calls.append(forward)
+            raise RuntimeError("no C++ compiler")
+        return compiled
+
+    assert compile_blocks(model, broken_compiler) == 2 + 2 + 1 + 1  # spatial and temporal, encoder and decoder
+    assert torch.equal(model.forecast(history, elements, 4), expected)  # every block fell back to eager
+    assert len(calls) == 6  # each tried once, then eager for good
+    assert torch.equal(model.forecast(history, elements, 4), expected) and len(calls) == 6
