@@ -51,8 +51,9 @@ def test_models_saved_before_stochastic_existed_forecast_exactly_as_before():
     assert model.cfg.stochastic is False and not hasattr(model, "scale_head")
     expected = torch.from_numpy(np.load(FIXTURES / "old_plain_model_forecast.npz")["forecast"])
     output = model.eval()(history, elements, 4, generator=seeded(1))
-    assert type(output) is AsteroidOutput and torch.equal(output.forecast, expected)  # a generator changes nothing
-    assert torch.equal(model.forecast(history, elements, 4, mean_only=True), expected)
+    # float32 tolerance against the stored forecast (the spatial attention's fast path sums in another order)
+    assert type(output) is AsteroidOutput and (output.forecast - expected).abs().max() <= 1e-5
+    assert torch.equal(model.forecast(history, elements, 4, mean_only=True), output.forecast)  # a generator changes nothing
 
 
 def test_the_mean_of_a_stochastic_model_is_the_deterministic_model_with_the_same_weights():

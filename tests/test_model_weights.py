@@ -39,7 +39,9 @@ def test_models_exported_before_the_reference_moved_into_the_state_forecast_as_b
     history, elements = _fixture_input()
     expected = torch.from_numpy(np.load(FIXTURES / f"old_{name}_model_forecast.npz")["forecast"])
     model = load_weights(old_file)
-    assert torch.equal(model.forecast(history, elements, 4), expected)
+    # float32 tolerance, not bits: the spatial attention's fast path sums in another order (test_spatial_fast.py)
+    forecast = model.forecast(history, elements, 4)
+    assert (forecast - expected).abs().max() <= 1e-5
     assert not hasattr(model.cfg, "reference_coordinates")
     if name == "reference":
         coordinates = torch.tensor(old["config"]["reference_coordinates"], dtype=torch.float32)
@@ -49,7 +51,7 @@ def test_models_exported_before_the_reference_moved_into_the_state_forecast_as_b
     new = _metadata(again)
     assert "reference_coordinates" not in new["config"]
     assert ("reference" in new["tensors"]) == (name == "reference")
-    assert torch.equal(load_weights(again).forecast(history, elements, 4), expected)
+    assert torch.equal(load_weights(again).forecast(history, elements, 4), forecast)
 
 
 def _tiny_config(**overrides) -> ModelConfig:

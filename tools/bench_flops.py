@@ -10,11 +10,18 @@ Cases (one process each, one thread unless ``--threads``):
 
 The model's FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one inference pass (matrix
 products and attention; element-wise work, gathers and the neighbour search are not counted, as in the usual
-"model FLOPs utilisation"); its CPU time is the median of ``--repeats`` passes under ``torch.inference_mode``.
-The reference is ``torch.mm`` of two 1024×1024 fp32 matrices in the same process (2·1024³ FLOPs per call).
+"model FLOPs utilisation") by ``asteroid_hpc.model.spatial_reference.count_flops``: the spatial attention
+in its einsum formulation (every contraction a counted product; the fast path computes the local ones
+element-wise, which the counter would miss) and the temporal attention with torch's attention formula (the
+counter has none for the CPU flash kernel: the count before issue #18 item 2 missed it, and is reported
+beside as ``model_flops_without_temporal_attention``). Its CPU time is the median of
+``--repeats`` passes of the model as it runs (the fast path) under ``torch.inference_mode``.
+The reference is ``torch.mm`` of two 1024×1024 fp32 matrices in the same process (2·1024³ FLOPs per call;
+the median of ``max(repeats, 5)`` calls before and as many after the model's passes).
 Reported: achieved FLOP/s, peak FLOP/s and their ratio (the fraction of peak).
 
     python tools/bench_flops.py --out bench_flops.json
+    python tools/bench_flops.py --cases aspirin64 --compile   # the blocks through torch.compile
 """
 
 from __future__ import annotations
@@ -32,13 +39,13 @@ from bench_harness import REPO, add_out_argument, time_call, write_report
 CASES = ("aspirin64", "1e4", "1e5")
 
 
-def matmul_flops_per_s(repeats: int) -> float:
+def matmul_seconds(repeats: int) -> list[float]:
+    """CPU seconds of ``max(repeats, 5)`` products ``torch.mm`` of two 1024×1024 fp32 matrices."""
     import torch
 
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     torch.mm(a, b)
-    cpu = statistics.median(time_call(lambda: torch.mm(a, b))[1] for _ in range(max(repeats, 5)))
-    return 2 * 1024 ** 3 / cpu
+    return [time_call(lambda: torch.mm(a, b))[1] for _ in range(max(repeats, 5))]
 
 
 def _aspirin_case(members: int):
@@ -67,22 +74,34 @@ def _large_case(n_atoms: int):
     return model, history, elements, cfg.delay_length - 1
 
 
-def measure(case: str, repeats: int) -> dict:
+def measure(case: str, repeats: int, compile_blocks: bool = False) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
+
+    from asteroid_hpc.model.spatial_reference import count_flops, counted_formulation
 
     torch.manual_seed(0)
     model, history, elements, steps = (_aspirin_case(64) if case == "aspirin64"
                                        else _large_case(int(float(case))))
-    with FlopCounterMode(display=False) as counter:
+    flops = count_flops(lambda: model(history, elements, steps))
+    with counted_formulation(), FlopCounterMode(display=False) as counter:  # the count of BENCHMARKS.md before #18.2
         model(history, elements, steps)
-    flops = counter.get_total_flops()
+    flops_without_temporal = counter.get_total_flops()
+    compile_s = None
+    if compile_blocks:  # optional torch.compile of the blocks; the first pass compiles (its time reported)
+        from asteroid_hpc.model.compiled import compile_blocks as compile_model
+
+        compile_model(model)
+        with torch.inference_mode():
+            compile_s = time_call(lambda: model(history, elements, steps))[0]
+    mm_before = matmul_seconds(repeats)  # the peak before and after the model's passes: a shared machine
     with torch.inference_mode():
         model(history, elements, steps)  # warm-up
         cpu = statistics.median(time_call(lambda: model(history, elements, steps))[1] for _ in range(repeats))
-    peak = matmul_flops_per_s(repeats)
+    peak = 2 * 1024 ** 3 / statistics.median(mm_before + matmul_seconds(repeats))
     return {"case": case, "batch": int(history.shape[0]), "n_atoms": int(history.shape[2]),
             "forecast_frames": steps, "model_flops": flops, "forward_cpu_s": cpu,
+            "model_flops_without_temporal_attention": flops_without_temporal, "compiled_first_pass_wall_s": compile_s,
             "achieved_gflops": flops / cpu / 1e9, "matmul_peak_gflops": peak / 1e9,
             "fraction_of_peak": flops / cpu / peak}
 
@@ -92,6 +111,8 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per case")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the spatial and temporal blocks (asteroid_hpc.model.compiled) first")
     add_out_argument(parser)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -99,20 +120,22 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-        print(json.dumps(measure(args.child, args.repeats)))
+        print(json.dumps(measure(args.child, args.repeats, args.compile)))
         return
     results = []
     for case in args.cases:
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
         proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", case,
-                               "--threads", str(args.threads), "--repeats", str(args.repeats)],
+                               "--threads", str(args.threads), "--repeats", str(args.repeats)]
+                              + (["--compile"] if args.compile else []),
                               capture_output=True, text=True, env=env, check=True)
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         results.append(row)
         print(f"{case:>9}: {row['achieved_gflops']:6.2f} GFLOP/s of {row['matmul_peak_gflops']:6.1f} (matmul) = "
               f"{100 * row['fraction_of_peak']:5.1f} %  ({row['model_flops'] / 1e9:.2f} GFLOP in "
               f"{row['forward_cpu_s']:.3f} s CPU)", flush=True)
-    write_report({"settings": {"threads": args.threads, "repeats": args.repeats}, "results": results}, args.out)
+    write_report({"settings": {"threads": args.threads, "repeats": args.repeats, "compile": args.compile},
+                  "results": results}, args.out)
 
 
 if __name__ == "__main__":

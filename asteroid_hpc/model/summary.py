@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from .asteroid import Asteroid
+from .spatial_reference import count_flops
 
 LIQUID_DENSITY_PER_A3 = 0.021  # atoms/Å^3 (liquid argon): the probe system's density
 
@@ -25,8 +25,9 @@ def probe_system(n_atoms: int, frames: int, *, density_per_A3: float = LIQUID_DE
 def model_summary(model: Asteroid, n_atoms: int = 64) -> dict[str, float]:
     """Parameters and forward FLOPs per forecast frame (inference, one pass of L−1 frames, batch 1).
 
-    FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` (matrix products and attention;
-    element-wise work and gathers are not counted) on a random liquid-density box of ``n_atoms``;
+    FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` (matrix products and attention, as
+    :func:`~asteroid_hpc.model.spatial_reference.count_flops` counts them; element-wise work and gathers are
+    not counted) on a random liquid-density box of ``n_atoms``;
     at fixed neighbour density they scale linearly with N.
     """
     cfg = model.cfg
@@ -39,11 +40,9 @@ def model_summary(model: Asteroid, n_atoms: int = 64) -> dict[str, float]:
     was_training = model.training
     model.eval()
     try:
-        with FlopCounterMode(display=False) as counter:  # (under no_grad its module tracker fails)
-            model(history, elements, steps)
+        flops = count_flops(lambda: model(history, elements, steps)) / steps  # every contraction (spatial_reference)
     finally:
         model.train(was_training)
-    flops = counter.get_total_flops() / steps
     return {
         "parameters": float(sum(p.numel() for p in model.parameters())),
         "flops_per_forecast_frame": float(flops),
