@@ -13,8 +13,9 @@ from ..metrics import coordinate_crps
 
 MODEL_LABEL = "ASTEROID"
 PATH_OF_MEANS_LABEL = f"{MODEL_LABEL} (path of means)"
-CRPS_ESTIMATOR = ("ensemble CRPS per coordinate, E|X − y| − ½ E|X − X'| over the members' empirical distribution "
-                  "(all K² pairs, metrics.ensemble.coordinate_crps), mean over samples, scored atoms and x, y, z")
+CRPS_ESTIMATOR = ("ensemble CRPS per coordinate, E|X − y| − ½ E|X − X'| over the members' empirical "
+                  "distribution (all K² pairs, metrics.ensemble.coordinate_crps), mean over samples, scored atoms "
+                  "and x, y, z")
 SPREAD_DEFINITION = ("the members' root-mean-square distance from their mean per atom "
                      "(metrics.ensemble.ensemble_spread_per_atom), root-mean-square over samples and scored atoms")
 

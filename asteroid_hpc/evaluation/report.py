@@ -50,7 +50,8 @@ def protocol_markdown(result: ProtocolResult) -> str:
     stride_fs = result.history_stride_frames * result.frame_fs
     lines = [f"### Protocol {result.protocol} ({_DESCRIPTION[result.protocol]})", "",
              f"{result.split} split, {result.n_samples} samples, {result.n_atoms_scored} atoms scored; "
-             f"{'the model is' if any(map(is_model_label, result.headline)) else 'the baselines are'} given {result.history_frames} history frames {stride_fs:g} fs apart "
+             f"{'the model is' if any(map(is_model_label, result.headline)) else 'the baselines are'} given "
+             f"{result.history_frames} history frames {stride_fs:g} fs apart "
              f"({_every_nth_frame(result.history_stride_frames)} of the input); {_lead_times(result.lead_time_fs)}.", ""]
     metric_names = list(next(iter(result.headline.values())))
     header = ["method"]

@@ -194,8 +194,9 @@ def model_forecast(model, samples: ProtocolSamples, batch_size: int = 64, device
     distribution); a deterministic model ignores both. With ``members`` K ≥ 1 a stochastic model samples K
     rollouts of every sample on any protocol: [S, K, H, N, 3] in the model's dtype, the K copies of
     max(1, ``batch_size`` // K) samples side by side in one forward, every row's noise drawn from the one
-    seeded generator (reproducible for the same seed, K and batch size). With ``samples.bonds``, each batch's rollouts hold the
-    distances its histories hold fixed (:func:`asteroid_hpc.model.constraints.held_distances`)."""
+    seeded generator (reproducible for the same seed, K and batch size). With ``samples.bonds``, each
+    batch's rollouts hold the distances its histories hold fixed
+    (:func:`asteroid_hpc.model.constraints.held_distances`)."""
     import torch
 
     from ..geometry import cell_matrix
