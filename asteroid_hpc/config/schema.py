@@ -278,7 +278,10 @@ class EvaluateConfig:
     # trajectory files, window for a preprocessed dataset directory
     split: str = "test"
     max_samples: Optional[int] = None  # score a seeded random subset of at most this many samples; null: all
-    seed: int = 0  # seed of the max_samples subset
+    seed: int = 0  # seed of the max_samples subset, of protocol L's samples and of the members' noise
+    # a stochastic model on A, B, C, window: 0 scores its path of means; K >= 2 scores the mean of K sampled
+    # rollouts per sample, the path of means beside it, and the members' CRPS and spread (deterministic: no members)
+    members: int = 0
     a_history_stride_frames: int = 375  # protocol A: MD17 frames between history (and forecast) frames; divides 375
     a_input: str = "heavy"  # protocol A: atoms the model sees, "heavy" or "all" (heavy atoms are scored either way)
     # protocols A and B: keep only the starts whose whole window (history and targets) lies in input frames
@@ -304,6 +307,7 @@ class EvaluateConfig:
             _one_of("evaluate.protocols", protocol, ("A", "B", "C", "L", "window"))
         _one_of("evaluate.split", self.split, ("train", "val", "test"))
         _check(self.max_samples is None or self.max_samples >= 1, "evaluate.max_samples must be >= 1 (or null: all)")
+        _check(self.members == 0 or self.members >= 2, "evaluate.members must be 0 (the path of means) or >= 2")
         _check(self.a_history_stride_frames >= 1, "evaluate.a_history_stride_frames must be >= 1")
         _one_of("evaluate.a_input", self.a_input, ("heavy", "all"))
         _check(self.a_frames is None or (len(self.a_frames) == 2 and all(isinstance(f, int) for f in self.a_frames)

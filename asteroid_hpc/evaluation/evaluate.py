@@ -89,7 +89,7 @@ def _evaluate_windows(model, data_paths, settings, sampling) -> ProtocolResult:
     if len(data_paths) != 1:
         raise user_error(data_paths[1], "protocol window takes one dataset directory")
     samples = window_samples(data_paths[0], horizon_frames=settings.horizon_frames, **sampling)
-    return evaluate_samples(model, samples, batch_size=settings.batch_size)
+    return evaluate_samples(model, samples, **_scoring(settings))
 
 
 def _evaluate_trajectories(model, data_paths, protocols, settings, sampling, loading: dict | None = None):
@@ -117,7 +117,7 @@ def _evaluate_trajectories(model, data_paths, protocols, settings, sampling, loa
     results = []
     for protocol, parts in per_file.items():
         samples = pool_samples(parts, [str(p) for p in data_paths])
-        results.append(evaluate_samples(model, samples, batch_size=settings.batch_size))
+        results.append(evaluate_samples(model, samples, **_scoring(settings)))
         if model is not None:
             results[-1].training_overlap = _training_overlap(model, data_paths, fingerprints, parts)
     long_result = None
@@ -146,6 +146,12 @@ def _check_rollout_spacing(model, settings, loading: dict) -> None:
     if not loading.get("allow_mismatch"):
         raise UserError(message)
     log.warning("%s (--allow-mismatch: going on)", message)
+
+
+def _scoring(settings) -> dict:
+    """The keywords of :func:`evaluate_samples` from ``evaluate.*``: batch size, members and their seed."""
+    return {"batch_size": settings.batch_size, "members": settings.members, "seed": settings.seed}
+
 
 def _fingerprint(model, data_path) -> str | None:
     """The blake3 of ``data_path`` when the model records the inputs it was trained on, else None."""

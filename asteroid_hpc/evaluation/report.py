@@ -11,7 +11,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..atomic import write_figure_atomic, write_json_atomic, write_text_atomic
-from .run import MODEL_LABEL, ProtocolResult
+from .members import CRPS_ESTIMATOR, PATH_OF_MEANS_LABEL, SPREAD_DEFINITION, is_model_label
+from .run import ProtocolResult
 
 RESULTS_MD = "results.md"
 RESULTS_JSON = "results.json"
@@ -49,7 +50,8 @@ def protocol_markdown(result: ProtocolResult) -> str:
     stride_fs = result.history_stride_frames * result.frame_fs
     lines = [f"### Protocol {result.protocol} ({_DESCRIPTION[result.protocol]})", "",
              f"{result.split} split, {result.n_samples} samples, {result.n_atoms_scored} atoms scored; "
-             f"{'the model is' if MODEL_LABEL in result.headline else 'the baselines are'} given {result.history_frames} history frames {stride_fs:g} fs apart "
+             f"{'the model is' if any(map(is_model_label, result.headline)) else 'the baselines are'} given "
+             f"{result.history_frames} history frames {stride_fs:g} fs apart "
              f"({_every_nth_frame(result.history_stride_frames)} of the input); {_lead_times(result.lead_time_fs)}.", ""]
     metric_names = list(next(iter(result.headline.values())))
     header = ["method"]
@@ -62,12 +64,29 @@ def protocol_markdown(result: ProtocolResult) -> str:
             value = metrics[name]
             cells += [f"{value:.4f}"] if name in ("ADE", "FDE") else [f"{value:.3e}", f"{value / result.mse_scale:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _members_table(result)
     lines += _superposed_table(result, scale)
     lines += _per_trajectory_table(result, scale)
     bullets = [_training_overlap_line(entry) for entry in result.training_overlap] + [f"- {n}" for n in result.notes]
     if bullets:
         lines += [""] + bullets
     return "\n".join(lines) + "\n"
+
+
+def _members_table(result: ProtocolResult) -> list[str]:
+    """With ``evaluate.members``: what the model's two rows are, and the members' CRPS and spread."""
+    members = result.members
+    if not members:
+        return []
+    crps, spread = members["crps_per_lead_angstrom"], members["spread_per_lead_angstrom"]
+    return ["", f"The model sampled {members['count']} rollouts of every sample (seed {members['seed']}): "
+                f"\"{members['label']}\" scores their mean, \"{PATH_OF_MEANS_LABEL}\" the deterministic path of its "
+                f"means (`evaluate.members: 0`). CRPS: {CRPS_ESTIMATOR}. Spread: {SPREAD_DEFINITION}. Per lead "
+                f"time in {RESULTS_JSON} and {PLOT_PNG}.", "",
+            "| members | CRPS mean (Å) | CRPS first / last lead time (Å) | spread mean (Å) | "
+            "spread first / last lead time (Å) |", "|---|---|---|---|---|",
+            f"| {members['count']} | {members['crps_mean_angstrom']:.4f} | {crps[0]:.4f} / {crps[-1]:.4f} | "
+            f"{members['spread_mean_angstrom']:.4f} | {spread[0]:.4f} / {spread[-1]:.4f} |"]
 
 
 def _superposed_table(result: ProtocolResult, scale: str) -> list[str]:
@@ -159,7 +178,10 @@ def plot_error_vs_lead_time(results: list[ProtocolResult], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 3.6), squeeze=False)
+    rows = 2 if any(r.members for r in results) else 1
+    fig, axes = plt.subplots(rows, len(results), figsize=(4.5 * len(results), 3.6 * rows), squeeze=False)
+    for ax, result in zip(axes[1] if rows == 2 else [], results):
+        _plot_members(ax, result)
     for ax, result in zip(axes[0], results):
         for method, mse in result.mse_per_lead_angstrom2.items():
             ax.plot(result.lead_time_fs, mse, marker="o", markersize=3, label=method)
@@ -171,6 +193,21 @@ def plot_error_vs_lead_time(results: list[ProtocolResult], path: Path) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     write_figure_atomic(fig, path, dpi=120)
+
+
+def _plot_members(ax, result: ProtocolResult) -> None:
+    """The members' CRPS and spread against lead time (Å); an empty panel for a protocol without members."""
+    if not result.members:
+        ax.axis("off")
+        return
+    members = result.members
+    ax.plot(result.lead_time_fs, members["crps_per_lead_angstrom"], marker="o", markersize=3, label="CRPS")
+    ax.plot(result.lead_time_fs, members["spread_per_lead_angstrom"], marker="s", markersize=3, label="spread")
+    ax.set_xlabel("lead time (fs)")
+    ax.set_ylabel("Å")
+    ax.set_title(f"protocol {result.protocol}: {members['count']} members", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 def write_outputs(results: list[ProtocolResult], out_dir: str | os.PathLike, header: dict,

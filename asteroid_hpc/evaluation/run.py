@@ -10,13 +10,13 @@ import numpy as np
 from ..logs import get_logger
 from ..errors import UserError
 from ..metrics import ade_fde, mse_per_lead_time, superposed_mse_per_lead_time
+from .members import member_scores, model_rows
 from .baselines import (BASELINES, CONSTANT_VELOCITY, ONE_FRAME_VELOCITY, REFERENCE_BASELINE,
                         RIGID_BODY_BASELINES, one_frame_velocity_forecast, reference_structure_forecast)
 from .protocols import PROTOCOL_HISTORY_FRAMES, ProtocolSamples
 
 log = get_logger(__name__)
 
-MODEL_LABEL = "ASTEROID"
 # how each protocol's headline numbers are quoted (docs/method.md §3)
 MSE_SCALE = {"A": 1e-2, "B": 1e-3, "C": 1e-2, "window": 1e-2}
 
@@ -46,6 +46,8 @@ class ProtocolResult:
     per_trajectory: list[dict] = field(default_factory=list)
     # per trajectory: how close its starts lie to the model's training windows (data.coverage), with "source"
     training_overlap: list[dict] = field(default_factory=list)
+    # evaluate.members: the members' count, seed, CRPS and spread (evaluation.members.member_scores); {}: none
+    members: dict = field(default_factory=dict)
 
 
 def mse_headline(protocol: str, mse: np.ndarray) -> dict[str, float]:
@@ -67,12 +69,15 @@ def headline_metrics(protocol: str, prediction: np.ndarray, target: np.ndarray) 
 
 
 def score_samples(samples: ProtocolSamples, model_prediction: np.ndarray | None, model_seconds: float = 0.0,
-                  expected_history_frames: int | None = None, reference=None) -> ProtocolResult:
+                  expected_history_frames: int | None = None, reference=None,
+                  members: np.ndarray | None = None) -> ProtocolResult:
     """Scores of the model (when given) and of every baseline on ``samples``, on the scored atoms; with the
-    model's ``reference`` structure [N, 3] also that structure placed on the last frame."""
+    model's ``reference`` structure [N, 3] also that structure placed on the last frame. With ``members``
+    [S, K, H, N, 3] the model's row is their mean, ``model_prediction`` (its path of means) is scored beside
+    it, and the members' CRPS and spread go into ``members`` (:mod:`asteroid_hpc.evaluation.members`)."""
     atoms = samples.scored_atoms
     target = samples.target[:, :, atoms]
-    predictions = {} if model_prediction is None else {MODEL_LABEL: model_prediction}
+    predictions = model_rows(model_prediction, members)
     periodic = samples.cell is not None  # a box has no rigid-body motion to superpose or continue
     for name, baseline in BASELINES.items():
         if periodic and name in RIGID_BODY_BASELINES:
@@ -111,27 +116,54 @@ def score_samples(samples: ProtocolSamples, model_prediction: np.ndarray | None,
                           samples.frame_fs, samples.lead_time_fs.tolist(), per_lead, headline,
                           MSE_SCALE[samples.protocol], superposed_per_lead, superposed_headline,
                           settings=dict(samples.settings), notes=notes,
-                          model_seconds=model_seconds, per_trajectory=per_trajectory)
+                          model_seconds=model_seconds, per_trajectory=per_trajectory,
+                          members={} if members is None else member_scores(members, target, atoms))
 
 
-def evaluate_samples(model, samples: ProtocolSamples, *, batch_size: int = 64) -> ProtocolResult:
+def evaluate_samples(model, samples: ProtocolSamples, *, batch_size: int = 64, members: int = 0,
+                     seed: int = 0) -> ProtocolResult:
     """Run the model on ``samples`` (timed) and score it beside the baselines (the baselines alone when
-    ``model`` is None)."""
+    ``model`` is None). With ``members`` K ≥ 2 a stochastic model is also rolled out K times per sample
+    (seeded with ``seed``) and scored on their mean (:func:`score_samples`); a deterministic model has no
+    members: logged, and scored as with ``members=0``."""
     if len(samples.history) == 0:
         raise UserError(f"protocol {samples.protocol}: no {samples.split} samples")
     log.info("protocol %s: %d %s samples, %d history frames %d frames apart, %d forecast frames",
              samples.protocol, len(samples.history), samples.split, samples.history.shape[1],
              samples.history_stride_frames, samples.forecast_frames)
-    prediction, seconds = None, 0.0
+    prediction, sampled, seconds = None, None, 0.0
     if model is not None:
         started = time.perf_counter()
         prediction = model_forecast(model, samples, batch_size=batch_size)
         seconds = time.perf_counter() - started
         log.info("protocol %s: model forecast in %.1f s", samples.protocol, seconds)
+        sampled, member_seconds = _member_forecast(model, samples, members, batch_size, seed)
+        seconds += member_seconds
     for note in samples.notes:
         log.warning("protocol %s: %s", samples.protocol, note)
     reference = model.reference.cpu().numpy() if model is not None and model.uses_reference else None
-    return score_samples(samples, prediction, seconds, PROTOCOL_HISTORY_FRAMES.get(samples.protocol), reference)
+    result = score_samples(samples, prediction, seconds, PROTOCOL_HISTORY_FRAMES.get(samples.protocol), reference,
+                           members=sampled)
+    if sampled is not None:
+        result.members["seed"] = seed
+    return result
+
+
+def _member_forecast(model, samples: ProtocolSamples, members: int, batch_size: int,
+                     seed: int) -> tuple[np.ndarray | None, float]:
+    """``members`` sampled rollouts of every sample [S, K, H, N, 3] and their seconds; (None, 0) without
+    members or for a deterministic model (logged: it has none)."""
+    if not members:
+        return None, 0.0
+    if not getattr(model.cfg, "stochastic", False):
+        log.warning("protocol %s: evaluate.members=%d but the model is deterministic: it has no members; scored on "
+                    "its forecast", samples.protocol, members)
+        return None, 0.0
+    started = time.perf_counter()
+    sampled = model_forecast(model, samples, batch_size=batch_size, seed=seed, members=members)
+    seconds = time.perf_counter() - started
+    log.info("protocol %s: %d members per sample (seed %d) in %.1f s", samples.protocol, members, seed, seconds)
+    return sampled, seconds
 
 
 def build_samples(protocol: str, traj, *, split: str, history_frames: int, max_samples: int | None, seed: int,
@@ -154,13 +186,17 @@ def build_samples(protocol: str, traj, *, split: str, history_frames: int, max_s
 
 
 def model_forecast(model, samples: ProtocolSamples, batch_size: int = 64, device: str = "cpu",
-                   seed: int = 0) -> np.ndarray:
+                   seed: int = 0, members: int = 0) -> np.ndarray:
     """The model's forecast at the samples' lead times, ``batch_size`` samples at a time: [S, H, N, 3] float64 Å.
 
     A stochastic model (``model.stochastic``) gives its path of means for the error protocols (MSE wants the
     conditional mean) and samples, from a generator seeded with ``seed``, for protocol L (physics wants the
-    distribution); a deterministic model ignores both. With ``samples.bonds``, each batch's rollouts hold the
-    distances its histories hold fixed (:func:`asteroid_hpc.model.constraints.held_distances`)."""
+    distribution); a deterministic model ignores both. With ``members`` K ≥ 1 a stochastic model samples K
+    rollouts of every sample on any protocol: [S, K, H, N, 3] in the model's dtype, the K copies of
+    max(1, ``batch_size`` // K) samples side by side in one forward, every row's noise drawn from the one
+    seeded generator (reproducible for the same seed, K and batch size). With ``samples.bonds``, each
+    batch's rollouts hold the distances its histories hold fixed
+    (:func:`asteroid_hpc.model.constraints.held_distances`)."""
     import torch
 
     from ..geometry import cell_matrix
@@ -169,15 +205,20 @@ def model_forecast(model, samples: ProtocolSamples, batch_size: int = 64, device
     atomic_numbers = torch.as_tensor(np.asarray(samples.atomic_numbers), dtype=torch.long, device=device)
     find = held_distances(samples.bonds, samples.atomic_numbers)
     pick = samples.lead_steps - 1
-    sampling = {"mean_only": samples.protocol != "L",
+    sampling = {"mean_only": samples.protocol != "L" and not members,
                 "generator": torch.Generator(device=device).manual_seed(seed)}
+    per_forward = max(1, batch_size // members) if members else batch_size
     outputs = []
-    for first in range(0, len(samples.history), batch_size):
-        history = torch.as_tensor(samples.history[first:first + batch_size], dtype=torch.float32, device=device)
+    for first in range(0, len(samples.history), per_forward):
+        history = torch.as_tensor(samples.history[first:first + per_forward], dtype=torch.float32, device=device)
         cell = None if samples.cell is None else torch.as_tensor(
-            cell_matrix(samples.cell[first:first + batch_size]), dtype=torch.float32, device=device)
+            cell_matrix(samples.cell[first:first + per_forward]), dtype=torch.float32, device=device)
+        if members:  # row b·K + k: member k of sample b
+            history = history.repeat_interleave(members, dim=0)
+            cell = None if cell is None else cell.repeat_interleave(members, dim=0)
         frames = model.forecast(history, atomic_numbers, samples.forecast_frames, cell=cell, **sampling,
-                                constraints=find(history, cell))
-        outputs.append(frames[:, pick].double().cpu().numpy())
+                                constraints=find(history, cell))[:, pick]
+        outputs.append(frames.unflatten(0, (-1, members)).cpu().numpy() if members
+                       else frames.double().cpu().numpy())
     return np.concatenate(outputs)
 

@@ -51,10 +51,22 @@ def crps_per_lead_time(members, reference) -> np.ndarray:
     For one member it reduces to the absolute error; lower is better.
     """
     members, reference = _members(members, reference)
+    return coordinate_crps(members, reference).mean(axis=(1, 2))
+
+
+def coordinate_crps(members, observed) -> np.ndarray:
+    """The ensemble CRPS of every scalar: ``members`` [M, ...] (the first axis the members), ``observed`` [...]
+    (any shape, the members' shape without the first axis); the estimator of :func:`crps_per_lead_time`
+    (E|X − y| − ½ E|X − X'| over the M² member pairs, the M zero self-pairs included), float64, same units."""
+    members = np.asarray(members, dtype=np.float64)
+    observed = np.asarray(observed, dtype=np.float64)
+    if members.ndim < 1 or members.shape[0] < 1 or observed.shape != members.shape[1:]:
+        raise ValueError(f"members must be [M, ...] with M >= 1 and observed their shape without M, got "
+                         f"{list(members.shape)} and {list(observed.shape)}")
     n_members = members.shape[0]
-    skill = np.abs(members - reference).mean(axis=0)
+    skill = np.abs(members - observed).mean(axis=0)
     # Σ_ij |x_i − x_j| = 2 Σ_k (2k − M + 1) x_(k) for sorted x (0-based k): O(M log M) instead of O(M²)
     ordered = np.sort(members, axis=0)
-    weights = (2 * np.arange(n_members) - n_members + 1).reshape(-1, 1, 1, 1)
+    weights = (2 * np.arange(n_members) - n_members + 1).reshape(-1, *([1] * observed.ndim))
     mean_pair_distance = 2.0 * (weights * ordered).sum(axis=0) / n_members ** 2
-    return (skill - 0.5 * mean_pair_distance).mean(axis=(1, 2))
+    return skill - 0.5 * mean_pair_distance
