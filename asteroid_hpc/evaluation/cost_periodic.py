@@ -108,10 +108,12 @@ def time_openmm(system_name: str, *, steps: int, topology: str | None = None, bo
 def time_forecast(model_path: str | os.PathLike, trajectory: str | os.PathLike, topology: str | None, *,
                   frames: int, batch_size: int = 1, repeats: int = 2) -> tuple[object, float, float, np.ndarray]:
     """(model, its frame spacing in fs, CPU seconds per forecast frame of one trajectory, the box [6]) from the
-    trajectory's last history window, in its box, one thread (best of ``repeats``)."""
+    trajectory's last history window, in its box, holding the distances it holds fixed (``--topology``'s
+    bonds), one thread (best of ``repeats``)."""
     import torch
 
     from ..geometry import cell_matrix
+    from ..model.constraints import held_distances
     from ..train.model_files import open_model
     from .trajectory import load_trajectory
 
@@ -124,14 +126,18 @@ def time_forecast(model_path: str | os.PathLike, trajectory: str | os.PathLike, 
     history = torch.as_tensor(np.repeat(window[None], batch_size, axis=0), dtype=torch.float32)
     numbers = torch.as_tensor(traj.atomic_numbers, dtype=torch.long)
     cell = None if traj.cell is None else torch.as_tensor(cell_matrix(traj.cell[-1]), dtype=torch.float32)
+    held = held_distances(traj.bonds, traj.atomic_numbers)(  # projected as evaluate and ensemble-forecast do
+        history.double(), None if cell is None else cell.double().expand(batch_size, 3, 3))
+    log.info("ASTEROID: %s", "no constraints" if held is None else f"{len(held)} distances held (constraints)")
+    held = None if held is None else held.to(dtype=torch.float32)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model.forecast(history, numbers, min(frames, 4), cell=cell)  # warm-up
+        model.forecast(history, numbers, min(frames, 4), cell=cell, constraints=held)  # warm-up
         timings = []
         for _ in range(repeats):
             started = time.process_time()
-            model.forecast(history, numbers, frames, cell=cell)
+            model.forecast(history, numbers, frames, cell=cell, constraints=held)
             timings.append(time.process_time() - started)
     finally:
         torch.set_num_threads(threads)
