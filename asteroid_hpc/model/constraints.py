@@ -13,7 +13,7 @@ a few frames). An unconstrained trajectory (e.g. xTB MD) gives none, and nothing
 Projection (:func:`project`): the mass-weighted correction along each pair's current vector, as SHAKE
 iterates it (Gauss–Seidel), but vectorised: the pairs are coloured so that no two of one colour share an atom
 (a water's triangle takes 3 colours, a CH3 group 3), each colour is corrected at once, colour after colour,
-and sweeps repeat until every length is within ``tolerance`` of its target (about 5–10 sweeps from 0.03 Å
+and sweeps repeat until every length is within ``tolerance`` of its target (about 20 sweeps from 0.03 Å
 errors). Each atom moves in inverse proportion to its mass, so a molecule's centre of mass stays put.
 Periodic pairs use the minimum image.
 """
