@@ -162,18 +162,20 @@ def _config_model(source: ConfigArchitecture, molecule: str, numbers: np.ndarray
     return build_model(source.config.model, reference).eval(), indices
 
 
-def _time_forecast(model, history: np.ndarray, numbers: np.ndarray, *, frames: int, batch_size: int,
-                   repeats: int) -> float:
-    """Best of ``repeats`` CPU seconds per member-frame, ``batch_size`` copies of ``history`` [K, N, 3]."""
+def time_forecast_frames(model, history: np.ndarray, numbers: np.ndarray, *, frames: int, batch_size: int,
+                         repeats: int, **forecast_keywords) -> float:
+    """Best of ``repeats`` CPU seconds per member-frame, ``batch_size`` copies of ``history`` [K, N, 3]
+    (``forecast_keywords``: the model's ``forecast`` keywords, e.g. ``cell``, ``constraints``), on the
+    threads torch has now."""
     import torch
 
     batch = torch.as_tensor(np.repeat(history[None], batch_size, axis=0), dtype=torch.float32)
     elements = torch.as_tensor(numbers, dtype=torch.long)
-    model.forecast(batch, elements, frames)  # warm-up (allocations, code paths)
+    model.forecast(batch, elements, frames, **forecast_keywords)  # warm-up (allocations, code paths)
     timings = []
     for _ in range(repeats):
         started = time.process_time()
-        model.forecast(batch, elements, frames)
+        model.forecast(batch, elements, frames, **forecast_keywords)
         timings.append(time.process_time() - started)
     log.info("ASTEROID: %d frames x %d trajectories in %.3f CPU s (best of %d)", frames, batch_size, min(timings),
              repeats)
@@ -213,8 +215,8 @@ def measure_cost(model: str | os.PathLike | ConfigArchitecture, molecule: str, *
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        timings = [BatchTiming(b, _time_forecast(net, history, numbers[indices], frames=forecast_frames,
-                                                 batch_size=b, repeats=repeats)) for b in sizes]
+        timings = [BatchTiming(b, time_forecast_frames(net, history, numbers[indices], frames=forecast_frames,
+                                                       batch_size=b, repeats=repeats)) for b in sizes]
     finally:
         torch.set_num_threads(threads)
     return CostReport(mol.name, mol.n_atoms, timestep_fs, stride_steps, xtb.steps, xtb.cpu_seconds / xtb.steps,

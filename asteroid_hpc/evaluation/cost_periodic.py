@@ -115,6 +115,7 @@ def time_forecast(model_path: str | os.PathLike, trajectory: str | os.PathLike, 
     from ..geometry import cell_matrix
     from ..model.constraints import held_distances
     from ..train.model_files import open_model
+    from .cost import time_forecast_frames
     from .trajectory import load_trajectory
 
     model = open_model(model_path)
@@ -123,26 +124,18 @@ def time_forecast(model_path: str | os.PathLike, trajectory: str | os.PathLike, 
     stride = max(1, int(round((model.data_signature or {}).get("timestep_fs", traj.frame_fs) / traj.frame_fs)))
     m = model.cfg.history_frames
     window = traj.positions[len(traj.positions) - 1 - stride * np.arange(m - 1, -1, -1)]
-    history = torch.as_tensor(np.repeat(window[None], batch_size, axis=0), dtype=torch.float32)
-    numbers = torch.as_tensor(traj.atomic_numbers, dtype=torch.long)
-    cell = None if traj.cell is None else torch.as_tensor(cell_matrix(traj.cell[-1]), dtype=torch.float32)
+    cell = None if traj.cell is None else torch.as_tensor(cell_matrix(traj.cell[-1:]), dtype=torch.float32)
     held = held_distances(traj.bonds, traj.atomic_numbers)(  # projected as evaluate and ensemble-forecast do
-        history.double(), None if cell is None else cell.double().expand(batch_size, 3, 3))
+        torch.as_tensor(window[None], dtype=torch.float64), None if cell is None else cell.double())
     log.info("ASTEROID: %s", "no constraints" if held is None else f"{len(held)} distances held (constraints)")
-    held = None if held is None else held.to(dtype=torch.float32)
+    held = None if held is None else held.to(dtype=torch.float32)  # lengths [1, C]: every copy of the batch
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model.forecast(history, numbers, min(frames, 4), cell=cell, constraints=held)  # warm-up
-        timings = []
-        for _ in range(repeats):
-            started = time.process_time()
-            model.forecast(history, numbers, frames, cell=cell, constraints=held)
-            timings.append(time.process_time() - started)
+        per_frame = time_forecast_frames(model, window, traj.atomic_numbers, frames=frames, batch_size=batch_size,
+                                         repeats=repeats, cell=None if cell is None else cell[0], constraints=held)
     finally:
         torch.set_num_threads(threads)
-    per_frame = min(timings) / (frames * batch_size)
-    log.info("ASTEROID: %d frames x %d in %.2f CPU s (best of %d)", frames, batch_size, min(timings), repeats)
     return model, stride * traj.frame_fs, per_frame, traj.cell[-1]
 
 
