@@ -43,6 +43,27 @@ def test_batched_members_equal_one_at_a_time(files, tmp_path):
     assert passes[1]["batch_members"] == [4] and passes[1]["devices"] == ["cpu"]
 
 
+def test_a_stochastic_models_members_are_reproducible_in_any_batch_and_after_a_resume(files, tmp_path):
+    """A sampling model's member k draws pass p's noise from its own seed (ensemble.seed, k, p): batches of
+    1 and of 4 give the same members, a resumed member its uninterrupted trajectory, another seed others."""
+    from tests.support.ensemble import ensemble_model_file
+
+    model = ensemble_model_file(tmp_path / "thermal.safetensors", stochastic=True)
+    forecast({**files, "model": model}, tmp_path / "one", "ensemble.batch_members=1")
+    forecast({**files, "model": model}, tmp_path / "four", "ensemble.batch_members=4")
+    one = np.stack([member_frames(tmp_path / "one", m) for m in range(5)])
+    assert np.abs(one - np.stack([member_frames(tmp_path / "four", m) for m in range(5)])).max() <= 1e-5
+    out = tmp_path / "killed"
+    shutil.copytree(tmp_path / "four", out)
+    for name in ("summary.json", "summary.nc", "mean.nc", "COMPLETE"):
+        (out / name).unlink()
+    _truncate_to_partial(out, 2, 4)
+    forecast({**files, "model": model}, out, "ensemble.batch_members=4")
+    assert np.array_equal(member_frames(out, 2), member_frames(tmp_path / "four", 2))
+    forecast({**files, "model": model}, tmp_path / "other", "ensemble.batch_members=4", "ensemble.seed=1")
+    assert np.abs(member_frames(tmp_path / "other", 0) - one[0]).max() > 1e-4
+
+
 def test_frames_perturbation_times_continue_each_members_own_window(files, tmp_path):
     """ensemble.perturbation=frames: member k's window ends k·frame_spacing frames earlier, and so do its time
     stamps: lead 1 of member k is one frame after its own window's last frame, in the initial file's time."""

@@ -8,6 +8,7 @@ from asteroid_hpc.errors import UserError
 from asteroid_hpc.model import (Asteroid, build_model, load_weights, merge_softmax_partials, model_summary,
                                 radius_graph, rotation_equivariance_error, save_weights, sti_losses)
 from asteroid_hpc.model.spatial import SpatialBlock
+from asteroid_hpc.model.temporal import StepCache, TemporalBlock
 
 M, L, N = 4, 4, 7
 
@@ -294,3 +295,15 @@ def test_rotation_basis_is_the_windows_rotation_continued_and_keeps_every_symmet
     order = torch.randperm(N, generator=torch.Generator().manual_seed(0))
     permuted = model(history[:, :, order], z[order], L).forecast
     assert torch.allclose(permuted, model(history, z, L).forecast[:, :, order], atol=1e-5)
+
+
+def test_a_decoder_step_over_its_cache_equals_the_causal_block_over_all_steps():
+    """Free-running decoding runs step k alone on the cached keys and values of steps 0 … k−1 and of the
+    memory: the same token as the causal block over steps 0 … k."""
+    torch.manual_seed(0)
+    block = TemporalBlock(16, 2, 0.0, causal=True, cross=True).eval()
+    tokens, memory = torch.randn(5, 4, 16), torch.randn(5, 6, 16)
+    cache = StepCache()
+    stepped = torch.cat([block.step(tokens[:, k:k + 1], memory, cache) for k in range(4)], dim=1)
+    assert (stepped - block(tokens, memory)).abs().max() <= 1e-6
+    assert len(cache.keys) == 4 and cache.memory[0].shape == (5, 2, 6, 8)

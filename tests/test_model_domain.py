@@ -76,8 +76,8 @@ def test_forward_asks_the_domain_once_per_pass_and_after_every_spatial_block():
     assert domain.centroids == [(2, M, N, 3)] * 2
     heads = model.cfg.num_heads
     encoder = [((2 * M, N, D), None), ((2 * M, N, D), (2 * M, N, heads, 3))]  # vectors from the last layer
-    # autoregressive decoder: call k runs both decoder layers over steps 0 … k
-    decoder = [block for k in range(1, L) for block in [((2 * k, N, D), None), ((2 * k, N, D), (2 * k, N, heads, 3))]]
+    # autoregressive decoder: step k runs both decoder layers on step k alone (earlier steps cached)
+    decoder = [((2, N, D), None), ((2, N, D), (2, N, heads, 3))] * (L - 1)
     assert domain.blocks == (encoder + decoder) * 2
     assert domain.reductions == len(domain.blocks)  # one global-token gather per spatial block
 

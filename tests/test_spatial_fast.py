@@ -128,9 +128,10 @@ def test_flop_count_counts_the_einsum_formulation_and_the_temporal_attention():
         counts.append(counter.get_total_flops())
     fast, reference = counts
     assert 0 < fast < reference
-    # temporal: encoder self-attention over 4 frames; decoder steps 1 and 2 (self over k+1, cross to 4 frames)
+    # temporal: encoder self-attention over 4 frames; decoder step k alone, the earlier steps cached (its one
+    # query over the k steps so far, then over the 4 memory frames), k = 1, 2
     per_pair = 2 * 2 * 200 * 2 * 8  # (q·kᵀ + α·v) · atoms · heads · head channels, per (query, key) frame pair
-    temporal = per_pair * (4 * 4 + (1 * 1 + 2 * 2) + (1 * 4 + 2 * 4))
+    temporal = per_pair * (4 * 4 + (1 * 1 + 1 * 2) + (1 * 4 + 1 * 4))
     assert count_flops(lambda: model(history, elements, 2)) == reference + temporal
     summary = model_summary(model, n_atoms=200)
     assert summary["flops_per_forecast_frame"] * 2 == reference + temporal  # one pass of 2 frames, same shapes
@@ -157,5 +158,5 @@ def test_compile_blocks_wraps_every_block_and_falls_back_to_eager():
 
     assert compile_blocks(model, broken_compiler) == 2 + 2 + 1 + 1  # spatial and temporal, encoder and decoder
     assert torch.equal(model.forecast(history, elements, 4), expected)  # every block fell back to eager
-    assert len(calls) == 6  # each tried once, then eager for good
+    assert len(calls) == 6  # each tried once (the decoder's temporal block: its step), then eager for good
     assert torch.equal(model.forecast(history, elements, 4), expected) and len(calls) == 6

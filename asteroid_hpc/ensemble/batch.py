@@ -182,7 +182,8 @@ def _lockstep(riders: list, streams: list, windows: torch.Tensor, produced: int,
     forecaster.start_batch()
     while active:
         steps = min(forecaster.steps_per_pass, horizon - produced)
-        frames = forecaster.pass_batch(windows, steps) if produced < horizon else windows[:, :0]
+        noise = forecaster.generators(ensemble_cfg.seed, [riders[i][0].member for i in active], produced)
+        frames = forecaster.pass_batch(windows, steps, noise) if produced < horizon else windows[:, :0]
         produced += steps
         stopping = set()
         if is_root:

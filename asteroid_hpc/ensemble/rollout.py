@@ -23,6 +23,7 @@ from torch import Tensor
 from ..errors import UserError
 from ..model.constraints import Constraints
 from ..model.neighbors import VerletNeighbors
+from ..model.thermal import row_generators
 from ..runtime.device import autocast
 from .domains import DomainContext, SingleDomain, decompose
 
@@ -99,20 +100,30 @@ class MemberForecaster:
         """One member's pass: ``steps`` frames [steps, N, 3] after ``window`` [m, N, 3]."""
         return self.pass_batch(self.to_device(window[None]), steps)[0].cpu().numpy()
 
+    def generators(self, seed: int, members: list[int], produced: int) -> Optional[list[torch.Generator]]:
+        """A stochastic model's noise for the pass after ``produced`` frames: member k's from a generator
+        seeded (seed, k, pass index), so its trajectory depends on neither its batch, the ranks nor a resume
+        (passes, resume points included, start at multiples of the pass); None for a deterministic model."""
+        if not self.model.cfg.stochastic:
+            return None
+        index = produced // self.steps_per_pass
+        return row_generators([(seed, member, index) for member in members], self.device)
+
     def rebuilds(self) -> int:
         """Verlet candidate builds so far (all batches)."""
         return self.neighbor_rebuilds + (self.neighbors.rebuilds if self.neighbors is not None else 0)
 
     @torch.no_grad()
-    def pass_batch(self, windows: Tensor, steps: int) -> Tensor:
-        """``steps`` forecast frames [B, steps, N, 3] (float32, on the device) after ``windows`` [B, m, N, 3]."""
+    def pass_batch(self, windows: Tensor, steps: int, generators=None) -> Tensor:
+        """``steps`` forecast frames [B, steps, N, 3] (float32, on the device) after ``windows`` [B, m, N, 3];
+        a stochastic model draws row b's noise from ``generators[b]`` (torch's global generator when None)."""
         self.passes += 1
         with autocast(self.autocast_dtype, str(self.device)):
             if self.group.size == 1:
                 cell = self._cell_on_device
                 graph = self.neighbors.graph(windows[:, -1], cell) if self.neighbors is not None else None
                 out = self.model(windows, self._numbers_on_device, steps, graph=graph, domain=SingleDomain(),
-                                 cell=cell, constraints=self.constraints).forecast
+                                 cell=cell, constraints=self.constraints, generator=generators).forecast
                 return out.float()
             return self._decomposed_pass(windows, steps)
 

@@ -190,26 +190,30 @@ def model_forecast(model, samples: ProtocolSamples, batch_size: int = 64, device
     """The model's forecast at the samples' lead times, ``batch_size`` samples at a time: [S, H, N, 3] float64 Å.
 
     A stochastic model (``model.stochastic``) gives its path of means for the error protocols (MSE wants the
-    conditional mean) and samples, from a generator seeded with ``seed``, for protocol L (physics wants the
-    distribution); a deterministic model ignores both. With ``members`` K ≥ 1 a stochastic model samples K
-    rollouts of every sample on any protocol: [S, K, H, N, 3] in the model's dtype, the K copies of
-    max(1, ``batch_size`` // K) samples side by side in one forward, every row's noise drawn from the one
-    seeded generator (reproducible for the same seed, K and batch size). With ``samples.bonds``, each
+    conditional mean) and samples for protocol L (physics wants the distribution); a deterministic model
+    ignores both. With ``members`` K ≥ 1 a stochastic model samples K rollouts of every sample on any
+    protocol: [S, K, H, N, 3] in the model's dtype, the K copies of max(1, ``batch_size`` // K) samples side by
+    side in one forward. Sample s (member k) draws its noise from its own generator seeded (``seed``, s) or
+    (``seed``, s, k): the same for any batch size. With ``samples.bonds``, each
     batch's rollouts hold the distances its histories hold fixed
     (:func:`asteroid_hpc.model.constraints.held_distances`)."""
     import torch
 
     from ..geometry import cell_matrix
     from ..model.constraints import held_distances
+    from ..model.thermal import row_generators
 
     atomic_numbers = torch.as_tensor(np.asarray(samples.atomic_numbers), dtype=torch.long, device=device)
     find = held_distances(samples.bonds, samples.atomic_numbers)
     pick = samples.lead_steps - 1
-    sampling = {"mean_only": samples.protocol != "L" and not members,
-                "generator": torch.Generator(device=device).manual_seed(seed)}
+    mean_only = samples.protocol != "L" and not members
+    sampled = model.cfg.stochastic and not mean_only
     per_forward = max(1, batch_size // members) if members else batch_size
     outputs = []
     for first in range(0, len(samples.history), per_forward):
+        rows = range(first, min(first + per_forward, len(samples.history)))
+        seeds = [(seed, s, k) for s in rows for k in range(members)] if members else [(seed, s) for s in rows]
+        sampling = {"mean_only": mean_only, "generator": row_generators(seeds, device) if sampled else None}
         history = torch.as_tensor(samples.history[first:first + per_forward], dtype=torch.float32, device=device)
         cell = None if samples.cell is None else torch.as_tensor(
             cell_matrix(samples.cell[first:first + per_forward]), dtype=torch.float32, device=device)

@@ -47,6 +47,7 @@ from ..config.schema import AsteroidConfig, ModelConfig
 from ..errors import UserError
 from ..geometry import superpose_onto
 from .constraints import Constraints, held_steps
+from .decoding import Decoding
 from .domain import WHOLE_SYSTEM, Domain
 from .graph import NeighborGraph, radius_graph, spatial_order
 from .inputs import check_cell, check_domain, check_inputs
@@ -56,7 +57,7 @@ from .sti import readoff
 from .symmetry import (VectorHead, random_rotations, rotate_about, rotation_step, vector_feature_size,
                        vector_features)
 from .temporal import TemporalBlock
-from .thermal import ScaleHead, sample_step
+from .thermal import Generators, ScaleHead
 
 # From this many atoms on, local attention runs on the atoms in spatial (k-d tree) order and restores the
 # caller's order on the outputs: the neighbour gathers then hit the cache. At 2·10^5 atoms this cut the
@@ -109,7 +110,7 @@ class _Window:
     cell: Optional[Tensor]  # [B, 3, 3] Å in a periodic box, else None
 
 
-class Asteroid(nn.Module):
+class Asteroid(Decoding, nn.Module):
     """The ASTEROID forecaster; all sizes come from :class:`ModelConfig`."""
 
     def __init__(self, cfg: ModelConfig, reference_coordinates=None):
@@ -166,7 +167,7 @@ class Asteroid(nn.Module):
     def forward(self, history: Tensor, atomic_numbers: Tensor, horizon: int, target: Optional[Tensor] = None, *,
                 graph: Optional[NeighborGraph] = None, domain: Optional[Domain] = None,
                 cell: Optional[Tensor] = None, mean_only: bool = False,
-                generator: Optional[torch.Generator] = None,
+                generator: Generators = None,
                 constraints: Optional[Constraints] = None) -> AsteroidOutput | ThermalOutput:
         """Forecast ``horizon`` frames after ``history`` [B, m, N, 3] (raw Å).
 
@@ -176,7 +177,8 @@ class Asteroid(nn.Module):
         (:mod:`asteroid_hpc.model.domain`); the default is the whole system. ``cell`` [B, 3, 3] or [3, 3]:
         the periodic box vectors as rows in Å, the same for every frame (module doc); None: open boundaries.
         A stochastic model without ``target`` samples every step from ``generator`` (torch's global one when
-        None) unless ``mean_only``: then it follows its means. Deterministic models ignore both.
+        None; a sequence: one per batch row, :func:`~.thermal.row_generators`) unless ``mean_only``: then it
+        follows its means. Deterministic models ignore both.
         ``constraints`` (:mod:`.constraints`): distances each free-running step is projected onto."""
         check_inputs(self, history, atomic_numbers, horizon, target)
         sample = self.cfg.stochastic and target is None and not mean_only
@@ -216,7 +218,7 @@ class Asteroid(nn.Module):
 
     @torch.no_grad()
     def forecast(self, history: Tensor, atomic_numbers: Tensor, n_frames: int, cell: Optional[Tensor] = None, *,
-                 mean_only: bool = False, generator: Optional[torch.Generator] = None,
+                 mean_only: bool = False, generator: Generators = None,
                  constraints: Optional[Constraints] = None) -> Tensor:
         """``n_frames`` forecast frames [B, n_frames, N, 3] (eval mode, no gradients, iterative); ``cell`` and
         ``constraints`` as in :meth:`forward`. A stochastic model samples (``generator`` seeds it) unless ``mean_only``: the
@@ -320,25 +322,9 @@ class Asteroid(nn.Module):
         h = self.conjugate_hidden(self.conjugate_input(features) + geo.elements.unsqueeze(1))
         return self.conjugate_head(h, delay).squeeze(-2)
 
-    def _decode(self, seeds: Tensor, previous: Tensor, memory: Tensor, geo: _Window) -> tuple[Tensor, Optional[Tensor]]:
-        """Decoder over steps 0 … K−1: seeds and previous-frame displacements [B, K, N, 3] -> displacements
-        [B, K, N, 3] and, for a stochastic model, their scales σ [B, K, N] (Å), else None."""
-        batch = seeds.shape[0]
-        token_vectors = torch.stack([seeds, previous], dim=3)
-        h = self._tokens(self.decoder_input, token_vectors, geo, self.step_embedding)
-        positions = geo.last + seeds - geo.centre
-        vectors = None
-        for index, (spatial, temporal) in enumerate(zip(self.decoder_spatial, self.decoder_temporal)):
-            last_layer = index == len(self.decoder_spatial) - 1
-            h, vectors = self._spatial(spatial, h, positions, geo, self.equivariant and last_layer)
-            h = self._per_frame(temporal(self._per_atom(h), memory), batch)
-        h = self.decoder_norm(h)
-        correction = self.decoder_head(h, self._basis(token_vectors, geo, vectors))
-        return seeds + correction.squeeze(-2), self.scale_head(h) if self.cfg.stochastic else None
-
     def _passes(self, history: Tensor, elements: Tensor, horizon: int, target: Optional[Tensor],
                 graph: Optional[NeighborGraph], domain: Domain, cell: Optional[Tensor], sample: bool,
-                generator: Optional[torch.Generator], hold: Optional[tuple]) -> tuple[AsteroidOutput, Optional[Tensor]]:
+                generator: Generators, hold: Optional[tuple]) -> tuple[AsteroidOutput, Optional[Tensor]]:
         """Passes until ``horizon`` frames, each rolling its forecast (or the teacher's frames) into the window;
         the first pass's Hankel, reconstruction and read-off, and the σ of every step (stochastic models)."""
         m = self.cfg.history_frames
@@ -359,7 +345,7 @@ class Asteroid(nn.Module):
 
     def _pass(self, window: Tensor, elements: Tensor, steps: int, teacher: Optional[Tensor],
               graph: Optional[NeighborGraph], domain: Domain, cell: Optional[Tensor], sample: bool = False,
-              generator: Optional[torch.Generator] = None,
+              generator: Generators = None,
               hold: Optional[tuple] = None) -> tuple[AsteroidOutput, Optional[Tensor]]:
         """One pass; ``hold`` = (constraints, cell) projects each free-running step (forward's doc)."""
         geo = self._geometry(window, elements, graph, domain, cell)
@@ -370,26 +356,11 @@ class Asteroid(nn.Module):
         hankel = delay.permute(0, 1, 3, 2, 4)  # [B, m, L, N, 3] displacements
         seeds = readoff(hankel)
         memory = self._per_atom(h)
-        first_previous = torch.zeros_like(seeds[:, :1])  # the last observed frame, as a displacement
-        if teacher is not None:  # teacher forcing: one parallel pass
-            previous = torch.cat([first_previous, teacher[:, :steps - 1] - geo.last], dim=1)
+        if teacher is None:
+            forecast, scale = self._free_run(seeds, memory, geo, steps, sample, generator, held)
+        else:  # teacher forcing: one parallel pass, each step after the true previous frame
+            previous = torch.cat([torch.zeros_like(seeds[:, :1]), teacher[:, :steps - 1] - geo.last], dim=1)
             forecast, scale = self._decode(seeds[:, :steps], previous, memory, geo)
-        elif sample:  # step k is drawn around its mean; the draw is what later steps see
-            drawn, scales, previous = [], [], first_previous
-            for k in range(steps):
-                mean, scale = self._decode(seeds[:, :k + 1], previous, memory, geo)
-                drawn.append(held(sample_step(mean[:, -1:], scale[:, -1:], generator)))
-                scales.append(scale[:, -1:])
-                previous = torch.cat([first_previous, *drawn], dim=1)
-            forecast, scale = torch.cat(drawn, dim=1), torch.cat(scales, dim=1)
-        else:  # autoregressive: step k sees the frames generated before it
-            previous = first_previous
-            for k in range(steps):
-                generated, scale = self._decode(seeds[:, :k + 1], previous, memory, geo)
-                if hold is not None:  # the earlier steps as already held, the new one projected
-                    generated = torch.cat([previous[:, 1:], held(generated[:, -1:])], dim=1)
-                previous = torch.cat([first_previous, generated], dim=1)
-            forecast = generated
         last = geo.last
         return AsteroidOutput(forecast + last, hankel + last.unsqueeze(1), reconstruction + last, seeds + last), scale
 

@@ -22,10 +22,10 @@ log = logging.getLogger(__name__)
 
 
 def compile_blocks(model: nn.Module, compiler: Callable[..., Callable] | None = None) -> int:
-    """Replace the forward of every :class:`SpatialBlock` and :class:`TemporalBlock` of ``model`` by a
-    compiled one (dynamic shapes: batches, frames and atom counts change between passes) that falls back to
-    the eager forward if compiling fails; returns how many blocks were wrapped (0 where ``torch.compile``
-    is not supported). ``compiler`` replaces ``torch.compile`` (tests)."""
+    """Replace the forward of every :class:`SpatialBlock` and :class:`TemporalBlock` of ``model`` (and the
+    decoder blocks' one-step ``step``) by a compiled one (dynamic shapes: batches, frames and atom counts
+    change between passes) that falls back to the eager method if compiling fails; returns how many blocks
+    were wrapped (0 where ``torch.compile`` is not supported). ``compiler`` replaces ``torch.compile`` (tests)."""
     if compiler is None:
         if not torch._dynamo.is_dynamo_supported():
             log.info("torch.compile is not supported here: the model runs eagerly")
@@ -33,20 +33,22 @@ def compile_blocks(model: nn.Module, compiler: Callable[..., Callable] | None = 
         compiler = functools.partial(torch.compile, dynamic=True)
     blocks = [m for m in model.modules() if isinstance(m, (SpatialBlock, TemporalBlock))]
     for block in blocks:
-        block.forward = _with_fallback(block, compiler(block.forward))
+        methods = ("forward", "step") if isinstance(block, TemporalBlock) and block.causal else ("forward",)
+        for name in methods:
+            setattr(block, name, _with_fallback(block, name, compiler(getattr(block, name))))
     return len(blocks)
 
 
-def _with_fallback(block: nn.Module, compiled: Callable) -> Callable:
-    eager = block.forward
+def _with_fallback(block: nn.Module, name: str, compiled: Callable) -> Callable:
+    eager = getattr(block, name)
 
     def forward(*args: Any, **kwargs: Any):
         try:
             return compiled(*args, **kwargs)
         except Exception as error:  # a compiler failure: run eagerly from now on (a model error re-raises there)
-            log.warning("torch.compile failed for %s (%s: %s): running it eagerly",
-                        type(block).__name__, type(error).__name__, str(error).splitlines()[0][:200] if str(error) else "")
-            block.forward = eager
+            log.warning("torch.compile failed for %s.%s (%s: %s): running it eagerly", type(block).__name__, name,
+                        type(error).__name__, str(error).splitlines()[0][:200] if str(error) else "")
+            setattr(block, name, eager)
             return eager(*args, **kwargs)
 
     return forward

@@ -3,8 +3,10 @@ decoder cross-attention to the encoder memory. Tokens are laid out [B·N, T, D] 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Optional
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -26,12 +28,28 @@ class Attention(nn.Module):
         batch, length, width = x.shape
         return x.view(batch, length, self.num_heads, width // self.num_heads).transpose(1, 2)
 
-    def forward(self, x: Tensor, memory: Optional[Tensor] = None, causal: bool = False) -> Tensor:
-        source = x if memory is None else memory
-        mixed = F.scaled_dot_product_attention(
-            self._split(self.query(x)), self._split(self.key(source)), self._split(self.value(source)),
-            is_causal=causal, dropout_p=self.dropout if self.training else 0.0)
+    def keys_values(self, source: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values of ``source`` [batch, T, D], split into heads: what a cache keeps."""
+        return self._split(self.key(source)), self._split(self.value(source))
+
+    def forward(self, x: Tensor, memory: Optional[Tensor] = None, causal: bool = False,
+                keys_values: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
+        """Attention of ``x`` to itself, to ``memory``, or to given (cached) ``keys_values``."""
+        if keys_values is None:
+            keys_values = self.keys_values(x if memory is None else memory)
+        mixed = F.scaled_dot_product_attention(self._split(self.query(x)), *keys_values, is_causal=causal,
+                                               dropout_p=self.dropout if self.training else 0.0)
         return self.out(mixed.transpose(1, 2).flatten(-2))
+
+
+@dataclass
+class StepCache:
+    """One decoder block's state during step-by-step decoding: the keys and values of the steps decoded so
+    far (self-attention) and of the encoder memory (cross-attention), so that step k costs one token."""
+
+    memory: Optional[tuple[Tensor, Tensor]] = None
+    keys: list[Tensor] = field(default_factory=list)
+    values: list[Tensor] = field(default_factory=list)
 
 
 class TemporalBlock(nn.Module):
@@ -55,4 +73,18 @@ class TemporalBlock(nn.Module):
         x = x + self.dropout(self.self_attention(self.self_norm(x), causal=self.causal))
         if memory is not None:
             x = x + self.dropout(self.cross_attention(self.cross_norm(x), self.memory_norm(memory)))
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+
+    def step(self, x: Tensor, memory: Tensor, cache: StepCache) -> Tensor:
+        """The causal decoder's next token x [B·N, 1, D], attending to the tokens before it through
+        ``cache`` (which it extends): equal to the last token of :meth:`forward` over all of them."""
+        normed = self.self_norm(x)
+        keys, values = self.self_attention.keys_values(normed)
+        cache.keys.append(keys)
+        cache.values.append(values)
+        x = x + self.dropout(self.self_attention(
+            normed, keys_values=(torch.cat(cache.keys, dim=2), torch.cat(cache.values, dim=2))))
+        if cache.memory is None:
+            cache.memory = self.cross_attention.keys_values(self.memory_norm(memory))
+        x = x + self.dropout(self.cross_attention(self.cross_norm(x), keys_values=cache.memory))
         return x + self.dropout(self.ffn(self.ffn_norm(x)))

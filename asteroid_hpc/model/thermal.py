@@ -12,8 +12,9 @@ thermal motion over any horizon.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -41,10 +42,31 @@ class ScaleHead(nn.Module):
         return F.softplus(self.net(h).squeeze(-1)) + SCALE_FLOOR_ANGSTROM
 
 
-def sample_step(mean: Tensor, scale: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
-    """One sampled step: ``mean`` [..., N, 3] + ``scale`` [..., N] · ε, ε ~ N(0, I₃) drawn from ``generator``
-    (torch's global generator when None)."""
-    noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+# What a sampled forecast draws from: one generator for the whole batch, one per batch row (each row's draws
+# then depend on its own seed only, never on the batch it shares), or None (torch's global generator).
+Generators = Union[torch.Generator, Sequence[torch.Generator], None]
+
+
+def row_generators(seeds: Sequence[Sequence[int]], device="cpu") -> list[torch.Generator]:
+    """One generator per batch row, row i seeded from the integers ``seeds[i]`` (e.g. (seed, member, pass))
+    through NumPy's SeedSequence: independent streams for distinct tuples."""
+    generators = []
+    for parts in seeds:
+        state = int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0])
+        generators.append(torch.Generator(device=device).manual_seed(state))
+    return generators
+
+
+def sample_step(mean: Tensor, scale: Tensor, generator: Generators = None) -> Tensor:
+    """One sampled step: ``mean`` [B, ..., N, 3] + ``scale`` [B, ..., N] · ε, ε ~ N(0, I₃) drawn from
+    ``generator`` (:data:`Generators`: per row, row b's ε from ``generator[b]``)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+    else:
+        if len(generator) != mean.shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {mean.shape[0]} rows")
+        noise = torch.stack([torch.randn(mean.shape[1:], generator=row, dtype=mean.dtype, device=mean.device)
+                             for row in generator])
     return mean + scale.unsqueeze(-1) * noise
 
 
