@@ -179,7 +179,7 @@ def test_cli_on_the_embedded_aspirin_writes_the_members_columns(tmp_path, capsys
     out = tmp_path / "eval"
     with pytest.raises(SystemExit) as exit_info:
         main(["evaluate", str(model), str(ASPIRIN), "-o", str(out), "--protocol", "c", "--max-samples", "5",
-              "evaluate.members=4"])
+              "--members", "4"])
     captured = capsys.readouterr()
     proc = subprocess.CompletedProcess([], exit_info.value.code, captured.out, captured.err)
     assert proc.returncode == 0, proc.stderr

@@ -15,7 +15,8 @@ OPTION_KEYS = {"protocols": "protocols", "split": "split", "max_samples": "max_s
                "a_history_stride": "a_history_stride_frames", "a_input": "a_input",
                "horizon_frames": "horizon_frames", "timestep_fs": "timestep_fs", "batch_size": "batch_size",
                "rollout_ps": "long_rollout_ps", "rollout_starts": "long_rollout_starts",
-               "rollout_stride_fs": "long_rollout_stride_fs", "energy_samples": "energy_samples"}
+               "rollout_stride_fs": "long_rollout_stride_fs", "energy_samples": "energy_samples",
+               "members": "members"}
 
 
 @click.command("evaluate", epilog=examples(
@@ -29,6 +30,7 @@ OPTION_KEYS = {"protocols": "protocols", "split": "split", "max_samples": "max_s
     "asteroid-hpc evaluate model.safetensors md.xtc --topology topol.tpr -o eval/gmx --protocol C",
     "asteroid-hpc evaluate model.safetensors traj.nc -o eval/late --protocol A 'evaluate.a_frames=[36000,60000]'",
     "asteroid-hpc evaluate model.safetensors test/seed-*.nc -o eval/long --protocol L --rollout-ps 10   # physics",
+    "asteroid-hpc evaluate thermal.safetensors traj.nc -o eval/k8 --protocol C --members 8   # a stochastic model",
 ))
 @model_argument(type=click.Path())
 @click.argument("inputs", nargs=-1, required=True, metavar="DATASETS... [KEY=VALUE]...")
@@ -45,7 +47,11 @@ OPTION_KEYS = {"protocols": "protocols", "split": "split", "max_samples": "max_s
 @click.option("--split", type=click.Choice(["train", "val", "test"]), help="Split scored [evaluate.split].")
 @click.option("--max-samples", type=int, help="Score a seeded random subset of at most N samples "
                                               "[evaluate.max_samples].")
-@click.option("--seed", type=int, help="Seed of the --max-samples subset [evaluate.seed].")
+@click.option("--seed", type=int, help="Seed of the --max-samples subset and of a stochastic model's draws "
+                                       "[evaluate.seed].")
+@click.option("--members", type=int, help="Stochastic models: score the mean of K sampled rollouts per sample "
+                                          "beside the path of means, with the members' CRPS and spread (K >= 2; "
+                                          "0: the path of means) [evaluate.members].")
 @click.option("--a-history-stride", type=int,
               help="Protocol A: MD17 frames between the model's history (and forecast) frames; must divide 375 "
                    "[evaluate.a_history_stride_frames].")
