@@ -129,16 +129,21 @@ def test_a_forecast_holds_the_constraints_at_every_step(tmp_path, monkeypatch, s
     assert torch.equal(teacher, plain)  # teacher-forced steps are left as they come
 
 
-def test_spatial_domains_refuse_constraints():
+def test_spatial_domains_take_constraints_only_with_whole_groups():
     from asteroid_hpc.model.domain import WholeSystem
     from asteroid_hpc.model.inputs import check_domain
 
     class Split(WholeSystem):
         owned_mask = torch.ones(3, dtype=torch.bool)
 
-    with pytest.raises(UserError, match="spatial domains"):
-        check_domain(type("M", (), {"uses_reference": False, "cfg": type("C", (), {"rotation_basis": False})})(),
-                     Split(), sample=False, constrained=True)
+    class WholeGroups(Split):
+        whole_groups = True
+
+    model = type("M", (), {"uses_reference": False, "cfg": type("C", (), {"rotation_basis": False})})()
+    with pytest.raises(UserError, match="spatial domains needs each domain to hold whole constraint groups"):
+        check_domain(model, Split(), sample=False, constrained=True)
+    domain = WholeGroups()
+    assert check_domain(model, domain, sample=False, constrained=True) is domain
 
 
 def test_unconstrained_xtb_md_holds_nothing():

@@ -242,7 +242,7 @@ def test_members_hold_the_distances_the_starting_window_holds_fixed(water, tmp_p
             assert (deviation < 1e-4) == (setting == "auto"), (setting, deviation)
 
 
-def test_spatial_domains_log_that_the_constraints_are_not_held(water, tmp_path, caplog):
+def test_spatial_domains_hold_the_constraints_too(water, tmp_path):
     from asteroid_hpc.config.schema import EnsembleConfig
     from asteroid_hpc.ensemble.perturb import inspect_initial
     from asteroid_hpc.ensemble.run import _held_distances
@@ -254,7 +254,42 @@ def test_spatial_domains_log_that_the_constraints_are_not_held(water, tmp_path, 
     initial = inspect_initial(rigid, EnsembleConfig(), 4)
     initial = replace(initial, bonds=read_topology(water["topology"]).bonds)
     assert len(_held_distances(initial, EnsembleConfig(), 4, True)) == 192
-    with caplog.at_level("WARNING"):
-        assert _held_distances(initial, EnsembleConfig(domains=2), 4, True) is None
-    assert "not held" in caplog.text and "ensemble.domains=1" in caplog.text
+    assert len(_held_distances(initial, EnsembleConfig(domains=2), 4, True)) == 192
     assert _held_distances(initial, EnsembleConfig(constraints="none"), 4, True) is None
+
+
+def test_domains_complete_the_constraint_groups_and_project_them_as_the_whole_system():
+    """A halo holds every water one of its atoms belongs to; projecting a domain's waters alone (restricted
+    constraints) moves them exactly as projecting the whole box does."""
+    import torch
+
+    from asteroid_hpc.ensemble.domains import decompose
+    from asteroid_hpc.geometry import cell_matrix
+    from asteroid_hpc.metrics.physics import masses_amu
+    from asteroid_hpc.model.constraints import find_constraints, project
+
+    frames, numbers, bonds, cell = water_box_frames((6, 3, 3), n_frames=4, jitter_angstrom=0.0)
+    h_h = np.stack([bonds[0::2, 1], bonds[1::2, 1]], axis=1)  # each water's two H
+    history = torch.as_tensor(frames[None])
+    held = find_constraints(history, np.concatenate([bonds, h_h]), masses_amu(numbers), torch.as_tensor(
+        cell_matrix(cell)[None]))
+    assert len(held) == len(numbers)  # O–H, O–H, H–H per water
+    groups = held.groups().numpy()
+    assert len(np.unique(groups)) == len(numbers) // 3 and (groups >= 0).all()
+    box = cell_matrix(cell)
+    plain = decompose(frames[-1], 2, 2.0, box)
+    whole = decompose(frames[-1], 2, 2.0, box, groups)
+    def whole_waters(local):
+        return all(set(np.flatnonzero(groups == g)) <= set(local) for g in np.unique(groups[local]))
+
+    assert not all(whole_waters(plain.local[d]) for d in range(2))  # a cutoff halo alone cuts waters
+    for d in range(2):
+        assert set(plain.local[d]) <= set(whole.local[d]) and whole_waters(whole.local[d])
+    rng = np.random.default_rng(0)
+    moved = torch.as_tensor(frames[-1:] + rng.normal(scale=0.03, size=frames[-1:].shape))
+    cell_t = torch.as_tensor(box[None])
+    everything = project(moved, held, cell_t)
+    for d in range(2):
+        local = torch.as_tensor(whole.local[d])
+        alone = project(moved[:, local], held.restricted(local), cell_t)
+        assert torch.equal(alone, everything[:, local])

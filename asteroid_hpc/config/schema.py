@@ -247,7 +247,7 @@ class EnsembleConfig:
     output_wrap: str = "molecules"
     # "auto": the --topology's bonds and 1–3 distances that the unperturbed starting window holds fixed (rigid
     # water, constrained X–H) are held at their lengths after every forecast step (asteroid_hpc.model.constraints;
-    # one rank per member); "none": never
+    # spatial domains complete the constrained molecules in their halos); "none": never
     constraints: str = "auto"
 
     def __post_init__(self) -> None:

@@ -13,6 +13,9 @@ activations) and runs the model on its *local* atoms only: the atoms it owns plu
   model has: the halo needs one cutoff only.
 - The global tokens gather from owned atoms only (``owned_mask``) and the softmax statistics of all
   domains are merged (``global_reduce``); the window centroid is a sum over owned atoms, reduced in float64.
+- Constraint groups (molecules whose distances are held: rigid waters, X–H bonds) are completed in the
+  halo, so each rank projects every group it holds as the whole system does (the halo atoms' steps equal
+  their owners' before the projection, since their features are).
 - After the pass the owners' forecasts are all-gathered, so every rank again holds the whole window.
 
 :class:`DomainContext` is the model's :class:`~asteroid_hpc.model.domain.Domain` for one of several domains;
@@ -54,15 +57,17 @@ class Decomposition:
         return self.local[domain][:self.n_owned[domain]]
 
 
-def decompose(positions: np.ndarray, domains: int, cutoff_angstrom: float,
-              cell: Optional[np.ndarray] = None) -> Decomposition:
+def decompose(positions: np.ndarray, domains: int, cutoff_angstrom: float, cell: Optional[np.ndarray] = None,
+              groups: Optional[np.ndarray] = None) -> Decomposition:
     """Slabs of equal atom count along the longest axis of ``positions`` [N, 3], with cutoff halos.
 
     ``positions`` [B, N, 3] (a batch of members, the same atoms): the slabs are the first member's, and each
     domain's halo is the union of every member's, so each member's owned atoms find all their neighbours
     among the local atoms (a halo atom more than needed is harmless: its rows are the owners' after every
     spatial block). With one member this is exactly the [N, 3] decomposition. In a periodic box (``cell``
-    [3, 3], vectors as rows) the slabs and halos are periodic (:func:`periodic_slab_coordinates`)."""
+    [3, 3], vectors as rows) the slabs and halos are periodic (:func:`periodic_slab_coordinates`). ``groups``
+    [N] (constraint groups, −1 for none: :meth:`~asteroid_hpc.model.constraints.Constraints.groups`): every
+    group with an atom among a domain's local atoms is completed in its halo."""
     batch = positions[None] if positions.ndim == 2 else positions
     n_atoms = batch.shape[1]
     if n_atoms < domains:
@@ -85,7 +90,8 @@ def decompose(positions: np.ndarray, domains: int, cutoff_angstrom: float,
         near = np.zeros(n_atoms, dtype=bool)
         for member in coordinates:  # the owned slab's extent in each member's coordinates
             near |= _near_slab(member, owned[d], reach, width)
-        halos.append(np.flatnonzero(near & (owner != d)))
+        halo = np.flatnonzero(near & (owner != d))
+        halos.append(halo if groups is None else _complete_groups(owned[d], halo, groups))
     send = [[np.empty(0, dtype=np.int64) for _ in range(domains)] for _ in range(domains)]
     recv = [[np.empty(0, dtype=np.int64) for _ in range(domains)] for _ in range(domains)]
     for d in range(domains):
@@ -97,6 +103,13 @@ def decompose(positions: np.ndarray, domains: int, cutoff_angstrom: float,
                 send[s][d] = np.searchsorted(owned[s], halos[d][from_s])
     local = [np.concatenate([owned[d], halos[d]]) for d in range(domains)]
     return Decomposition(local, [len(o) for o in owned], send, recv)
+
+
+def _complete_groups(owned: np.ndarray, halo: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """``halo`` plus the atoms of every constraint group one of the domain's atoms belongs to (sorted)."""
+    touched = np.unique(groups[np.concatenate([owned, halo])])
+    members = np.flatnonzero(np.isin(groups, touched[touched >= 0]))
+    return np.union1d(halo, np.setdiff1d(members, owned))
 
 
 def periodic_slab_coordinates(batch: np.ndarray, cell: np.ndarray) -> tuple[np.ndarray, float]:
@@ -141,10 +154,13 @@ class SingleDomain(WholeSystem):
 
 
 class DomainContext:
-    """This rank's domain: the model's pass over its local atoms is exact (see the module doc)."""
+    """This rank's domain: the model's pass over its local atoms is exact (see the module doc).
+    ``whole_groups``: the decomposition completed the constraint groups in the halos (projection allowed)."""
 
-    def __init__(self, group, decomposition: Decomposition, n_atoms_total: int, device: str | torch.device = "cpu"):
+    def __init__(self, group, decomposition: Decomposition, n_atoms_total: int, device: str | torch.device = "cpu",
+                 whole_groups: bool = False):
         self.group = group
+        self.whole_groups = whole_groups
         self.parts = decomposition
         self.domain = group.rank
         self.n_atoms_total = n_atoms_total

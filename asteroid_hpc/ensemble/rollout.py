@@ -32,13 +32,15 @@ class MemberForecaster:
     """Runs members of one group: ``group`` is its communicator (size = domains). ``skin_angstrom`` > 0:
     Verlet neighbour lists (one-rank groups); ``autocast_dtype``: the inference precision on CUDA
     (:func:`asteroid_hpc.runtime.device.inference_dtype`), None for fp32; ``constraints``: the distances every
-    step is projected onto (one-rank groups; lengths [1, C], the same for every member)."""
+    step is projected onto (lengths [1, C], the same for every member; domains hold whole groups)."""
 
     def __init__(self, model, atomic_numbers: np.ndarray, group, device: str = "cpu", *,
                  skin_angstrom: float = 0.0, autocast_dtype=None, cell: Optional[np.ndarray] = None,
                  constraints: Optional[Constraints] = None):
         self.model = model.eval()
         self.constraints = None if constraints is None else constraints.to(device=device, dtype=torch.float32)
+        # domains complete these groups in their halos, so each rank projects whole ones
+        self._constraint_groups = None if constraints is None else constraints.groups().cpu().numpy()
         # a periodic box: its vectors as rows [3, 3] Å (geometry.cell_matrix), given to every forward
         self.cell = None if cell is None else np.asarray(cell, dtype=np.float64)
         self._cell_on_device = None if cell is None else torch.as_tensor(self.cell, dtype=torch.float32).to(device)
@@ -56,9 +58,6 @@ class MemberForecaster:
         if group.size > 1 and model.cfg.attention == "full":
             raise UserError("ensemble.domains > 1 needs a model with local attention (model.attention=local_global); "
                             "this model uses full attention")
-        if group.size > 1 and constraints is not None:
-            raise UserError("constraint projection runs on whole systems only: with ensemble.domains > 1 set "
-                            "ensemble.constraints=none")
 
     @property
     def uses_verlet_lists(self) -> bool:
@@ -129,13 +128,16 @@ class MemberForecaster:
 
     def _decomposed_pass(self, windows: Tensor, steps: int) -> Tensor:
         batch, _, n_atoms, _ = windows.shape
-        parts = decompose(windows[:, -1].cpu().numpy(), self.group.size, self.model.cfg.cutoff_angstrom, self.cell)
-        domain = DomainContext(self.group, parts, n_atoms, self.device)
+        groups = None if self.constraints is None else self._constraint_groups
+        parts = decompose(windows[:, -1].cpu().numpy(), self.group.size, self.model.cfg.cutoff_angstrom, self.cell,
+                          groups)
+        domain = DomainContext(self.group, parts, n_atoms, self.device, whole_groups=groups is not None)
         local = parts.local[self.group.rank]
         index = torch.from_numpy(local).to(windows.device)
         history = windows.index_select(2, index)
+        held = None if self.constraints is None else self.constraints.restricted(index)
         out = self.model(history, self.atomic_numbers[local].to(self.device), steps, domain=domain,
-                         cell=self._cell_on_device).forecast
+                         cell=self._cell_on_device, constraints=held).forecast
         owned_frames = out[:, :, :parts.n_owned[self.group.rank]].float().cpu().numpy()
         frames = np.empty((batch, steps, n_atoms, 3), dtype=np.float32)
         for rank, piece in enumerate(self.group.allgather(owned_frames)):

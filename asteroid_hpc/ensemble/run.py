@@ -202,7 +202,7 @@ def _finish(outdir: Path, ens: EnsembleConfig, initial: InitialCondition, histor
 
 def _held_distances(initial: InitialCondition, ens: EnsembleConfig, history_frames: int, speak: bool):
     """The constraints of ``ensemble.constraints=auto`` (the topology's bonds and 1–3 distances the unperturbed
-    starting window holds fixed), or None: off, no topology bonds, none fixed, or spatial domains (logged)."""
+    starting window holds fixed), or None: off, no topology bonds, or none fixed."""
     bonds = model_bonds(initial)
     if ens.constraints == "none" or bonds is None or len(bonds) == 0:
         return None
@@ -212,11 +212,6 @@ def _held_distances(initial: InitialCondition, ens: EnsembleConfig, history_fram
     window = initial.read(end - (history_frames - 1) * initial.frame_stride, end + 1)
     cell = None if initial.cell is None else torch.as_tensor(cell_matrix(initial.cell)[None])
     held = held_distances(bonds, initial.atomic_numbers)(torch.as_tensor(window[None], dtype=torch.float64), cell)
-    if held is not None and ens.domains > 1:
-        if speak:
-            log.warning("%d distances are fixed in the starting window (MD's constraints) but are not held: "
-                        "constraint projection needs one rank per member (ensemble.domains=1)", len(held))
-        return None
     if held is not None and speak:
         log.info("constraints: %d bond and 1–3 distances fixed in the starting window are held at their lengths "
                  "after every forecast step (ensemble.constraints=auto)", len(held))

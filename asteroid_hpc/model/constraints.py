@@ -14,7 +14,9 @@ Projection (:func:`project`): the mass-weighted correction along each pair's cur
 iterates it (Gauss–Seidel), but vectorised: the pairs are coloured so that no two of one colour share an atom
 (a water's triangle takes 3 colours, a CH3 group 3), each colour is corrected at once, colour after colour,
 and sweeps repeat until every length is within ``tolerance`` of its target (about 20 sweeps from 0.03 Å
-errors). Each atom moves in inverse proportion to its mass, so a molecule's centre of mass stays put.
+errors); a pair already within it is not corrected, so each constrained group's result depends on its own
+atoms only (a spatial domain holding whole groups projects them as the whole system does). Each atom moves
+in inverse proportion to its mass, so a molecule's centre of mass stays put.
 Periodic pairs use the minimum image.
 """
 
@@ -51,6 +53,34 @@ class Constraints:
         """The same constraints on atoms permuted to ``order`` (new atom k = old atom order[k])."""
         new_index = torch.argsort(order)
         return replace(self, pairs=new_index[self.pairs], inverse_mass=self.inverse_mass[order])
+
+    def restricted(self, atoms: Tensor) -> "Constraints":
+        """The constraints among ``atoms`` [n] (global indices; new atom k = old atom atoms[k]), each pair
+        keeping its colour: a group whose atoms are all among them is projected exactly as in the whole
+        system (:func:`project` corrects a pair only while it is off its length)."""
+        atoms = torch.as_tensor(atoms, dtype=torch.long, device=self.pairs.device)
+        new_index = torch.full((len(self.inverse_mass),), -1, dtype=torch.long, device=self.pairs.device)
+        new_index[atoms] = torch.arange(len(atoms), device=self.pairs.device)
+        kept = (new_index[self.pairs] >= 0).all(dim=1)
+        renumber = torch.cumsum(kept, dim=0) - 1  # old pair index -> new pair index (where kept)
+        colours = [renumber[c[kept[c]]] for c in self.colours]
+        return Constraints(new_index[self.pairs[kept]], self.lengths[:, kept], self.inverse_mass[atoms],
+                           [c for c in colours if len(c)])
+
+    def groups(self) -> Tensor:
+        """[N] the connected group (molecule, or constrained part of one) of each atom, −1 when unconstrained."""
+        n_atoms = len(self.inverse_mass)
+        label = torch.arange(n_atoms, device=self.pairs.device)
+        while True:  # propagate the smallest index along the pairs until nothing changes
+            smallest = torch.minimum(label[self.pairs[:, 0]], label[self.pairs[:, 1]])
+            new = label.scatter_reduce(0, self.pairs[:, 0], smallest, "amin").scatter_reduce(
+                0, self.pairs[:, 1], smallest, "amin")
+            if torch.equal(new, label):
+                break
+            label = new
+        constrained = torch.zeros(n_atoms, dtype=torch.bool, device=label.device)
+        constrained[self.pairs.flatten()] = True
+        return torch.where(constrained, label, torch.full_like(label, -1))
 
     def to(self, device=None, dtype=None) -> "Constraints":
         return Constraints(self.pairs.to(device), self.lengths.to(device=device, dtype=dtype),
@@ -133,8 +163,9 @@ def project(positions: Tensor, constraints: Constraints, cell: Optional[Tensor] 
             vectors = x[:, j] - x[:, i] + image[:, colour]  # [B, c, 3]
             length = torch.linalg.vector_norm(vectors, dim=-1).clamp_min(1e-12)
             excess = length - target[:, colour]
-            converged &= not bool((excess.abs() > tolerance).any())  # NaN rows (blown up) never hold it back
-            step = (excess / length).unsqueeze(-1) * vectors
+            off = excess.abs() > tolerance  # only these move: a group's result never depends on other groups
+            converged &= not bool(off.any())  # NaN rows (blown up) never hold it back
+            step = torch.where(off, excess / length, 0.0).unsqueeze(-1) * vectors
             x = x.index_add(1, i, step * share_i[colour].view(1, -1, 1))
             x = x.index_add(1, j, -step * (1.0 - share_i[colour]).view(1, -1, 1))
         if converged:

@@ -60,13 +60,14 @@ def check_cell(model: "Asteroid", cell, history: Tensor, graph: Optional[Neighbo
 
 def check_domain(model: "Asteroid", domain: Domain, sample: bool, constrained: bool = False) -> Domain:
     """``domain``, unless the model cannot run on part of a system: whole-molecule vectors, sampling (each
-    rank would draw its own noise for the halo atoms it shares with another) or constraint projection (a
-    constrained group cut by the halo's edge would be projected differently by the ranks that hold it)."""
+    rank would draw its own noise for the halo atoms it shares with another) or constraint projection on
+    a domain whose halo may cut a constrained group (the ranks holding it would project it differently;
+    a domain with ``whole_groups`` completed them)."""
     if domain.owned_mask is None:
         return domain
-    if constrained:
-        raise UserError("constraint projection cannot run on a system split into spatial domains yet: use one "
-                        "rank per member, or no constraints")
+    if constrained and not getattr(domain, "whole_groups", False):
+        raise UserError("constraint projection on a system split into spatial domains needs each domain to hold "
+                        "whole constraint groups (ensemble/domains.decompose(groups=...))")
     if model.uses_reference or model.cfg.rotation_basis:
         raise UserError("model.reference_structure and model.rotation_basis are vectors of the whole molecule: "
                         "they cannot be split into spatial domains (use one rank per member)")

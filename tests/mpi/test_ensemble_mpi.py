@@ -156,3 +156,29 @@ def test_a_periodic_box_split_over_domains_equals_one_rank(files, tmp_path):
     assert (np.abs(np.diff(centres, axis=1)) > 6.0).any()  # a molecule re-wrapped: it crossed a face
     watches = [json.loads((tmp_path / run / "summary.json").read_text())["watch"] for run in ("one-none", "two")]
     assert watches[0] == watches[1] and watches[0]["bonds"] >= 256
+
+
+def test_constraints_hold_on_a_box_split_over_domains_as_on_one_rank(files, tmp_path):
+    """Rigid waters (ensemble.constraints=auto): each domain completes the waters its halo cuts, so 2 domains
+    equal 1 rank and every O–H and H–H keeps its length."""
+    from asteroid_hpc.data.amber import read_frames
+
+    rigid = water_box_trajectory(tmp_path / "rigid.nc", lattice=WATER_LATTICE, jitter_angstrom=0.0)
+    settings = ("ensemble.members=2", "ensemble.horizon_frames=8", "ensemble.chunk_frames=4",
+                "ensemble.batch_members=2", "ensemble.output_wrap=none", "--topology", str(files["water_topology"]))
+    one = run_cli("ensemble-forecast", files["periodic_model"], rigid, "-o", tmp_path / "one", *settings, env=ENV)
+    assert one.returncode == 0, one.stderr
+    two = run_mpi(2, "-m", "asteroid_hpc", "ensemble-forecast", files["periodic_model"], rigid, "-o",
+                  tmp_path / "two", *settings, "--grid", "1x2", env=ENV, timeout=240, mpi4py_runner=False)
+    assert two.returncode == 0, two.stderr
+    assert "384 bond and 1–3 distances" in two.stderr and "1 member groups x 2 domains" in two.stderr
+    reference, split = members(tmp_path / "one", 2), members(tmp_path / "two", 2)
+    assert np.abs(reference - split).max() <= 1e-5, np.abs(reference - split).max()
+    edges = np.array([24.8, 12.4, 12.4])
+    start = read_frames(rigid).coordinates[-1]
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        vector = split[..., a::3, :] - split[..., b::3, :]
+        length = np.linalg.norm(vector - edges * np.round(vector / edges), axis=-1)
+        first = start[a::3] - start[b::3]
+        expected = np.linalg.norm(first - edges * np.round(first / edges), axis=-1)
+        assert np.abs(length - expected).max() < 1e-4
