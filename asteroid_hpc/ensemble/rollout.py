@@ -128,10 +128,9 @@ class MemberForecaster:
 
     def _decomposed_pass(self, windows: Tensor, steps: int) -> Tensor:
         batch, _, n_atoms, _ = windows.shape
-        groups = None if self.constraints is None else self._constraint_groups
         parts = decompose(windows[:, -1].cpu().numpy(), self.group.size, self.model.cfg.cutoff_angstrom, self.cell,
-                          groups)
-        domain = DomainContext(self.group, parts, n_atoms, self.device, whole_groups=groups is not None)
+                          self._constraint_groups)
+        domain = DomainContext(self.group, parts, n_atoms, self.device, whole_groups=self.constraints is not None)
         local = parts.local[self.group.rank]
         index = torch.from_numpy(local).to(windows.device)
         history = windows.index_select(2, index)
