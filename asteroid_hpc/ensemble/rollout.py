@@ -40,7 +40,8 @@ class MemberForecaster:
         self.model = model.eval()
         self.constraints = None if constraints is None else constraints.to(device=device, dtype=torch.float32)
         # domains complete these groups in their halos, so each rank projects whole ones
-        self._constraint_groups = None if constraints is None else constraints.groups().cpu().numpy()
+        self._constraint_groups = (None if constraints is None or group.size == 1
+                                   else constraints.groups().cpu().numpy())
         # a periodic box: its vectors as rows [3, 3] Å (geometry.cell_matrix), given to every forward
         self.cell = None if cell is None else np.asarray(cell, dtype=np.float64)
         self._cell_on_device = None if cell is None else torch.as_tensor(self.cell, dtype=torch.float32).to(device)

@@ -165,18 +165,23 @@ def _config_model(source: ConfigArchitecture, molecule: str, numbers: np.ndarray
 def time_forecast_frames(model, history: np.ndarray, numbers: np.ndarray, *, frames: int, batch_size: int,
                          repeats: int, **forecast_keywords) -> float:
     """Best of ``repeats`` CPU seconds per member-frame, ``batch_size`` copies of ``history`` [K, N, 3]
-    (``forecast_keywords``: the model's ``forecast`` keywords, e.g. ``cell``, ``constraints``), on the
-    threads torch has now."""
+    (``forecast_keywords``: the model's ``forecast`` keywords, e.g. ``cell``, ``constraints``), on one torch
+    thread (restored after)."""
     import torch
 
     batch = torch.as_tensor(np.repeat(history[None], batch_size, axis=0), dtype=torch.float32)
     elements = torch.as_tensor(numbers, dtype=torch.long)
-    model.forecast(batch, elements, frames, **forecast_keywords)  # warm-up (allocations, code paths)
-    timings = []
-    for _ in range(repeats):
-        started = time.process_time()
-        model.forecast(batch, elements, frames, **forecast_keywords)
-        timings.append(time.process_time() - started)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model.forecast(batch, elements, frames, **forecast_keywords)  # warm-up (allocations, code paths)
+        timings = []
+        for _ in range(repeats):
+            started = time.process_time()
+            model.forecast(batch, elements, frames, **forecast_keywords)
+            timings.append(time.process_time() - started)
+    finally:
+        torch.set_num_threads(threads)
     log.info("ASTEROID: %d frames x %d trajectories in %.3f CPU s (best of %d)", frames, batch_size, min(timings),
              repeats)
     return min(timings) / (frames * batch_size)
@@ -190,8 +195,6 @@ def measure_cost(model: str | os.PathLike | ConfigArchitecture, molecule: str, *
     """Time at least ``min_md_steps`` GFN2-xTB steps (their last frames are the model's history), then the
     model (weights file, or a config's untrained architecture) forecasting ``forecast_frames`` frames at
     each of ``batch_sizes`` (best of ``repeats``; ``AUTO_BATCH``: ``auto_batch(model config, model atoms)``)."""
-    import torch
-
     from ..datagen.molecules import get_molecule
     from ..datagen.threads import set_single_thread_env
 
@@ -212,13 +215,8 @@ def measure_cost(model: str | os.PathLike | ConfigArchitecture, molecule: str, *
     indices = np.arange(len(numbers)) if indices is None else indices
     history = xtb.positions[-history_frames:, indices]
     sizes = [auto_batch(net.cfg, len(indices)) if b == AUTO_BATCH else b for b in batch_sizes]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        timings = [BatchTiming(b, time_forecast_frames(net, history, numbers[indices], frames=forecast_frames,
-                                                       batch_size=b, repeats=repeats)) for b in sizes]
-    finally:
-        torch.set_num_threads(threads)
+    timings = [BatchTiming(b, time_forecast_frames(net, history, numbers[indices], frames=forecast_frames,
+                                                   batch_size=b, repeats=repeats)) for b in sizes]
     return CostReport(mol.name, mol.n_atoms, timestep_fs, stride_steps, xtb.steps, xtb.cpu_seconds / xtb.steps,
                       forecast_frames, timings[0].batch_size, timings[0].model_cpu_seconds_per_frame,
                       sum(p.numel() for p in net.parameters()), history_frames,

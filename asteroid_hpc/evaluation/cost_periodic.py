@@ -129,13 +129,8 @@ def time_forecast(model_path: str | os.PathLike, trajectory: str | os.PathLike, 
         torch.as_tensor(window[None], dtype=torch.float64), None if cell is None else cell.double())
     log.info("ASTEROID: %s", "no constraints" if held is None else f"{len(held)} distances held (constraints)")
     held = None if held is None else held.to(dtype=torch.float32)  # lengths [1, C]: every copy of the batch
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        per_frame = time_forecast_frames(model, window, traj.atomic_numbers, frames=frames, batch_size=batch_size,
-                                         repeats=repeats, cell=None if cell is None else cell[0], constraints=held)
-    finally:
-        torch.set_num_threads(threads)
+    per_frame = time_forecast_frames(model, window, traj.atomic_numbers, frames=frames, batch_size=batch_size,
+                                     repeats=repeats, cell=None if cell is None else cell[0], constraints=held)
     return model, stride * traj.frame_fs, per_frame, traj.cell[-1]
 
 
