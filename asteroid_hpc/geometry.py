@@ -49,6 +49,17 @@ def kabsch_superpose(coordinates, reference) -> np.ndarray:
     return centred @ rotation + reference.mean(axis=-2, keepdims=True)
 
 
+def superposed_mean(frames, iterations: int = 4) -> np.ndarray:
+    """Mean structure [N, 3] (centred at the origin) of ``frames`` [F, N, 3] in the molecule's own frame: the
+    frames superposed (Kabsch) onto the running mean and averaged, ``iterations`` times, so that tumbling
+    does not blur it."""
+    frames = np.asarray(frames, dtype=np.float64)
+    mean = frames[0] - frames[0].mean(axis=0)
+    for _ in range(iterations):
+        mean = kabsch_superpose(frames, mean).mean(axis=0)
+    return mean - mean.mean(axis=0)
+
+
 def kabsch_rmsd(coordinates, reference) -> np.ndarray:
     """RMSD in Å after optimal superposition (translation + rotation) of ``coordinates`` onto
     ``reference``: [..., N, 3] -> [...]."""

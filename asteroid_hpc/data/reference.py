@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import user_error
-from ..geometry import kabsch_superpose
+from ..geometry import superposed_mean
 from .amber import AmberReader
 from .manifest import inside, read_manifest, training_ranges
 from .stats import in_ranges
@@ -63,7 +63,4 @@ def training_mean_structure(dataset_dir: str | os.PathLike, max_frames: int = 40
     frames = frames[finite]
     if len(frames) == 0:
         raise user_error(directory, "no finite training frames to take a reference structure from")
-    mean = frames[0] - frames[0].mean(axis=0)
-    for _ in range(SUPERPOSE_ITERATIONS):
-        mean = kabsch_superpose(frames, mean).mean(axis=0)
-    return mean - mean.mean(axis=0)
+    return superposed_mean(frames, SUPERPOSE_ITERATIONS)
