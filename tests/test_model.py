@@ -140,6 +140,22 @@ def test_forecast_any_number_of_frames_is_iterative():
     assert not torch.is_grad_enabled() or not long.requires_grad
 
 
+@pytest.mark.parametrize("attention", ["full", "local_global"])
+def test_forecast_only_skips_the_sti_outputs_and_keeps_the_forecast(attention):
+    """Without the STI outputs a pass runs the primary head on the L−1 frames the read-off uses, and no
+    conjugate; passes after the first always do. The forecast does not move."""
+    model = make_model(history_frames=7, attention=attention)
+    history, z = molecule_window(frames=7)
+    with torch.no_grad():
+        full = model(history, z, 3 * L)  # three passes
+        fast = model(history, z, 3 * L, forecast_only=True)
+    assert full.hankel.shape == (2, 7, L, N, 3) and full.reconstruction.shape == (2, 7, N, 3)
+    assert fast.hankel is None and fast.reconstruction is None
+    assert torch.allclose(fast.forecast, full.forecast, atol=1e-6, rtol=0)
+    assert torch.allclose(fast.readoff, full.readoff, atol=1e-6, rtol=0)
+    assert torch.equal(model.forecast(history, z, 3 * L), fast.forecast)
+
+
 def test_radius_graph_matches_brute_force():
     gen = torch.Generator().manual_seed(0)
     positions = torch.rand(2, 60, 3, generator=gen) * 8.0

@@ -123,7 +123,8 @@ class MemberForecaster:
                 cell = self._cell_on_device
                 graph = self.neighbors.graph(windows[:, -1], cell) if self.neighbors is not None else None
                 out = self.model(windows, self._numbers_on_device, steps, graph=graph, domain=SingleDomain(),
-                                 cell=cell, constraints=self.constraints, generator=generators).forecast
+                                 cell=cell, constraints=self.constraints, generator=generators,
+                                 forecast_only=True).forecast
                 return out.float()
             return self._decomposed_pass(windows, steps)
 
@@ -137,7 +138,7 @@ class MemberForecaster:
         history = windows.index_select(2, index)
         held = None if self.constraints is None else self.constraints.restricted(index)
         out = self.model(history, self.atomic_numbers[local].to(self.device), steps, domain=domain,
-                         cell=self._cell_on_device, constraints=held).forecast
+                         cell=self._cell_on_device, constraints=held, forecast_only=True).forecast
         owned_frames = out[:, :, :parts.n_owned[self.group.rank]].float().cpu().numpy()
         frames = np.empty((batch, steps, n_atoms, 3), dtype=np.float32)
         for rank, piece in enumerate(self.group.allgather(owned_frames)):

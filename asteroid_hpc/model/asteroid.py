@@ -38,7 +38,7 @@ signature whether it was trained on periodic systems and refuses the other kind.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
@@ -52,7 +52,7 @@ from .domain import WHOLE_SYSTEM, Domain
 from .graph import NeighborGraph, radius_graph, spatial_order
 from .inputs import check_cell, check_domain, check_inputs
 from .periodic import minimum_image_shift
-from .spatial import SpatialBlock
+from .spatial import FullPairs, SpatialBlock, full_pairs
 from .sti import readoff
 from .symmetry import (VectorHead, random_rotations, rotate_about, rotation_step, vector_feature_size,
                        vector_features)
@@ -76,13 +76,18 @@ class AsteroidOutput(NamedTuple):
 
     ``forecast`` [B, H, N, 3]; from the first pass over the given history: ``hankel`` [B, m, L, N, 3]
     (entry [t, i] predicts frame t+i), ``reconstruction`` [B, m, N, 3] (conjugate Ψ of the observed
-    frames) and ``readoff`` [B, L−1, N, 3] (anti-diagonal means: the STI forecast).
+    frames) and ``readoff`` [B, L−1, N, 3] (anti-diagonal means: the STI forecast). ``hankel`` and
+    ``reconstruction`` (what only the STI losses read) are None for a ``forecast_only`` call.
     """
 
     forecast: Tensor
-    hankel: Tensor
-    reconstruction: Tensor
+    hankel: Optional[Tensor]
+    reconstruction: Optional[Tensor]
     readoff: Tensor
+
+    def mapped(self, fn: Callable[[Tensor], Tensor]) -> "AsteroidOutput":
+        """``fn`` applied to every tensor (the None ones stay None)."""
+        return AsteroidOutput(*(None if t is None else fn(t) for t in self))
 
 
 class ThermalOutput(NamedTuple):
@@ -167,8 +172,8 @@ class Asteroid(Decoding, nn.Module):
     def forward(self, history: Tensor, atomic_numbers: Tensor, horizon: int, target: Optional[Tensor] = None, *,
                 graph: Optional[NeighborGraph] = None, domain: Optional[Domain] = None,
                 cell: Optional[Tensor] = None, mean_only: bool = False,
-                generator: Generators = None,
-                constraints: Optional[Constraints] = None) -> AsteroidOutput | ThermalOutput:
+                generator: Generators = None, constraints: Optional[Constraints] = None,
+                forecast_only: bool = False) -> AsteroidOutput | ThermalOutput:
         """Forecast ``horizon`` frames after ``history`` [B, m, N, 3] (raw Å).
 
         ``target`` [B, ≥horizon, N, 3] enables teacher forcing (the decoder and the rolled windows see the
@@ -179,7 +184,9 @@ class Asteroid(Decoding, nn.Module):
         A stochastic model without ``target`` samples every step from ``generator`` (torch's global one when
         None; a sequence: one per batch row, :func:`~.thermal.row_generators`) unless ``mean_only``: then it
         follows its means. Deterministic models ignore both.
-        ``constraints`` (:mod:`.constraints`): distances each free-running step is projected onto."""
+        ``constraints`` (:mod:`.constraints`): distances each free-running step is projected onto.
+        ``forecast_only``: skip what only the STI losses read (the Hankel tensor's entries the read-off does not
+        use, the conjugate reconstruction); passes after the first always skip them."""
         check_inputs(self, history, atomic_numbers, horizon, target)
         sample = self.cfg.stochastic and target is None and not mean_only
         cell = check_cell(self, cell, history, graph)
@@ -204,16 +211,15 @@ class Asteroid(Decoding, nn.Module):
             target = None if target is None else target[:, :, order]
         if hold is not None:  # as the atoms now stand (turned by "augment", in locality order)
             hold = (hold[0] if order is None else hold[0].reordered(order), cell)
-        output, scale = self._passes(history, elements, horizon, target, graph, domain, cell, sample, generator, hold)
+        output, scale = self._passes(history, elements, horizon, target, graph, domain, cell, sample, generator, hold,
+                                     forecast_only)
         if order is not None:
             inverse = torch.argsort(order)
-            output = AsteroidOutput(*(t[..., inverse, :] for t in
-                                      (output.forecast, output.hankel, output.reconstruction, output.readoff)))
+            output = output.mapped(lambda t: t[..., inverse, :])
             scale = None if scale is None else scale[..., inverse]
         if rotation is not None:
             undo = rotation.transpose(1, 2)
-            output = AsteroidOutput(*(rotate_about(t, undo, centre.view(batch, *([1] * (t.dim() - 2)), 3))
-                                      for t in (output.forecast, output.hankel, output.reconstruction, output.readoff)))
+            output = output.mapped(lambda t: rotate_about(t, undo, centre.view(batch, *([1] * (t.dim() - 2)), 3)))
         return output if scale is None else ThermalOutput(*output, scale)  # σ is rotation invariant
 
     @torch.no_grad()
@@ -227,7 +233,7 @@ class Asteroid(Decoding, nn.Module):
         self.eval()
         try:
             return self(history, atomic_numbers, n_frames, cell=cell, mean_only=mean_only, generator=generator,
-                        constraints=constraints).forecast
+                        constraints=constraints, forecast_only=True).forecast
         finally:
             self.train(was_training)
 
@@ -260,17 +266,24 @@ class Asteroid(Decoding, nn.Module):
             graph = radius_graph(window[:, -1], self.cfg.cutoff_angstrom, self.cfg.max_neighbors, cell)
         return _Window(last, centre, atom_basis, self.element_embedding(elements), graph, domain, cell)
 
-    def _spatial(self, block: SpatialBlock, h: Tensor, positions: Tensor, geo: _Window,
-                 want_vectors: bool) -> tuple[Tensor, Optional[Tensor]]:
+    def _full_pairs(self, positions: Tensor, geo: _Window) -> Optional[FullPairs]:
+        """Full attention: the pair geometry of positions [B, T, N, 3], shared by the blocks that see them."""
+        if geo.graph is not None:
+            return None
+        batch, frames, n_atoms, _ = positions.shape
+        cell = None if geo.cell is None else geo.cell.repeat_interleave(frames, dim=0)
+        return full_pairs(positions.reshape(batch * frames, n_atoms, 3), cell, self.encoder_spatial[0].rbf)
+
+    def _spatial(self, block: SpatialBlock, h: Tensor, positions: Tensor, geo: _Window, want_vectors: bool,
+                 pairs: Optional[FullPairs]) -> tuple[Tensor, Optional[Tensor]]:
         """Run a spatial block on every frame of h [B, T, N, D], then the domain's step after it; vectors
-        [B, T, N, H, 3] when wanted."""
+        [B, T, N, H, 3] when wanted. ``pairs``: :meth:`_full_pairs` of ``positions`` (full attention)."""
         batch, frames, n_atoms, d = h.shape
         graph = None if geo.graph is None else geo.graph.repeat_frames(frames)
-        cell = None if geo.cell is None or graph is not None else geo.cell.repeat_interleave(frames, dim=0)
         domain = geo.domain
         out, vectors = block(h.reshape(batch * frames, n_atoms, d), positions.reshape(batch * frames, n_atoms, 3),
                              graph, owned_mask=domain.owned_mask, reduce=domain.global_reduce,
-                             return_vectors=want_vectors, cell=cell)
+                             return_vectors=want_vectors, pairs=pairs)
         out, vectors = domain.after_spatial_block(out, vectors)
         vectors = None if vectors is None else vectors.view(batch, frames, n_atoms, -1, 3)
         return out.view(batch, frames, n_atoms, d), vectors
@@ -309,10 +322,11 @@ class Asteroid(Decoding, nn.Module):
         token_vectors = torch.stack([displacements, velocities], dim=3)  # [B, m, N, 2, 3]
         h = self._tokens(self.encoder_input, token_vectors, geo, self.frame_embedding)
         positions = window - geo.centre
+        pairs = self._full_pairs(positions, geo)
         vectors = None
         for index, (spatial, temporal) in enumerate(zip(self.encoder_spatial, self.encoder_temporal)):
             last_layer = index == len(self.encoder_spatial) - 1
-            h, vectors = self._spatial(spatial, h, positions, geo, self.equivariant and last_layer)
+            h, vectors = self._spatial(spatial, h, positions, geo, self.equivariant and last_layer, pairs)
             h = self._per_frame(temporal(self._per_atom(h)), window.shape[0])
         return self.encoder_norm(h), token_vectors, vectors
 
@@ -324,7 +338,8 @@ class Asteroid(Decoding, nn.Module):
 
     def _passes(self, history: Tensor, elements: Tensor, horizon: int, target: Optional[Tensor],
                 graph: Optional[NeighborGraph], domain: Domain, cell: Optional[Tensor], sample: bool,
-                generator: Generators, hold: Optional[tuple]) -> tuple[AsteroidOutput, Optional[Tensor]]:
+                generator: Generators, hold: Optional[tuple],
+                forecast_only: bool) -> tuple[AsteroidOutput, Optional[Tensor]]:
         """Passes until ``horizon`` frames, each rolling its forecast (or the teacher's frames) into the window;
         the first pass's Hankel, reconstruction and read-off, and the σ of every step (stochastic models)."""
         m = self.cfg.history_frames
@@ -333,7 +348,8 @@ class Asteroid(Decoding, nn.Module):
         while produced < horizon:
             steps = min(self.steps_per_pass, horizon - produced)
             teacher = None if target is None else target[:, produced:produced + steps]
-            result, scale = self._pass(window, elements, steps, teacher, graph, domain, cell, sample, generator, hold)
+            result, scale = self._pass(window, elements, steps, teacher, graph, domain, cell, sample, generator, hold,
+                                       sti_outputs=first is None and not forecast_only)
             first = result if first is None else first
             forecasts.append(result.forecast)
             scales.append(scale)
@@ -345,14 +361,17 @@ class Asteroid(Decoding, nn.Module):
 
     def _pass(self, window: Tensor, elements: Tensor, steps: int, teacher: Optional[Tensor],
               graph: Optional[NeighborGraph], domain: Domain, cell: Optional[Tensor], sample: bool = False,
-              generator: Generators = None,
-              hold: Optional[tuple] = None) -> tuple[AsteroidOutput, Optional[Tensor]]:
-        """One pass; ``hold`` = (constraints, cell) projects each free-running step (forward's doc)."""
+              generator: Generators = None, hold: Optional[tuple] = None,
+              sti_outputs: bool = True) -> tuple[AsteroidOutput, Optional[Tensor]]:
+        """One pass; ``hold`` = (constraints, cell) projects each free-running step (forward's doc). Without
+        ``sti_outputs`` the delay vectors of the last L−1 frames only (all the read-off uses), no conjugate."""
         geo = self._geometry(window, elements, graph, domain, cell)
         held = (lambda d: d) if hold is None else (lambda d: held_steps(d, geo.last, *hold))
         h, token_vectors, vectors = self._encode(window, geo)
-        delay = self.primary_head(h, self._basis(token_vectors, geo, vectors))  # [B, m, N, L, 3]
-        reconstruction = self._conjugate(delay, geo)
+        read = slice(None) if sti_outputs else slice(-(self.cfg.delay_length - 1), None)
+        delay = self.primary_head(h[:, read], self._basis(token_vectors[:, read], geo,
+                                                          None if vectors is None else vectors[:, read]))
+        reconstruction = self._conjugate(delay, geo) if sti_outputs else None  # delay: [B, m (or L−1), N, L, 3]
         hankel = delay.permute(0, 1, 3, 2, 4)  # [B, m, L, N, 3] displacements
         seeds = readoff(hankel)
         memory = self._per_atom(h)
@@ -362,6 +381,8 @@ class Asteroid(Decoding, nn.Module):
             previous = torch.cat([torch.zeros_like(seeds[:, :1]), teacher[:, :steps - 1] - geo.last], dim=1)
             forecast, scale = self._decode(seeds[:, :steps], previous, memory, geo)
         last = geo.last
+        if not sti_outputs:
+            return AsteroidOutput(forecast + last, None, None, seeds + last), scale
         return AsteroidOutput(forecast + last, hankel + last.unsqueeze(1), reconstruction + last, seeds + last), scale
 
 

@@ -29,10 +29,11 @@ class Decoding:
         first_step = 0 if caches is None else len(caches[0].keys)
         h = self._tokens(self.decoder_input, token_vectors, geo, self.step_embedding[first_step:])
         positions = geo.last + seeds - geo.centre
+        pairs = self._full_pairs(positions, geo)
         vectors = None
         for index, (spatial, temporal) in enumerate(zip(self.decoder_spatial, self.decoder_temporal)):
             last_layer = index == len(self.decoder_spatial) - 1
-            h, vectors = self._spatial(spatial, h, positions, geo, self.equivariant and last_layer)
+            h, vectors = self._spatial(spatial, h, positions, geo, self.equivariant and last_layer, pairs)
             tokens = self._per_atom(h)
             tokens = temporal(tokens, memory) if caches is None else temporal.step(tokens, memory, caches[index])
             h = self._per_frame(tokens, batch)

@@ -30,7 +30,7 @@ function, and what the FLOP count counts.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -105,6 +105,21 @@ class RadialBias(nn.Linear):
         return (self.weight @ features.reshape(features.shape[0], -1)).view(-1, *features.shape[1:])
 
 
+class FullPairs(NamedTuple):
+    """Every pair's geometry in full attention, which depends on the positions alone: computed once for all
+    the blocks that see the same frames (the encoder's layers), not once per block."""
+
+    relative: Tensor  # [S, N, N, 3]: x_j − x_i (the minimum image in a periodic box)
+    radial: Tensor  # [num_rbf, S, N, N]: the radial basis of |x_j − x_i|
+
+
+def full_pairs(positions: Tensor, cell: Optional[Tensor], rbf: RadialBasis) -> FullPairs:
+    """The pair geometry of ``positions`` [S, N, 3] (Å; periodic ``cell`` [S, 3, 3] or None)."""
+    relative = minimum_image(positions.unsqueeze(1) - positions.unsqueeze(2), cell)
+    distance = torch.sqrt(_sum_last(relative * relative) + 1e-12)
+    return FullPairs(relative, rbf(distance, basis_first=True))
+
+
 class FeedForward(nn.Module):
     def __init__(self, hidden_size: int, dropout: float):
         super().__init__()
@@ -167,17 +182,20 @@ class SpatialBlock(nn.Module):
 
     def forward(self, h: Tensor, positions: Tensor, graph: Optional[NeighborGraph], *,
                 owned_mask: Optional[Tensor] = None, reduce: GlobalReduce = local_reduce,
-                return_vectors: bool = False, cell: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+                return_vectors: bool = False, cell: Optional[Tensor] = None,
+                pairs: Optional[FullPairs] = None) -> tuple[Tensor, Optional[Tensor]]:
         frames, n_atoms, _ = h.shape
         x = self.norm(h)
         query, keys, values = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
         global_kv = self._gather_global(keys, values, owned_mask, reduce) if self.num_global_tokens else None
         # Local attention in blocks of atoms (all frames), so that the [S, atoms, K, ...] intermediates
         # stay cache-sized and the cost per atom does not grow with N (BENCHMARKS.md, model forward).
-        step = n_atoms if graph is None else max(1, BLOCK_ROWS // frames)
-        packed = None if graph is None else self._pack(keys, values, positions)
+        if graph is None:  # full attention: one block of all atoms
+            step, packed = n_atoms, pairs if pairs is not None else full_pairs(positions, cell, self.rbf)
+        else:
+            step, packed = max(1, BLOCK_ROWS // frames), self._pack(keys, values, positions)
         parts = [self._attend(query, keys, values, positions, graph, global_kv, slice(a, a + step), return_vectors,
-                              cell, packed) for a in range(0, n_atoms, step)]
+                              packed) for a in range(0, n_atoms, step)]
         mixed = parts[0][0] if len(parts) == 1 else torch.cat([p[0] for p in parts], dim=1)
         vectors = None
         if return_vectors:
@@ -188,24 +206,25 @@ class SpatialBlock(nn.Module):
 
     def _attend(self, query: Tensor, keys: Tensor, values: Tensor, positions: Tensor,
                 graph: Optional[NeighborGraph], global_kv: Optional[tuple[Tensor, Tensor]], atoms: slice,
-                return_vectors: bool, cell: Optional[Tensor], packed: Optional[Tensor] = None
-                ) -> tuple[Tensor, Optional[Tensor]]:
+                return_vectors: bool, packed: Tensor | FullPairs) -> tuple[Tensor, Optional[Tensor]]:
         """Attention output [S, n, H, Dh] (and vectors [S, n, H, 3]) of the atoms in ``atoms``.
 
-        The local path gathers each neighbour's key, value and position in one ``index_select`` from
-        ``packed`` (:meth:`_pack`) and contracts over a head's few channels with element-wise products (batched
-        products of 8-16 channels mostly move data); the softmax runs over contiguous [S, n, H, K + G]. The
-        einsum formulation it replaces (:mod:`asteroid_hpc.model.spatial_reference`) is the same function.
+        Full attention (``graph`` None; ``atoms`` all of them) takes every pair's geometry from ``packed``
+        (:class:`FullPairs`). The local path gathers each neighbour's key, value and position in one
+        ``index_select`` from ``packed`` (:meth:`_pack`) and contracts over a head's few channels with
+        element-wise products (batched products of 8-16 channels mostly move data); the softmax runs over
+        contiguous [S, n, H, K + G]. The einsum formulation it replaces
+        (:mod:`asteroid_hpc.model.spatial_reference`) is the same function.
         """
         query = query[:, atoms] * (1.0 / math.sqrt(self.head_dim))  # [S, n, H, Dh]
         if graph is None:  # full attention: every atom j of the frame is a neighbour of i
-            relative = minimum_image(positions.unsqueeze(1) - positions[:, atoms].unsqueeze(2), cell)  # [S, n, N, 3]
+            relative, radial = packed
             logits = (query.transpose(1, 2) @ keys.permute(0, 2, 3, 1)).permute(0, 2, 3, 1)  # [S, n, N, H]
             nb_values = None
         else:
             logits, relative, nb_values = self._local_logits(query, packed, positions, graph, atoms)
-        distance = torch.sqrt(_sum_last(relative * relative) + 1e-12)
-        bias = self.rbf_bias(self.rbf(distance, basis_first=True), basis_first=True)  # [H, S, n, K]
+            radial = self.rbf(torch.sqrt(_sum_last(relative * relative) + 1e-12), basis_first=True)
+        bias = self.rbf_bias(radial, basis_first=True)  # [H, S, n, K]
         logits = (logits + bias.permute(1, 2, 3, 0)).transpose(2, 3)  # [S, n, H, K]
         if global_kv is not None:
             g_keys, g_values = global_kv  # [S, G, H, Dh]

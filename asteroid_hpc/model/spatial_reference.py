@@ -21,21 +21,20 @@ from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from .graph import NeighborGraph
-from .periodic import minimum_image
-from .spatial import SpatialBlock
+from .spatial import FullPairs, SpatialBlock
 
 
 def reference_attend(block: SpatialBlock, query: Tensor, keys: Tensor, values: Tensor, positions: Tensor,
                      graph: Optional[NeighborGraph], global_kv: Optional[tuple[Tensor, Tensor]], atoms: slice,
-                     return_vectors: bool, cell: Optional[Tensor], packed: Optional[Tensor] = None
-                     ) -> tuple[Tensor, Optional[Tensor]]:
-    """``SpatialBlock._attend`` as einsums: attention output [S, n, H, Dh] (and vectors [S, n, H, 3]);
-    ``packed`` (the fast path's gather source) is not used."""
+                     return_vectors: bool, packed: Tensor | FullPairs) -> tuple[Tensor, Optional[Tensor]]:
+    """``SpatialBlock._attend`` as einsums: attention output [S, n, H, Dh] (and vectors [S, n, H, 3]). Full
+    attention takes the pairs' relative vectors (minimum images) from ``packed`` and nothing else; the local
+    path does not use ``packed`` (the fast path's gather source)."""
     frames, n_atoms = keys.shape[:2]
     scale = 1.0 / math.sqrt(block.head_dim)
     query = query[:, atoms]
     if graph is None:  # full attention: every atom j of the frame is a neighbour of i
-        relative = minimum_image(positions.unsqueeze(1) - positions[:, atoms].unsqueeze(2), cell)
+        relative = packed.relative[:, atoms]
         logits = torch.einsum("snhd,skhd->snkh", query, keys) * scale
         mix_equation, mix_values = "snkh,skhd->snhd", values
     else:  # gather the K listed neighbours of every atom: [S, n, K, ...]

@@ -45,7 +45,8 @@ def per_lead_mse(engine, dataset, indices: list[int], micro_batch_size: int, hor
                 history = batch["history"].to(device=device, dtype=dtype)
                 target = batch["target"].to(device=device, dtype=torch.float64)
                 box = box_keywords(batch, history.shape[1], device, dtype)
-                forecast = engine(history, batch["atomic_numbers"].to(device), horizon, **box, **mean_only).forecast
+                forecast = engine(history, batch["atomic_numbers"].to(device), horizon, **box, **mean_only,
+                                  forecast_only=True).forecast
                 error = (forecast.to(torch.float64) - target[:, :horizon]).pow(2)
                 squared += error.sum(dim=(0, 2, 3))
                 count += error[:, 0].numel()
