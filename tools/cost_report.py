@@ -94,6 +94,16 @@ def _periodic(args, model):
                                  openmm_steps=args.md_steps, forecast_frames=args.frames, batch_size=sizes[0])
 
 
+def _allocator_as_ensembles_run() -> None:
+    """Freed memory kept, as ``ensemble-forecast`` runs by default (``ensemble.keep_freed_memory``): without
+    it every forecast pass page-faults its large intermediates anew."""
+    from asteroid_hpc.config.schema import EnsembleConfig
+    from asteroid_hpc.runtime.allocator import keep_freed_memory
+
+    if EnsembleConfig().keep_freed_memory:
+        keep_freed_memory()
+
+
 def main(argv: list[str] | None = None) -> int:
     from asteroid_hpc.cli.common import MODEL_HELP
     from asteroid_hpc.logs import setup_logging
@@ -123,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         if min(args.frames, args.repeats, args.md_steps) < 1 or args.timestep_fs <= 0:
             raise UserError("--frames, --repeats, --md-steps and --timestep-fs must be positive")
         model = _model(args)
+        _allocator_as_ensembles_run()
         report = _periodic(args, model) if args.molecule in PERIODIC_SYSTEMS else _molecule(args, model)
     except UserError as exc:
         print(f"cost_report: error: {exc}", file=sys.stderr)

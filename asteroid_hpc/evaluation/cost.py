@@ -22,7 +22,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from ..config.schema import AsteroidConfig, EnsembleConfig, ModelConfig
+from ..config.schema import AsteroidConfig, ModelConfig
 from ..logs import get_logger
 
 log = get_logger(__name__)
@@ -166,14 +166,8 @@ def time_forecast_frames(model, history: np.ndarray, numbers: np.ndarray, *, fra
                          repeats: int, **forecast_keywords) -> float:
     """Best of ``repeats`` CPU seconds per member-frame, ``batch_size`` copies of ``history`` [K, N, 3]
     (``forecast_keywords``: the model's ``forecast`` keywords, e.g. ``cell``, ``constraints``), on one torch
-    thread (restored after), with freed memory kept as ``ensemble-forecast`` keeps it by default
-    (``ensemble.keep_freed_memory``; for the rest of the process)."""
+    thread (restored after)."""
     import torch
-
-    from ..runtime.allocator import keep_freed_memory
-
-    if EnsembleConfig().keep_freed_memory:
-        keep_freed_memory()
 
     batch = torch.as_tensor(np.repeat(history[None], batch_size, axis=0), dtype=torch.float32)
     elements = torch.as_tensor(numbers, dtype=torch.long)
