@@ -4,7 +4,8 @@
 Both are measured in this run, on one CPU thread each: tblite GFN2-xTB + ASE velocity Verlet on the same
 molecule (stride steps per frame, which also give the model its history), then the model's forecast at each
 ``--batch-size`` (``auto``: the batch ``ensemble-forecast`` would choose for the system). Prints a table (per
-frame and per simulated picosecond) and writes it as JSON.
+frame and per simulated picosecond) and writes it as JSON. The process keeps freed memory as
+``ensemble-forecast`` does by default (``ensemble.keep_freed_memory``), so the forecast is timed as it runs there.
 
 Instead of a trained MODEL, ``--config FILE`` times the model of that config's ``model:`` section with
 untrained weights (a forecast's cost depends on the architecture, atoms and batch, not on the weight

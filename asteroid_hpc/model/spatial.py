@@ -218,7 +218,7 @@ class SpatialBlock(nn.Module):
         """
         query = query[:, atoms] * (1.0 / math.sqrt(self.head_dim))  # [S, n, H, Dh]
         if graph is None:  # full attention: every atom j of the frame is a neighbour of i
-            relative, radial = packed
+            relative, radial = packed.relative[:, atoms], packed.radial[:, :, atoms]
             logits = (query.transpose(1, 2) @ keys.permute(0, 2, 3, 1)).permute(0, 2, 3, 1)  # [S, n, N, H]
             nb_values = None
         else:
