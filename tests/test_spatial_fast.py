@@ -51,6 +51,25 @@ def test_block_fast_path_equals_einsum_formulation(kind, global_tokens):
     assert fast_vectors.abs().max() > 0.1
 
 
+def test_full_pairs_are_the_minimum_images_and_their_radial_basis():
+    """What full attention (fast path and reference alike) takes from :func:`full_pairs`, checked directly."""
+    from asteroid_hpc.model.spatial import full_pairs
+
+    block = SpatialBlock(16, 2, 6, 3.0, 0, 0.0)
+    _, positions = block_inputs()
+    box = torch.tensor([9.0, 8.0, 10.0])
+    for cell in (None, CELL.expand(len(positions), 3, 3)):
+        pairs = full_pairs(positions, cell, block.rbf)
+        expected = positions.unsqueeze(1) - positions.unsqueeze(2)  # [S, i, j]: x_j − x_i
+        if cell is not None:  # orthorhombic: each component to its nearest image
+            expected = expected - box * torch.round(expected / box)
+        assert torch.allclose(pairs.relative, expected, atol=1e-5)
+        distance = expected.norm(dim=-1)
+        centres = torch.linspace(0.0, 3.0, 6).view(-1, 1, 1, 1)
+        radial = torch.exp(-block.rbf.gamma * (distance.unsqueeze(0) - centres) ** 2)
+        assert torch.allclose(pairs.radial, radial, atol=1e-6)
+
+
 def test_block_blocks_of_atoms_masks_and_domain_statistics(monkeypatch):
     """Several atom blocks per frame (BLOCK_ROWS), padded lists and an owned mask with a reduce hook."""
     import asteroid_hpc.model.spatial as spatial
