@@ -113,11 +113,15 @@ class FullPairs(NamedTuple):
     radial: Tensor  # [num_rbf, S, N, N]: the radial basis of |x_j − x_i|
 
 
+def radial_of(relative: Tensor, rbf: RadialBasis) -> Tensor:
+    """The radial basis [num_rbf, ...] of the lengths of pair vectors ``relative`` [..., 3]."""
+    return rbf(torch.sqrt(_sum_last(relative * relative) + 1e-12), basis_first=True)
+
+
 def full_pairs(positions: Tensor, cell: Optional[Tensor], rbf: RadialBasis) -> FullPairs:
     """The pair geometry of ``positions`` [S, N, 3] (Å; periodic ``cell`` [S, 3, 3] or None)."""
     relative = minimum_image(positions.unsqueeze(1) - positions.unsqueeze(2), cell)
-    distance = torch.sqrt(_sum_last(relative * relative) + 1e-12)
-    return FullPairs(relative, rbf(distance, basis_first=True))
+    return FullPairs(relative, radial_of(relative, rbf))
 
 
 class FeedForward(nn.Module):
@@ -223,7 +227,7 @@ class SpatialBlock(nn.Module):
             nb_values = None
         else:
             logits, relative, nb_values = self._local_logits(query, packed, positions, graph, atoms)
-            radial = self.rbf(torch.sqrt(_sum_last(relative * relative) + 1e-12), basis_first=True)
+            radial = radial_of(relative, self.rbf)
         bias = self.rbf_bias(radial, basis_first=True)  # [H, S, n, K]
         logits = (logits + bias.permute(1, 2, 3, 0)).transpose(2, 3)  # [S, n, H, K]
         if global_kv is not None:
