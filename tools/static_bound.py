@@ -27,7 +27,7 @@ STRUCTURE = "mean structure on the history mean"
 
 def static_bound(path: Path, history_frames: int, a_history_stride: int, frames: tuple[int, int],
                  structure_frames: tuple[int, int] | None = None) -> dict:
-    from asteroid_hpc.evaluation.protocols import protocol_a
+    from asteroid_hpc.evaluation.protocols import heavy_atoms, protocol_a
     from asteroid_hpc.evaluation.trajectory import load_trajectory
     from asteroid_hpc.geometry import kabsch_superpose, superposed_mean
     from asteroid_hpc.metrics.errors import mse_per_lead_time
@@ -36,7 +36,7 @@ def static_bound(path: Path, history_frames: int, a_history_stride: int, frames:
     samples = protocol_a(traj, split="test", history_frames=history_frames, history_stride_frames=a_history_stride,
                          frame_range=frames)
     history, target = samples.history.astype(np.float64), samples.target.astype(np.float64)
-    heavy = np.flatnonzero(np.asarray(traj.atomic_numbers) > 1)
+    heavy = heavy_atoms(traj.atomic_numbers, traj.source)  # the atoms protocol A scores
     lo, hi = structure_frames or frames
     structure = superposed_mean(traj.positions[lo:hi:a_history_stride][:, heavy])
     history_mean = history.mean(axis=1)

@@ -131,7 +131,7 @@ def _history_offsets(history_frames: int, stride: int) -> np.ndarray:
     return -stride * np.arange(history_frames - 1, -1, -1, dtype=np.int64)
 
 
-def _heavy_atoms(atomic_numbers: np.ndarray, source: str) -> np.ndarray:
+def heavy_atoms(atomic_numbers: np.ndarray, source: str) -> np.ndarray:
     heavy = np.flatnonzero(np.asarray(atomic_numbers) > 1)
     if heavy.size == 0:
         raise UserError(f"{source}: no heavy atoms (atomic number > 1) for protocol A")
@@ -190,7 +190,7 @@ def protocol_a(traj: Trajectory, *, split: str, history_frames: int, history_str
     starts, plan = _random_start_frames(traj, split, history_frames, stride, notes, frame_range,
                                         ((history_frames - 1) * stride, int(offsets[-1])))
     starts = _limit(starts, max_samples, seed, notes)
-    heavy = _heavy_atoms(traj.atomic_numbers, traj.source)
+    heavy = heavy_atoms(traj.atomic_numbers, traj.source)
     atoms = heavy if heavy_input else np.arange(len(traj.atomic_numbers))
     history = gather(traj.positions, starts, _history_offsets(history_frames, stride))[:, :, atoms]
     target = gather(traj.positions, starts, offsets)[:, :, atoms]
@@ -218,7 +218,7 @@ def protocol_b(traj: Trajectory, *, split: str, history_frames: int, a_history_s
     starts, plan = _random_start_frames(traj, split, history_frames, a_stride, notes, frame_range,
                                         ((history_frames - 1) * stride, stride))
     starts = _limit(starts, max_samples, seed, notes)
-    heavy = _heavy_atoms(traj.atomic_numbers, traj.source)
+    heavy = heavy_atoms(traj.atomic_numbers, traj.source)
     history = gather(traj.positions, starts, _history_offsets(history_frames, stride))[:, :, heavy]
     target = gather(traj.positions, starts, np.array([stride]))[:, :, heavy]
     return ProtocolSamples("B", split, history, target, traj.atomic_numbers[heavy], np.arange(len(heavy)),
