@@ -68,6 +68,8 @@ def test_full_pairs_are_the_minimum_images_and_their_radial_basis():
         centres = torch.linspace(0.0, 3.0, 6).view(-1, 1, 1, 1)
         radial = torch.exp(-block.rbf.gamma * (distance.unsqueeze(0) - centres) ** 2)
         assert torch.allclose(pairs.radial, radial, atol=1e-6)
+        # open boundaries carry the positions (Σ α (x_j − x_i) from them); a box does not (minimum images)
+        assert pairs.positions is positions if cell is None else pairs.positions is None
 
 
 def test_block_blocks_of_atoms_masks_and_domain_statistics(monkeypatch):
