@@ -4,7 +4,9 @@
 small contractions (q·k over a head's channels, Σ_k α_k v_k, Σ_k α_k (x_k − x_i)) as element-wise products
 and sums, which ``torch.utils.flop_counter.FlopCounterMode`` does not see. :func:`reference_attend` is the
 formulation it replaced, with every contraction an einsum (a counted batched product); it computes the same
-function (tests/test_spatial_fast.py). :func:`counted_formulation` swaps it in, so that a FLOP count is
+function (tests/test_spatial_fast.py). A decoding step's one-query temporal attention is element-wise too
+(``temporal._one_query``), and a short sequence's attention two batched products (``temporal._short_attention``).
+:func:`counted_formulation` swaps them all back, so that a FLOP count is
 the count of the model's mathematical operations whichever way they are executed; :func:`count_flops`
 counts one call that way, with the temporal attention too (torch's counter has no formula for the CPU
 flash-attention kernel that ``scaled_dot_product_attention`` runs on, and counted it as zero).
@@ -17,9 +19,11 @@ import math
 from typing import Any, Callable, Iterator, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from . import temporal
 from .graph import NeighborGraph
 from .spatial import FullPairs, SpatialBlock
 
@@ -67,14 +71,18 @@ def reference_attend(block: SpatialBlock, query: Tensor, keys: Tensor, values: T
 
 @contextlib.contextmanager
 def counted_formulation() -> Iterator[None]:
-    """Every :class:`SpatialBlock` runs :func:`reference_attend` inside the block (not thread-safe: for
-    counting FLOPs and for tests)."""
-    fast = SpatialBlock._attend
+    """Every :class:`SpatialBlock` runs :func:`reference_attend` inside the block and the temporal attention
+    runs torch's attention kernel at inference too (its element-wise and batched-product forms would be
+    counted in part or not at all); not thread-safe: for counting FLOPs and for tests."""
+    fast = SpatialBlock._attend, temporal._one_query, temporal._short_attention
     SpatialBlock._attend = reference_attend
+    temporal._one_query = F.scaled_dot_product_attention
+    temporal._short_attention = lambda query, keys, values, causal: F.scaled_dot_product_attention(
+        query, keys, values, is_causal=causal)
     try:
         yield
     finally:
-        SpatialBlock._attend = fast
+        SpatialBlock._attend, temporal._one_query, temporal._short_attention = fast
 
 
 def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:

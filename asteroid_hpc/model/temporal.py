@@ -3,6 +3,7 @@ decoder cross-attention to the encoder memory. Tokens are laid out [B·N, T, D] 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -37,9 +38,43 @@ class Attention(nn.Module):
         """Attention of ``x`` to itself, to ``memory``, or to given (cached) ``keys_values``."""
         if keys_values is None:
             keys_values = self.keys_values(x if memory is None else memory)
-        mixed = F.scaled_dot_product_attention(self._split(self.query(x)), *keys_values, is_causal=causal,
-                                               dropout_p=self.dropout if self.training else 0.0)
+        query = self._split(self.query(x))
+        if self.training or keys_values[0].shape[2] > SHORT_SEQUENCE:
+            mixed = F.scaled_dot_product_attention(query, *keys_values, is_causal=causal,
+                                                   dropout_p=self.dropout if self.training else 0.0)
+        elif query.shape[2] == 1:  # a decoding step (causality is moot: the one query is the latest token)
+            mixed = _one_query(query, *keys_values)
+        else:
+            mixed = _short_attention(query, *keys_values, causal)
         return self.out(mixed.transpose(1, 2).flatten(-2))
+
+
+# Inference on sequences of at most this many frames (the model's windows: 4-20) runs the attention as below:
+# torch's CPU flash kernel tiles each (sequence, head) pair on its own, and its softmax over rows of ~10
+# entries is slow; on the aspirin C model's 1 344 × 4 sequences of 10 frames these ran 1.8× faster.
+SHORT_SEQUENCE = 32
+LOG2_E = 1.0 / math.log(2.0)
+
+
+def _one_query(query: Tensor, keys: Tensor, values: Tensor) -> Tensor:
+    """Attention of one query [batch, H, 1, Dh] to keys and values [batch, H, T, Dh], element-wise (1.2-6×
+    faster than the flash kernel for the decoder's T ≤ 10 cached steps)."""
+    weights = torch.softmax((keys * query).sum(-1, keepdim=True) * query.shape[-1] ** -0.5, dim=-2)  # [b, H, T, 1]
+    return (weights * values).sum(-2, keepdim=True)
+
+
+def _short_attention(query: Tensor, keys: Tensor, values: Tensor, causal: bool) -> Tensor:
+    """Attention of queries [batch, H, T, Dh] to keys and values [batch, H, S, Dh] as two batched products, the
+    logits laid out [keys, queries] so that the softmax reduces over a non-contiguous axis (vectorised
+    across the queries) and exp runs as exp2."""
+    batch, heads, frames, width = query.shape
+    queries = query.reshape(batch * heads, frames, width).transpose(1, 2)
+    logits = torch.bmm(keys.reshape(batch * heads, -1, width), queries)  # [batch·H, S, T]
+    if causal:  # key s is hidden from the queries t < s
+        logits = logits.masked_fill(torch.ones_like(logits[0], dtype=torch.bool).tril(-1), float("-inf"))
+    weights = (logits - logits.amax(1, keepdim=True)).mul_(width ** -0.5 * LOG2_E).exp2_()
+    weights = weights.div_(weights.sum(1, keepdim=True))  # [batch·H, S, T]
+    return torch.bmm(weights.transpose(1, 2), values.reshape(batch * heads, -1, width)).view(batch, heads, frames, width)
 
 
 @dataclass
