@@ -323,3 +323,24 @@ def test_a_decoder_step_over_its_cache_equals_the_causal_block_over_all_steps():
     stepped = torch.cat([block.step(tokens[:, k:k + 1], memory, cache) for k in range(4)], dim=1)
     assert (stepped - block(tokens, memory)).abs().max() <= 1e-6
     assert len(cache.keys) == 4 and cache.memory[0].shape == (5, 2, 6, 8)
+
+
+@pytest.mark.parametrize("queries", [1, 4])
+def test_inference_attention_of_a_sequence_does_not_depend_on_the_batch_it_is_in(queries):
+    """Spatial domains run the temporal attention on batches of different sizes, and 1 and D domains agree bit
+    for bit only if each sequence's result is the same whatever batch holds it (a kernel that computes the
+    entries past its last full vector another way breaks that: torch's exp2 and softmax over a leading axis)."""
+    from asteroid_hpc.model.temporal import Attention, frames_first
+
+    torch.manual_seed(0)
+    attention = Attention(16, 2, 0.0).eval()
+    x, memory = torch.randn(150, queries, 16), torch.randn(150, 5, 16)
+    keys_values = tuple(frames_first(t) for t in attention.keys_values(memory))
+    for kv in (None, keys_values):  # self-attention; cached (frames-first) keys and values
+        whole = attention(x, keys_values=kv)
+        for rows in (slice(0, 77), slice(77, 150), slice(3, 90)):
+            part_kv = None if kv is None else tuple(frames_first(t[rows]) for t in kv)
+            assert torch.equal(attention(x[rows], keys_values=part_kv), whole[rows])
+        reference = torch.nn.functional.scaled_dot_product_attention(
+            attention._split(attention.query(x)), *(attention.keys_values(x) if kv is None else kv))
+        assert (whole - attention.out(reference.transpose(1, 2).flatten(-2))).abs().max() <= 1e-6
