@@ -169,8 +169,13 @@ def two_domain_rollout(model, window, z, n_frames):
     return results[0]
 
 
-def test_two_domains_equal_one_bit_for_bit_and_need_the_halo_exchange(monkeypatch):
+@pytest.mark.parametrize("short_kernels_from", [None, 1])  # default threshold (torch's kernels here); always
+def test_two_domains_equal_one_bit_for_bit_and_need_the_halo_exchange(monkeypatch, short_kernels_from):
     import asteroid_hpc.ensemble.rollout as rollout
+    import asteroid_hpc.model.temporal as temporal
+
+    if short_kernels_from is not None:
+        monkeypatch.setattr(temporal, "SHORT_KERNELS_MIN", short_kernels_from)
 
     model = make_model(hidden_size=16, encoder_layers=1, decoder_layers=1, delay_length=3, cutoff_angstrom=5.0,
                        max_neighbors=16, num_rbf=8)

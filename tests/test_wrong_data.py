@@ -8,7 +8,6 @@ can hide before the error line.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 

@@ -56,7 +56,7 @@ from .spatial import FullPairs, SpatialBlock, full_pairs
 from .sti import readoff
 from .symmetry import (VectorHead, random_rotations, rotate_about, rotation_step, vector_feature_size,
                        vector_features)
-from .temporal import TemporalBlock
+from .temporal import TemporalBlock, use_short_kernels
 from .thermal import Generators, ScaleHead
 
 # From this many atoms on, local attention runs on the atoms in spatial (k-d tree) order and restores the
@@ -113,6 +113,7 @@ class _Window:
     graph: Optional[NeighborGraph]
     domain: Domain
     cell: Optional[Tensor]  # [B, 3, 3] Å in a periodic box, else None
+    short_kernels: bool  # the temporal attention's kernels (temporal.use_short_kernels)
 
 
 class Asteroid(Decoding, nn.Module):
@@ -264,7 +265,9 @@ class Asteroid(Decoding, nn.Module):
             graph = None
         elif graph is None:
             graph = radius_graph(window[:, -1], self.cfg.cutoff_angstrom, self.cfg.max_neighbors, cell)
-        return _Window(last, centre, atom_basis, self.element_embedding(elements), graph, domain, cell)
+        system_atoms = domain.n_atoms_total or window.shape[2]  # the whole system's, in a domain too
+        short = use_short_kernels(window.shape[0], system_atoms, self.cfg.num_heads)
+        return _Window(last, centre, atom_basis, self.element_embedding(elements), graph, domain, cell, short)
 
     def _full_pairs(self, positions: Tensor, geo: _Window) -> Optional[FullPairs]:
         """Full attention: the pair geometry of positions [B, T, N, 3], shared by the blocks that see them."""
@@ -327,7 +330,7 @@ class Asteroid(Decoding, nn.Module):
         for index, (spatial, temporal) in enumerate(zip(self.encoder_spatial, self.encoder_temporal)):
             last_layer = index == len(self.encoder_spatial) - 1
             h, vectors = self._spatial(spatial, h, positions, geo, self.equivariant and last_layer, pairs)
-            h = self._per_frame(temporal(self._per_atom(h)), window.shape[0])
+            h = self._per_frame(temporal(self._per_atom(h), short_kernels=geo.short_kernels), window.shape[0])
         return self.encoder_norm(h), token_vectors, vectors
 
     def _conjugate(self, delay: Tensor, geo: _Window) -> Tensor:

@@ -35,7 +35,8 @@ class Decoding:
             last_layer = index == len(self.decoder_spatial) - 1
             h, vectors = self._spatial(spatial, h, positions, geo, self.equivariant and last_layer, pairs)
             tokens = self._per_atom(h)
-            tokens = temporal(tokens, memory) if caches is None else temporal.step(tokens, memory, caches[index])
+            tokens = (temporal(tokens, memory, geo.short_kernels) if caches is None
+                      else temporal.step(tokens, memory, caches[index], geo.short_kernels))
             h = self._per_frame(tokens, batch)
         h = self.decoder_norm(h)
         correction = self.decoder_head(h, self._basis(token_vectors, geo, vectors))

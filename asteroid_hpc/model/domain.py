@@ -33,6 +33,7 @@ class Domain(Protocol):
     """The part of a system that a forward pass holds (all shapes are of the local atoms, N of them)."""
 
     owned_mask: Optional[Tensor]  # [N] bool, True for owned atoms; None: every local atom is owned
+    n_atoms_total: Optional[int]  # atoms of the whole system; None: the pass holds them all
 
     def global_reduce(self, max_logit: Tensor, sum_exp: Tensor, weighted_sum: Tensor) -> SoftmaxStats:
         """The global-token gather's softmax statistics of this domain -> those of the whole system."""
@@ -51,6 +52,7 @@ class WholeSystem:
     """The default domain: the pass holds the whole system (every atom owned, nothing to exchange)."""
 
     owned_mask: Optional[Tensor] = None
+    n_atoms_total: Optional[int] = None
     global_reduce = staticmethod(local_reduce)  # the statistics already cover the whole system
 
     def centroid(self, window: Tensor) -> Tensor:

@@ -33,12 +33,14 @@ class Attention(nn.Module):
         return self._split(self.key(source)), self._split(self.value(source))
 
     def forward(self, x: Tensor, memory: Optional[Tensor] = None, causal: bool = False,
-                keys_values: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
-        """Attention of ``x`` to itself, to ``memory``, or to given (cached) ``keys_values``."""
+                keys_values: Optional[tuple[Tensor, Tensor]] = None, short_kernels: bool = False) -> Tensor:
+        """Attention of ``x`` to itself, to ``memory``, or to given (cached) ``keys_values``; ``short_kernels``:
+        see :func:`use_short_kernels`."""
         if keys_values is None:
             keys_values = self.keys_values(x if memory is None else memory)
         query = self._split(self.query(x))
-        if self.training or query.device.type != "cpu" or keys_values[0].shape[2] > SHORT_SEQUENCE:
+        if (not short_kernels or self.training or query.device.type != "cpu"
+                or keys_values[0].shape[2] > SHORT_SEQUENCE):
             mixed = F.scaled_dot_product_attention(query, *keys_values, is_causal=causal,
                                                    dropout_p=self.dropout if self.training else 0.0)
         elif query.shape[2] == 1:  # a decoding step (causality is moot: the one query is the latest token)
@@ -49,10 +51,19 @@ class Attention(nn.Module):
 
 
 # Inference on the CPU, on sequences of at most this many frames (the model's windows: 4-20), runs the attention
-# as below: torch's CPU flash kernel tiles each (sequence, head) pair on its own, and its softmax over rows of
-# ~10 entries is slow; on the aspirin C model's 1 344 × 4 sequences of 10 frames these ran 1.8× faster.
-# Training and other devices keep torch's kernels.
+# as below when there are many of them: torch's CPU flash kernel tiles each (sequence, head) pair on its own, and
+# its softmax over rows of ~10 entries is slow; on the aspirin C model's 1 344 × 4 sequences of 10 frames these
+# ran 1.8× faster. Below SHORT_KERNELS_MIN (sequences × heads) the fixed cost of their extra operations wins
+# (crossover measured at 336-672 on that model). Training and other devices keep torch's kernels.
 SHORT_SEQUENCE = 32
+SHORT_KERNELS_MIN = 512
+
+
+def use_short_kernels(systems: int, atoms_per_system: int, heads: int) -> bool:
+    """Whether a pass over ``systems`` × ``atoms_per_system`` atom sequences runs the short-sequence kernels.
+    Decided from the whole system's atoms, never from a spatial domain's: every domain then decides alike,
+    and 1 and D domains agree bit for bit (the two kernels agree to rounding only)."""
+    return systems * atoms_per_system * heads >= SHORT_KERNELS_MIN
 
 
 def _one_query(query: Tensor, keys: Tensor, values: Tensor) -> Tensor:
@@ -136,21 +147,23 @@ class TemporalBlock(nn.Module):
         self.ffn = FeedForward(hidden_size, dropout)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, memory: Optional[Tensor] = None) -> Tensor:
-        x = x + self.dropout(self.self_attention(self.self_norm(x), causal=self.causal))
+    def forward(self, x: Tensor, memory: Optional[Tensor] = None, short_kernels: bool = False) -> Tensor:
+        x = x + self.dropout(self.self_attention(self.self_norm(x), causal=self.causal, short_kernels=short_kernels))
         if memory is not None:
-            x = x + self.dropout(self.cross_attention(self.cross_norm(x), self.memory_norm(memory)))
+            x = x + self.dropout(self.cross_attention(self.cross_norm(x), self.memory_norm(memory),
+                                                      short_kernels=short_kernels))
         return x + self.dropout(self.ffn(self.ffn_norm(x)))
 
-    def step(self, x: Tensor, memory: Tensor, cache: StepCache) -> Tensor:
+    def step(self, x: Tensor, memory: Tensor, cache: StepCache, short_kernels: bool = False) -> Tensor:
         """The causal decoder's next token x [B·N, 1, D], attending to the tokens before it through
         ``cache`` (which it extends): equal to the last token of :meth:`forward` over all of them."""
         normed = self.self_norm(x)
         keys, values = self.self_attention.keys_values(normed)  # [B·N, H, 1, Dh]
         cache.keys.append(keys.permute(2, 0, 1, 3))
         cache.values.append(values.permute(2, 0, 1, 3))
-        x = x + self.dropout(self.self_attention(normed, keys_values=cache.steps()))
+        x = x + self.dropout(self.self_attention(normed, keys_values=cache.steps(), short_kernels=short_kernels))
         if cache.memory is None:
             cache.memory = tuple(frames_first(t) for t in self.cross_attention.keys_values(self.memory_norm(memory)))
-        x = x + self.dropout(self.cross_attention(self.cross_norm(x), keys_values=cache.memory))
+        x = x + self.dropout(self.cross_attention(self.cross_norm(x), keys_values=cache.memory,
+                                                  short_kernels=short_kernels))
         return x + self.dropout(self.ffn(self.ffn_norm(x)))
