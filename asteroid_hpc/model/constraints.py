@@ -151,23 +151,29 @@ def _double(cell: Optional[Tensor]) -> Optional[Tensor]:
 def project(positions: Tensor, constraints: Constraints, cell: Optional[Tensor] = None,
             tolerance: float = PROJECTION_TOLERANCE_ANGSTROM) -> Tensor:
     """``positions`` [B, N, 3] Å moved onto the constrained lengths (module doc), in float64 internally."""
-    x = positions.double()
+    batch, n_atoms, _ = positions.shape
+    x = positions.to(torch.float64, copy=True)  # corrected in place below, as rows [B·N, 3]
     pairs, target = constraints.pairs, constraints.lengths.double()
     weights = constraints.inverse_mass.double()
     share_i = weights[pairs[:, 0]] / (weights[pairs[:, 0]] + weights[pairs[:, 1]])  # [C]
     image = _pair_vectors(x, pairs, _double(cell)) - _pair_vectors(x, pairs, None)  # lattice shifts, fixed
+    rows = x.view(batch * n_atoms, 3)
+    first_row = (torch.arange(batch, device=x.device) * n_atoms).view(-1, 1)
+    # per colour, once: its pairs' rows (every system), lattice shifts, lengths and each end's share
+    colours = [((first_row + pairs[c, 0]).flatten(), (first_row + pairs[c, 1]).flatten(), image[:, c].reshape(-1, 3),
+                target[:, c].expand(batch, -1).flatten(), share_i[c].repeat(batch).unsqueeze(-1),
+                (share_i[c] - 1.0).repeat(batch).unsqueeze(-1)) for c in constraints.colours]
     for _ in range(MAX_ITERATIONS):
         converged = True
-        for colour in constraints.colours:  # distinct atoms within a colour: each pair takes its whole correction
-            i, j = pairs[colour, 0], pairs[colour, 1]
-            vectors = x[:, j] - x[:, i] + image[:, colour]  # [B, c, 3]
+        for i, j, shift, length_target, share_of_i, minus_share_of_j in colours:  # distinct atoms within a colour
+            vectors = rows.index_select(0, j) - rows.index_select(0, i) + shift  # [B·c, 3]
             length = torch.linalg.vector_norm(vectors, dim=-1).clamp_min(1e-12)
-            excess = length - target[:, colour]
+            excess = length - length_target
             off = excess.abs() > tolerance  # only these move: a group's result never depends on other groups
             converged &= not bool(off.any())  # NaN rows (blown up) never hold it back
             step = torch.where(off, excess / length, 0.0).unsqueeze(-1) * vectors
-            x = x.index_add(1, i, step * share_i[colour].view(1, -1, 1))
-            x = x.index_add(1, j, -step * (1.0 - share_i[colour]).view(1, -1, 1))
+            rows.index_add_(0, i, step * share_of_i)  # each pair takes its whole correction
+            rows.index_add_(0, j, step * minus_share_of_j)
         if converged:
             break
     return x.to(positions.dtype)
