@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from asteroid_hpc.config.schema import ModelConfig
 from asteroid_hpc.model import build_model, load_weights, merge_softmax_partials, model_summary
 from asteroid_hpc.model.graph import radius_graph
-from asteroid_hpc.model.spatial import SpatialBlock
+from asteroid_hpc.model.spatial import SpatialBlock, local_reduce
 from asteroid_hpc.model.spatial_reference import count_flops, counted_formulation
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -49,6 +49,19 @@ def test_block_fast_path_equals_einsum_formulation(kind, global_tokens):
     assert torch.allclose(fast, ref, atol=1e-5, rtol=0)
     assert torch.allclose(fast_vectors, ref_vectors, atol=1e-5, rtol=0)
     assert fast_vectors.abs().max() > 0.1
+
+
+def test_the_global_gather_in_float32_equals_the_float64_one_full_attention_uses_it():
+    """Full attention (never split into domains) gathers the global tokens with float32 sums; the local path
+    keeps float64 (domains merge their partial sums). The two agree to float32 rounding."""
+    torch.manual_seed(2)
+    block = SpatialBlock(16, 2, 6, 3.0, 3, 0.0).eval()
+    h, _ = block_inputs()
+    keys, values = block._heads(block.key(h)), block._heads(block.value(h))
+    exact = block._gather_global(keys, values, None, local_reduce)
+    fast = block._gather_global(keys, values, None, local_reduce, exact_sums=False)
+    for a, b in zip(exact, fast):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0) and a.abs().max() > 0.1
 
 
 def test_full_pairs_are_the_minimum_images_and_their_radial_basis():

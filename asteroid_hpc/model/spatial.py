@@ -170,19 +170,22 @@ class SpatialBlock(nn.Module):
         return x.view(*x.shape[:-1], self.num_heads, self.head_dim)
 
     def _gather_global(self, keys: Tensor, values: Tensor, owned_mask: Optional[Tensor],
-                       reduce: GlobalReduce) -> tuple[Tensor, Tensor]:
-        """Global tokens attend to all atoms; returns their keys and values [S, G, H, Dh]."""
+                       reduce: GlobalReduce, exact_sums: bool = True) -> tuple[Tensor, Tensor]:
+        """Global tokens attend to all atoms; returns their keys and values [S, G, H, Dh]. ``exact_sums``: the
+        softmax's sums in float64 (what a system split into domains needs)."""
         frames = keys.shape[0]
         tokens = self.global_tokens.unsqueeze(0).expand(frames, -1, -1)  # [S, G, D]
-        query = self._heads(self.global_query(tokens))  # [S, G, H, Dh]
-        logits = torch.einsum("sghd,snhd->sghn", query, keys) / math.sqrt(self.head_dim)
+        query = self._heads(self.global_query(self.global_tokens))  # [G, H, Dh]: the same for every frame
+        logits = torch.einsum("ghd,snhd->sghn", query, keys) / math.sqrt(self.head_dim)
         if owned_mask is not None:  # [N] (every frame) or [S, N]
             logits = logits.masked_fill(~owned_mask.view(-1, 1, 1, owned_mask.shape[-1]), float("-inf"))
         max_logit = logits.amax(dim=-1).detach()
         max_logit = torch.where(torch.isfinite(max_logit), max_logit, torch.zeros_like(max_logit))
-        # float64 sums: the same total whichever way the atoms are split into domains (then merged by reduce)
-        weights = torch.exp(logits.double() - max_logit.double().unsqueeze(-1))
-        stats = reduce(max_logit.double(), weights.sum(-1), torch.einsum("sghn,snhd->sghd", weights, values.double()))
+        # float64 sums: the same total whichever way the atoms are split into domains (then merged by reduce);
+        # full attention never runs on domains, and float64's exp cost it a tenth of a block
+        dtype = torch.float64 if exact_sums else logits.dtype
+        weights = torch.exp(logits.to(dtype) - max_logit.to(dtype).unsqueeze(-1))
+        stats = reduce(max_logit.to(dtype), weights.sum(-1), torch.einsum("sghn,snhd->sghd", weights, values.to(dtype)))
         gathered = (stats[2] / stats[1].unsqueeze(-1)).to(values.dtype)
         tokens = tokens + self.global_out(gathered.flatten(-2))
         return self._heads(self.key(tokens)), self._heads(self.value(tokens))
@@ -194,7 +197,8 @@ class SpatialBlock(nn.Module):
         frames, n_atoms, _ = h.shape
         x = self.norm(h)
         query, keys, values = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
-        global_kv = self._gather_global(keys, values, owned_mask, reduce) if self.num_global_tokens else None
+        global_kv = (self._gather_global(keys, values, owned_mask, reduce, exact_sums=graph is not None)
+                     if self.num_global_tokens else None)
         # Local attention in blocks of atoms (all frames), so that the [S, atoms, K, ...] intermediates
         # stay cache-sized and the cost per atom does not grow with N (BENCHMARKS.md, model forward).
         if graph is None:  # full attention: one block of all atoms
