@@ -54,8 +54,8 @@ from .inputs import check_cell, check_domain, check_inputs
 from .periodic import minimum_image_shift
 from .spatial import FullPairs, SpatialBlock, full_pairs
 from .sti import readoff
-from .symmetry import (VectorHead, random_rotations, rotate_about, rotation_step, vector_feature_size,
-                       vector_features)
+from .symmetry import (VectorHead, frame_vector_features, random_rotations, rotate_about, rotation_step,
+                       vector_feature_size)
 from .temporal import TemporalBlock, use_short_kernels
 from .thermal import Generators, ScaleHead
 
@@ -306,8 +306,7 @@ class Asteroid(Decoding, nn.Module):
     def _tokens(self, embed: nn.Module, token_vectors: Tensor, geo: _Window, position: Tensor) -> Tensor:
         """Token features from per-token vectors [B, T, N, 2, 3], the atom basis, element and position."""
         frames = token_vectors.shape[1]
-        basis = geo.atom_basis.unsqueeze(1).expand(-1, frames, -1, -1, -1)
-        features = vector_features(token_vectors, basis, self.equivariant)
+        features = frame_vector_features(token_vectors, geo.atom_basis, self.equivariant)
         return embed(features) + geo.elements.unsqueeze(1) + position[:frames].view(1, frames, 1, -1)
 
     def _basis(self, token_vectors: Tensor, geo: _Window, vectors: Optional[Tensor]) -> Tensor:
