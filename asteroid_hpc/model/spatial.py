@@ -19,7 +19,8 @@ partition is the whole system); the model passes its domain's ``global_reduce`` 
 statistics of all ranks, e.g. ``merge_softmax_partials(group.allgather(stats))``) and ``owned_mask``,
 so that halo atoms are not counted twice (:mod:`asteroid_hpc.model.domain`). The statistics are float64,
 so that 1 and D domains give the same gathered tokens to the last float32 bit (float32 partial sums
-differ by rounding, and a long iterative rollout amplifies such differences).
+differ by rounding, and a long iterative rollout amplifies such differences); full attention, which never runs
+on domains, sums in float32.
 
 Execution: the local path gathers each neighbour's key, value and position in one ``index_select`` and does
 the per-head contractions over a few channels element-wise (batched products that small mostly move
