@@ -344,3 +344,7 @@ def test_inference_attention_of_a_sequence_does_not_depend_on_the_batch_it_is_in
         reference = torch.nn.functional.scaled_dot_product_attention(
             attention._split(attention.query(x)), *(attention.keys_values(x) if kv is None else kv))
         assert (whole - attention.out(reference.transpose(1, 2).flatten(-2))).abs().max() <= 1e-6
+    causal = attention(x, causal=True, short_kernels=True)  # the decoder's teacher-forced self-attention
+    reference = torch.nn.functional.scaled_dot_product_attention(
+        attention._split(attention.query(x)), *attention.keys_values(x), is_causal=True)
+    assert (causal - attention.out(reference.transpose(1, 2).flatten(-2))).abs().max() <= 1e-6
