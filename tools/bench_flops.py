@@ -10,9 +10,10 @@ Cases (one process each, one thread unless ``--threads``):
 
 The model's FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one inference pass as an
 ensemble runs it (``forecast_only``: no STI outputs; matrix products and attention; element-wise work, gathers
-and the neighbour search are not counted, as in the usual "model FLOPs utilisation") by ``asteroid_hpc.model.spatial_reference.count_flops``: the spatial attention
-in its einsum formulation (every contraction a counted product; the fast path computes the local ones
-element-wise, which the counter would miss) and the temporal attention with torch's attention formula (the
+and the neighbour search are not counted, as in the usual "model FLOPs utilisation") by
+``asteroid_hpc.model.spatial_reference.count_flops``: the spatial attention in its einsum formulation (every
+contraction a counted product; the fast path computes the local ones element-wise, which the counter would
+miss) and the temporal attention with torch's attention formula (the
 counter has none for the CPU flash kernel: the count before issue #18 item 2 missed it, and is reported
 beside as ``model_flops_without_temporal_attention``). Its CPU time is the median of
 ``--repeats`` passes of the model as it runs (the fast path) under ``torch.inference_mode``.
