@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +22,15 @@ from tests.support.cli import REPO
 SCRIPT = REPO / "tools" / "slurm_local.sh"
 UP_TIMEOUT_S = 900  # includes apt-get update + install on a fresh machine
 DOWN_TIMEOUT_S = 120
+HEALTH_CHECK_S = 5  # how often a waiting submission checks that the cluster is still up
 # Variables of an enclosing Slurm job (tests run inside an allocation) must not leak into our jobs.
 _FOREIGN_PREFIXES = ("SLURM_", "SBATCH_", "SALLOC_", "SRUN_", "PMIX_", "PMI_")
+
+
+class _ClusterWentDown(RuntimeError):
+    def __init__(self, job_id: int | None, status: list[str]) -> None:
+        super().__init__(f"job {job_id}: {status}")
+        self.job_id, self.status = job_id, " ".join(status)
 
 
 class SlurmJobTimeout(TimeoutError):
@@ -57,9 +65,10 @@ class SlurmJob:
 class SlurmCluster:
     """Handle on the running local cluster (see tools/slurm_local.sh)."""
 
-    def __init__(self, conf_path: Path, jobs_root: Path) -> None:
+    def __init__(self, conf_path: Path, jobs_root: Path, script_env: dict[str, str] | None = None) -> None:
         self.conf_path = conf_path
         self.jobs_root = jobs_root
+        self.script_env = script_env  # for tools/slurm_local.sh (None: never restart the cluster)
         self.env = _job_env(conf_path)
         self._counter = itertools.count(1)
         nodes = self.run("sinfo", "-h", "-N", "-o", "%N %G").stdout.split("\n")
@@ -86,7 +95,21 @@ class SlurmCluster:
         cwd: where sbatch runs, i.e. SLURM_SUBMIT_DIR and the job's working directory
              (default: the fresh ``job_dir``). Outputs always go to job_dir/stdout.txt and stderr.txt.
         timeout: seconds until the job is cancelled and SlurmJobTimeout is raised.
+
+        A daemon of the local cluster that dies (a node goes DOWN: seen once, slurmd aborting inside glibc)
+        would leave the job waiting until the timeout: the cluster is checked before submitting and while
+        waiting, restarted when it is not up, and the job submitted once more (with a warning naming why).
         """
+        self._ensure_up()
+        try:
+            return self._submit_once(script, args, sbatch_args, env, timeout, cwd)
+        except _ClusterWentDown as down:
+            warnings.warn(f"local Slurm cluster went down during job {down.job_id} ({down.status}); "
+                          "restarted it and submitted the job again", stacklevel=2)
+            self._ensure_up()
+            return self._submit_once(script, args, sbatch_args, env, timeout, cwd)
+
+    def _submit_once(self, script, args, sbatch_args, env, timeout, cwd) -> SlurmJob:
         job_dir = self.jobs_root / f"job-{next(self._counter):03d}"
         job_dir.mkdir(parents=True)
         stdout_path, stderr_path = job_dir / "stdout.txt", job_dir / "stderr.txt"
@@ -98,7 +121,7 @@ class SlurmCluster:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=cwd or job_dir,
                                     env={**self.env, **(env or {})})
             try:
-                returncode = proc.wait(timeout=timeout)
+                returncode = self._wait(proc, timeout, sbatch_log)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
@@ -135,6 +158,39 @@ class SlurmCluster:
             if time.monotonic() > deadline:
                 return {}
             time.sleep(0.2)
+
+    def _wait(self, proc: subprocess.Popen, timeout: float, sbatch_log: Path) -> int:
+        """sbatch's exit code; checks the cluster every HEALTH_CHECK_S and raises _ClusterWentDown (the job
+        cancelled) if it is no longer up."""
+        deadline = time.monotonic() + timeout
+        failed_checks = 0
+        while True:
+            try:
+                return proc.wait(timeout=min(HEALTH_CHECK_S, max(deadline - time.monotonic(), 0.01)))
+            except subprocess.TimeoutExpired:
+                if time.monotonic() >= deadline:
+                    raise
+            status = self._status()
+            failed_checks = failed_checks + 1 if status.returncode != 0 else 0
+            if failed_checks >= 2:  # twice in a row, HEALTH_CHECK_S apart: not a node's passing hiccup
+                proc.kill()
+                proc.wait(timeout=10)
+                job_id = _job_id(sbatch_log.read_text())
+                if job_id is not None:
+                    self.run("scancel", str(job_id), check=False)
+                raise _ClusterWentDown(job_id, (status.stderr or status.stdout).strip().splitlines()[:1])
+
+    def _status(self) -> subprocess.CompletedProcess:
+        if self.script_env is None:
+            return subprocess.CompletedProcess([], 0, "", "")
+        return _script("status", self.script_env, 60)
+
+    def _ensure_up(self) -> None:
+        if self._status().returncode == 0:
+            return
+        up = _script("up", self.script_env, UP_TIMEOUT_S)
+        if up.returncode != 0:
+            pytest.fail(f"tools/slurm_local.sh up (restart) failed ({up.returncode}):\n{up.stderr}", pytrace=False)
 
     def _cancel(self, job_id: int) -> str:
         shown = self.run("scontrol", "show", "job", str(job_id), check=False).stdout
@@ -203,7 +259,7 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory):
     exported = _script("env", env, 30).stdout.strip()  # export SLURM_CONF=...
     conf_path = Path(shlex.split(exported)[1].split("=", 1)[1])
     try:
-        yield SlurmCluster(conf_path, tmp_path_factory.mktemp("slurm-jobs"))
+        yield SlurmCluster(conf_path, tmp_path_factory.mktemp("slurm-jobs"), env)
     finally:
         if not was_up and os.environ.get("SLURM_LOCAL_KEEP") != "1":
             down = _script("down", env, DOWN_TIMEOUT_S)

@@ -1,10 +1,14 @@
 """The local Slurm cluster itself: MPI over srun/PMIx across two emulated nodes, prompt failure when a rank
-dies, MASTER_ADDR resolution for torch.distributed, fake GPUs, and the submit helper's timeout."""
+dies, MASTER_ADDR resolution for torch.distributed, fake GPUs, the submit helper's timeout and its restart
+of a cluster whose node died."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -123,3 +127,20 @@ def test_submit_timeout_cancels_the_job(slurm_cluster):
     queue = slurm_cluster.run("squeue", "-h", "-o", "%i").stdout.split()
     assert job_id not in queue
     assert slurm_cluster.job_record(int(job_id)).get("JobState") == "CANCELLED"
+
+
+def test_a_node_that_dies_is_restarted_and_the_job_submitted_again(slurm_cluster):
+    """slurmd dying mid-job (seen once: glibc aborting inside it) must not leave the suite waiting for a
+    DOWN node until the timeout: the submit helper restarts the cluster and runs the job again."""
+    state_dir = Path(os.environ.get("SLURM_LOCAL_STATE_DIR", "/tmp/asteroid-slurm-local"))
+    pid = int((state_dir / "pids" / "slurmd-node2").read_text())
+    killer = threading.Timer(3.0, os.kill, (pid, signal.SIGKILL))
+    killer.start()
+    try:
+        with pytest.warns(UserWarning, match="went down during job"):
+            job = slurm_cluster.submit_text(_batch("srun sleep 20\necho finished\n"), timeout=180)
+    finally:
+        killer.cancel()
+    assert job.returncode == 0 and job.state == "COMPLETED", job.describe()
+    assert "finished" in job.stdout()
+    assert int((state_dir / "pids" / "slurmd-node2").read_text()) != pid
