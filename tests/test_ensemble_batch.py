@@ -291,3 +291,16 @@ def test_reduced_precision_falls_back_to_fp32_on_the_cpu(files, tmp_path):
     assert "precision" not in run  # fp32 on the CPU: the same run as fp32
     passes = json.loads((tmp_path / "bf16" / "summary.json").read_text())["forecast_passes"]
     assert passes["precision"] == ["fp32"]
+
+
+@pytest.mark.slow
+def test_compiled_blocks_give_the_eager_trajectories(files, tmp_path):
+    """ensemble.compile=true runs the attention blocks through torch.compile (really: no fallback to eager,
+    which would log a warning) and gives the eager members within float rounding."""
+    eager = forecast(files, tmp_path / "eager", "ensemble.batch_members=4")
+    compiled = forecast(files, tmp_path / "compiled", "ensemble.batch_members=4", "ensemble.compile=true")
+    assert "blocks compiled (torch.compile)" in compiled.stderr and "blocks compiled" not in eager.stderr
+    assert "torch.compile failed" not in compiled.stderr, compiled.stderr
+    for m in range(5):
+        difference = np.abs(member_frames(tmp_path / "eager", m) - member_frames(tmp_path / "compiled", m)).max()
+        assert difference <= 1e-5, (m, difference)

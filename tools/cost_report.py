@@ -20,6 +20,8 @@ Examples:
   python tools/cost_report.py model.safetensors aspirin --stride 10 -o cost/aspirin.json
   python tools/cost_report.py model.safetensors ethanol --stride 10 --frames 100 --batch-size 8 -o cost/ethanol.json
   python tools/cost_report.py --config configs/results/aspirin-a.yaml aspirin --stride 75 --batch-size 1 auto -o a.json
+  python tools/cost_report.py --config configs/results/aspirin-c.yaml aspirin --stride 10 --batch-size auto \
+      --compile -o c.json   # the blocks compiled, as ensemble.compile=true runs them
   python tools/cost_report.py water-model water --trajectory water.dcd --topology water.pdb -o cost/water.json
 """
 
@@ -79,7 +81,8 @@ def _molecule(args, model):
         raise UserError("--stride (MD steps per forecast frame) is required for a molecule and must be positive")
     return measure_cost(model, args.molecule, stride_steps=args.stride, timestep_fs=args.timestep_fs,
                         forecast_frames=args.frames, batch_sizes=_batch_sizes(args.batch_size),
-                        repeats=args.repeats, min_md_steps=args.md_steps, auto_batch=_ensemble_batch)
+                        repeats=args.repeats, min_md_steps=args.md_steps, auto_batch=_ensemble_batch,
+                        compiled=args.compile)
 
 
 def _periodic(args, model):
@@ -127,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
                              "ensemble-forecast chooses for the system (molecules)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--md-steps", type=int, default=200, help="GFN2-xTB (or OpenMM) steps timed (at least)")
+    parser.add_argument("--compile", action="store_true",
+                        help="the model's blocks through torch.compile, as ensemble.compile=true runs them "
+                             "(molecules; the compiling first call is untimed, its wall time reported)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="JSON report")
     args = parser.parse_intermixed_args(argv)  # MODEL and MOLECULE may sit on either side of options
     setup_logging(detect_launch())

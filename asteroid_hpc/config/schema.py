@@ -239,6 +239,9 @@ class EnsembleConfig:
     neighbor_skin_angstrom: float = 0.0
     device: str = "auto"  # "auto" (a GPU when one is visible, else the CPU), "cpu" or "cuda"
     precision: str = "auto"  # inference autocast on CUDA: "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16", "fp16"
+    # torch.compile the model's attention blocks (asteroid_hpc.model.compiled): ~15 % less CPU per pass for a batch
+    # of small molecules after ~1 min of compiling in the first pass (BENCHMARKS.md): for long rollouts only
+    compile: bool = False
     # a model of a selection of the atoms (data.atom_selection) given the whole system: member files hold every
     # atom, the unselected ones held at their positions in the member's last starting frame (summary: selected)
     write_full_system: bool = False

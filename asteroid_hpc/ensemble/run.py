@@ -74,14 +74,13 @@ def run_ensemble(cfg: AsteroidConfig, model_path: str | os.PathLike, initial_pat
     from ..config import config_hash
     from ..runtime.device import inference_dtype
     from ..provenance import startup_summary
-    from ..train.model_files import open_model
 
     w, info = world(), detect_launch()
     ens = cfg.ensemble
     grid = ProcessGrid(w.size, w.rank, domains or ens.domains)
     outdir, threads, device = _set_up_process(ens, Path(outdir), device, info)
     weights = resolve_model(model_path, outdir, w)
-    model = open_model(weights, device=device)
+    model = _open_model(weights, device, ens.compile)
     m = model.cfg.history_frames
     initial = _initial_condition(initial_path, ens, m, cfg.data.frame_stride, model, model_path, topology,
                                  allow_mismatch)
@@ -276,6 +275,18 @@ def _check_inputs(initial: InitialCondition, model_cfg: ModelConfig, reference: 
         open_reference(reference, initial.n_atoms, initial.atom_indices).close()
 
 
+def _open_model(weights: Path, device: str, compiled: bool):
+    """The model of ``weights`` on ``device``; ``compiled``: its attention blocks through torch.compile."""
+    from ..train.model_files import open_model
+
+    model = open_model(weights, device=device)
+    if compiled:
+        from ..model.compiled import compile_blocks
+
+        compile_blocks(model)
+    return model
+
+
 def _startup_lines(ens: EnsembleConfig, grid: ProcessGrid, threads: int, initial: InitialCondition, weights: Path,
                    model_cfg: ModelConfig, continuing: bool, batch: int) -> dict[str, str]:
     """The ensemble's lines of the start-up summary."""
@@ -285,7 +296,7 @@ def _startup_lines(ens: EnsembleConfig, grid: ProcessGrid, threads: int, initial
         "process grid": f"{grid.groups} member groups x {grid.domains} domains, {threads} torch threads per rank",
         "batching": f"{batch} members per forward (rank 0), precision {ens.precision}, neighbour lists "
                     + (f"kept with a {ens.neighbor_skin_angstrom} A skin" if ens.neighbor_skin_angstrom
-                       else "rebuilt every pass"),
+                       else "rebuilt every pass") + (", blocks compiled (torch.compile)" if ens.compile else ""),
         "system": f"{initial.n_atoms} atoms{_of_file(initial)}"
                   f"{'' if initial.cell is None else ' in a ' + describe_box(initial.cell)}, window of "
                   f"{model_cfg.history_frames} frames "

@@ -18,7 +18,7 @@ import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -49,6 +49,12 @@ class ConfigArchitecture:
 class BatchTiming:
     batch_size: int
     model_cpu_seconds_per_frame: float  # per frame of one trajectory (a member-frame)
+    first_call_wall_seconds: Optional[float] = None  # the untimed first forecast (compiles, when compiled)
+
+
+class ForecastTiming(NamedTuple):
+    per_member_frame_s: float  # best of the repeats, CPU seconds per frame of one trajectory
+    first_call_wall_s: float  # the warm-up call, wall seconds (torch.compile compiles here)
 
 
 @dataclass
@@ -71,6 +77,8 @@ class CostReport:
     untrained: bool = False  # True: a config's architecture with untrained weights (timing only)
     model_atoms: Optional[int] = None  # atoms the model sees (None: all n_atoms)
     more_batches: list[BatchTiming] = field(default_factory=list)
+    compiled: bool = False  # the model's blocks through torch.compile (asteroid_hpc.model.compiled)
+    first_call_wall_seconds: Optional[float] = None  # of the first batch timed
 
     @property
     def xtb_cpu_seconds_per_frame(self) -> float:
@@ -86,7 +94,8 @@ class CostReport:
 
     @property
     def batches(self) -> list[BatchTiming]:
-        return [BatchTiming(self.batch_size, self.model_cpu_seconds_per_frame), *self.more_batches]
+        return [BatchTiming(self.batch_size, self.model_cpu_seconds_per_frame, self.first_call_wall_seconds),
+                *self.more_batches]
 
     def as_dict(self) -> dict:
         record = {**asdict(self), "xtb_cpu_seconds_per_frame": self.xtb_cpu_seconds_per_frame,
@@ -113,6 +122,11 @@ class CostReport:
                   f"| {b.model_cpu_seconds_per_frame * per_ps:.3e} | "
                   f"{self.xtb_cpu_seconds_per_frame / b.model_cpu_seconds_per_frame:.1f}x |" for b in self.batches]
         lines += ["", f"speed-up of the forecast: {self.speedup:.1f}x (batch {self.batch_size})"]
+        if self.compiled:
+            first = self.first_call_wall_seconds or 0.0
+            member_ps = first / (self.model_cpu_seconds_per_frame * per_ps)
+            lines += [f"blocks compiled (torch.compile): the first forecast call took {first:.1f} s wall (compiling), "
+                      f"as long as the batch-{self.batch_size} forecast of {member_ps:.0f} member-ps"]
         return "\n".join(lines) + "\n"
 
 
@@ -163,10 +177,10 @@ def _config_model(source: ConfigArchitecture, molecule: str, numbers: np.ndarray
 
 
 def time_forecast_frames(model, history: np.ndarray, numbers: np.ndarray, *, frames: int, batch_size: int,
-                         repeats: int, **forecast_keywords) -> float:
+                         repeats: int, **forecast_keywords) -> ForecastTiming:
     """Best of ``repeats`` CPU seconds per member-frame, ``batch_size`` copies of ``history`` [K, N, 3]
     (``forecast_keywords``: the model's ``forecast`` keywords, e.g. ``cell``, ``constraints``), on one torch
-    thread (restored after)."""
+    thread (restored after), after an untimed first call (its wall time reported)."""
     import torch
 
     batch = torch.as_tensor(np.repeat(history[None], batch_size, axis=0), dtype=torch.float32)
@@ -174,7 +188,9 @@ def time_forecast_frames(model, history: np.ndarray, numbers: np.ndarray, *, fra
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model.forecast(batch, elements, frames, **forecast_keywords)  # warm-up (allocations, code paths)
+        started = time.monotonic()
+        model.forecast(batch, elements, frames, **forecast_keywords)  # warm-up (allocations, code paths, compiling)
+        first_call = time.monotonic() - started
         timings = []
         for _ in range(repeats):
             started = time.process_time()
@@ -184,17 +200,19 @@ def time_forecast_frames(model, history: np.ndarray, numbers: np.ndarray, *, fra
         torch.set_num_threads(threads)
     log.info("ASTEROID: %d frames x %d trajectories in %.3f CPU s (best of %d)", frames, batch_size, min(timings),
              repeats)
-    return min(timings) / (frames * batch_size)
+    return ForecastTiming(min(timings) / (frames * batch_size), first_call)
 
 
 def measure_cost(model: str | os.PathLike | ConfigArchitecture, molecule: str, *, stride_steps: int,
                  timestep_fs: float = 0.5, forecast_frames: int = 50, batch_sizes: Sequence[int] = (1,),
                  repeats: int = 3, min_md_steps: int = 200, temperature_K: float = 500.0,
                  thermalize_steps: int = 200, seed: int = 0,
-                 auto_batch: Optional[Callable[[ModelConfig, int], int]] = None) -> CostReport:
+                 auto_batch: Optional[Callable[[ModelConfig, int], int]] = None,
+                 compiled: bool = False) -> CostReport:
     """Time at least ``min_md_steps`` GFN2-xTB steps (their last frames are the model's history), then the
     model (weights file, or a config's untrained architecture) forecasting ``forecast_frames`` frames at
-    each of ``batch_sizes`` (best of ``repeats``; ``AUTO_BATCH``: ``auto_batch(model config, model atoms)``)."""
+    each of ``batch_sizes`` (best of ``repeats``; ``AUTO_BATCH``: ``auto_batch(model config, model atoms)``);
+    ``compiled``: its blocks through torch.compile (the first call's wall time, compiling, is reported)."""
     from ..datagen.molecules import get_molecule
     from ..datagen.threads import set_single_thread_env
 
@@ -215,9 +233,14 @@ def measure_cost(model: str | os.PathLike | ConfigArchitecture, molecule: str, *
     indices = np.arange(len(numbers)) if indices is None else indices
     history = xtb.positions[-history_frames:, indices]
     sizes = [auto_batch(net.cfg, len(indices)) if b == AUTO_BATCH else b for b in batch_sizes]
-    timings = [BatchTiming(b, time_forecast_frames(net, history, numbers[indices], frames=forecast_frames,
-                                                   batch_size=b, repeats=repeats)) for b in sizes]
+    if compiled:
+        from ..model.compiled import compile_blocks
+
+        compile_blocks(net)
+    timings = [BatchTiming(b, *time_forecast_frames(net, history, numbers[indices], frames=forecast_frames,
+                                                    batch_size=b, repeats=repeats)) for b in sizes]
     return CostReport(mol.name, mol.n_atoms, timestep_fs, stride_steps, xtb.steps, xtb.cpu_seconds / xtb.steps,
                       forecast_frames, timings[0].batch_size, timings[0].model_cpu_seconds_per_frame,
                       sum(p.numel() for p in net.parameters()), history_frames,
-                      model.label if untrained else str(model), untrained, len(indices), timings[1:])
+                      model.label if untrained else str(model), untrained, len(indices), timings[1:], compiled,
+                      timings[0].first_call_wall_seconds)

@@ -130,7 +130,8 @@ def time_forecast(model_path: str | os.PathLike, trajectory: str | os.PathLike, 
     log.info("ASTEROID: %s", "no constraints" if held is None else f"{len(held)} distances held (constraints)")
     held = None if held is None else held.to(dtype=torch.float32)  # lengths [1, C]: every copy of the batch
     per_frame = time_forecast_frames(model, window, traj.atomic_numbers, frames=frames, batch_size=batch_size,
-                                     repeats=repeats, cell=None if cell is None else cell[0], constraints=held)
+                                     repeats=repeats, cell=None if cell is None else cell[0],
+                                     constraints=held).per_member_frame_s
     return model, stride * traj.frame_fs, per_frame, traj.cell[-1]
 
 
