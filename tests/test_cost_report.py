@@ -80,6 +80,25 @@ def test_a_trained_models_selection_applies(tmp_path):
     assert report.untrained is False and report.model_source == str(path)
 
 
+def test_compiled_reports_the_first_calls_time(tmp_path, monkeypatch):
+    """``compiled``: the model goes through compile_blocks (here a stand-in that records it; the real compiler
+    runs in tests/test_ensemble_batch.py) and the report states the first, compiling call in member-ps."""
+    import asteroid_hpc.model.compiled as compiled
+    from asteroid_hpc.config import load_config
+    from asteroid_hpc.evaluation.cost import ConfigArchitecture, measure_cost
+
+    wrapped = []
+    monkeypatch.setattr(compiled, "compile_blocks", lambda model: wrapped.append(model) or 0)
+    source = ConfigArchitecture(load_config(_write(tmp_path / "a.yaml", TINY_A)), "a.yaml")
+    report = measure_cost(source, "ethanol", stride_steps=2, forecast_frames=2, repeats=1, min_md_steps=4,
+                          thermalize_steps=2, compiled=True)
+    assert len(wrapped) == 1 and report.compiled and report.first_call_wall_seconds > 0
+    member_ps = report.first_call_wall_seconds / (report.model_cpu_seconds_per_frame * report.frames_per_ps)
+    assert f"took {report.first_call_wall_seconds:.1f} s wall (compiling), as long as the batch-1 forecast of " \
+           f"{member_ps:.0f} member-ps" in report.markdown()
+    assert report.as_dict()["compiled"] is True
+
+
 @pytest.mark.parametrize("args, message", [
     (["--config", "BAD", "ethanol", "--stride", "2"], "hiden_size"),
     (["MODEL", "--config", "GOOD", "ethanol", "--stride", "2"], "not both"),
