@@ -5,8 +5,11 @@ Cases (one process each, one thread unless ``--threads``):
 
 - ``aspirin64``: the model RESULTS reports for aspirin (``configs/results/aspirin-a.yaml``: heavy atoms,
   13 of them, full attention, reference structure) on 64 members in one batch — the batched ensemble pass;
-- ``1e4`` / ``1e5``: the large-system model of the scaling benchmark (local-global attention, 5 Å cutoff)
-  on 10^4 / 10^5 atoms at liquid density.
+- ``1e4`` / ``1e5``: the large-system model of the scaling benchmark (local-global attention, 5 Å cutoff,
+  16 channels) on 10^4 / 10^5 atoms at liquid argon's density;
+- ``water1e4`` / ``water1e5``: the model RESULTS reports for liquid water (``configs/water.yaml``: local-global,
+  32 channels, 4 heads, 16 neighbours within 5 Å) on as many atoms at water's atom density (0.1 per Å³; open
+  boundaries: the count and the time of a pass do not depend on the box).
 
 The model's FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one inference pass as an
 ensemble runs it (``forecast_only``: no STI outputs; matrix products and attention; element-wise work, gathers
@@ -37,7 +40,8 @@ from pathlib import Path
 
 from bench_harness import REPO, add_out_argument, time_call, write_report
 
-CASES = ("aspirin64", "1e4", "1e5")
+CASES = ("aspirin64", "1e4", "1e5", "water1e4", "water1e5")
+WATER_ATOMS_PER_A3 = 0.1  # liquid water: 3 atoms per 29.9 Å^3
 
 
 def matmul_seconds(repeats: int) -> list[float]:
@@ -62,17 +66,28 @@ def _aspirin_case(members: int):
     return model, history.expand(members, -1, -1, -1).contiguous(), elements, cfg.delay_length - 1
 
 
-def _large_case(n_atoms: int):
+def _large_case(n_atoms: int, config: str | None = None):
+    from asteroid_hpc.config.load import load_config
     from asteroid_hpc.config.schema import ModelConfig
     from asteroid_hpc.model import build_model
     from asteroid_hpc.model.summary import probe_system
 
-    cfg = ModelConfig(history_frames=4, delay_length=3, hidden_size=16, num_heads=2, encoder_layers=1,
-                      decoder_layers=1, attention="local_global", cutoff_angstrom=5.0, max_neighbors=16,
-                      num_global_tokens=4, num_rbf=8, symmetry="equivariant")
+    cfg = load_config(REPO / config).model if config else ModelConfig(
+        history_frames=4, delay_length=3, hidden_size=16, num_heads=2, encoder_layers=1, decoder_layers=1,
+        attention="local_global", cutoff_angstrom=5.0, max_neighbors=16, num_global_tokens=4, num_rbf=8,
+        symmetry="equivariant")
     model = build_model(cfg).eval()
-    history, elements = probe_system(n_atoms, cfg.history_frames)
+    history, elements = probe_system(n_atoms, cfg.history_frames, **({"density_per_A3": WATER_ATOMS_PER_A3}
+                                                                     if config else {}))
     return model, history, elements, cfg.delay_length - 1
+
+
+def _case(case: str):
+    if case == "aspirin64":
+        return _aspirin_case(64)
+    if case.startswith("water"):
+        return _large_case(int(float(case[len("water"):])), "configs/water.yaml")
+    return _large_case(int(float(case)))
 
 
 def measure(case: str, repeats: int, compile_blocks: bool = False) -> dict:
@@ -82,8 +97,7 @@ def measure(case: str, repeats: int, compile_blocks: bool = False) -> dict:
     from asteroid_hpc.model.spatial_reference import count_flops, counted_formulation
 
     torch.manual_seed(0)
-    model, history, elements, steps = (_aspirin_case(64) if case == "aspirin64"
-                                       else _large_case(int(float(case))))
+    model, history, elements, steps = _case(case)
     def one_pass():  # as ensemble-forecast runs a pass: no STI outputs (forecast_only)
         return model(history, elements, steps, forecast_only=True)
 
