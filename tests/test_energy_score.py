@@ -14,8 +14,8 @@ from asteroid_hpc.config.schema import AsteroidConfig, LossWeights, ModelConfig,
 from asteroid_hpc.errors import UserError
 from asteroid_hpc.model import build_model
 from asteroid_hpc.model.thermal import fair_energy_score
-from tests.support.tiny import tiny_model_config
-from tests.support.train import run_train, tiny_dataset, train_losses  # noqa: F401 (tiny_dataset is a fixture)
+from tests.support.tiny import make_tiny_dataset, tiny_model_config
+from tests.support.train import run_train, train_losses
 
 CHI3_MEAN = 2.0 * math.sqrt(2.0 / math.pi)  # E‖ε‖ for ε ~ N(0, I₃)
 
@@ -172,9 +172,10 @@ def test_the_score_is_not_computed_for_the_default_loss():
     assert float(sums[1 + LOSS_TERMS.index("energy_score")]) == 0.0 and float(sums[1 + LOSS_TERMS.index("nll")]) != 0
 
 
-def test_asteroid_hpc_train_runs_with_the_energy_score(tiny_dataset, tmp_path):  # noqa: F811
+def test_asteroid_hpc_train_runs_with_the_energy_score(tmp_path_factory, tmp_path):
     import json
 
+    tiny_dataset = make_tiny_dataset(tmp_path_factory.getbasetemp() / "train-data")  # shared with tests/test_train.py
     run_dir = tmp_path / "run"
     run_train(tiny_dataset, run_dir, "model.stochastic=true", "train.stochastic_loss=energy_score",
               "train.teacher_forcing=false", "data.horizon_frames=2", "train.max_steps=3", "train.lr_decay_steps=3")
