@@ -13,7 +13,7 @@ from asteroid_hpc.config import from_dict, to_dict
 from asteroid_hpc.config.schema import AsteroidConfig, LossWeights, ModelConfig, TrainConfig
 from asteroid_hpc.errors import UserError
 from asteroid_hpc.model import build_model
-from asteroid_hpc.model.thermal import fair_energy_score
+from asteroid_hpc.model.thermal import fair_energy_score, rollout_energy_score
 from tests.support.tiny import make_tiny_dataset, tiny_model_config
 from tests.support.train import run_train, train_losses
 
@@ -64,8 +64,8 @@ def test_a_calibrated_forecast_scores_lower_than_a_miscalibrated_one(per, atoms)
 def test_the_frame_score_ignores_each_frames_centroid():
     a, b, y = gaussian_samples(1.0, draws=10, atoms=4)
     moved = [t + torch.randn(1, 10, 1, 3, dtype=torch.float64) for t in (a, b, y)]
-    assert float(fair_energy_score(*moved, per="frame")) == pytest.approx(float(fair_energy_score(a, b, y, per="frame")),
-                                                                          rel=1e-12)
+    unmoved = float(fair_energy_score(a, b, y, per="frame"))
+    assert float(fair_energy_score(*moved, per="frame")) == pytest.approx(unmoved, rel=1e-12)
     assert float(fair_energy_score(*moved)) != pytest.approx(float(fair_energy_score(a, b, y)), rel=1e-3)
 
 
@@ -78,6 +78,41 @@ def test_the_score_reads_the_first_frames_of_a_longer_target_and_has_finite_grad
     assert torch.isfinite(same.grad).all()
     with pytest.raises(ValueError, match="per must be"):
         fair_energy_score(a, b, y, per="molecule")
+
+
+def test_the_step_score_adds_the_score_of_the_frame_to_frame_steps():
+    gen = torch.Generator().manual_seed(3)
+    last, a, b, y = (torch.randn(2, k, 4, 3, generator=gen, dtype=torch.float64) for k in (1, 5, 5, 5))
+    steps = [torch.cat([x[:, :1] - last, x[:, 1:] - x[:, :-1]], dim=1) for x in (a, b, y)]
+    expected = fair_energy_score(a, b, y) + fair_energy_score(*steps)
+    assert float(rollout_energy_score(a, b, y, last, "energy_score_steps")) == pytest.approx(float(expected), rel=1e-12)
+    assert float(rollout_energy_score(a, b, y, last, "energy_score")) == float(fair_energy_score(a, b, y))
+    assert float(rollout_energy_score(a, b, y, last, "energy_score_frame")) == float(fair_energy_score(a, b, y, "frame"))
+    with pytest.raises(ValueError, match="unknown rollout score"):
+        rollout_energy_score(a, b, y, last, "nll")
+
+
+def test_the_step_score_tells_a_random_walk_from_coherent_motion_with_the_same_spread_at_each_lead():
+    """Targets move coherently (a random velocity held for all 4 steps: spread 0.1·k at lead k); a forecast
+    by a random walk with the same spread at every lead ((0.1·k)² = Σ of growing step variances) scores as
+    well on the positions and worse on the steps than one drawn like the targets."""
+    gen = torch.Generator().manual_seed(4)
+
+    def coherent():  # one velocity per atom, held: lead k at k·v
+        velocity = 0.1 * torch.randn(1, 1, 4000, 3, generator=gen, dtype=torch.float64)
+        return velocity * torch.arange(1.0, 5.0, dtype=torch.float64).view(1, 4, 1, 1)
+
+    def walk():
+        sizes = 0.1 * torch.sqrt(torch.arange(1.0, 5.0) ** 2 - torch.arange(0.0, 4.0) ** 2)
+        steps = torch.randn(1, 4, 4000, 3, generator=gen, dtype=torch.float64) * sizes.view(1, 4, 1, 1)
+        return steps.cumsum(dim=1)
+
+    last, y = torch.zeros(1, 1, 4000, 3, dtype=torch.float64), coherent()
+    good = rollout_energy_score(coherent(), coherent(), y, last, "energy_score_steps")
+    bad = rollout_energy_score(walk(), walk(), y, last, "energy_score_steps")
+    on_positions = [float(fair_energy_score(x(), x(), y)) for x in (coherent, walk)]
+    assert on_positions[0] == pytest.approx(on_positions[1], rel=0.03)
+    assert float(good) < float(bad) - 0.01
 
 
 # ----------------------------------------------------------------------------------------------- the config
@@ -134,7 +169,8 @@ def tiny_batch(horizon: int, batch: int = 2):
                  "atomic_numbers": numbers}
 
 
-@pytest.mark.parametrize("loss,nll", [("energy_score", 0.0), ("energy_score", 0.5), ("energy_score_frame", 0.0)])
+@pytest.mark.parametrize("loss,nll", [("energy_score", 0.0), ("energy_score", 0.5), ("energy_score_frame", 0.0),
+                                      ("energy_score_steps", 0.0)])
 def test_a_training_step_scores_two_sampled_rollouts_with_finite_gradients(loss, nll):
     """Horizon 5 with 2 steps per pass: 3 passes, each window holding the previous passes' samples."""
     from asteroid_hpc.train.step import LOSS_TERMS, optimizer_step
@@ -146,7 +182,7 @@ def test_a_training_step_scores_two_sampled_rollouts_with_finite_gradients(loss,
     torch.manual_seed(7)
     with torch.no_grad():  # the same draws as the step's: the two halves of one doubled sampled rollout
         sampled = model(history.repeat(2, 1, 1, 1), numbers.repeat(2, 1), 5).forecast
-    expected = fair_energy_score(sampled[:2], sampled[2:], target, per="frame" if loss.endswith("frame") else "atom")
+    expected = rollout_energy_score(sampled[:2], sampled[2:], target, history[:, -1:], loss)
     assert float(expected) > 0
     engine = _Engine(model)
     t = TrainConfig(stochastic_loss=loss, teacher_forcing=False, loss_weights=LossWeights(nll=nll))

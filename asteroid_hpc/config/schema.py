@@ -159,7 +159,7 @@ class LossWeights:
             _check(getattr(self, name) >= 0, f"train.loss_weights.{name} must be >= 0")
 
 
-STOCHASTIC_LOSSES = ("nll", "energy_score", "energy_score_frame")
+STOCHASTIC_LOSSES = ("nll", "energy_score", "energy_score_frame", "energy_score_steps")
 
 
 @dataclass
@@ -193,7 +193,8 @@ class TrainConfig:
     # a model.stochastic model's forecast loss: "nll" (σ by the Gaussian NLL of teacher-forced steps, the mean by
     # the forecast MSE), "energy_score" (fair energy score of 2 sampled free-running rollouts per window, per atom
     # and lead frame, weighted by loss_weights.forecast; the NLL only with loss_weights.nll > 0), or
-    # "energy_score_frame" (the same on each whole frame about its centroid); both need teacher_forcing=false
+    # "energy_score_frame" (the same on each whole frame about its centroid), or "energy_score_steps" (per atom, of
+    # the positions plus of the steps x_k − x_{k−1}); the energy scores need teacher_forcing=false
     stochastic_loss: str = "nll"
     deepspeed: dict[str, Any] = field(default_factory=dict)  # advanced keys passed to DeepSpeed as-is
 

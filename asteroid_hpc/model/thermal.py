@@ -116,3 +116,20 @@ def fair_energy_score(first: Tensor, second: Tensor, target: Tensor, per: str = 
         return torch.sqrt((u - v).pow(2).sum(-1) + _DISTANCE_FLOOR_ANGSTROM ** 2)
 
     return (0.5 * (distance(a, y) + distance(b, y)) - 0.5 * distance(a, b)).mean()
+
+
+def rollout_energy_score(first: Tensor, second: Tensor, target: Tensor, last: Tensor, kind: str) -> Tensor:
+    """The score ``train.stochastic_loss`` names (``kind``) of two sampled rollouts ``first``, ``second``
+    [B, H, N, 3] against ``target`` [B, ≥H, N, 3], ``last`` [B, 1, N, 3] the last observed frame:
+    "energy_score" per atom, "energy_score_frame" per frame (:func:`fair_energy_score`), "energy_score_steps"
+    per atom of the positions plus per atom of the steps x_k − x_{k−1} (x_0 = ``last``): the steps' spread is
+    the motion from frame to frame, the temperature, which the positions' spread at each lead time leaves free."""
+    if kind == "energy_score":
+        return fair_energy_score(first, second, target)
+    if kind == "energy_score_frame":
+        return fair_energy_score(first, second, target, per="frame")
+    if kind != "energy_score_steps":
+        raise ValueError(f"unknown rollout score {kind!r}")
+    horizon = first.shape[1]
+    steps = [torch.diff(torch.cat([last.to(x.dtype), x[:, :horizon]], dim=1), dim=1) for x in (first, second, target)]
+    return fair_energy_score(first, second, target) + fair_energy_score(*steps)

@@ -80,14 +80,15 @@ def _losses(engine, history, numbers, target, box: dict, t):
 
 
 def _energy_score_losses(engine, history, numbers, target, box: dict, t):
-    """``train.stochastic_loss`` "energy_score"/"energy_score_frame": two sampled free-running rollouts of every
-    window (the batch doubled, independent noise per row, gradients through the samples fed forward), scored
-    by the fair energy score (weight ``loss_weights.forecast``); the STI terms from the first pass as ever; the
-    NLL of the teacher-forced steps only when its weight is > 0 (one more pass)."""
+    """``train.stochastic_loss`` "energy_score*": two sampled free-running rollouts of every window (the batch
+    doubled, independent noise per row, gradients through the samples fed forward), scored by the fair energy
+    score (:func:`~asteroid_hpc.model.thermal.rollout_energy_score`, weight ``loss_weights.forecast``); the STI
+    terms from the first pass as ever; the NLL of the teacher-forced steps only when its weight is > 0 (one more
+    pass)."""
     import dataclasses
 
     from ..model import AsteroidOutput, sti_losses
-    from ..model.thermal import fair_energy_score
+    from ..model.thermal import rollout_energy_score
 
     batch, horizon = history.shape[0], target.shape[1]
     doubled_box = {key: value.repeat(2, *([1] * (value.dim() - 1))) for key, value in box.items()}
@@ -101,7 +102,7 @@ def _energy_score_losses(engine, history, numbers, target, box: dict, t):
     conditional = engine(history, numbers, horizon, target, **box) if use_nll else None
     weights = dataclasses.replace(t.loss_weights, forecast=0.0)  # the MSE of a sample: logged only
     total, parts = sti_losses(output, history, target, weights, conditional)
-    score = fair_energy_score(first, second, target, per="frame" if t.stochastic_loss.endswith("frame") else "atom")
+    score = rollout_energy_score(first, second, target, history[:, -1:], t.stochastic_loss)
     parts["energy_score"] = score.detach()
     return total + t.loss_weights.forecast * score, parts
 
