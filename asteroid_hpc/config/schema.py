@@ -159,6 +159,9 @@ class LossWeights:
             _check(getattr(self, name) >= 0, f"train.loss_weights.{name} must be >= 0")
 
 
+STOCHASTIC_LOSSES = ("nll", "energy_score", "energy_score_frame", "energy_score_steps")
+
+
 @dataclass
 class TrainConfig:
     """DeepSpeed training."""
@@ -187,6 +190,12 @@ class TrainConfig:
     # Gaussian noise (Å, per coordinate) added to every history frame of a training window, the targets left true:
     # the model learns to steer a slightly wrong window back, as its own rollouts need (learned simulators' trick)
     input_noise_angstrom: float = 0.0
+    # a model.stochastic model's forecast loss: "nll" (σ by the Gaussian NLL of teacher-forced steps, the mean by
+    # the forecast MSE), "energy_score" (fair energy score of 2 sampled free-running rollouts per window, per atom
+    # and lead frame, weighted by loss_weights.forecast; the NLL only with loss_weights.nll > 0), or
+    # "energy_score_frame" (the same on each whole frame about its centroid), or "energy_score_steps" (per atom, of
+    # the positions plus of the steps x_k − x_{k−1}); the energy scores need teacher_forcing=false
+    stochastic_loss: str = "nll"
     deepspeed: dict[str, Any] = field(default_factory=dict)  # advanced keys passed to DeepSpeed as-is
 
     def __post_init__(self) -> None:
@@ -209,6 +218,10 @@ class TrainConfig:
         _check(self.early_stopping_patience >= 0, "train.early_stopping_patience must be >= 0")
         _check(self.log_every >= 1, "train.log_every must be >= 1")
         _check(self.input_noise_angstrom >= 0, "train.input_noise_angstrom must be >= 0")
+        _one_of("train.stochastic_loss", self.stochastic_loss, STOCHASTIC_LOSSES)
+        _check(self.stochastic_loss == "nll" or not self.teacher_forcing,
+               f"train.stochastic_loss={self.stochastic_loss} scores free-running rollouts: "
+               "set train.teacher_forcing=false")
 
 
 @dataclass
@@ -340,5 +353,7 @@ class AsteroidConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def __post_init__(self) -> None:
+        _check(self.train.stochastic_loss == "nll" or self.model.stochastic,
+               f"train.stochastic_loss={self.train.stochastic_loss} applies to model.stochastic=true models only")
         _check(self.train.warmup_steps < self.train.max_steps,
                f"train.warmup_steps ({self.train.warmup_steps}) must be < train.max_steps ({self.train.max_steps})")

@@ -1,5 +1,6 @@
-"""Thermal (stochastic) forecasts: a per-atom scale σ beside the decoder's mean, its Gaussian likelihood, and
-the sampled step (docs/method.md §2, "Thermal (stochastic) forecasts").
+"""Thermal (stochastic) forecasts: a per-atom scale σ beside the decoder's mean, its Gaussian likelihood, the
+sampled step and the fair energy score of sampled rollouts (docs/method.md §2, "Thermal (stochastic)
+forecasts").
 
 With ``model.stochastic`` each decoder step k predicts, per atom, the mean μ_k of the next frame and a scale
 σ_k > 0 (Å, one scalar per atom: rotation invariant), so that a step is x_k = μ_k + σ_k ε, ε ~ N(0, I₃).
@@ -86,3 +87,49 @@ def gaussian_nll(mean: Tensor, scale: Tensor, target: Tensor) -> Tensor:
     sigma = scale.to(dtype).unsqueeze(-1)
     nll = 0.5 * (residual / sigma).pow(2) + torch.log(sigma) + HALF_LOG_2PI
     return nll.mean()
+
+
+_DISTANCE_FLOOR_ANGSTROM = 1e-9  # inside the square root: the gradient of a distance is 0, not NaN, at 0
+
+
+def fair_energy_score(first: Tensor, second: Tensor, target: Tensor, per: str = "atom") -> Tensor:
+    """Fair energy score (Å; lower is better) of two sampled forecasts ``first``, ``second`` [B, H, N, 3]
+    against ``target`` [B, ≥H, N, 3]: ½(‖X₁ − y‖ + ‖X₂ − y‖) − ½‖X₁ − X₂‖, averaged over windows and lead
+    frames. A proper scoring rule of the forecast distribution, unbiased with two samples: minimised in
+    expectation only when the samples are drawn from the target's distribution, so it calibrates the
+    spread as well as the centre.
+
+    ``per="atom"``: the score of each atom's 3-vector at each lead frame, averaged over atoms too;
+    ``per="frame"``: the score of the whole frame about its centroid, flattened to 3N numbers, divided by √N
+    (Å per atom, root mean square). Computed in float32 at least; differentiable in the samples.
+    """
+    if per not in ("atom", "frame"):
+        raise ValueError(f"per must be 'atom' or 'frame', got {per!r}")
+    dtype = torch.promote_types(first.dtype, torch.float32)
+    horizon = first.shape[1]
+    a, b, y = (t.to(dtype) for t in (first, second, target[:, :horizon]))
+    if per == "frame":
+        scale = 1.0 / math.sqrt(first.shape[2])
+        a, b, y = ((t - t.mean(dim=2, keepdim=True)).flatten(2) * scale for t in (a, b, y))
+
+    def distance(u: Tensor, v: Tensor) -> Tensor:
+        return torch.sqrt((u - v).pow(2).sum(-1) + _DISTANCE_FLOOR_ANGSTROM ** 2)
+
+    return (0.5 * (distance(a, y) + distance(b, y)) - 0.5 * distance(a, b)).mean()
+
+
+def rollout_energy_score(first: Tensor, second: Tensor, target: Tensor, last: Tensor, kind: str) -> Tensor:
+    """The score ``train.stochastic_loss`` names (``kind``) of two sampled rollouts ``first``, ``second``
+    [B, H, N, 3] against ``target`` [B, ≥H, N, 3], ``last`` [B, 1, N, 3] the last observed frame:
+    "energy_score" per atom, "energy_score_frame" per frame (:func:`fair_energy_score`), "energy_score_steps"
+    per atom of the positions plus per atom of the steps x_k − x_{k−1} (x_0 = ``last``): the steps' spread is
+    the motion from frame to frame, the temperature, which the positions' spread at each lead time leaves free."""
+    if kind == "energy_score":
+        return fair_energy_score(first, second, target)
+    if kind == "energy_score_frame":
+        return fair_energy_score(first, second, target, per="frame")
+    if kind != "energy_score_steps":
+        raise ValueError(f"unknown rollout score {kind!r}")
+    horizon = first.shape[1]
+    steps = [torch.diff(torch.cat([last.to(x.dtype), x[:, :horizon]], dim=1), dim=1) for x in (first, second, target)]
+    return fair_energy_score(first, second, target) + fair_energy_score(*steps)
