@@ -15,7 +15,7 @@ from asteroid_hpc.errors import UserError
 from asteroid_hpc.model import build_model
 from asteroid_hpc.model.thermal import fair_energy_score, rollout_energy_score
 from tests.support.tiny import make_tiny_dataset, tiny_model_config
-from tests.support.train import run_train, train_losses
+from tests.support.train import OneBatch, PlainEngine, run_train, train_losses
 
 CHI3_MEAN = 2.0 * math.sqrt(2.0 / math.pi)  # E‖ε‖ for ε ~ N(0, I₃)
 
@@ -135,29 +135,6 @@ def test_the_option_is_refused_where_it_cannot_apply():
 
 # ----------------------------------------------------------------------------------------------- training
 
-class _Engine:
-    def __init__(self, module) -> None:
-        self.module, self.calls = module, []
-
-    def __call__(self, *args, **kwargs):
-        self.calls.append((args[0].shape[0], len(args) > 3 and args[3] is not None, kwargs.get("mean_only", False)))
-        return self.module(*args, **kwargs)
-
-    def backward(self, loss) -> None:
-        loss.backward()
-
-    def step(self) -> None:
-        pass
-
-
-class _OneBatch:
-    def __init__(self, batch: dict) -> None:
-        self.batch = batch
-
-    def next(self) -> dict:
-        return self.batch
-
-
 def tiny_batch(horizon: int, batch: int = 2):
     cfg = tiny_model_config(stochastic=True)
     gen = torch.Generator().manual_seed(2)
@@ -184,10 +161,10 @@ def test_a_training_step_scores_two_sampled_rollouts_with_finite_gradients(loss,
         sampled = model(history.repeat(2, 1, 1, 1), numbers.repeat(2, 1), 5).forecast
     expected = rollout_energy_score(sampled[:2], sampled[2:], target, history[:, -1:], loss)
     assert float(expected) > 0
-    engine = _Engine(model)
+    engine = PlainEngine(model)
     t = TrainConfig(stochastic_loss=loss, teacher_forcing=False, loss_weights=LossWeights(nll=nll))
     torch.manual_seed(7)
-    sums, _ = optimizer_step(engine, _OneBatch(batch), t, "cpu", torch.float64, want_grad_norm=False)
+    sums, _ = optimizer_step(engine, OneBatch(batch), t, "cpu", torch.float64, want_grad_norm=False)
     assert float(sums[1 + LOSS_TERMS.index("energy_score")]) == pytest.approx(float(expected), rel=1e-9)
     assert (float(sums[1 + LOSS_TERMS.index("nll")]) != 0) == (nll > 0)
     # one sampled pass over the doubled batch; the teacher-forced one only for the NLL
@@ -203,7 +180,7 @@ def test_the_score_is_not_computed_for_the_default_loss():
     cfg, batch = tiny_batch(horizon=2)
     torch.manual_seed(0)
     model = build_model(cfg).double().train()
-    sums, _ = optimizer_step(_Engine(model), _OneBatch(batch), TrainConfig(teacher_forcing=False), "cpu",
+    sums, _ = optimizer_step(PlainEngine(model), OneBatch(batch), TrainConfig(teacher_forcing=False), "cpu",
                              torch.float64, want_grad_norm=False)
     assert float(sums[1 + LOSS_TERMS.index("energy_score")]) == 0.0 and float(sums[1 + LOSS_TERMS.index("nll")]) != 0
 

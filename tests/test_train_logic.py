@@ -23,6 +23,7 @@ from asteroid_hpc.train.checkpoint import (
 from asteroid_hpc.train.ds_config import build_deepspeed_config, deep_merge, resolve_backend, resolve_precision
 from asteroid_hpc.train.metrics import MetricsWriter, read_metrics
 from asteroid_hpc.train.validate import validation_indices
+from tests.support.train import OneBatch, PlainEngine
 
 
 # ----------------------------------------------------------------------------------- DeepSpeed config
@@ -286,30 +287,6 @@ def test_validation_indices_do_not_depend_on_world_size():
 
 # ----------------------------------------------------------------------------------- forecast loss
 
-class _PlainEngine:
-    """The three calls the optimizer step makes of a DeepSpeed engine, on a plain module."""
-
-    def __init__(self, module) -> None:
-        self.module = module
-
-    def __call__(self, *args):
-        return self.module(*args)
-
-    def backward(self, loss) -> None:
-        loss.backward()
-
-    def step(self) -> None:
-        pass
-
-
-class _OneBatch:
-    def __init__(self, batch: dict) -> None:
-        self.batch = batch
-
-    def next(self) -> dict:
-        return self.batch
-
-
 @pytest.mark.parametrize("teacher_forcing", [True, False])
 def test_forecast_loss_scores_the_rollout_the_config_names(teacher_forcing):
     """train.teacher_forcing=false puts the forecast loss on the model's own iterated forecast (what
@@ -330,7 +307,7 @@ def test_forecast_loss_scores_the_rollout_the_config_names(teacher_forcing):
         forced = model(batch["history"], batch["atomic_numbers"], 6, batch["target"]).forecast
     expected = {mode: float((f - batch["target"]).pow(2).mean()) for mode, f in ((False, free), (True, forced))}
     assert abs(expected[True] - expected[False]) > 1e-6 * expected[False]  # 6 frames = 3 passes: they differ
-    sums, _ = optimizer_step(_PlainEngine(model), _OneBatch(batch), TrainConfig(teacher_forcing=teacher_forcing),
+    sums, _ = optimizer_step(PlainEngine(model), OneBatch(batch), TrainConfig(teacher_forcing=teacher_forcing),
                               "cpu", torch.float64, want_grad_norm=False)
     assert float(sums[1 + LOSS_TERMS.index("forecast")]) == pytest.approx(expected[teacher_forcing], rel=1e-9)
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

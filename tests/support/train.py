@@ -1,5 +1,6 @@
 """Helpers for the training tests: the tiny dataset as a session fixture, runners for `asteroid-hpc train` alone,
-under torchrun, mpiexec and the deepspeed launcher, and a shared short training run."""
+under torchrun, mpiexec and the deepspeed launcher, a shared short training run, and a plain module standing in
+for a DeepSpeed engine (with a one-batch stream) for `optimizer_step`."""
 
 from __future__ import annotations
 
@@ -19,6 +20,34 @@ from tests.support.tiny import TINY_CONFIG, make_tiny_dataset
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     return make_tiny_dataset(tmp_path_factory.getbasetemp() / "train-data")
+
+
+class PlainEngine:
+    """The three calls the optimizer step makes of a DeepSpeed engine, on a plain module; ``calls`` records each
+    forward as (batch rows, teacher-forced, mean_only)."""
+
+    def __init__(self, module) -> None:
+        self.module, self.calls = module, []
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append((args[0].shape[0], len(args) > 3 and args[3] is not None, kwargs.get("mean_only", False)))
+        return self.module(*args, **kwargs)
+
+    def backward(self, loss) -> None:
+        loss.backward()
+
+    def step(self) -> None:
+        pass
+
+
+class OneBatch:
+    """A batch stream that yields the same batch every time."""
+
+    def __init__(self, batch: dict) -> None:
+        self.batch = batch
+
+    def next(self) -> dict:
+        return self.batch
 
 
 def train_env(**extra: str) -> dict:
