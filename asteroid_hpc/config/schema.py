@@ -125,6 +125,10 @@ class ModelConfig:
     # a scale σ per atom and step beside the mean: free-running steps are sampled, x = μ + σ·ε (thermal motion);
     # trained by train.loss_weights.nll on the teacher-forced steps (docs/method.md, thermal forecasts)
     stochastic: bool = False
+    # "sampled": free-running steps of a molecule draw its bonds, angles and stiff torsions from a model of their
+    # motion fitted on the training frames and keep non-bonded atoms apart (model/local_geometry.py); train fits
+    # it, the model's state carries it; forecasts of means (protocols A, B, C) are not touched. "free": none.
+    local_geometry: str = "free"
 
     def __post_init__(self) -> None:
         _check(self.history_frames >= 2, "model.history_frames must be >= 2")
@@ -141,6 +145,7 @@ class ModelConfig:
         _check(self.num_rbf >= 1, "model.num_rbf must be >= 1")
         _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
         _one_of("model.reference_structure", self.reference_structure, ("none", "training_mean"))
+        _one_of("model.local_geometry", self.local_geometry, ("free", "sampled"))
 
 
 @dataclass

@@ -64,3 +64,45 @@ def training_mean_structure(dataset_dir: str | os.PathLike, max_frames: int = 40
     if len(frames) == 0:
         raise user_error(directory, "no finite training frames to take a reference structure from")
     return superposed_mean(frames, SUPERPOSE_ITERATIONS)
+
+
+def training_runs(dataset_dir: str | os.PathLike, max_frames: int = 65536) -> list[np.ndarray]:
+    """The training frames of a dataset as runs of consecutive frames [T, N, 3] Å (float64; a run ends where a
+    shard, a training range or a dropped frame does), at most about ``max_frames`` of them in all: the motion
+    from one frame to the next at the dataset's spacing, for what is fitted on it
+    (:func:`asteroid_hpc.model.local_geometry.fit_local_geometry`). Never a validation or test frame."""
+    directory = Path(dataset_dir)
+    manifest = read_manifest(directory)
+    ranges = training_ranges(manifest, directory)
+    runs, total = [], 0
+    for shard in manifest["shards"]:
+        rows = _sampled_rows(shard, ranges.get(str(shard["source"]), []), 1)
+        if not len(rows) or total >= max_frames:
+            continue
+        dropped = set(shard.get("dropped_frames", ()))
+        frame_numbers = np.array([f for f in range(shard["frame_start"], shard["frame_stop"]) if f not in dropped])
+        breaks = np.flatnonzero((np.diff(rows) != 1) | (np.diff(frame_numbers[rows]) != 1)) + 1
+        with AmberReader(inside(directory, shard["file"], directory)) as reader:
+            for run in np.split(rows, breaks):
+                run = run[:max_frames - total]
+                if len(run):
+                    frames = np.asarray(reader.read(int(run[0]), int(run[-1]) + 1).coordinates, dtype=np.float64)
+                    runs.append(frames)
+                    total += len(frames)
+    runs = [run for run in runs if np.isfinite(run).all()]
+    if not runs:
+        raise user_error(directory, "no finite training frames")
+    return runs
+
+
+def dataset_bonds(manifest: dict) -> np.ndarray | None:
+    """The bonds [B, 2] among a dataset's atoms (its indices) from the topology it was preprocessed with, when that
+    file still exists and holds bonds; None otherwise (callers then find them from covalent radii)."""
+    from .topology import read_topology
+
+    path = manifest.get("topology")
+    if not path or not Path(path).is_file():
+        return None
+    index = {int(atom): k for k, atom in enumerate(manifest["atom_indices"])}
+    bonds = [(index[i], index[j]) for i, j in read_topology(path).bonds.tolist() if i in index and j in index]
+    return np.array(bonds, dtype=np.int64).reshape(-1, 2) if bonds else None

@@ -103,8 +103,8 @@ class MemberForecaster:
     def generators(self, seed: int, members: list[int], produced: int) -> Optional[list[torch.Generator]]:
         """A stochastic model's noise for the pass after ``produced`` frames: member k's from a generator
         seeded (seed, k, pass index), so its trajectory depends on neither its batch, the ranks nor a resume
-        (passes, resume points included, start at multiples of the pass); None for a deterministic model."""
-        if not self.model.cfg.stochastic:
+        (passes, resume points included, start at multiples of the pass); None for a model that draws nothing."""
+        if not self.model.samples:
             return None
         index = produced // self.steps_per_pass
         return row_generators([(seed, member, index) for member in members], self.device)

@@ -207,7 +207,7 @@ def model_forecast(model, samples: ProtocolSamples, batch_size: int = 64, device
     find = held_distances(samples.bonds, samples.atomic_numbers)
     pick = samples.lead_steps - 1
     mean_only = samples.protocol != "L" and not members
-    sampled = model.cfg.stochastic and not mean_only
+    sampled = model.samples and not mean_only
     per_forward = max(1, batch_size // members) if members else batch_size
     outputs = []
     for first in range(0, len(samples.history), per_forward):

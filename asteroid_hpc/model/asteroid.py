@@ -22,17 +22,16 @@ One *pass* over a history window of m frames:
    the steps → cross-attention to the encoder memory of the same atom). Output: s_k + a correction.
    With ``model.stochastic`` also a scale σ_k per atom (:mod:`asteroid_hpc.model.thermal`): when not
    teacher-forced each step then samples x_k = μ_k + σ_k ε and feeds the sample forward (``mean_only``: μ).
+   With ``model.local_geometry=sampled`` each such step's stiff geometry is drawn (:mod:`.local_geometry`).
 
 Horizons longer than L−1 frames roll the window forward (iterative extended horizon). Outputs are absolute
 coordinates in Å. The neighbour list is built once per window from its last frame unless the caller gives one.
 
-Periodic boxes (``cell``, :mod:`asteroid_hpc.model.periodic`): every relative vector is a minimum image,
-the neighbour lists cross the faces, each frame of the window is first moved by whole lattice vectors to
-be continuous with the last one (wrapped input is safe; outputs continue from the last frame), and the
-basis vector x_last − c is zero: nothing depends on where the atoms sit in the box (c remains only the
-numerical origin of the positions, which cancels in every relative vector). ``model.reference_structure``
-and ``model.rotation_basis`` are whole-molecule vectors and refuse a cell. A model records in its data
-signature whether it was trained on periodic systems and refuses the other kind.
+Periodic boxes (``cell``, :mod:`.periodic`): relative vectors are minimum images, neighbour lists cross the
+faces, each window frame is moved by lattice vectors to be continuous with the last (wrapped input is safe),
+and x_last − c is zero: nothing depends on where the atoms sit in the box (c only a numerical origin that
+cancels). Whole-molecule vectors (reference structure, rotation basis) refuse a cell; a model refuses the kind
+of system (periodic or not) it was not trained on (its data signature).
 """
 
 from __future__ import annotations
@@ -46,11 +45,12 @@ from torch import Tensor, nn
 from ..config.schema import AsteroidConfig, ModelConfig
 from ..errors import UserError
 from ..geometry import superpose_onto
-from .constraints import Constraints, held_steps
+from .constraints import Constraints
 from .decoding import Decoding
 from .domain import WHOLE_SYSTEM, Domain
 from .graph import NeighborGraph, radius_graph, spatial_order
 from .inputs import check_cell, check_domain, check_inputs
+from .local_geometry import LocalGeometry, free_step
 from .periodic import minimum_image_shift
 from .spatial import FullPairs, SpatialBlock, full_pairs
 from .sti import readoff
@@ -59,15 +59,13 @@ from .symmetry import (VectorHead, frame_vector_features, random_rotations, rota
 from .temporal import TemporalBlock, use_short_kernels
 from .thermal import Generators, ScaleHead
 
-# From this many atoms on, local attention runs on the atoms in spatial (k-d tree) order and restores the
-# caller's order on the outputs: the neighbour gathers then hit the cache. At 2·10^5 atoms this cut the
-# forward's CPU time by 14% and brought time(2N)/time(N) from 2.36 to 2.16 (BENCHMARKS.md).
+# From this many atoms on, local attention runs on the atoms in spatial (k-d tree) order (the caller's order
+# restored on the outputs): neighbour gathers hit the cache; at 2·10^5 atoms 14% less CPU (BENCHMARKS.md).
 LOCALITY_SORT_MIN_ATOMS = 4096
 TOKEN_VECTORS = 2  # vectors per token: (d_t, v_t) in the encoder, (s_k, p_k) in the decoder
-# Preconditioning of the output basis: geometry vectors (x_last − c, Σ α (x_j − x_i), a few Å) are scaled
-# to the size of per-frame displacements (~0.05 Å), so that one coefficient step moves every basis vector
-# by a similar amount. On ethanol (xTB, 2.5 fs frames) this cut the error of reproducing the known
-# Hankel entries 4× after 300 Adam steps.
+# Preconditioning of the output basis: geometry vectors (x_last − c, Σ α (x_j − x_i), a few Å) scaled to the
+# size of per-frame displacements (~0.05 Å), so one coefficient step moves every basis vector alike (ethanol,
+# xTB, 2.5 fs: 4× less error reproducing the known Hankel entries after 300 Adam steps).
 GEOMETRY_BASIS_SCALE = 0.03
 
 
@@ -91,9 +89,8 @@ class AsteroidOutput(NamedTuple):
 
 
 class ThermalOutput(NamedTuple):
-    """A ``model.stochastic`` model's outputs: those of :class:`AsteroidOutput`, then ``scale`` [B, H, N] Å,
-    each forecast step's σ. ``forecast`` holds the teacher-forced means, the sampled steps or, with
-    ``mean_only``, the path of the means."""
+    """A ``model.stochastic`` model's outputs: :class:`AsteroidOutput`'s, then each step's σ ``scale`` [B, H, N] Å;
+    ``forecast``: the teacher-forced means, the sampled steps or (``mean_only``) the path of the means."""
 
     forecast: Tensor
     hankel: Tensor
@@ -119,9 +116,10 @@ class _Window:
 class Asteroid(Decoding, nn.Module):
     """The ASTEROID forecaster; all sizes come from :class:`ModelConfig`."""
 
-    def __init__(self, cfg: ModelConfig, reference_coordinates=None):
-        """``reference_coordinates`` [N, 3] Å (array-like): the reference structure, required by and only by
-        ``model.reference_structure=training_mean`` (train computes it; saved weights carry it)."""
+    def __init__(self, cfg: ModelConfig, reference_coordinates=None, local_geometry: Optional[dict] = None):
+        """``reference_coordinates`` [N, 3] Å: the reference structure, with and only with reference_structure=
+        training_mean; ``local_geometry``: a fitted :class:`~.local_geometry.LocalGeometry`'s state, with and only
+        with local_geometry=sampled (train computes both; saved weights carry them)."""
         super().__init__()
         self.cfg = cfg
         self.data_signature: Optional[dict] = None  # what it was trained on (data/signature.py), set on loading
@@ -168,6 +166,11 @@ class Asteroid(Decoding, nn.Module):
         self.decoder_head = VectorHead(d, 1, self.num_basis, self.equivariant)
         if cfg.stochastic:  # absent otherwise: deterministic models keep their parameters and outputs exactly
             self.scale_head = ScaleHead(d)
+        self.local_geometry = LocalGeometry.of(cfg, local_geometry)
+
+    @property
+    def samples(self) -> bool:  # whether its free-running forecasts draw random numbers
+        return self.cfg.stochastic or self.local_geometry is not None
 
     # ----------------------------------------------------------------------------------- public API
     def forward(self, history: Tensor, atomic_numbers: Tensor, horizon: int, target: Optional[Tensor] = None, *,
@@ -185,7 +188,8 @@ class Asteroid(Decoding, nn.Module):
         A stochastic model without ``target`` samples every step from ``generator`` (torch's global one when
         None; a sequence: one per batch row, :func:`~.thermal.row_generators`) unless ``mean_only``: then it
         follows its means. Deterministic models ignore both.
-        ``constraints`` (:mod:`.constraints`): distances each free-running step is projected onto.
+        ``constraints`` (:mod:`.constraints`): distances each free-running step is projected onto (after its local
+        geometry is sampled, ``model.local_geometry``: never for ``mean_only`` or teacher-forced steps).
         ``forecast_only``: skip what only the STI losses read (the Hankel tensor's entries the read-off does not
         use, the conjugate reconstruction); passes after the first always skip them."""
         check_inputs(self, history, atomic_numbers, horizon, target)
@@ -196,7 +200,9 @@ class Asteroid(Decoding, nn.Module):
             history = history + minimum_image_shift(history - last, cell)
             target = None if target is None else target + minimum_image_shift(target - last, cell)
         hold = None if constraints is None or target is not None else (constraints, cell)
-        domain = check_domain(self, WHOLE_SYSTEM if domain is None else domain, sample, hold is not None)
+        geometry = None if target is not None or mean_only or self.training else self.local_geometry
+        domain = check_domain(self, WHOLE_SYSTEM if domain is None else domain, sample or geometry is not None,
+                              hold is not None, geometry is not None and cell is not None)
         batch, _, n_atoms, _ = history.shape
         elements = atomic_numbers.expand(batch, n_atoms) if atomic_numbers.dim() == 1 else atomic_numbers
         rotation = None
@@ -212,6 +218,7 @@ class Asteroid(Decoding, nn.Module):
             target = None if target is None else target[:, :, order]
         if hold is not None:  # as the atoms now stand (turned by "augment", in locality order)
             hold = (hold[0] if order is None else hold[0].reordered(order), cell)
+        hold = (hold, geometry)
         output, scale = self._passes(history, elements, horizon, target, graph, domain, cell, sample, generator, hold,
                                      forecast_only)
         if order is not None:
@@ -225,11 +232,9 @@ class Asteroid(Decoding, nn.Module):
 
     @torch.no_grad()
     def forecast(self, history: Tensor, atomic_numbers: Tensor, n_frames: int, cell: Optional[Tensor] = None, *,
-                 mean_only: bool = False, generator: Generators = None,
-                 constraints: Optional[Constraints] = None) -> Tensor:
-        """``n_frames`` forecast frames [B, n_frames, N, 3] (eval mode, no gradients, iterative); ``cell`` and
-        ``constraints`` as in :meth:`forward`. A stochastic model samples (``generator`` seeds it) unless ``mean_only``: the
-        means score MSE (protocols A, B, C), the samples the physics (protocol L, ensembles)."""
+                 mean_only: bool = False, generator: Generators = None, constraints: Optional[Constraints] = None) -> Tensor:
+        """``n_frames`` forecast frames [B, n_frames, N, 3] (eval mode, no gradients, iterative), arguments as in
+        :meth:`forward`: a model that samples does (``generator`` seeds it) unless ``mean_only``."""
         was_training = self.training
         self.eval()
         try:
@@ -365,10 +370,11 @@ class Asteroid(Decoding, nn.Module):
               graph: Optional[NeighborGraph], domain: Domain, cell: Optional[Tensor], sample: bool = False,
               generator: Generators = None, hold: Optional[tuple] = None,
               sti_outputs: bool = True) -> tuple[AsteroidOutput, Optional[Tensor]]:
-        """One pass; ``hold`` = (constraints, cell) projects each free-running step (forward's doc). Without
+        """One pass; ``hold`` = ((constraints, cell) or None, local geometry or None): what each free-running step
+        becomes (forward's doc, :func:`~.local_geometry.free_step`). Without
         ``sti_outputs`` the delay vectors of the last L−1 frames only (all the read-off uses), no conjugate."""
         geo = self._geometry(window, elements, graph, domain, cell)
-        held = (lambda d: d) if hold is None else (lambda d: held_steps(d, geo.last, *hold))
+        held = free_step(window, geo.last, *(hold or (None, None)), generator)
         h, token_vectors, vectors = self._encode(window, geo)
         read = slice(None) if sti_outputs else slice(-(self.cfg.delay_length - 1), None)
         delay = self.primary_head(h[:, read], self._basis(token_vectors[:, read], geo,
@@ -388,7 +394,7 @@ class Asteroid(Decoding, nn.Module):
         return AsteroidOutput(forecast + last, hankel + last.unsqueeze(1), reconstruction + last, seeds + last), scale
 
 
-def build_model(cfg: ModelConfig | AsteroidConfig, reference_coordinates=None) -> Asteroid:
-    """An :class:`Asteroid` for the ``model`` section of a config (or a whole :class:`AsteroidConfig`);
-    ``reference_coordinates`` [N, 3] Å with ``model.reference_structure=training_mean``."""
-    return Asteroid(cfg.model if isinstance(cfg, AsteroidConfig) else cfg, reference_coordinates)
+def build_model(cfg: ModelConfig | AsteroidConfig, reference_coordinates=None,
+                local_geometry: Optional[dict] = None) -> Asteroid:
+    """An :class:`Asteroid` (its arguments) for the ``model`` section of a config (or a whole :class:`AsteroidConfig`)."""
+    return Asteroid(cfg.model if isinstance(cfg, AsteroidConfig) else cfg, reference_coordinates, local_geometry)

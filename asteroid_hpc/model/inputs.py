@@ -58,11 +58,15 @@ def check_cell(model: "Asteroid", cell, history: Tensor, graph: Optional[Neighbo
     return cell
 
 
-def check_domain(model: "Asteroid", domain: Domain, sample: bool, constrained: bool = False) -> Domain:
+def check_domain(model: "Asteroid", domain: Domain, sample: bool, constrained: bool = False,
+                 periodic_geometry: bool = False) -> Domain:
     """``domain``, unless the model cannot run on part of a system: whole-molecule vectors, sampling (each
     rank would draw its own noise for the halo atoms it shares with another) or constraint projection on
     a domain whose halo may cut a constrained group (the ranks holding it would project it differently;
-    a domain with ``whole_groups`` completed them)."""
+    a domain with ``whole_groups`` completed them). A sampled local geometry (``periodic_geometry``) is never
+    periodic."""
+    if periodic_geometry:
+        raise UserError("model.local_geometry=sampled is for isolated molecules: this input is periodic")
     if domain.owned_mask is None:
         return domain
     if constrained and not getattr(domain, "whole_groups", False):
@@ -72,6 +76,7 @@ def check_domain(model: "Asteroid", domain: Domain, sample: bool, constrained: b
         raise UserError("model.reference_structure and model.rotation_basis are vectors of the whole molecule: "
                         "they cannot be split into spatial domains (use one rank per member)")
     if sample:
-        raise UserError("a stochastic model cannot sample a system split into spatial domains yet (each rank would "
-                        "draw its own noise for halo atoms): use one rank per member, or mean_only")
+        raise UserError("a model that samples (model.stochastic, model.local_geometry=sampled) cannot sample a system "
+                        "split into spatial domains yet (each rank would draw its own noise for halo atoms): use one "
+                        "rank per member, or mean_only")
     return domain

@@ -58,16 +58,20 @@ def row_generators(seeds: Sequence[Sequence[int]], device="cpu") -> list[torch.G
     return generators
 
 
+def standard_normal(row_shape: Sequence[int], rows: int, generator: Generators, dtype, device) -> Tensor:
+    """Standard normal noise [rows, *row_shape] from ``generator`` (:data:`Generators`: per row, row b's from
+    ``generator[b]``)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn((rows, *row_shape), generator=generator, dtype=dtype, device=device)
+    if len(generator) != rows:
+        raise ValueError(f"{len(generator)} generators for a batch of {rows} rows")
+    return torch.stack([torch.randn(tuple(row_shape), generator=row, dtype=dtype, device=device) for row in generator])
+
+
 def sample_step(mean: Tensor, scale: Tensor, generator: Generators = None) -> Tensor:
     """One sampled step: ``mean`` [B, ..., N, 3] + ``scale`` [B, ..., N] · ε, ε ~ N(0, I₃) drawn from
     ``generator`` (:data:`Generators`: per row, row b's ε from ``generator[b]``)."""
-    if generator is None or isinstance(generator, torch.Generator):
-        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
-    else:
-        if len(generator) != mean.shape[0]:
-            raise ValueError(f"{len(generator)} generators for a batch of {mean.shape[0]} rows")
-        noise = torch.stack([torch.randn(mean.shape[1:], generator=row, dtype=mean.dtype, device=mean.device)
-                             for row in generator])
+    noise = standard_normal(mean.shape[1:], mean.shape[0], generator, mean.dtype, mean.device)
     return mean + scale.unsqueeze(-1) * noise
 
 

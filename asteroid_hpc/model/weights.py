@@ -16,7 +16,7 @@ import torch
 
 from ..atomic import atomic_output
 from ..config.schema import LEGACY_REFERENCE_KEY, ModelConfig
-from ..errors import user_error
+from ..errors import UserError, user_error
 from .asteroid import Asteroid
 
 CONFIG_KEY = "asteroid_model_config"
@@ -56,7 +56,7 @@ def model_from_state(stored_config: dict, state: dict, where: str | os.PathLike,
     """Build the model of a stored model config dict and load ``state`` into it.
 
     The reference structure comes from the state's ``reference`` tensor, or from an older config's
-    coordinates. A mismatch is a one-line user error naming ``where``. ``training_data`` (the description
+    coordinates; a sampled local geometry from its ``local_geometry.*`` tensors. A mismatch is a one-line user error naming ``where``. ``training_data`` (the description
     of the training windows, or None) becomes ``model.training_data``.
     """
     try:
@@ -69,7 +69,14 @@ def model_from_state(stored_config: dict, state: dict, where: str | os.PathLike,
     reference = state.get("reference") if cfg.reference_structure == "training_mean" else None
     if cfg.reference_structure == "training_mean" and reference is None:
         raise user_error(where, "model.reference_structure=training_mean but the state holds no reference structure")
-    model = Asteroid(cfg, reference)
+    prefix = "local_geometry."
+    local_geometry = {name[len(prefix):]: value for name, value in state.items() if name.startswith(prefix)} or None
+    if cfg.local_geometry == "sampled" and local_geometry is None:
+        raise user_error(where, "model.local_geometry=sampled but the state holds no fitted local geometry")
+    try:
+        model = Asteroid(cfg, reference, local_geometry if cfg.local_geometry == "sampled" else None)
+    except UserError as exc:
+        raise user_error(where, str(exc)) from None
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches raise even with strict=False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,21 @@ def _reference_structure(cfg: AsteroidConfig) -> Optional[list[list[float]]]:
     mean = training_mean_structure(cfg.data.dataset, cfg.data.stats_max_frames)
     log.info("reference structure: the mean of the training frames of %s (%d atoms)", cfg.data.dataset, len(mean))
     return [[round(float(v), 6) for v in row] for row in mean]  # rounded as when it lived in the config
+
+
+def dataset_local_geometry(dataset: str | os.PathLike) -> dict:
+    """The local geometry (model/local_geometry.py) fitted on a dataset's training frames: a state of tensors
+    for the model (deterministic: a resumed run fits the same)."""
+    from ..data.manifest import read_manifest
+    from ..data.reference import dataset_bonds, training_runs
+    from ..model.local_geometry import fit_local_geometry
+
+    manifest = read_manifest(dataset)
+    runs = training_runs(dataset)
+    state = fit_local_geometry(runs, manifest["atomic_numbers"], dataset_bonds(manifest), where=str(dataset))
+    log.info("local geometry: %d stiff distances and %d excluded pairs fitted on %d training frames of %s",
+             len(state["pairs"]), len(state["excluded_pairs"]), sum(len(r) for r in runs), dataset)
+    return state
 
 
 def _startup_summary(cfg: AsteroidConfig, sess, ds_config: dict, run_dir: Path, summary: dict,
@@ -146,6 +162,8 @@ class Trainer:
                              self.t.zero_stage)
         _check_windows(self.cfg)
         self.reference = _reference_structure(self.cfg)
+        sampled = self.cfg.model.local_geometry == "sampled"
+        self.local_geometry = dataset_local_geometry(self.cfg.data.dataset) if sampled else None
         self.train_set, self.val_set = _open_datasets(self.cfg)
         self.training_data = describe_training_windows(self.train_set)  # saved with every checkpoint
         summary = self._build_engine()
@@ -170,7 +188,7 @@ class Trainer:
 
         t, sess = self.t, self.sess
         seed_all(t.seed)  # the same initial weights on every rank
-        model = build_model(self.cfg.model, self.reference)
+        model = build_model(self.cfg.model, self.reference, self.local_geometry)
         summary = model_summary(model)  # an open probe system: before the signature's periodic flag applies
         model.data_signature = self.data_signature()  # periodic or not: the model refuses the other kind
         seed_all(t.seed + 1000 * sess.rank)  # per-rank streams (rotation augmentation)
