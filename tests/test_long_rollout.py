@@ -111,6 +111,23 @@ def test_xtb_energy_of_aspirin_frames_matches_a_direct_tblite_call(aspirin):
     assert np.isnan(xtb_potential_energies(broken, aspirin.atomic_numbers)).all()
 
 
+def test_thermal_excess_is_the_mean_above_the_minimum():
+    from asteroid_hpc.evaluation.long_rollout_energy import thermal_excess
+
+    excess = thermal_excess(np.array([-9.0, -7.0]), np.array([[-8.0, np.nan], [-5.0, -8.0]]), -10.0)
+    assert excess == {"md_eV": 2.0, "forecast_eV": 3.0, "ratio": 1.5}
+
+
+def test_the_relaxed_aspirin_minimum_is_below_its_md_frames_and_within_a_thermal_excess(aspirin):
+    from asteroid_hpc.datagen.xtb import xtb_minimum_energy, xtb_potential_energies
+
+    frames = aspirin.positions[[0, 5000, 19999]].astype(np.float64)
+    energies = xtb_potential_energies(frames, aspirin.atomic_numbers)
+    minimum = xtb_minimum_energy(frames[np.argmin(energies)], aspirin.atomic_numbers, 300, 0.01)
+    # 500 K MD of a 21-atom molecule: (3N − 6)·k_B·T/2 ≈ 1.2 eV of potential energy above the minimum, give or take
+    assert 0.3 < energies.mean() - minimum < 4.0
+
+
 def test_protocol_l_end_to_end_on_the_tiny_model(tmp_path, capsys):
     from asteroid_hpc.cli.main import main
 
@@ -130,7 +147,12 @@ def test_protocol_l_end_to_end_on_the_tiny_model(tmp_path, capsys):
     assert long["n_rollouts"] == 8 and long["rollout_frames"] == 20 and long["frame_fs"] == 5.0
     assert [s["frame"] for s in long["starts"]] == sorted({s["frame"] for s in long["starts"]})
     assert long["molecule"] == "aspirin" and len(long["bonds"]) == 21
-    assert long["md"]["potential energy"]["low"] < long["md"]["potential energy"]["high"] < -1000
+    energy = long["md"]["potential energy"]
+    assert energy["low"] < energy["high"] < -1000
+    # the relaxed minimum lies below every MD frame; MD's thermal excess is the mean above it
+    assert energy["minimum"] < min(long["series"]["potential_energy_eV"]["md"])
+    assert energy["thermal_excess"]["md_eV"] == pytest.approx(energy["mean"] - energy["minimum"])
+    assert "Thermal excess over the relaxed minimum" in table
     # the untrained model does not keep aspirin together: its bonds leave MD's range within the 100 fs
     assert isinstance(long["horizon_fs"]["bond lengths"], float) and long["horizon_fs"]["bond lengths"] <= 100
     assert len(long["series"]["kinetic_temperature_K"]) == 8

@@ -133,6 +133,20 @@ def xtb_potential_energies(positions: np.ndarray, atomic_numbers) -> np.ndarray:
     return energies
 
 
+def xtb_minimum_energy(frame: np.ndarray, atomic_numbers, steps: int, fmax_eV_per_angstrom: float) -> float:
+    """GFN2-xTB potential energy (eV) of ``frame`` [N, 3] Å relaxed by BFGS (at most ``steps``, one thread)."""
+    from ase import Atoms
+    from ase.optimize import BFGS
+
+    from .threads import single_threaded
+
+    with single_threaded():
+        atoms = Atoms(numbers=np.asarray(atomic_numbers), positions=np.asarray(frame, dtype=np.float64))
+        atoms.calc = make_calculator()
+        BFGS(atoms, logfile=None).run(fmax=fmax_eV_per_angstrom, steps=steps)
+        return float(atoms.get_potential_energy())
+
+
 def set_state(atoms, positions: np.ndarray, momenta: np.ndarray) -> None:
     atoms.positions = positions
     atoms.set_momenta(momenta)

@@ -27,6 +27,7 @@ import numpy as np
 from ..errors import UserError
 from ..logs import get_logger
 from ..metrics import physics
+from .long_rollout_energy import BROKEN_BOND_FACTOR, sampled_leads, thermal_excess, xtb_energies
 from .protocols import ProtocolSamples, Trajectory
 
 log = get_logger(__name__)
@@ -34,8 +35,6 @@ log = get_logger(__name__)
 PAIR_DISTANCE_LEADS = 100  # lead times at which the pair-distance distance is computed (log-spaced)
 MD_PAIR_FRAMES = 100  # reference frames pooled for MD's pair-distance distribution
 MD_PAIR_DRAWS = 100  # random single MD frames that give the pair-distance range
-MIN_MD_ENERGY_FRAMES = 64
-BROKEN_BOND_FACTOR = 2.0  # a frame with a bond beyond this times its MD mean length is broken: no xTB energy
 OBSERVABLES = ("bond lengths", "bond angles", "radius of gyration", "clashes", "largest displacement",
                "kinetic temperature", "pair distances", "potential energy")
 
@@ -66,12 +65,6 @@ class LongRolloutResult:
     @property
     def lead_time_fs(self) -> np.ndarray:
         return np.arange(1, self.rollout_frames + 1) * self.frame_fs
-
-
-def sampled_leads(n_frames: int, count: int) -> np.ndarray:
-    """At most ``count`` lead-time indices (0-based) spaced evenly in log time from the first to the last, as
-    the plots are: early leads, where a forecast usually leaves MD, are sampled densely."""
-    return np.unique(np.geomspace(1, n_frames, min(count, n_frames)).round().astype(np.int64)) - 1
 
 
 def stride_frames(stride_fs: float, frame_fs: float, source: str) -> int:
@@ -180,10 +173,11 @@ def score_long_rollout(forecast: np.ndarray, last_history: np.ndarray, reference
     pairs = _PairDistances.of(forecast, md_frames)
     md["pair distances"] = pairs.md_range()
     broken = (rollouts.lengths > BROKEN_BOND_FACTOR * md_lengths.mean(axis=0)).any(axis=-1)  # [S, H]
-    energy = _energies(forecast, broken, md_frames, atomic_numbers, settings.energy_samples, molecule, frame_fs,
-                       notes)
+    energy = xtb_energies(forecast, broken, md_frames, atomic_numbers, settings.energy_samples, molecule, frame_fs,
+                          notes)
     if energy is not None:
-        md["potential energy"] = _md_stats(energy["md_eV"])
+        md["potential energy"] = {**_md_stats(energy["md_eV"]), "minimum": energy["minimum_eV"], "thermal_excess":
+                                  thermal_excess(energy["md_eV"], energy["forecast_eV"], energy["minimum_eV"])}
     labels = [f"{chemical_symbols[z]}{i}" for i, z in enumerate(atomic_numbers)]
     blocks = [_block(rollouts, pairs, energy, md, lead_fs, lo, hi) for lo, hi in lead_blocks(n_frames, frame_fs)]
     result = LongRolloutResult(n_rollouts, n_atoms, frame_fs, n_frames, 0, [], molecule, bonds.tolist(), labels, md,
@@ -364,37 +358,3 @@ def _nanmean(values: np.ndarray) -> float:
 def _first_exit_fs(values: np.ndarray, low: float, high: float, lead_fs: np.ndarray) -> float | None:
     at = physics.first_exit(values, low, high)
     return None if at is None else float(lead_fs[at])
-
-
-def _energies(forecast: np.ndarray, broken: np.ndarray, md_frames: np.ndarray, atomic_numbers: np.ndarray, samples: int,
-              molecule: str | None, frame_fs: float, notes: list[str]) -> dict | None:
-    """GFN2-xTB energies of ``samples`` log-spaced lead times of every rollout (NaN where the frame is
-    ``broken`` [S, H]: an SCF on a molecule in pieces is slow and meaningless) and of MD frames."""
-    if samples == 0:
-        notes.append("potential energy: not computed (evaluate.energy_samples = 0)")
-        return None
-    if molecule is None:
-        notes.append("potential energy: not computed (not a molecule of the xTB generator's table, in its atom "
-                     "order)")
-        return None
-    from ..datagen.xtb import xtb_potential_energies
-
-    began = time.perf_counter()
-    n_rollouts, n_frames = forecast.shape[:2]
-    lead_index = sampled_leads(n_frames, samples)
-    sampled = forecast[:, lead_index].reshape(-1, *forecast.shape[2:])
-    whole = ~broken[:, lead_index].reshape(-1)
-    forecast_eV = np.full(len(sampled), np.nan)
-    forecast_eV[whole] = xtb_potential_energies(sampled[whole], atomic_numbers)
-    n_md = max(MIN_MD_ENERGY_FRAMES, len(lead_index) * n_rollouts)
-    md_index = np.unique(np.linspace(0, len(md_frames) - 1, min(n_md, len(md_frames))).round().astype(np.int64))
-    md_eV = xtb_potential_energies(md_frames[md_index], atomic_numbers)
-    seconds = time.perf_counter() - began
-    failed = int(np.isnan(forecast_eV[whole]).sum())
-    if (~whole).any() or failed:
-        notes.append(f"potential energy: of {len(forecast_eV)} sampled forecast frames, {int((~whole).sum())} were "
-                     f"broken (a bond beyond {BROKEN_BOND_FACTOR:g}× its MD mean length; no energy computed) and the "
-                     f"SCF failed on {failed}; both count as out of MD's range")
-    log.info("protocol L: %d GFN2-xTB energies in %.1f s", int(whole.sum()) + len(md_eV), seconds)
-    return {"lead_index": lead_index, "lead_fs": (lead_index + 1) * frame_fs,
-            "forecast_eV": forecast_eV.reshape(n_rollouts, len(lead_index)), "md_eV": md_eV, "seconds": seconds}

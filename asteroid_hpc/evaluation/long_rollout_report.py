@@ -101,6 +101,11 @@ def _block_lines(result: LongRolloutResult) -> list[str]:
         if has_energy:
             row.append(_number(block["potential_energy_eV"] - energy_mean))
         lines.append("| " + " | ".join(row) + " |")
+    excess = md.get("potential energy", {}).get("thermal_excess")
+    if excess is not None:
+        lines += ["", f"Thermal excess over the relaxed minimum (E_min {md['potential energy']['minimum']:.3f} eV: "
+                      f"the lowest sampled MD frame relaxed by BFGS): MD {excess['md_eV']:.3f} eV, forecast "
+                      f"{excess['forecast_eV']:.3f} eV over all its sampled frames ({excess['ratio']:.2f}× MD's)."]
     return lines
 
 

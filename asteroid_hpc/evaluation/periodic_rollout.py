@@ -32,7 +32,8 @@ import numpy as np
 
 from ..geometry import kabsch_rmsd
 from ..metrics import liquid, physics
-from .long_rollout import lead_blocks, sampled_leads
+from .long_rollout import lead_blocks
+from .long_rollout_energy import sampled_leads
 
 SOLUTE_MIN_ATOMS = 20
 RDF_MAX_ANGSTROM = 8.0

@@ -7,10 +7,10 @@ freezes); noise drawn per atom breaks it (bonds drift apart, clashes follow). Wh
 coordinate is its distribution and how it forgets: a second-order autoregression of the C stiff distances
 jointly, d_t = μ + A₁(d_{t−1} − μ) + A₂(d_{t−2} − μ) + L·ε, fitted by least squares on consecutive training
 frames at the model's stride, reproduces their means, widths and correlations (a ring's distances move
-together) and their oscillation at that stride. The stiff distances: bonds (the topology's, else covalent radii
-on the first training frame), 1–3 pairs, and 1–4 pairs whose training standard deviation is below
-``STIFF_TORSION_ANGSTROM`` (a ring's, a planar group's; a rotor's are left free). The soft motion (rotors,
-tumbling, slow collective modes) stays the model's.
+together) and their oscillation at that stride. The stiff distances: the bonds (the topology's, else covalent
+radii on the first training frame), 1–3 and 1–4 pairs whose training standard deviation is below
+``STIFF_ANGSTROM`` (a ring's, a planar group's; not a rotor's, nor a bond that breaks and forms). The soft
+motion (rotors, hopping protons, tumbling, slow collective modes) stays the model's.
 
 Each free-running step (:meth:`LocalGeometry.stepper`): the model's proposal, targets drawn as above from the two
 frames before, the proposal projected onto them (:func:`~.constraints.project`: mass weighted, the centre of
@@ -31,7 +31,7 @@ from ..errors import UserError
 from .constraints import Constraints, colour_pairs, held_steps, project
 
 ORDER = 2  # autoregression order: two frames carry a vibration's phase at the stride
-STIFF_TORSION_ANGSTROM = 0.1  # a 1–4 pair steadier than this (training std) is stiff geometry, not a rotor
+STIFF_ANGSTROM = 0.1  # a 1–2, 1–3 or 1–4 pair steadier than this (training std) is stiff geometry
 MAX_ATOMS = 512  # every pair's excluded volume is kept: a molecule, not a box of them
 PROJECTION_TOLERANCE_ANGSTROM = 1e-4
 PROJECTION_ITERATIONS = 50  # targets drawn jointly are nearly consistent; the rest is a least-squares compromise
@@ -40,8 +40,9 @@ MIN_FRAMES_PER_PARAMETER = 5  # consecutive training frames per column of the au
 
 
 def stiff_pairs(bonds: np.ndarray, runs: Sequence[np.ndarray]) -> np.ndarray:
-    """[C, 2] (i < j): the bonds, their 1–3 pairs, and the 1–4 pairs steadier than ``STIFF_TORSION_ANGSTROM`` over
-    ``runs`` (training frames [T, N, 3] each)."""
+    """[C, 2] (i < j): the bonds, their 1–3 and their 1–4 pairs that are steadier than ``STIFF_ANGSTROM`` (training
+    standard deviation) over ``runs`` (training frames [T, N, 3] each); a rotor's 1–4 pairs, or a bond that
+    breaks and forms (a proton hopping between two oxygens), are left to the model."""
     from ..metrics.liquid import excluded_pairs
 
     near = excluded_pairs(bonds)
@@ -49,14 +50,11 @@ def stiff_pairs(bonds: np.ndarray, runs: Sequence[np.ndarray]) -> np.ndarray:
     for i, j in np.asarray(bonds, dtype=np.int64).reshape(-1, 2).tolist():
         neighbours.setdefault(i, set()).add(j)
         neighbours.setdefault(j, set()).add(i)
-    torsions = sorted({(min(a, d), max(a, d)) for b, c in near if c in neighbours.get(b, ())
-                       for a in neighbours[b] - {c} for d in neighbours[c] - {b} if a != d} - near)
-    pairs = np.array(sorted(near), dtype=np.int64).reshape(-1, 2)
-    if torsions:
-        torsions = np.array(torsions, dtype=np.int64)
-        spread = np.concatenate([_lengths(run, torsions) for run in runs]).std(axis=0)
-        pairs = np.concatenate([pairs, torsions[spread < STIFF_TORSION_ANGSTROM]])
-    return pairs
+    torsions = {(min(a, d), max(a, d)) for b, c in near if c in neighbours.get(b, ())
+                for a in neighbours[b] - {c} for d in neighbours[c] - {b} if a != d}
+    candidates = np.array(sorted(near | torsions), dtype=np.int64).reshape(-1, 2)
+    spread = np.concatenate([_lengths(run, candidates) for run in runs]).std(axis=0)
+    return candidates[spread < STIFF_ANGSTROM]
 
 
 def _lengths(frames: np.ndarray, pairs: np.ndarray) -> np.ndarray:
@@ -110,8 +108,9 @@ class LocalGeometry(nn.Module):
         missing = {"pairs", "mean", "transition", "noise", "excluded_pairs", "closest", "inverse_mass"} - set(state)
         if missing:
             raise UserError(f"the local geometry state lacks {sorted(missing)}")
-        for name, value in state.items():
-            self.register_buffer(name, torch.as_tensor(value))
+        for name, value in state.items():  # a checkpoint may have stored everything as float32
+            value = torch.as_tensor(value)
+            self.register_buffer(name, value.long() if name.endswith("pairs") else value.double())
         self.colours = colour_pairs(self.pairs)
 
     @classmethod
@@ -139,17 +138,18 @@ class LocalGeometry(nn.Module):
 
     def impose(self, proposal: Tensor, targets: Tensor) -> Tensor:
         """``proposal`` [B, N, 3] projected onto the stiff ``targets`` [B, C], non-bonded pairs kept apart."""
-        stiff = Constraints(self.pairs, targets, self.inverse_mass, self.colours)
-        x = _project(proposal, stiff)
-        for _ in range(EXCLUSION_ROUNDS):
+        x = _project(proposal, Constraints(self.pairs, targets, self.inverse_mass, self.colours))
+        for _ in range(EXCLUSION_ROUNDS):  # only the rows with a close pair: a row's result is its own
             apart = torch.linalg.vector_norm(x[:, self.excluded_pairs[:, 1]] - x[:, self.excluded_pairs[:, 0]], dim=-1)
-            close = (apart < self.closest).any(dim=0)
-            if not bool(close.any()):
+            rows = torch.nonzero((apart < self.closest).any(dim=1)).flatten()
+            if not len(rows):
                 break
+            close = (apart[rows] < self.closest).any(dim=0)
             pairs = self.excluded_pairs[close]
-            floors = torch.maximum(apart[:, close], self.closest[close])
-            x = _project(x, Constraints(pairs, floors, self.inverse_mass, colour_pairs(pairs)))
-            x = _project(x, stiff)
+            floors = torch.maximum(apart[rows][:, close], self.closest[close])
+            moved = _project(x[rows], Constraints(pairs, floors, self.inverse_mass, colour_pairs(pairs)))
+            x = x.index_copy(0, rows, _project(moved, Constraints(self.pairs, targets[rows], self.inverse_mass,
+                                                                  self.colours)))
         return x
 
     def stepper(self, window: Tensor, generator) -> Callable[[Tensor], Tensor]:

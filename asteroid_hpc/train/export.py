@@ -18,7 +18,9 @@ log = get_logger(__name__)
 
 
 def _fp32_state_dict(path: Path) -> dict:
-    """The full fp32 module state of checkpoint folder ``path``, on CPU."""
+    """The full fp32 module state of checkpoint folder ``path``, on CPU (float64 and integer buffers as stored)."""
+    import torch
+
     check_pickles_safe(path)  # DeepSpeed's zero_to_fp32 unpickles without restrictions
     if any(path.glob("*zero_pp_rank_*optim_states.pt")):  # ZeRO (or bf16) master weights, partitioned
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
@@ -32,7 +34,8 @@ def _fp32_state_dict(path: Path) -> dict:
     state = safe_torch_load(model_file).get("module")
     if not isinstance(state, dict):
         raise user_error(model_file, "no 'module' state dict in the DeepSpeed model states")
-    return {name: tensor.float() for name, tensor in state.items()}
+    return {name: tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+            for name, tensor in state.items()}
 
 
 def best_checkpoint(run: str | os.PathLike) -> Path:
@@ -83,6 +86,13 @@ def checkpoint_model(path: Path):
         model_config_of(model_config)
     except (KeyError, TypeError) as exc:
         raise user_error(path / CLIENT_STATE, f"no usable model config ({exc})") from None
-    model = model_from_state(model_config, _fp32_state_dict(path), path, client_state.get("training_data"))
+    state = _fp32_state_dict(path)
+    dataset = client_state["config"].get("data", {}).get("dataset")
+    if model_config.get("local_geometry") == "sampled" and dataset and Path(dataset).is_dir():
+        # fitted again (deterministic): a bf16/fp16 run's copy in the module states is rounded to that precision
+        from .trainer import dataset_local_geometry
+
+        state.update({f"local_geometry.{k}": v for k, v in dataset_local_geometry(dataset).items()})
+    model = model_from_state(model_config, state, path, client_state.get("training_data"))
     model.data_signature = client_state.get("data_signature")  # the training inputs (data/signature.py)
     return model, client_state
