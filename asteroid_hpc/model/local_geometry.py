@@ -13,9 +13,10 @@ radii on the first training frame), 1–3 and 1–4 pairs whose training standar
 motion (rotors, hopping protons, tumbling, slow collective modes) stays the model's.
 
 Each free-running step (:meth:`LocalGeometry.stepper`): the model's proposal, targets drawn as above from the two
-frames before, the proposal projected onto them (:func:`~.constraints.project`: mass weighted, the centre of
-mass stays), then every other pair closer than the closest the training frames had it pushed out to that
-distance and the stiff distances projected again, a few rounds (the excluded volume). Everything comes from
+frames before, and the proposal moved onto them together with the excluded volume (every other pair closer than
+the closest the training frames had it is pulled out to that distance) by a few damped Gauss–Newton steps: each
+the least mass-weighted move that meets the linearised distances (the centre of mass stays), a least-squares
+compromise where a draw is not exactly realisable in three dimensions. Everything comes from
 training frames only (``model.local_geometry=sampled``: train fits it; saved weights carry it).
 """
 
@@ -28,14 +29,15 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
-from .constraints import Constraints, colour_pairs, held_steps, project
+from .constraints import held_steps
 
 ORDER = 2  # autoregression order: two frames carry a vibration's phase at the stride
 STIFF_ANGSTROM = 0.1  # a 1–2, 1–3 or 1–4 pair steadier than this (training std) is stiff geometry
 MAX_ATOMS = 512  # every pair's excluded volume is kept: a molecule, not a box of them
-PROJECTION_TOLERANCE_ANGSTROM = 1e-4
-PROJECTION_ITERATIONS = 50  # targets drawn jointly are nearly consistent; the rest is a least-squares compromise
-EXCLUSION_ROUNDS = 5
+SOLVE_ITERATIONS = 4  # Gauss–Newton steps: realisable targets are met to ~1e-3 Å after 3 (SHAKE sweeps: ~50)
+MAX_SOLVE_ITERATIONS = 30  # more only while a residual (a wild proposal, a pair to pull apart) exceeds:
+SOLVED_ANGSTROM = 0.02
+SOLVE_DAMPING = 1e-4  # × mass (amu): the least mass-weighted move along what the distances leave free
 MIN_FRAMES_PER_PARAMETER = 5  # consecutive training frames per column of the autoregression's design
 
 
@@ -111,7 +113,6 @@ class LocalGeometry(nn.Module):
         for name, value in state.items():  # a checkpoint may have stored everything as float32
             value = torch.as_tensor(value)
             self.register_buffer(name, value.long() if name.endswith("pairs") else value.double())
-        self.colours = colour_pairs(self.pairs)
 
     @classmethod
     def of(cls, cfg, state: Optional[dict]) -> Optional["LocalGeometry"]:
@@ -137,19 +138,34 @@ class LocalGeometry(nn.Module):
         return torch.linalg.vector_norm(x[:, self.pairs[:, 1]] - x[:, self.pairs[:, 0]], dim=-1)
 
     def impose(self, proposal: Tensor, targets: Tensor) -> Tensor:
-        """``proposal`` [B, N, 3] projected onto the stiff ``targets`` [B, C], non-bonded pairs kept apart."""
-        x = _project(proposal, Constraints(self.pairs, targets, self.inverse_mass, self.colours))
-        for _ in range(EXCLUSION_ROUNDS):  # only the rows with a close pair: a row's result is its own
+        """``proposal`` [B, N, 3] moved onto the stiff ``targets`` [B, C] with non-bonded pairs kept apart: damped
+        Gauss–Newton on the distance residuals (the stiff ones, and each excluded pair closer than its floor,
+        pulled to it), each step the least mass-weighted move (module doc). Rows are solved independently."""
+        x = proposal.double()
+        batch, n_atoms, _ = x.shape
+        damping = SOLVE_DAMPING * torch.diag((1.0 / self.inverse_mass).repeat_interleave(3))
+        for iteration in range(MAX_SOLVE_ITERATIONS):
             apart = torch.linalg.vector_norm(x[:, self.excluded_pairs[:, 1]] - x[:, self.excluded_pairs[:, 0]], dim=-1)
-            rows = torch.nonzero((apart < self.closest).any(dim=1)).flatten()
-            if not len(rows):
+            close = (apart < self.closest).any(dim=0)  # in any row; in the others these rows are zero
+            pairs = torch.cat([self.pairs, self.excluded_pairs[close]])
+            floors = self.closest[close]
+            vectors = x[:, pairs[:, 1]] - x[:, pairs[:, 0]]
+            lengths = torch.linalg.vector_norm(vectors, dim=-1).clamp_min(1e-9)
+            active = torch.cat([torch.ones_like(targets), (lengths[:, len(self.pairs):] < floors).double()], dim=1)
+            residual = (lengths - torch.cat([targets, floors.expand(batch, -1)], dim=1)) * active  # [B, P]
+            moving = residual.abs().amax(dim=1) >= SOLVED_ANGSTROM if iteration >= SOLVE_ITERATIONS else None
+            if moving is not None and not bool(moving.any()):  # a row stops on its own residual only
                 break
-            close = (apart[rows] < self.closest).any(dim=0)
-            pairs = self.excluded_pairs[close]
-            floors = torch.maximum(apart[rows][:, close], self.closest[close])
-            moved = _project(x[rows], Constraints(pairs, floors, self.inverse_mass, colour_pairs(pairs)))
-            x = x.index_copy(0, rows, _project(moved, Constraints(self.pairs, targets[rows], self.inverse_mass,
-                                                                  self.colours)))
+            units = vectors / lengths.unsqueeze(-1) * active.unsqueeze(-1)
+            jacobian = x.new_zeros(batch, len(pairs), n_atoms, 3)  # d residual / d x
+            rows = torch.arange(len(pairs), device=x.device)
+            jacobian[:, rows, pairs[:, 1]] = units
+            jacobian[:, rows, pairs[:, 0]] = -units
+            jacobian = jacobian.view(batch, len(pairs), 3 * n_atoms)
+            normal = jacobian.transpose(1, 2) @ jacobian + damping
+            step = torch.linalg.solve(normal, -(jacobian.transpose(1, 2) @ residual.unsqueeze(-1)))
+            step = step.view(batch, n_atoms, 3)
+            x = x + (step if moving is None else step * moving.view(-1, 1, 1))
         return x
 
     def stepper(self, window: Tensor, generator) -> Callable[[Tensor], Tensor]:
@@ -185,7 +201,3 @@ def free_step(window: Tensor, last: Tensor, hold: Optional[tuple], geometry: Opt
         return step if hold is None else held_steps(step, last, *hold)
 
     return held
-
-
-def _project(positions: Tensor, constraints: Constraints) -> Tensor:
-    return project(positions, constraints, None, PROJECTION_TOLERANCE_ANGSTROM, PROJECTION_ITERATIONS)
