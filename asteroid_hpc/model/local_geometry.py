@@ -37,7 +37,8 @@ MAX_ATOMS = 512  # every pair's excluded volume is kept: a molecule, not a box o
 SOLVE_ITERATIONS = 4  # Gauss–Newton steps: realisable targets are met to ~1e-3 Å after 3 (SHAKE sweeps: ~50)
 MAX_SOLVE_ITERATIONS = 30  # more only while a residual (a wild proposal, a pair to pull apart) exceeds:
 SOLVED_ANGSTROM = 0.02
-SOLVE_DAMPING = 1e-4  # × mass (amu): the least mass-weighted move along what the distances leave free
+SOLVE_DAMPING = 1e-2  # × mass (amu): the least mass-weighted move along what the distances leave free
+MAX_MOVE_ANGSTROM = 0.1  # no atom moves further in one Gauss–Newton step (a bad linearisation cannot run off)
 MIN_FRAMES_PER_PARAMETER = 5  # consecutive training frames per column of the autoregression's design
 
 
@@ -165,7 +166,9 @@ class LocalGeometry(nn.Module):
             normal = jacobian.transpose(1, 2) @ jacobian + damping
             step = torch.linalg.solve(normal, -(jacobian.transpose(1, 2) @ residual.unsqueeze(-1)))
             step = step.view(batch, n_atoms, 3)
-            x = x + (step if moving is None else step * moving.view(-1, 1, 1))
+            largest = torch.linalg.vector_norm(step, dim=-1).amax(dim=1).clamp_min(1e-12)  # a trust region per row
+            scale = (MAX_MOVE_ANGSTROM / largest).clamp(max=1.0) * (1.0 if moving is None else moving)
+            x = x + step * scale.view(-1, 1, 1)
         return x
 
     def stepper(self, window: Tensor, generator) -> Callable[[Tensor], Tensor]:
