@@ -34,9 +34,9 @@ from .constraints import held_steps
 ORDER = 2  # autoregression order: two frames carry a vibration's phase at the stride
 STIFF_ANGSTROM = 0.1  # a 1–2, 1–3 or 1–4 pair steadier than this (training std) is stiff geometry
 MAX_ATOMS = 512  # every pair's excluded volume is kept: a molecule, not a box of them
-SOLVE_ITERATIONS = 4  # Gauss–Newton steps: realisable targets are met to ~1e-3 Å after 3 (SHAKE sweeps: ~50)
-MAX_SOLVE_ITERATIONS = 30  # more only while a residual (a wild proposal, a pair to pull apart) exceeds:
-SOLVED_ANGSTROM = 0.02
+SOLVE_ITERATIONS = 4  # Gauss–Newton steps at least (realisable targets: ~1e-3 Å after 3; SHAKE sweeps: ~50)
+MAX_SOLVE_ITERATIONS = 30  # then a row goes on until its largest step is below CONVERGED_ANGSTROM: stopped
+CONVERGED_ANGSTROM = 1e-4  # early, the drawn distances are not met and the stiff motion (its temperature) is damped
 SOLVE_DAMPING = 1e-2  # × mass (amu): the least mass-weighted move along what the distances leave free
 MAX_MOVE_ANGSTROM = 0.1  # no atom moves further in one Gauss–Newton step (a bad linearisation cannot run off)
 MIN_FRAMES_PER_PARAMETER = 5  # consecutive training frames per column of the autoregression's design
@@ -145,6 +145,7 @@ class LocalGeometry(nn.Module):
         x = proposal.double()
         batch, n_atoms, _ = x.shape
         damping = SOLVE_DAMPING * torch.diag((1.0 / self.inverse_mass).repeat_interleave(3))
+        moving = torch.ones(batch, dtype=torch.bool, device=x.device)  # a row stops on its own step only
         for iteration in range(MAX_SOLVE_ITERATIONS):
             apart = torch.linalg.vector_norm(x[:, self.excluded_pairs[:, 1]] - x[:, self.excluded_pairs[:, 0]], dim=-1)
             close = (apart < self.closest).any(dim=0)  # in any row; in the others these rows are zero
@@ -154,9 +155,6 @@ class LocalGeometry(nn.Module):
             lengths = torch.linalg.vector_norm(vectors, dim=-1).clamp_min(1e-9)
             active = torch.cat([torch.ones_like(targets), (lengths[:, len(self.pairs):] < floors).double()], dim=1)
             residual = (lengths - torch.cat([targets, floors.expand(batch, -1)], dim=1)) * active  # [B, P]
-            moving = residual.abs().amax(dim=1) >= SOLVED_ANGSTROM if iteration >= SOLVE_ITERATIONS else None
-            if moving is not None and not bool(moving.any()):  # a row stops on its own residual only
-                break
             units = vectors / lengths.unsqueeze(-1) * active.unsqueeze(-1)
             jacobian = x.new_zeros(batch, len(pairs), n_atoms, 3)  # d residual / d x
             rows = torch.arange(len(pairs), device=x.device)
@@ -167,8 +165,11 @@ class LocalGeometry(nn.Module):
             step = torch.linalg.solve(normal, -(jacobian.transpose(1, 2) @ residual.unsqueeze(-1)))
             step = step.view(batch, n_atoms, 3)
             largest = torch.linalg.vector_norm(step, dim=-1).amax(dim=1).clamp_min(1e-12)  # a trust region per row
-            scale = (MAX_MOVE_ANGSTROM / largest).clamp(max=1.0) * (1.0 if moving is None else moving)
-            x = x + step * scale.view(-1, 1, 1)
+            x = x + step * ((MAX_MOVE_ANGSTROM / largest).clamp(max=1.0) * moving).view(-1, 1, 1)
+            if iteration + 1 >= SOLVE_ITERATIONS:
+                moving &= largest >= CONVERGED_ANGSTROM
+                if not bool(moving.any()):
+                    break
         return x
 
     def stepper(self, window: Tensor, generator) -> Callable[[Tensor], Tensor]:
