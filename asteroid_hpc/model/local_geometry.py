@@ -14,7 +14,7 @@ motion (rotors, hopping protons, tumbling, slow collective modes) stays the mode
 
 Each free-running step (:meth:`LocalGeometry.stepper`): the model's proposal, targets drawn as above from the two
 frames before, and the proposal moved onto them together with the excluded volume (every other pair closer than
-the closest the training frames had it is pulled out to that distance) by a few damped Gauss–Newton steps: each
+any two atoms of its two elements came in the training frames is pulled out to that distance) by damped Gauss–Newton steps: each
 the least mass-weighted move that meets the linearised distances (the centre of mass stays), a least-squares
 compromise where a draw is not exactly realisable in three dimensions. Everything comes from
 training frames only (``model.local_geometry=sampled``: train fits it; saved weights carry it).
@@ -96,11 +96,25 @@ def fit_local_geometry(runs: Sequence[np.ndarray], atomic_numbers, bonds: Option
     noise = np.linalg.cholesky(covariance + 1e-12 * np.trace(covariance) / len(pairs) * np.eye(len(pairs)))
     others = np.array([(i, j) for i in range(n_atoms) for j in range(i + 1, n_atoms)
                        if (i, j) not in {tuple(p) for p in pairs.tolist()}], dtype=np.int64).reshape(-1, 2)
-    closest = np.concatenate([_lengths(run, others) for run in runs]).min(axis=0) if len(others) else np.zeros(0)
+    closest = _closest_by_elements(runs, others, np.asarray(atomic_numbers))
     as_tensor = lambda a, dtype=torch.float64: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)  # noqa: E731
     return {"pairs": as_tensor(pairs, torch.long), "mean": as_tensor(mean), "transition": as_tensor(transition),
             "noise": as_tensor(noise), "excluded_pairs": as_tensor(others, torch.long),
             "closest": as_tensor(closest), "inverse_mass": as_tensor(1.0 / masses_amu(atomic_numbers))}
+
+
+def _closest_by_elements(runs: Sequence[np.ndarray], pairs: np.ndarray, atomic_numbers: np.ndarray) -> np.ndarray:
+    """[P]: for each pair, the closest any pair of the same two elements came in ``runs`` (an excluded volume by
+    element pair: a conformation the training frames did not visit is not pushed apart as if it were a clash)."""
+    if not len(pairs):
+        return np.zeros(0)
+    closest = np.concatenate([_lengths(run, pairs) for run in runs]).min(axis=0)
+    kinds = np.sort(atomic_numbers[pairs], axis=1)
+    _, kind, = np.unique(kinds, axis=0, return_inverse=True)
+    kind = kind.reshape(-1)
+    by_kind = np.full(kind.max() + 1, np.inf)
+    np.minimum.at(by_kind, kind, closest)
+    return by_kind[kind]
 
 
 class LocalGeometry(nn.Module):
