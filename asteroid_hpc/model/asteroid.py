@@ -218,9 +218,8 @@ class Asteroid(Decoding, nn.Module):
             target = None if target is None else target[:, :, order]
         if hold is not None:  # as the atoms now stand (turned by "augment", in locality order)
             hold = (hold[0] if order is None else hold[0].reordered(order), cell)
-        hold = (hold, geometry)
-        output, scale = self._passes(history, elements, horizon, target, graph, domain, cell, sample, generator, hold,
-                                     forecast_only)
+        output, scale = self._passes(history, elements, horizon, target, graph, domain, cell, sample, generator,
+                                     (hold, geometry), forecast_only)
         if order is not None:
             inverse = torch.argsort(order)
             output = output.mapped(lambda t: t[..., inverse, :])
@@ -232,7 +231,8 @@ class Asteroid(Decoding, nn.Module):
 
     @torch.no_grad()
     def forecast(self, history: Tensor, atomic_numbers: Tensor, n_frames: int, cell: Optional[Tensor] = None, *,
-                 mean_only: bool = False, generator: Generators = None, constraints: Optional[Constraints] = None) -> Tensor:
+                 mean_only: bool = False, generator: Generators = None,
+                 constraints: Optional[Constraints] = None) -> Tensor:
         """``n_frames`` forecast frames [B, n_frames, N, 3] (eval mode, no gradients, iterative), arguments as in
         :meth:`forward`: a model that samples does (``generator`` seeds it) unless ``mean_only``."""
         was_training = self.training
@@ -396,5 +396,5 @@ class Asteroid(Decoding, nn.Module):
 
 def build_model(cfg: ModelConfig | AsteroidConfig, reference_coordinates=None,
                 local_geometry: Optional[dict] = None) -> Asteroid:
-    """An :class:`Asteroid` (its arguments) for the ``model`` section of a config (or a whole :class:`AsteroidConfig`)."""
+    """An :class:`Asteroid` (its arguments) for a config's ``model`` section (or a whole :class:`AsteroidConfig`)."""
     return Asteroid(cfg.model if isinstance(cfg, AsteroidConfig) else cfg, reference_coordinates, local_geometry)

@@ -14,10 +14,10 @@ motion (rotors, hopping protons, tumbling, slow collective modes) stays the mode
 
 Each free-running step (:meth:`LocalGeometry.stepper`): the model's proposal, targets drawn as above from the two
 frames before, and the proposal moved onto them together with the excluded volume (every other pair closer than
-any two atoms of its two elements came in the training frames is pulled out to that distance) by damped Gauss–Newton steps: each
-the least mass-weighted move that meets the linearised distances (the centre of mass stays), a least-squares
-compromise where a draw is not exactly realisable in three dimensions. Everything comes from
-training frames only (``model.local_geometry=sampled``: train fits it; saved weights carry it).
+any two atoms of its two elements came in the training frames is pulled out to that distance) by damped
+Gauss–Newton steps, each the least mass-weighted move that meets the linearised distances (the centre of mass
+stays), a least-squares compromise where a draw is not exactly realisable in three dimensions. Everything comes
+from training frames only (``model.local_geometry=sampled``: train fits it; saved weights carry it).
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def _closest_by_elements(runs: Sequence[np.ndarray], pairs: np.ndarray, atomic_n
         return np.zeros(0)
     closest = np.concatenate([_lengths(run, pairs) for run in runs]).min(axis=0)
     kinds = np.sort(atomic_numbers[pairs], axis=1)
-    _, kind, = np.unique(kinds, axis=0, return_inverse=True)
+    _, kind = np.unique(kinds, axis=0, return_inverse=True)
     kind = kind.reshape(-1)
     by_kind = np.full(kind.max() + 1, np.inf)
     np.minimum.at(by_kind, kind, closest)
