@@ -33,8 +33,8 @@ def thermal_excess(md_eV, forecast_eV, minimum_eV: float) -> dict:
     return {"md_eV": md, "forecast_eV": forecast, "ratio": forecast / md if md > 0 else float("nan")}
 
 
-def xtb_energies(forecast: np.ndarray, broken: np.ndarray, md_frames: np.ndarray, atomic_numbers: np.ndarray, samples: int,
-              molecule: str | None, frame_fs: float, notes: list[str]) -> dict | None:
+def xtb_energies(forecast: np.ndarray, broken: np.ndarray, md_frames: np.ndarray, atomic_numbers: np.ndarray,
+                 samples: int, molecule: str | None, frame_fs: float, notes: list[str]) -> dict | None:
     """GFN2-xTB energies of ``samples`` log-spaced lead times of every rollout (NaN where the frame is
     ``broken`` [S, H]: an SCF on a molecule in pieces is slow and meaningless), of MD frames and the relaxed
     minimum (module doc); None (with a note) where none are computed."""

@@ -87,7 +87,7 @@ class Constraints:
                            self.inverse_mass.to(device=device, dtype=dtype), [c.to(device) for c in self.colours])
 
 
-def colour_pairs(pairs: Tensor) -> list[Tensor]:
+def _colours(pairs: Tensor) -> list[Tensor]:
     """A greedy edge colouring of ``pairs`` [C, 2]: index tensors of the pairs of each colour."""
     taken: dict[int, set[int]] = {}  # atom -> colours of its pairs so far
     colour_of = []
@@ -125,7 +125,7 @@ def find_constraints(history: Tensor, candidates, masses, cell: Optional[Tensor]
     if masses.shape != (n_atoms,) or not bool((masses > 0).all()):
         raise UserError(f"constraints need a positive mass for each of the {n_atoms} atoms")
     return Constraints(pairs[held], lengths[:, -1, held].to(history.dtype), (1.0 / masses).to(history.dtype),
-                       colour_pairs(pairs[held]))
+                       _colours(pairs[held]))
 
 
 def held_distances(bonds, atomic_numbers):
@@ -149,9 +149,8 @@ def _double(cell: Optional[Tensor]) -> Optional[Tensor]:
 
 
 def project(positions: Tensor, constraints: Constraints, cell: Optional[Tensor] = None,
-            tolerance: float = PROJECTION_TOLERANCE_ANGSTROM, max_iterations: int = MAX_ITERATIONS) -> Tensor:
-    """``positions`` [B, N, 3] Å moved onto the constrained lengths (module doc), in float64 internally; at most
-    ``max_iterations`` sweeps (then as near as they got)."""
+            tolerance: float = PROJECTION_TOLERANCE_ANGSTROM) -> Tensor:
+    """``positions`` [B, N, 3] Å moved onto the constrained lengths (module doc), in float64 internally."""
     batch, n_atoms, _ = positions.shape
     x = positions.to(torch.float64, copy=True)  # corrected in place below, as rows [B·N, 3]
     pairs, target = constraints.pairs, constraints.lengths.double()
@@ -164,7 +163,7 @@ def project(positions: Tensor, constraints: Constraints, cell: Optional[Tensor] 
     colours = [((first_row + pairs[c, 0]).flatten(), (first_row + pairs[c, 1]).flatten(), image[:, c].reshape(-1, 3),
                 target[:, c].expand(batch, -1).flatten(), share_i[c].repeat(batch).unsqueeze(-1),
                 (share_i[c] - 1.0).repeat(batch).unsqueeze(-1)) for c in constraints.colours]
-    for _ in range(max_iterations):
+    for _ in range(MAX_ITERATIONS):
         converged = True
         for i, j, shift, length_target, share_of_i, minus_share_of_j in colours:  # distinct atoms within a colour
             vectors = rows.index_select(0, j) - rows.index_select(0, i) + shift  # [B·c, 3]
