@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.support.cli import REPO, cli_env, run_cli
-from tests.support.ensemble import files, member_frames  # noqa: F401 (files: a fixture)
+from tests.support.ensemble import files, member_frames, truncate_to_partial  # noqa: F401 (files: a fixture)
 
 SINGLE_THREAD = cli_env(OMP_NUM_THREADS="1")
 # glibc returns every block of 64 kB or more to the system when it is freed, so VmHWM sees live tensors,
@@ -60,7 +60,7 @@ def test_a_stochastic_models_members_are_reproducible_in_any_batch_and_after_a_r
     shutil.copytree(tmp_path / "four", out)
     for name in ("summary.json", "summary.nc", "mean.nc", "COMPLETE"):
         (out / name).unlink()
-    _truncate_to_partial(out, 2, 4)
+    truncate_to_partial(out, 2, 4)
     forecast({**files, "model": model}, out, "ensemble.batch_members=4")
     assert np.array_equal(member_frames(out, 2), member_frames(tmp_path / "four", 2))
     forecast({**files, "model": model}, tmp_path / "other", "ensemble.batch_members=4", "ensemble.seed=1")
@@ -83,22 +83,6 @@ def test_frames_perturbation_times_continue_each_members_own_window(files, tmp_p
         assert np.allclose(times, initial_times[end] + dt * np.arange(1, 13), atol=1e-4), (m, times[:3])
 
 
-def _truncate_to_partial(outdir: Path, member: int, frames: int) -> None:
-    """Make member ``member`` look killed after ``frames`` flushed frames: a partial file, no marker."""
-    from asteroid_hpc.data.amber import AmberReader, AmberWriter
-
-    path = outdir / "members" / f"member_{member:05d}.nc"
-    with AmberReader(path) as reader:
-        chunk, z, timestep = reader.read(0, frames), reader.atomic_numbers, reader.timestep_ps
-        times = reader.read_variable("time", 0, frames)
-    with pytest.raises(KeyboardInterrupt):  # an exception keeps the .partial file, as a killed run does
-        with AmberWriter(path, chunk.coordinates.shape[1], z, timestep_ps=timestep) as writer:
-            writer.append(chunk.coordinates, times)
-            raise KeyboardInterrupt
-    path.unlink()
-    (outdir / "members" / f"member_{member:05d}.done").unlink()
-
-
 def test_a_batch_continued_from_different_frames_writes_the_same_files(files, tmp_path):
     """Members of one batch killed at different flushes (one finished, one at 4, one at 8 frames) continue
     in lockstep from the earliest: every file equals the uninterrupted run's bit for bit."""
@@ -108,8 +92,8 @@ def test_a_batch_continued_from_different_frames_writes_the_same_files(files, tm
     shutil.copytree(reference, out)
     for name in ("summary.json", "summary.nc", "mean.nc", "COMPLETE"):
         (out / name).unlink()
-    _truncate_to_partial(out, 1, 4)
-    _truncate_to_partial(out, 2, 8)
+    truncate_to_partial(out, 1, 4)
+    truncate_to_partial(out, 2, 8)
     proc = forecast(files, out, "ensemble.members=3", "ensemble.batch_members=3")
     assert "member 1: continuing from frame 4" in proc.stderr and "member 2: continuing from frame 8" in proc.stderr
     for m in range(3):

@@ -144,3 +144,19 @@ def periodic_model_file(path: Path, numbers, seed: int = 0, **changes) -> Path:
     model = build_model(tiny_model_config(**{**ENSEMBLE_MODEL, **changes}))
     model.data_signature = periodic_signature(numbers)
     return save_weights(model, path)
+
+
+def truncate_to_partial(outdir: Path, member: int, frames: int) -> None:
+    """Make member ``member`` look killed after ``frames`` flushed frames: a partial file, no marker."""
+    from asteroid_hpc.data.amber import AmberReader, AmberWriter
+
+    path = outdir / "members" / f"member_{member:05d}.nc"
+    with AmberReader(path) as reader:
+        chunk, z, timestep = reader.read(0, frames), reader.atomic_numbers, reader.timestep_ps
+        times = reader.read_variable("time", 0, frames)
+    with pytest.raises(KeyboardInterrupt):  # an exception keeps the .partial file, as a killed run does
+        with AmberWriter(path, chunk.coordinates.shape[1], z, timestep_ps=timestep) as writer:
+            writer.append(chunk.coordinates, times)
+            raise KeyboardInterrupt
+    path.unlink()
+    (outdir / "members" / f"member_{member:05d}.done").unlink()
