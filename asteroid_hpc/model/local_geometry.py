@@ -40,6 +40,7 @@ CONVERGED_ANGSTROM = 1e-4  # early, the drawn distances are not met and the stif
 SOLVE_DAMPING = 1e-2  # × mass (amu): the least mass-weighted move along what the distances leave free
 MAX_MOVE_ANGSTROM = 0.1  # no atom moves further in one Gauss–Newton step (a bad linearisation cannot run off)
 MIN_FRAMES_PER_PARAMETER = 5  # consecutive training frames per column of the autoregression's design
+CLOSEST_CHUNK_FRAMES = 256
 
 
 def stiff_pairs(bonds: np.ndarray, runs: Sequence[np.ndarray]) -> np.ndarray:
@@ -94,8 +95,9 @@ def fit_local_geometry(runs: Sequence[np.ndarray], atomic_numbers, bonds: Option
     residual = now - before @ transition.T
     covariance = residual.T @ residual / len(residual)
     noise = np.linalg.cholesky(covariance + 1e-12 * np.trace(covariance) / len(pairs) * np.eye(len(pairs)))
-    others = np.array([(i, j) for i in range(n_atoms) for j in range(i + 1, n_atoms)
-                       if (i, j) not in {tuple(p) for p in pairs.tolist()}], dtype=np.int64).reshape(-1, 2)
+    stiff = {tuple(p) for p in pairs.tolist()}
+    others = np.array([(i, j) for i in range(n_atoms) for j in range(i + 1, n_atoms) if (i, j) not in stiff],
+                      dtype=np.int64).reshape(-1, 2)
     closest = _closest_by_elements(runs, others, np.asarray(atomic_numbers))
     as_tensor = lambda a, dtype=torch.float64: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)  # noqa: E731
     return {"pairs": as_tensor(pairs, torch.long), "mean": as_tensor(mean), "transition": as_tensor(transition),
@@ -108,7 +110,10 @@ def _closest_by_elements(runs: Sequence[np.ndarray], pairs: np.ndarray, atomic_n
     element pair: a conformation the training frames did not visit is not pushed apart as if it were a clash)."""
     if not len(pairs):
         return np.zeros(0)
-    closest = np.concatenate([_lengths(run, pairs) for run in runs]).min(axis=0)
+    closest = np.full(len(pairs), np.inf)
+    for run in runs:  # a few frames at a time: frames × pairs of a large molecule would not fit at once
+        for first in range(0, len(run), CLOSEST_CHUNK_FRAMES):
+            closest = np.minimum(closest, _lengths(run[first:first + CLOSEST_CHUNK_FRAMES], pairs).min(axis=0))
     kinds = np.sort(atomic_numbers[pairs], axis=1)
     _, kind = np.unique(kinds, axis=0, return_inverse=True)
     kind = kind.reshape(-1)

@@ -76,6 +76,23 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
     return output
 
 
+def _restore_local_geometry(state: dict, dataset: str | None, path: Path) -> None:
+    """A bf16/fp16 run keeps its fitted local geometry (float64 buffers) rounded to that precision: fitted again
+    (deterministic) from the run's dataset when it exists; left as stored, with a warning, when it does not."""
+    import torch
+
+    mean = state.get("local_geometry.mean")
+    if mean is None or mean.dtype == torch.float64:
+        return
+    if not dataset or not Path(dataset).is_dir():
+        log.warning("%s: the local geometry was stored in %s and its dataset %s is gone: exported as stored",
+                    path, mean.dtype, dataset)
+        return
+    from .trainer import dataset_local_geometry
+
+    state.update({f"local_geometry.{k}": v for k, v in dataset_local_geometry(dataset).items()})
+
+
 def checkpoint_model(path: Path):
     """(the fp32 model on CPU, the client state) of complete checkpoint folder ``path``."""
     from ..model.weights import model_config_of, model_from_state
@@ -87,12 +104,7 @@ def checkpoint_model(path: Path):
     except (KeyError, TypeError) as exc:
         raise user_error(path / CLIENT_STATE, f"no usable model config ({exc})") from None
     state = _fp32_state_dict(path)
-    dataset = client_state["config"].get("data", {}).get("dataset")
-    if model_config.get("local_geometry") == "sampled" and dataset and Path(dataset).is_dir():
-        # fitted again (deterministic): a bf16/fp16 run's copy in the module states is rounded to that precision
-        from .trainer import dataset_local_geometry
-
-        state.update({f"local_geometry.{k}": v for k, v in dataset_local_geometry(dataset).items()})
+    _restore_local_geometry(state, client_state["config"].get("data", {}).get("dataset"), path)
     model = model_from_state(model_config, state, path, client_state.get("training_data"))
     model.data_signature = client_state.get("data_signature")  # the training inputs (data/signature.py)
     return model, client_state

@@ -109,8 +109,16 @@ def _energy_score_losses(engine, history, numbers, target, box: dict, t):
 
 def is_stochastic(engine) -> bool:
     """Whether the engine's (or plain) module is a ``model.stochastic`` model."""
-    module = getattr(engine, "module", engine)
-    return bool(getattr(getattr(module, "cfg", None), "stochastic", False))
+    return bool(getattr(getattr(_module(engine), "cfg", None), "stochastic", False))
+
+
+def samples(engine) -> bool:
+    """Whether the engine's (or plain) module draws random numbers free-running (stochastic, local geometry)."""
+    return bool(getattr(_module(engine), "samples", False))
+
+
+def _module(engine):
+    return getattr(engine, "module", engine)
 
 
 def _plain_grad_norm(engine) -> Optional[float]:

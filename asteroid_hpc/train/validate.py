@@ -34,9 +34,9 @@ def per_lead_mse(engine, dataset, indices: list[int], micro_batch_size: int, hor
         raise UserError("validation split has fewer windows than ranks; lower the world size or add data")
     squared = torch.zeros(horizon, dtype=torch.float64, device=device)
     count = torch.zeros(1, dtype=torch.float64, device=device)
-    module = getattr(engine, "module", engine)
-    # MSE scores the means of a model that samples (model.stochastic, model.local_geometry)
-    mean_only = {"mean_only": True} if getattr(module, "samples", False) else {}
+    from .step import samples
+
+    mean_only = {"mean_only": True} if samples(engine) else {}  # MSE scores the means of a model that samples
     was_training = engine.training
     engine.eval()
     try:
