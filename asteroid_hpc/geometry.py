@@ -1,6 +1,7 @@
 """Optimal rigid superposition (Kabsch) of atom sets [..., N, 3] in Å: NumPy versions for the metrics and
 torch versions for the model, side by side. Row-vector convention throughout: (x − centroid) @ R.
-Also the box vectors of a periodic cell from its lengths and angles (:func:`cell_matrix`).
+Also the box vectors of a periodic cell from its lengths and angles (:func:`cell_matrix`), and a molecule's
+velocity split into its stiff, rigid-rotation and soft parts (:func:`motion_parts`, NumPy or torch alike).
 
 NumPy results are float64; torch is imported only by the torch functions, so the metrics stay torch-free.
 """
@@ -108,3 +109,69 @@ def superpose_onto(reference: Tensor, target: Tensor) -> Tensor:
     body = reference.double() - reference.double().mean(dim=0)
     rotation = kabsch_rotation_torch(body.expand(target.shape[0], -1, -1), target)
     return (body @ rotation + target.double().mean(dim=1, keepdim=True)).to(target.dtype)
+
+
+# ----------------------------------------------------------------------------------- NumPy or torch
+
+def motion_parts(positions, velocity, pairs, masses):
+    """A molecule's velocity [..., N, 3] at ``positions`` [..., N, 3] split into (stiff, rotation, soft), each
+    [..., N, 3], mutually orthogonal under the mass metric (Σ m v² of the three adds up to the velocity's own
+    after its centre-of-mass motion is removed, which belongs to none):
+
+    - stiff: what changes the distances of ``pairs`` [C, 2] (the least mass-weighted motion with the same
+      rates of change of those distances: M⁻¹Jᵀ(JM⁻¹Jᵀ)⁺Jv, J their unit-vector Jacobian);
+    - rotation: the rigid rotation about the centre of mass with the rest's angular momentum;
+    - soft: everything else (torsions, out-of-plane and slow collective motion the pairs leave free).
+
+    Arrays of either library (``masses`` [N] and integer ``pairs`` of the same one); float64 advised."""
+    torch_arrays = not isinstance(positions, np.ndarray)
+    if torch_arrays:
+        import torch
+        eye = lambda n: torch.eye(n, dtype=positions.dtype, device=positions.device)  # noqa: E731
+    else:
+        eye = lambda n: np.eye(n, dtype=positions.dtype)  # noqa: E731
+    weights = masses / masses.sum()
+    velocity = velocity - (weights[:, None] * velocity).sum(-2)[..., None, :]
+    stiff = _stiff_part(positions, velocity, pairs, masses, eye, torch_arrays) if len(pairs) else 0 * velocity
+    rest = velocity - stiff
+    arms = positions - (weights[:, None] * positions).sum(-2)[..., None, :]
+    momentum = (masses[:, None] * _cross(arms, rest)).sum(-2)  # angular momentum [..., 3]
+    second = (masses[:, None, None] * arms[..., :, None] * arms[..., None, :]).sum(-3)  # Σ m r rᵀ
+    trace = second.diagonal(0, -2, -1).sum(-1)[..., None, None]
+    inertia = trace * eye(3) - second + 1e-12 * trace * eye(3)  # (a linear molecule spins about two axes)
+    spin = _solve(inertia, momentum[..., None], torch_arrays)[..., 0]  # angular velocity ω
+    rotation = _cross(spin[..., None, :], arms)
+    return stiff, rotation, rest - rotation
+
+
+def motion_chunk_frames(n_pairs: int) -> int:
+    """Frames per call of :func:`motion_parts` that keep its [frames, C, C] matrices near 128 MB (float64)."""
+    return max(1, (1 << 24) // max(1, n_pairs * n_pairs))
+
+
+def _stiff_part(positions, velocity, pairs, masses, eye, torch_arrays: bool):
+    """M⁻¹Jᵀ(JM⁻¹Jᵀ)⁺Jv of :func:`motion_parts` (a tiny ridge for redundant pairs, e.g. a ring's)."""
+    incidence = eye(len(masses))[pairs[:, 1]] - eye(len(masses))[pairs[:, 0]]  # [C, N]: +1 at j, −1 at i
+    vectors = positions[..., pairs[:, 1], :] - positions[..., pairs[:, 0], :]
+    units = vectors / ((vectors * vectors).sum(-1)[..., None] ** 0.5)  # [..., C, 3]
+    rates = (units * (incidence @ velocity)).sum(-1)  # J v: [..., C]
+    gram = ((incidence / masses) @ incidence.T) * (units @ units.swapaxes(-1, -2))  # J M⁻¹ Jᵀ
+    ridge = 1e-10 * gram.diagonal(0, -2, -1).mean(-1)[..., None, None] * eye(len(pairs))
+    multipliers = _solve(gram + ridge, rates[..., None], torch_arrays)
+    return (incidence.T @ (multipliers * units)) / masses[:, None]
+
+
+def _cross(a, b):
+    parts = [a[..., 1] * b[..., 2] - a[..., 2] * b[..., 1], a[..., 2] * b[..., 0] - a[..., 0] * b[..., 2],
+             a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]]
+    if isinstance(a, np.ndarray):
+        return np.stack(parts, -1)
+    import torch
+    return torch.stack(parts, -1)
+
+
+def _solve(matrix, rhs, torch_arrays: bool):
+    if torch_arrays:
+        import torch
+        return torch.linalg.solve(matrix, rhs)
+    return np.linalg.solve(matrix, rhs)

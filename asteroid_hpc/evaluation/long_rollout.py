@@ -200,6 +200,7 @@ class _Rollouts:
     clashes: np.ndarray
     displacement: np.ndarray
     temperature: np.ndarray  # NaN at the last lead time (central differences)
+    temperature_parts: np.ndarray  # [S, H, 3]: stiff (bonds, angles), rotation, soft; NaN at the last lead time
     bond_mean: np.ndarray  # [H, bonds] over the rollouts; NaN (not finite) counts as out of range
 
     @classmethod
@@ -210,11 +211,19 @@ class _Rollouts:
         lengths = physics.bond_lengths(flat, bonds).reshape(n_rollouts, n_frames, -1)
         angles = physics.bond_angles_degrees(flat, triples).reshape(n_rollouts, n_frames, -1)
         displacement = np.stack([physics.max_displacement(f, previous=p) for f, p in zip(forecast, last_history)])
-        temperature = np.stack([physics.kinetic_temperature(np.concatenate([p[None], f]), atomic_numbers, frame_fs)
-                                for f, p in zip(forecast, last_history)])  # leads 1 … H−1
+        parts = np.stack([physics.kinetic_temperature_parts(np.concatenate([p[None], f]), atomic_numbers, frame_fs,
+                                                            stiff_pairs(bonds)) for f, p in zip(forecast, last_history)])
+        parts = np.concatenate([parts, np.full((n_rollouts, 1, 3), np.nan)], axis=1)  # leads 1 … H−1
         return cls(lengths, angles, physics.radius_of_gyration(flat, atomic_numbers).reshape(n_rollouts, n_frames),
                    physics.clash_counts(flat, bonds, clash_angstrom).reshape(n_rollouts, n_frames), displacement,
-                   np.concatenate([temperature, np.full((n_rollouts, 1), np.nan)], axis=1), lengths.mean(axis=0))
+                   parts.sum(axis=-1), parts, lengths.mean(axis=0))
+
+
+def stiff_pairs(bonds: np.ndarray) -> np.ndarray:
+    """[C, 2]: the bonds and the 1–3 pairs of their angles, whose motion is the "stiff" part of the temperature."""
+    from ..metrics.liquid import excluded_pairs
+
+    return np.array(sorted(excluded_pairs(bonds)), dtype=np.int64).reshape(-1, 2)
 
 
 def _md_observables(md_frames: np.ndarray, reference: list[np.ndarray], bonds: np.ndarray, triples: np.ndarray,
@@ -228,6 +237,9 @@ def _md_observables(md_frames: np.ndarray, reference: list[np.ndarray], bonds: n
           "largest displacement": _md_stats(np.concatenate([physics.max_displacement(r)[1:] for r in reference])),
           "kinetic temperature": _md_stats(np.concatenate([physics.kinetic_temperature(r, atomic_numbers, frame_fs)
                                                            for r in reference]))}
+    md["kinetic temperature"]["parts"] = np.concatenate([
+        physics.kinetic_temperature_parts(r, atomic_numbers, frame_fs, stiff_pairs(bonds)) for r in reference
+    ]).mean(axis=0).tolist()  # stiff, rotation, soft
     md["bond lengths"]["std"] = md_lengths.std(axis=0).tolist()
     md["bond angles"]["std"] = md_angles.std(axis=0).tolist()
     return md, md_lengths
@@ -323,6 +335,7 @@ def _block(rollouts: _Rollouts, pairs: _PairDistances, energy: dict | None, md: 
     block["clashes_per_frame"] = physics.finite_mean(rollouts.clashes[:, lo:hi])
     block["largest_displacement_angstrom"] = float(np.nanmax(rollouts.displacement[:, lo:hi]))
     block["kinetic_temperature_K"] = _nanmean(rollouts.temperature[:, lo:hi])
+    block["kinetic_temperature_parts_K"] = [_nanmean(rollouts.temperature_parts[:, lo:hi, k]) for k in range(3)]
     in_block = (pairs.leads >= lo) & (pairs.leads < hi)
     block["pair_distance_w1_angstrom"] = float(pairs.w1[in_block].mean()) if in_block.any() else float("nan")
     if energy is not None:

@@ -62,13 +62,18 @@ def _intro_lines(result: LongRolloutResult) -> list[str]:
             f"{len(result.bonds)} bonds (covalent radii on the reference's first frame), "
             f"{len(result.md['bond angles']['mean'])} bond angles. Kinetic temperature: central finite differences "
             f"at {result.frame_fs:g} fs, centre-of-mass motion removed, 3N−6 degrees of freedom (the same estimator "
-            f"on MD). Model {result.model_seconds:.1f} s"
+            f"on MD), and its parts: what changes bond lengths and angles (stiff), rigid rotation, and the rest "
+            f"(soft: torsions, out-of-plane; a frozen rotor shows here). Model {result.model_seconds:.1f} s"
             + (f", GFN2-xTB energies {result.energy_seconds:.1f} s ({result.molecule})." if result.energy_seconds
                else "."), "",
             "Physical horizon: the first lead time at which the mean over the rollouts leaves MD's 1st–99th "
             "percentile range over single MD frames (bonds, angles: any one of them; pair distances: Wasserstein-1 "
             "of the rollouts' all-pair distances at one lead time to MD's, against the same for single MD frames).",
             ""]
+
+
+def _parts(values) -> str:
+    return "—" if values is None else " / ".join(_number(v, 0) for v in values)
 
 
 def _block_lines(result: LongRolloutResult) -> list[str]:
@@ -79,12 +84,13 @@ def _block_lines(result: LongRolloutResult) -> list[str]:
                  "width: a bond's standard deviation along each rollout (RMS over rollouts) over MD's, median over "
                  "bonds; energy: of the sampled frames that are whole (— when none)):", "",
              "| lead time (fs) | bond mean dev. max (Å) | bond dev. max (Å) | bond width / MD | angle mean dev. max "
-             "(°) | Rg (Å) | clashes / frame | largest displacement (Å) | T (K) | pair-dist. W1 (Å)"
-             + (" | E − ⟨E_MD⟩ (eV)" if has_energy else "") + " |",
-             "|" + "---|" * (10 + has_energy)]
+             "(°) | Rg (Å) | clashes / frame | largest displacement (Å) | T (K) | T stiff / rotation / soft (K) "
+             "| pair-dist. W1 (Å)" + (" | E − ⟨E_MD⟩ (eV)" if has_energy else "") + " |",
+             "|" + "---|" * (11 + has_energy)]
     md_row = ["MD", "—", "—", "1", "—", _number(md["radius of gyration"]["mean"]),
               _number(md["clashes"]["mean"], 2), _number(md["largest displacement"]["high"]) + " (P99)",
-              _number(md["kinetic temperature"]["mean"], 0), _number(md["pair distances"]["mean"])]
+              _number(md["kinetic temperature"]["mean"], 0), _parts(md["kinetic temperature"].get("parts")),
+              _number(md["pair distances"]["mean"])]
     energy_mean = md["potential energy"]["mean"] if has_energy else 0.0
     if has_energy:
         spread = float(np.std(result.series["potential_energy_eV"]["md"]))
@@ -97,7 +103,7 @@ def _block_lines(result: LongRolloutResult) -> list[str]:
                _number(block.get("angle_mean_deviation_max_degrees"), 1),
                _number(block["radius_of_gyration_angstrom"]), _number(block["clashes_per_frame"], 2),
                _number(block["largest_displacement_angstrom"]), _number(block["kinetic_temperature_K"], 0),
-               _number(block["pair_distance_w1_angstrom"])]
+               _parts(block.get("kinetic_temperature_parts_K")), _number(block["pair_distance_w1_angstrom"])]
         if has_energy:
             row.append(_number(block["potential_energy_eV"] - energy_mean))
         lines.append("| " + " | ".join(row) + " |")

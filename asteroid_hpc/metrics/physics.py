@@ -160,6 +160,28 @@ def kinetic_temperature(frames, atomic_numbers, frame_fs: float, dof: int | None
     return np.einsum("n,fnk->f", masses, velocity ** 2) / (dof * BOLTZMANN_AMU_A2_PER_FS2_K)
 
 
+def kinetic_temperature_parts(frames, atomic_numbers, frame_fs: float, pairs: np.ndarray,
+                              dof: int | None = None) -> np.ndarray:
+    """:func:`kinetic_temperature` [F − 2] split by kind of motion, [F − 2, 3] in K: the part that changes the
+    distances of ``pairs`` (bonds and angles, say), the rigid rotation, and the rest (torsions, out-of-plane,
+    slow collective motion): :func:`asteroid_hpc.geometry.motion_parts`. Same dof, so the three add up to
+    the total; a frozen rotor shows as a cold third part."""
+    from ..geometry import motion_chunk_frames, motion_parts
+
+    frames = _frames(frames)
+    masses = masses_amu(atomic_numbers)
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    kinetic = []
+    chunk = motion_chunk_frames(len(pairs))
+    for first in range(1, len(frames) - 1, chunk):  # frames × pairs² at once might not fit
+        at = slice(first, min(first + chunk, len(frames) - 1))
+        velocity = (frames[at.start + 1:at.stop + 1] - frames[at.start - 1:at.stop - 1]) / (2.0 * frame_fs)
+        parts = motion_parts(frames[at], velocity, pairs, masses)
+        kinetic.append(np.stack([np.einsum("n,fnk->f", masses, part ** 2) for part in parts], -1))
+    dof = degrees_of_freedom(frames.shape[1]) if dof is None else dof
+    return np.concatenate(kinetic or [np.zeros((0, 3))]) / (dof * BOLTZMANN_AMU_A2_PER_FS2_K)
+
+
 def pair_distances(frames) -> np.ndarray:
     """All interatomic distances [F, N(N−1)/2] in Å."""
     frames = _frames(frames)
