@@ -1,7 +1,7 @@
 """Optimal rigid superposition (Kabsch) of atom sets [..., N, 3] in Å: NumPy versions for the metrics and
 torch versions for the model, side by side. Row-vector convention throughout: (x − centroid) @ R.
 Also the box vectors of a periodic cell from its lengths and angles (:func:`cell_matrix`), and a molecule's
-velocity split into its stiff, rigid-rotation and soft parts (:func:`motion_parts`, NumPy or torch alike).
+velocity split into its stiff, rigid-rotation and soft parts (:func:`motion_parts`).
 
 NumPy results are float64; torch is imported only by the torch functions, so the metrics stay torch-free.
 """
@@ -86,6 +86,59 @@ def cell_matrix(lengths_angles) -> np.ndarray:
     return np.stack(rows, axis=-2)
 
 
+RANK_TOLERANCE = 1e-8  # singular values of the pairs' Jacobian below this fraction of the largest: redundant
+
+
+def motion_parts(positions, velocity, pairs, masses) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A molecule's velocity [..., N, 3] at ``positions`` [..., N, 3] split into (stiff, rotation, soft), each
+    [..., N, 3], mutually orthogonal under the mass metric (Σ m v² of the three adds up to the velocity's own
+    after its centre-of-mass motion is removed, which belongs to none):
+
+    - stiff: what changes the distances of ``pairs`` [C, 2] (the least mass-weighted motion with the same
+      rates of change of those distances: M⁻¹Jᵀ(JM⁻¹Jᵀ)⁺Jv, J their unit-vector Jacobian);
+    - rotation: the rigid rotation about the centre of mass with the rest's angular momentum;
+    - soft: everything else (torsions, out-of-plane and slow collective motion the pairs leave free)."""
+    positions = np.asarray(positions, dtype=np.float64)
+    masses = np.asarray(masses, dtype=np.float64)
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    weights = masses / masses.sum()
+    velocity = np.asarray(velocity, dtype=np.float64)
+    velocity = velocity - np.einsum("n,...nk->...k", weights, velocity)[..., None, :]
+    stiff = _stiff_part(positions, velocity, pairs, masses) if len(pairs) else np.zeros_like(velocity)
+    rest = velocity - stiff
+    arms = positions - np.einsum("n,...nk->...k", weights, positions)[..., None, :]
+    momentum = np.einsum("n,...nk->...k", masses, np.cross(arms, rest))  # angular momentum
+    second = np.einsum("n,...ni,...nj->...ij", masses, arms, arms)  # Σ m r rᵀ
+    trace = np.trace(second, axis1=-2, axis2=-1)[..., None, None]
+    inertia = (1 + 1e-12) * trace * np.eye(3) - second  # (+ε: a linear molecule turns about two axes only)
+    spin = np.linalg.solve(inertia, momentum[..., None])[..., 0]  # angular velocity ω
+    rotation = np.cross(spin[..., None, :], arms)
+    return stiff, rotation, rest - rotation
+
+
+def motion_chunk_frames(n_pairs: int, n_atoms: int) -> int:
+    """Frames per call of :func:`motion_parts` that keep its [frames, C, 3N] Jacobians near 128 MB."""
+    return max(1, (1 << 24) // max(1, n_pairs * 3 * n_atoms))
+
+
+def _stiff_part(positions, velocity, pairs, masses) -> np.ndarray:
+    """M⁻¹Jᵀ(JM⁻¹Jᵀ)⁺Jv of :func:`motion_parts`, as the projection of M^½v onto the row space of JM^-½ (an SVD:
+    exact where the pairs are redundant, e.g. a ring's bonds and angles, where the normal equations are not)."""
+    vectors = positions[..., pairs[:, 1], :] - positions[..., pairs[:, 0], :]
+    units = vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)  # [..., C, 3]
+    root = np.sqrt(masses)
+    incidence = np.zeros((len(pairs), len(masses)))
+    incidence[np.arange(len(pairs)), pairs[:, 1]] = 1.0
+    incidence[np.arange(len(pairs)), pairs[:, 0]] = -1.0
+    jacobian = (incidence / root)[:, :, None] * units[..., :, None, :]  # J M^-½: [..., C, N, 3]
+    jacobian = jacobian.reshape(*jacobian.shape[:-2], -1)
+    _, singular, rows = np.linalg.svd(jacobian, full_matrices=False)
+    kept = singular > RANK_TOLERANCE * singular[..., :1]
+    weighted = (root[:, None] * velocity).reshape(*velocity.shape[:-2], -1, 1)  # M^½ v
+    along = (rows @ weighted) * kept[..., None]
+    return (np.swapaxes(rows, -1, -2) @ along).reshape(velocity.shape) / root[:, None]
+
+
 # ----------------------------------------------------------------------------------- torch
 
 def kabsch_rotation_torch(mobile: Tensor, target: Tensor) -> Tensor:
@@ -109,69 +162,3 @@ def superpose_onto(reference: Tensor, target: Tensor) -> Tensor:
     body = reference.double() - reference.double().mean(dim=0)
     rotation = kabsch_rotation_torch(body.expand(target.shape[0], -1, -1), target)
     return (body @ rotation + target.double().mean(dim=1, keepdim=True)).to(target.dtype)
-
-
-# ----------------------------------------------------------------------------------- NumPy or torch
-
-def motion_parts(positions, velocity, pairs, masses):
-    """A molecule's velocity [..., N, 3] at ``positions`` [..., N, 3] split into (stiff, rotation, soft), each
-    [..., N, 3], mutually orthogonal under the mass metric (Σ m v² of the three adds up to the velocity's own
-    after its centre-of-mass motion is removed, which belongs to none):
-
-    - stiff: what changes the distances of ``pairs`` [C, 2] (the least mass-weighted motion with the same
-      rates of change of those distances: M⁻¹Jᵀ(JM⁻¹Jᵀ)⁺Jv, J their unit-vector Jacobian);
-    - rotation: the rigid rotation about the centre of mass with the rest's angular momentum;
-    - soft: everything else (torsions, out-of-plane and slow collective motion the pairs leave free).
-
-    Arrays of either library (``masses`` [N] and integer ``pairs`` of the same one); float64 advised."""
-    torch_arrays = not isinstance(positions, np.ndarray)
-    if torch_arrays:
-        import torch
-        eye = lambda n: torch.eye(n, dtype=positions.dtype, device=positions.device)  # noqa: E731
-    else:
-        eye = lambda n: np.eye(n, dtype=positions.dtype)  # noqa: E731
-    weights = masses / masses.sum()
-    velocity = velocity - (weights[:, None] * velocity).sum(-2)[..., None, :]
-    stiff = _stiff_part(positions, velocity, pairs, masses, eye, torch_arrays) if len(pairs) else 0 * velocity
-    rest = velocity - stiff
-    arms = positions - (weights[:, None] * positions).sum(-2)[..., None, :]
-    momentum = (masses[:, None] * _cross(arms, rest)).sum(-2)  # angular momentum [..., 3]
-    second = (masses[:, None, None] * arms[..., :, None] * arms[..., None, :]).sum(-3)  # Σ m r rᵀ
-    trace = second.diagonal(0, -2, -1).sum(-1)[..., None, None]
-    inertia = trace * eye(3) - second + 1e-12 * trace * eye(3)  # (a linear molecule spins about two axes)
-    spin = _solve(inertia, momentum[..., None], torch_arrays)[..., 0]  # angular velocity ω
-    rotation = _cross(spin[..., None, :], arms)
-    return stiff, rotation, rest - rotation
-
-
-def motion_chunk_frames(n_pairs: int) -> int:
-    """Frames per call of :func:`motion_parts` that keep its [frames, C, C] matrices near 128 MB (float64)."""
-    return max(1, (1 << 24) // max(1, n_pairs * n_pairs))
-
-
-def _stiff_part(positions, velocity, pairs, masses, eye, torch_arrays: bool):
-    """M⁻¹Jᵀ(JM⁻¹Jᵀ)⁺Jv of :func:`motion_parts` (a tiny ridge for redundant pairs, e.g. a ring's)."""
-    incidence = eye(len(masses))[pairs[:, 1]] - eye(len(masses))[pairs[:, 0]]  # [C, N]: +1 at j, −1 at i
-    vectors = positions[..., pairs[:, 1], :] - positions[..., pairs[:, 0], :]
-    units = vectors / ((vectors * vectors).sum(-1)[..., None] ** 0.5)  # [..., C, 3]
-    rates = (units * (incidence @ velocity)).sum(-1)  # J v: [..., C]
-    gram = ((incidence / masses) @ incidence.T) * (units @ units.swapaxes(-1, -2))  # J M⁻¹ Jᵀ
-    ridge = 1e-10 * gram.diagonal(0, -2, -1).mean(-1)[..., None, None] * eye(len(pairs))
-    multipliers = _solve(gram + ridge, rates[..., None], torch_arrays)
-    return (incidence.T @ (multipliers * units)) / masses[:, None]
-
-
-def _cross(a, b):
-    parts = [a[..., 1] * b[..., 2] - a[..., 2] * b[..., 1], a[..., 2] * b[..., 0] - a[..., 0] * b[..., 2],
-             a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]]
-    if isinstance(a, np.ndarray):
-        return np.stack(parts, -1)
-    import torch
-    return torch.stack(parts, -1)
-
-
-def _solve(matrix, rhs, torch_arrays: bool):
-    if torch_arrays:
-        import torch
-        return torch.linalg.solve(matrix, rhs)
-    return np.linalg.solve(matrix, rhs)

@@ -105,54 +105,6 @@ def test_a_rotor_is_left_free_and_its_atoms_are_kept_apart():
     assert centre(kept).tolist() == pytest.approx(centre(proposal).tolist(), abs=1e-9)  # mass-weighted moves
 
 
-def _turning_peroxide(n_frames: int, radians_per_frame: float = 0.05, spin: float = 0.0) -> np.ndarray:
-    """H0–O1–O2–H3 whose torsion turns steadily (H3 about the O–O axis), bonds and angles with a little noise,
-    the whole molecule spun by ``spin`` radians per frame about a fixed axis."""
-    from tests.test_physics import _spin
-
-    frames = _peroxide(n_frames, seed=3)
-    rest = _peroxide(1, seed=4)[0]
-    turn = np.arange(n_frames) * radians_per_frame
-    h3 = rest[3] - rest[2]
-    frames[:, 3] = frames[:, 2] + np.stack([np.full(n_frames, h3[0]),
-                                            h3[1] * np.cos(turn) - h3[2] * np.sin(turn),
-                                            h3[1] * np.sin(turn) + h3[2] * np.cos(turn)], axis=1)
-    return _spin(frames, spin) if spin else frames
-
-
-def test_the_soft_motion_is_fitted_from_the_training_steps_without_the_rotation():
-    from asteroid_hpc.model.local_geometry import fit_local_geometry
-
-    state = fit_local_geometry([_turning_peroxide(3000)], [1, 8, 8, 1])
-    assert float(state["soft_dof"][0]) == 1.0  # 3·4 − 6 = 6, less bonds and angles: the torsion
-    assert float(state["soft_persistence"][0]) > 0.9  # a steady turn goes on from step to step
-    spun = fit_local_geometry([_turning_peroxide(3000, spin=0.02)], [1, 8, 8, 1])
-    assert float(spun["soft_kinetic"][0]) == pytest.approx(float(state["soft_kinetic"][0]), rel=0.02)
-    assert float(state["soft_kinetic"][0]) > 0.0
-
-
-def test_the_thermostat_keeps_a_frozen_rotor_turning_at_the_training_frames_soft_energy():
-    from asteroid_hpc.geometry import motion_parts
-    from asteroid_hpc.model.local_geometry import LocalGeometry, fit_local_geometry
-
-    geometry = LocalGeometry(fit_local_geometry([_turning_peroxide(3000)], [1, 8, 8, 1])).double()
-    window = torch.as_tensor(_turning_peroxide(4, radians_per_frame=0.0))[None]  # a rotor at rest
-    step = geometry.stepper(window, torch.Generator().manual_seed(0))
-    frames, frame = [window[0, -1]], window[:, -1]
-    for _ in range(400):
-        frame = step(frame)  # the proposal is the last frame: a model that has frozen the rotor
-        frames.append(frame[0])
-    frames = torch.stack(frames)
-    masses = 1.0 / geometry.inverse_mass
-    soft = motion_parts(frames[100:-1], frames[101:] - frames[100:-1], geometry.pairs, masses)[2]
-    kinetic = (masses[:, None] * soft ** 2).sum((1, 2)).mean()
-    assert float(kinetic) == pytest.approx(float(geometry.soft_kinetic), rel=0.25)
-    torsion = np.unwrap(torch.atan2(frames[:, 3, 2] - frames[:, 2, 2], frames[:, 3, 1] - frames[:, 2, 1]).numpy())
-    assert np.ptp(torsion) > 1.0  # it turns (without the thermostat it would stay put)
-    lengths = torch.linalg.vector_norm(frames[:, geometry.pairs[:, 1]] - frames[:, geometry.pairs[:, 0]], dim=-1)
-    assert (lengths - geometry.mean).abs().max() < 0.1  # bonds and angles held while it turns
-
-
 def test_what_the_data_cannot_support_is_a_one_line_error():
     from asteroid_hpc.errors import UserError
     from asteroid_hpc.model.local_geometry import fit_local_geometry

@@ -52,6 +52,15 @@ def test_md_itself_stays_inside_and_a_frozen_forecast_is_caught(aspirin):
     assert result.md["bond lengths"]["mean"][0] == pytest.approx(
         physics.bond_lengths(md, np.array([[0, 1]])).mean())
     assert abs(result.bond_table[0]["mean_deviation"]) < 0.02
+    # the temperature's parts (stiff: bonds and angles; rigid rotation; soft) add up, for MD and each block
+    assert sum(result.md["kinetic temperature"]["parts"]) == pytest.approx(result.md["kinetic temperature"]["mean"])
+    for block in result.blocks:
+        assert sum(block["kinetic_temperature_parts_K"]) == pytest.approx(block["kinetic_temperature_K"])
+    # the same MD spun as a whole: the rotation part takes the extra temperature, the stiff part stays MD's
+    spun = _score(aspirin, np.stack([_spin(c, 0.01) for c in continuation]), md[starts])
+    stiff, rotation, _ = spun.blocks[-1]["kinetic_temperature_parts_K"]
+    assert rotation > 50.0 and result.blocks[-1]["kinetic_temperature_parts_K"][1] < 1.0
+    assert stiff == pytest.approx(result.blocks[-1]["kinetic_temperature_parts_K"][0], rel=0.02)
 
     # the frozen model: the last frame forever; no motion, zero temperature, bonds of a real frame
     frozen = np.repeat(md[starts][:, None], 80, axis=1)
@@ -61,6 +70,12 @@ def test_md_itself_stays_inside_and_a_frozen_forecast_is_caught(aspirin):
     assert result.horizon_fs["bond lengths"] is None and result.horizon_fs["radius of gyration"] is None
     assert all(block["kinetic_temperature_K"] == 0.0 for block in result.blocks)
     assert all(block["bond_width_ratio_median"] < 0.5 for block in result.blocks)  # 8 frozen frames vary little
+
+
+def _spin(frames, radians_per_frame):
+    from tests.test_physics import _spin as spin
+
+    return spin(frames, radians_per_frame)
 
 
 def physics_observables():

@@ -41,9 +41,6 @@ SOLVE_DAMPING = 1e-2  # × mass (amu): the least mass-weighted move along what t
 MAX_MOVE_ANGSTROM = 0.1  # no atom moves further in one Gauss–Newton step (a bad linearisation cannot run off)
 MIN_FRAMES_PER_PARAMETER = 5  # consecutive training frames per column of the autoregression's design
 CLOSEST_CHUNK_FRAMES = 256
-SOFT_FIT_STEPS = 2048  # training steps (spread over the runs) the soft motion's statistics are taken from
-MAX_SOFT_RESCALE = 2.0  # the soft thermostat's largest rescaling in one step, either way
-MAX_PERSISTENCE = 0.999
 
 
 def stiff_pairs(bonds: np.ndarray, runs: Sequence[np.ndarray]) -> np.ndarray:
@@ -103,40 +100,9 @@ def fit_local_geometry(runs: Sequence[np.ndarray], atomic_numbers, bonds: Option
                       dtype=np.int64).reshape(-1, 2)
     closest = _closest_by_elements(runs, others, np.asarray(atomic_numbers))
     as_tensor = lambda a, dtype=torch.float64: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)  # noqa: E731
-    soft = soft_motion(runs, pairs, masses_amu(atomic_numbers))
     return {"pairs": as_tensor(pairs, torch.long), "mean": as_tensor(mean), "transition": as_tensor(transition),
             "noise": as_tensor(noise), "excluded_pairs": as_tensor(others, torch.long),
-            "closest": as_tensor(closest), "inverse_mass": as_tensor(1.0 / masses_amu(atomic_numbers)),
-            **{name: as_tensor([value]) for name, value in soft.items()}}
-
-
-def soft_motion(runs: Sequence[np.ndarray], pairs: np.ndarray, masses: np.ndarray) -> dict[str, float]:
-    """The soft motion of the training frames (what the stiff ``pairs`` leave free, rotation aside:
-    :func:`~asteroid_hpc.geometry.motion_parts`), per step: its mean Σ m s² (amu Å²; ``soft_kinetic``), the
-    correlation of consecutive steps (``soft_persistence``) and its degrees of freedom (``soft_dof``: 3N − 6
-    less the rank of the pairs' Jacobian on the first frame)."""
-    from ..geometry import motion_chunk_frames, motion_parts
-    from ..metrics.physics import degrees_of_freedom
-
-    starts = [(run, t) for run in runs
-              for t in np.unique(np.linspace(0, len(run) - 3, SOFT_FIT_STEPS // len(runs) + 1).astype(int))]
-    energy = overlap = 0.0
-    chunk = motion_chunk_frames(len(pairs))
-    for first in range(0, len(starts), chunk):
-        at = np.stack([run[t:t + 3] for run, t in starts[first:first + chunk]])  # [F, 3, N, 3]
-        now = motion_parts(at[:, 0], at[:, 1] - at[:, 0], pairs, masses)[2]
-        after = motion_parts(at[:, 1], at[:, 2] - at[:, 1], pairs, masses)[2]
-        energy += float(np.einsum("n,fnk->", masses, now ** 2))
-        overlap += float(np.einsum("n,fnk,fnk->", masses, now, after))
-    frame = runs[0][0]
-    units = (frame[pairs[:, 1]] - frame[pairs[:, 0]]) / _lengths(frame[None], pairs)[0][:, None]
-    jacobian = np.zeros((len(pairs), len(masses), 3))
-    jacobian[np.arange(len(pairs)), pairs[:, 1]] = units
-    jacobian[np.arange(len(pairs)), pairs[:, 0]] = -units
-    rank = np.linalg.matrix_rank(jacobian.reshape(len(pairs), -1)) if len(pairs) else 0
-    persistence = overlap / energy if energy > 0 else 0.0
-    return {"soft_kinetic": energy / len(starts), "soft_persistence": float(np.clip(persistence, 0.0, MAX_PERSISTENCE)),
-            "soft_dof": float(max(0, degrees_of_freedom(len(masses)) - rank))}
+            "closest": as_tensor(closest), "inverse_mass": as_tensor(1.0 / masses_amu(atomic_numbers))}
 
 
 def _closest_by_elements(runs: Sequence[np.ndarray], pairs: np.ndarray, atomic_numbers: np.ndarray) -> np.ndarray:
@@ -161,15 +127,12 @@ class LocalGeometry(nn.Module):
 
     def __init__(self, state: dict[str, Tensor]):
         super().__init__()
-        missing = {"pairs", "mean", "transition", "noise", "excluded_pairs", "closest", "inverse_mass",
-                   "soft_kinetic", "soft_persistence", "soft_dof"} - set(state)
+        missing = {"pairs", "mean", "transition", "noise", "excluded_pairs", "closest", "inverse_mass"} - set(state)
         if missing:
-            raise UserError(f"the local geometry state lacks {sorted(missing)} (weights from an earlier version: "
-                            f"fit it again with tools/add_local_geometry.py)")
+            raise UserError(f"the local geometry state lacks {sorted(missing)}")
         for name, value in state.items():  # a checkpoint may have stored everything as float32
             value = torch.as_tensor(value)
             self.register_buffer(name, value.long() if name.endswith("pairs") else value.double())
-        self.thermostatted = float(self.soft_dof) >= 0.5 and float(self.soft_kinetic) > 0.0  # some soft motion
 
     @classmethod
     def of(cls, cfg, state: Optional[dict]) -> Optional["LocalGeometry"]:
@@ -228,36 +191,6 @@ class LocalGeometry(nn.Module):
                     break
         return x
 
-    def thermostat(self, proposal: Tensor, last: Tensor, before: Tensor, noise: Tensor) -> Tensor:
-        """The model's step from ``last`` to ``proposal`` [B, N, 3] with its soft motion (what the stiff distances
-        leave free, rotation aside: :func:`~asteroid_hpc.geometry.motion_parts`) made to move like the training
-        frames'. The model's soft step is a conditional mean, which damps a rotor's motion away within a few
-        steps (rotors ran at 2–10 % of the training frames' soft kinetic energy). Instead the soft part of the
-        step before (``before`` → ``last``) goes on, times the training frames' step-to-step correlation
-        ``soft_persistence`` (momentum); the model's soft step across it turns it (the model's force); a kick
-        from ``noise`` (standard normal, [B, N, 3]) adds the share the correlation leaves to chance; and the sum
-        is rescaled onto ``soft_kinetic`` (at most ×2 or ÷2 in one step): velocity rescaling, a thermostat on the
-        soft motion only. The centre of mass moves as in the step before (momentum is kept); the rigid rotation
-        and the stiff part of the model's step stay (the stiff distances are drawn after; carrying the rotation
-        on instead would let the solve's small torques add up)."""
-        from ..geometry import motion_parts
-
-        if not self.thermostatted:
-            return proposal
-        masses = 1.0 / self.inverse_mass
-        kinetic = lambda v: (masses[:, None] * v * v).sum((1, 2))  # noqa: E731  per row
-        stiff, rotation, soft = motion_parts(last, proposal - last, self.pairs, masses)
-        carried = last - before
-        momentum = motion_parts(last, carried, self.pairs, masses)[2]
-        drift = (masses[:, None] * carried).sum(1, keepdim=True) / masses.sum()  # centre-of-mass step
-        along = (masses[:, None] * soft * momentum).sum((1, 2)) / kinetic(momentum).clamp_min(1e-30)
-        kick = motion_parts(last, noise * self.inverse_mass.sqrt()[:, None], self.pairs, masses)[2]
-        kick = kick * ((1 - self.soft_persistence ** 2) * self.soft_kinetic / self.soft_dof).sqrt()
-        moving = self.soft_persistence * momentum + (soft - along[:, None, None] * momentum) + kick
-        scale = (self.soft_kinetic / kinetic(moving).clamp_min(1e-30)).sqrt().clamp(1 / MAX_SOFT_RESCALE,
-                                                                                     MAX_SOFT_RESCALE)
-        return last + drift + stiff + rotation + scale[:, None, None] * moving
-
     def stepper(self, window: Tensor, generator) -> Callable[[Tensor], Tensor]:
         """For one pass after ``window`` [B, m, N, 3]: a function of each free-running step's proposed frame
         [B, N, 3] giving the sampled one (it remembers the frames it gave). ``generator`` as in
@@ -270,9 +203,7 @@ class LocalGeometry(nn.Module):
 
         def step(proposal: Tensor) -> Tensor:
             noise = standard_normal((len(self.mean),), proposal.shape[0], generator, torch.float64, proposal.device)
-            kick = standard_normal((self.n_atoms, 3), proposal.shape[0], generator, torch.float64, proposal.device)
-            moved = self.thermostat(proposal.double(), previous[0].double(), previous[1].double(), kick)
-            frame = self.impose(moved, self.targets(previous, noise)).to(proposal.dtype)
+            frame = self.impose(proposal, self.targets(previous, noise)).to(proposal.dtype)
             previous.insert(0, frame)
             del previous[ORDER:]
             return frame
