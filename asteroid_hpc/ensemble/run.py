@@ -163,7 +163,7 @@ def _merge_pass_counts(counts: list[dict], skin_angstrom: float) -> dict:
 
 def _run_identity(weights: Path, initial: InitialCondition, ens: EnsembleConfig, autocast_dtype=None) -> dict:
     """What makes a run this run: a re-run into the same directory must agree on all of it (claim_run).
-    Batch sizes, devices and the neighbour skin change trajectories within float rounding only; a reduced
+    Batch sizes, devices, torch.compile and the neighbour skin change trajectories within float rounding only; a reduced
     inference precision (autocast on CUDA) changes them more and is part of the identity."""
     identity = {"model_sha256": file_digest(weights), "initial": str(initial.path.resolve()),
                 "initial_frames": initial.n_frames, "atoms": initial.n_atoms, "end_frame": initial.end_frame,
