@@ -35,6 +35,7 @@ def _score(aspirin, forecast, last_history):
 
 def test_md_itself_stays_inside_and_a_frozen_forecast_is_caught(aspirin):
     from asteroid_hpc.metrics import physics
+    from tests.support.data import spun
 
     md = aspirin.positions[::STRIDE].astype(np.float64)
     starts = np.arange(8) * 200 + 100  # 8 windows, each continued by 80 frames (400 fs) of the true MD
@@ -57,8 +58,8 @@ def test_md_itself_stays_inside_and_a_frozen_forecast_is_caught(aspirin):
     for block in result.blocks:
         assert sum(block["kinetic_temperature_parts_K"]) == pytest.approx(block["kinetic_temperature_K"])
     # the same MD spun as a whole: the rotation part takes the extra temperature, the stiff part stays MD's
-    spun = _score(aspirin, np.stack([_spin(c, 0.01) for c in continuation]), md[starts])
-    stiff, rotation, _ = spun.blocks[-1]["kinetic_temperature_parts_K"]
+    turned = _score(aspirin, np.stack([spun(c, 0.01) for c in continuation]), md[starts])
+    stiff, rotation, _ = turned.blocks[-1]["kinetic_temperature_parts_K"]
     assert rotation > 50.0 and result.blocks[-1]["kinetic_temperature_parts_K"][1] < 1.0
     assert stiff == pytest.approx(result.blocks[-1]["kinetic_temperature_parts_K"][0], rel=0.02)
 
@@ -70,12 +71,6 @@ def test_md_itself_stays_inside_and_a_frozen_forecast_is_caught(aspirin):
     assert result.horizon_fs["bond lengths"] is None and result.horizon_fs["radius of gyration"] is None
     assert all(block["kinetic_temperature_K"] == 0.0 for block in result.blocks)
     assert all(block["bond_width_ratio_median"] < 0.5 for block in result.blocks)  # 8 frozen frames vary little
-
-
-def _spin(frames, radians_per_frame):
-    from tests.test_physics import _spin as spin
-
-    return spin(frames, radians_per_frame)
 
 
 def physics_observables():

@@ -59,22 +59,13 @@ def test_bond_length_and_finite_difference_temperature_of_a_harmonic_dimer():
     assert 1.0 / physics.BOLTZMANN_AMU_A2_PER_FS2_K == pytest.approx(1.20272e6, rel=1e-5)
 
 
-def _spin(frames: np.ndarray, radians_per_frame: float, axis=(0.3, -0.5, 0.8)) -> np.ndarray:
-    """``frames`` turned, frame t by t·radians_per_frame about ``axis`` through their first frame's centroid."""
-    from scipy.spatial.transform import Rotation
-
-    axis = np.asarray(axis) / np.linalg.norm(axis)
-    centre = frames[0].mean(axis=0)
-    turns = Rotation.from_rotvec(np.arange(len(frames))[:, None] * radians_per_frame * axis).as_matrix()
-    return np.einsum("fij,fnj->fni", turns, frames - centre) + centre
-
-
 def test_the_temperature_splits_into_stiff_rotation_and_soft_parts_that_add_up():
     from asteroid_hpc.geometry import motion_parts
+    from tests.support.data import spun
 
     water = _water()
     masses = physics.masses_amu([8, 1, 1])
-    spinning = _spin(np.repeat(water[None], 40, axis=0), 0.05)
+    spinning = spun(np.repeat(water[None], 40, axis=0), 0.05)
     centre = (masses[:, None] * water).sum(0) / masses.sum()
     spinning = spinning - (masses[:, None] * spinning).sum(1, keepdims=True) / masses.sum() + centre
     pairs = np.array([[0, 1], [0, 2], [1, 2]])
@@ -82,13 +73,14 @@ def test_the_temperature_splits_into_stiff_rotation_and_soft_parts_that_add_up()
     total = physics.kinetic_temperature(spinning, [8, 1, 1], 2.0)
     assert parts[:, 1] == pytest.approx(total, rel=1e-9)  # a rigid spin is all rotation
     assert np.abs(parts[:, [0, 2]]).max() < 1e-9 * total.max()
-    # a chain's torsion changes no bond and no angle: no stiff part, its rotation and the rest add up
+    # a chain's torsion changes no bond and no angle: no stiff part, all rotation and soft motion
     rng = np.random.default_rng(0)
     chain = np.array([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.5, 0.0, 0.0], [2.5, 1.0, 0.2]])
     turn = np.array([0.0, 0.0, 0.0, 1.0])[:, None] * np.cross([1.0, 0.0, 0.0], chain - [1.5, 0.0, 0.0])
     masses = physics.masses_amu([1, 6, 6, 1])
     stiff, rotation, soft = motion_parts(chain, turn, np.array([[0, 1], [1, 2], [2, 3], [0, 2], [1, 3]]), masses)
     assert np.abs(stiff).max() < 1e-12 and np.abs(soft).max() > 0.1
+    assert rotation + soft == pytest.approx(turn - (masses[:, None] * turn).sum(0) / masses.sum(), abs=1e-12)
     # in general the three are orthogonal in the mass metric and add up to the velocity less its drift
     frames = rng.normal(size=(30, 5, 3))
     numbers = [6, 1, 8, 1, 7]

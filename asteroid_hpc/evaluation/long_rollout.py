@@ -211,15 +211,16 @@ class _Rollouts:
         lengths = physics.bond_lengths(flat, bonds).reshape(n_rollouts, n_frames, -1)
         angles = physics.bond_angles_degrees(flat, triples).reshape(n_rollouts, n_frames, -1)
         displacement = np.stack([physics.max_displacement(f, previous=p) for f, p in zip(forecast, last_history)])
+        stiff = bond_and_angle_pairs(bonds)
         parts = np.stack([physics.kinetic_temperature_parts(np.concatenate([p[None], f]), atomic_numbers, frame_fs,
-                                                            stiff_pairs(bonds)) for f, p in zip(forecast, last_history)])
+                                                            stiff) for f, p in zip(forecast, last_history)])
         parts = np.concatenate([parts, np.full((n_rollouts, 1, 3), np.nan)], axis=1)  # leads 1 … H−1
         return cls(lengths, angles, physics.radius_of_gyration(flat, atomic_numbers).reshape(n_rollouts, n_frames),
                    physics.clash_counts(flat, bonds, clash_angstrom).reshape(n_rollouts, n_frames), displacement,
                    parts.sum(axis=-1), parts, lengths.mean(axis=0))
 
 
-def stiff_pairs(bonds: np.ndarray) -> np.ndarray:
+def bond_and_angle_pairs(bonds: np.ndarray) -> np.ndarray:
     """[C, 2]: the bonds and the 1–3 pairs of their angles, whose motion is the "stiff" part of the temperature."""
     from ..metrics.liquid import excluded_pairs
 
@@ -238,7 +239,7 @@ def _md_observables(md_frames: np.ndarray, reference: list[np.ndarray], bonds: n
           "kinetic temperature": _md_stats(np.concatenate([physics.kinetic_temperature(r, atomic_numbers, frame_fs)
                                                            for r in reference]))}
     md["kinetic temperature"]["parts"] = np.concatenate([
-        physics.kinetic_temperature_parts(r, atomic_numbers, frame_fs, stiff_pairs(bonds)) for r in reference
+        physics.kinetic_temperature_parts(r, atomic_numbers, frame_fs, bond_and_angle_pairs(bonds)) for r in reference
     ]).mean(axis=0).tolist()  # stiff, rotation, soft
     md["bond lengths"]["std"] = md_lengths.std(axis=0).tolist()
     md["bond angles"]["std"] = md_angles.std(axis=0).tolist()

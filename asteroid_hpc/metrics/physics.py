@@ -173,7 +173,7 @@ def kinetic_temperature_parts(frames, atomic_numbers, frame_fs: float, pairs: np
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     kinetic = []
     chunk = motion_chunk_frames(len(pairs), frames.shape[1])
-    for first in range(1, len(frames) - 1, chunk):  # frames × pairs² at once might not fit
+    for first in range(1, len(frames) - 1, chunk):  # every frame's Jacobian at once might not fit
         at = slice(first, min(first + chunk, len(frames) - 1))
         velocity = (frames[at.start + 1:at.stop + 1] - frames[at.start - 1:at.stop - 1]) / (2.0 * frame_fs)
         parts = motion_parts(frames[at], velocity, pairs, masses)

@@ -65,3 +65,13 @@ def preprocess(*args, expect: int = 0, capsys=None) -> str:
     err = capsys.readouterr().err if capsys is not None else ""
     assert exit_info.value.code == expect, err
     return err
+
+
+def spun(frames: np.ndarray, radians_per_frame: float, axis=(0.3, -0.5, 0.8)) -> np.ndarray:
+    """``frames`` [F, N, 3] turned, frame t by t·radians_per_frame about ``axis`` through the first frame's centroid."""
+    from scipy.spatial.transform import Rotation
+
+    axis = np.asarray(axis) / np.linalg.norm(axis)
+    centre = frames[0].mean(axis=0)
+    turns = Rotation.from_rotvec(np.arange(len(frames))[:, None] * radians_per_frame * axis).as_matrix()
+    return np.einsum("fij,fnj->fni", turns, frames - centre) + centre
