@@ -232,15 +232,14 @@ def _md_observables(md_frames: np.ndarray, reference: list[np.ndarray], bonds: n
     """MD's statistics of the single-frame observables (bonds, angles: also std) and its bond lengths [F, bonds]."""
     md_lengths = physics.bond_lengths(md_frames, bonds)
     md_angles = physics.bond_angles_degrees(md_frames, triples)
+    stiff = bond_and_angle_pairs(bonds)
+    parts = np.concatenate([physics.kinetic_temperature_parts(r, atomic_numbers, frame_fs, stiff) for r in reference])
     md = {"bond lengths": _md_stats(md_lengths), "bond angles": _md_stats(md_angles),
           "radius of gyration": _md_stats(physics.radius_of_gyration(md_frames, atomic_numbers)),
           "clashes": _md_stats(physics.clash_counts(md_frames, bonds, clash_angstrom).astype(float)),
           "largest displacement": _md_stats(np.concatenate([physics.max_displacement(r)[1:] for r in reference])),
-          "kinetic temperature": _md_stats(np.concatenate([physics.kinetic_temperature(r, atomic_numbers, frame_fs)
-                                                           for r in reference]))}
-    md["kinetic temperature"]["parts"] = np.concatenate([
-        physics.kinetic_temperature_parts(r, atomic_numbers, frame_fs, bond_and_angle_pairs(bonds)) for r in reference
-    ]).mean(axis=0).tolist()  # stiff, rotation, soft
+          "kinetic temperature": _md_stats(parts.sum(axis=-1))}  # the parts add up to the estimator
+    md["kinetic temperature"]["parts"] = parts.mean(axis=0).tolist()  # stiff, rotation, soft
     md["bond lengths"]["std"] = md_lengths.std(axis=0).tolist()
     md["bond angles"]["std"] = md_angles.std(axis=0).tolist()
     return md, md_lengths
